@@ -1,0 +1,1 @@
+"""The ``changedet`` command line. Nothing in the package imports this sub-package."""

@@ -1,0 +1,135 @@
+"""One exception hierarchy and the warning classes of changedet (stdlib only).
+
+Every message names the file, what was found, what was expected and the fix, e.g.
+``after.tif: CRS EPSG:32632 differs from before.tif (EPSG:32631); it was reprojected onto the BEFORE grid.``
+
+Exit codes used by the CLI (see :data:`EXIT_CODES`): 0 success; 1 a :class:`ChangedetError` at run time or
+``check`` found problems; 2 usage errors and unusable inputs (:class:`InputError`); 130 interrupted (SIGINT).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_RUNTIME",
+    "EXIT_USAGE",
+    "ChangedetError",
+    "ChangedetWarning",
+    "CheckpointError",
+    "CoregistrationWarning",
+    "InputError",
+    "ModelError",
+    "NoOverlapError",
+    "NotGeoreferencedError",
+    "NotGeoreferencedWarning",
+    "NothingToCompareWarning",
+    "OutputExistsError",
+    "OutputError",
+    "PairMismatchError",
+    "PairWarning",
+    "RasterReadError",
+    "ReprojectedInputWarning",
+    "UnknownModelError",
+    "exit_code_for",
+]
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class ChangedetError(Exception):
+    """Base class of every error changedet raises on purpose."""
+
+    exit_code: int = EXIT_RUNTIME
+
+
+class InputError(ChangedetError, ValueError):
+    """An input raster, option or file cannot be used as given."""
+
+    exit_code = EXIT_USAGE
+
+
+class RasterReadError(InputError, OSError):
+    """A raster cannot be opened or read (missing, empty, truncated, not a raster, a directory...)."""
+
+
+class NotGeoreferencedError(InputError):
+    """A raster has no CRS/transform where one is required (e.g. only one date is georeferenced)."""
+
+
+class PairMismatchError(InputError):
+    """BEFORE and AFTER cannot be compared as given (band count, dtype, ...)."""
+
+
+class NoOverlapError(InputError):
+    """BEFORE and AFTER do not overlap, or overlap too little to be compared."""
+
+
+class ModelError(ChangedetError):
+    """A model cannot be created or used."""
+
+
+class UnknownModelError(ModelError, ValueError):
+    """A model or bundled checkpoint name is not known; the message lists the known names."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, name: str, known: list[str] | tuple[str, ...], what: str = "model") -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown {what} {name!r}; known {what}s: {', '.join(self.known)}. "
+            "Run `changedet models` to list them with their bands."
+        )
+
+
+class CheckpointError(ModelError):
+    """A checkpoint is missing, invalid, of an unknown version, or does not fit the input."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutputError(ChangedetError, OSError):
+    """An output cannot be written (read-only folder, disk full, ...)."""
+
+
+class OutputExistsError(ChangedetError, FileExistsError):
+    """An output exists already and ``overwrite`` was not given."""
+
+    exit_code = EXIT_USAGE
+
+
+class ChangedetWarning(UserWarning):
+    """Base class of changedet's warnings."""
+
+
+class ReprojectedInputWarning(ChangedetWarning):
+    """AFTER was reprojected/resampled onto the BEFORE grid (different CRS, resolution or size)."""
+
+
+class NotGeoreferencedWarning(ChangedetWarning):
+    """A raster has no georeferencing; pixel coordinates are used."""
+
+
+class PairWarning(ChangedetWarning):
+    """Something about the pair is suspicious but not fatal (dates out of order, partial overlap, ...)."""
+
+
+class CoregistrationWarning(ChangedetWarning):
+    """The residual shift between the aligned dates is above half a pixel."""
+
+
+class NothingToCompareWarning(ChangedetWarning):
+    """No pixel is valid in both dates: the result is empty."""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Return the CLI exit code for an exception (see the module docstring)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, ChangedetError):
+        return exc.exit_code
+    return EXIT_RUNTIME
