@@ -1,0 +1,15 @@
+"""Change-detection networks: a registry of Siamese architectures, checkpoints and bundled models.
+
+>>> from changedet.models import create_model, list_models
+>>> list_models()
+['bit', 'fc-ef', 'fc-siam-conc', 'fc-siam-diff', 'metric-siam', 'siam-unet']
+
+``changedet.models`` never imports rasterio; segmentation-models-pytorch is imported only by the architectures that
+use its encoders (``siam-unet``, ``bit``).
+"""
+
+from __future__ import annotations
+
+from changedet.models.registry import ChangeModel, count_parameters, create_model, list_models, model_class
+
+__all__ = ["ChangeModel", "count_parameters", "create_model", "list_models", "model_class"]
