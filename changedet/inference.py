@@ -1,0 +1,590 @@
+"""Streamed, tiled, batched prediction over an aligned pair.
+
+The engine walks a :class:`~changedet.tiling.TileGrid` in row-major order. A prefetch thread reads the windows of
+both dates from the :class:`~changedet.io.alignment.AlignedPair` (GDAL releases the GIL while it decodes), the main
+thread runs the predictor, blends each tile's probabilities into a strip accumulator, and a writer thread writes
+every block of rows that no later tile touches. Memory is bounded by a few tiles plus one strip of
+``~2 x tile_size`` rows, whatever the scene size.
+
+Predictors turn a batch of tiles into change probabilities:
+
+* :class:`TorchPredictor` wraps a Siamese network with its checkpoint's band normalisation, ``torch.inference_mode``,
+  channels-last memory format, optional bf16 and reflection padding up to the model's ``required_multiple``;
+* :class:`ScorerPredictor` wraps a fitted unsupervised scorer (CVA, IR-MAD, DSFA; see :mod:`changedet.unsupervised`).
+
+Outputs (float32 probability 0..1 with nodata -1, uint8 change 0/1 with nodata 255) are written to temporary tiled
+GeoTIFFs and converted to Cloud-Optimised GeoTIFFs when complete (:class:`StripWriter`). A journal of finished row
+blocks lets an interrupted run resume (``resume=True``) with the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from changedet.errors import ChangedetError, InputError, OutputError
+from changedet.tiling import Tile, TileGrid
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MASK_NODATA",
+    "PROB_NODATA",
+    "PredictStats",
+    "ScorerPredictor",
+    "StripWriter",
+    "TilePredictor",
+    "TorchPredictor",
+    "predict_pair",
+]
+
+PROB_NODATA = -1.0
+MASK_NODATA = 255
+ProgressCallback = Callable[[int, int, int], None]  # (tiles_done, tiles_total, pixels_done)
+
+
+class TilePredictor(Protocol):
+    """Turns a batch of tiles into change probabilities.
+
+    ``predict(before, after, valid)`` takes float32 arrays (N, C, h, w) of raw (un-normalised) pixel values and a
+    boolean validity mask (N, h, w), and returns float32 probabilities (N, h, w) in [0, 1].
+    """
+
+    multiple: int
+    name: str
+
+    def predict(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# predictors
+# ---------------------------------------------------------------------------------------------------------------
+class TorchPredictor:
+    """A Siamese network applied tile by tile.
+
+    Parameters
+    ----------
+    model
+        A changedet model (``forward(before, after) -> logits (N,1,H,W)``).
+    mean_before, std_before, mean_after, std_after
+        Per-band normalisation of each date (from the checkpoint for ``"fixed"`` normalisation, or per-scene
+        statistics for ``"scene"``); each a 1-D sequence of length C.
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    precision
+        ``"float32"`` or ``"bf16"`` (the whole model in bfloat16; faster on CPUs with AVX-512 bf16 and on GPUs).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        mean_before: Sequence[float],
+        std_before: Sequence[float],
+        mean_after: Sequence[float],
+        std_after: Sequence[float],
+        *,
+        device: str = "cpu",
+        precision: str = "float32",
+        name: str = "model",
+    ) -> None:
+        import torch
+
+        if precision not in ("float32", "bf16"):
+            raise InputError(f"unknown precision {precision!r}; choose float32 or bf16")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.model = model.eval().to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        self.multiple = int(getattr(model, "required_multiple", 1))
+        self.name = name
+
+        def _stat(v: Sequence[float]) -> Any:
+            return torch.as_tensor(np.asarray(v, dtype=np.float32)).view(1, -1, 1, 1).to(self.device)
+
+        std_b = np.where(np.asarray(std_before, np.float32) > 0, std_before, 1.0)
+        std_a = np.where(np.asarray(std_after, np.float32) > 0, std_after, 1.0)
+        self._mb, self._sb = _stat(mean_before), _stat(std_b)
+        self._ma, self._sa = _stat(mean_after), _stat(std_a)
+
+    def _prep(self, x: np.ndarray, mean: Any, std: Any) -> Any:
+        torch = self.torch
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        t = torch.nan_to_num_((t - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+        return t.to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def predict(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        _n, _c, h, w = before.shape
+        with torch.inference_mode():
+            tb = self._prep(before, self._mb, self._sb)
+            ta = self._prep(after, self._ma, self._sa)
+            ph, pw = (-h) % self.multiple, (-w) % self.multiple
+            if ph or pw:
+                mode = "reflect" if ph < h and pw < w else "replicate"
+                tb = torch.nn.functional.pad(tb, (0, pw, 0, ph), mode=mode)
+                ta = torch.nn.functional.pad(ta, (0, pw, 0, ph), mode=mode)
+            logits = self.model(tb, ta)
+            prob = torch.sigmoid(logits.float())[:, 0, :h, :w]
+            return prob.cpu().numpy()
+
+
+class ScorerPredictor:
+    """A fitted unsupervised scorer (``predict(before, after, valid) -> (h, w)``) used tile by tile."""
+
+    multiple = 1
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+        self.name = str(getattr(scorer, "name", type(scorer).__name__))
+
+    def predict(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return np.stack(
+            [np.asarray(self.scorer.predict(b, a, v), dtype=np.float32) for b, a, v in zip(before, after, valid, strict=True)]
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writer
+# ---------------------------------------------------------------------------------------------------------------
+COG_OPTIONS = {
+    "COMPRESS": "DEFLATE",
+    "BLOCKSIZE": "512",
+    "OVERVIEW_RESAMPLING": "NEAREST",
+    "NUM_THREADS": "ALL_CPUS",
+    "BIGTIFF": "IF_SAFER",
+}
+
+
+class StripWriter:
+    """Writes row blocks of a single-band raster into a temporary tiled GeoTIFF, then a COG.
+
+    The temporary file (``<final>.partial.tif``) can be reopened with ``resume=True`` to continue an interrupted
+    run; :meth:`finalize` converts it to a Cloud-Optimised GeoTIFF at ``final_path`` (DEFLATE, 512 px blocks,
+    overviews) through a temporary name and an atomic rename, then removes the partial file.
+    """
+
+    def __init__(
+        self,
+        final_path: Path,
+        *,
+        width: int,
+        height: int,
+        dtype: str,
+        nodata: float,
+        crs: Any,
+        transform: Any,
+        description: str,
+        tags: dict[str, str] | None = None,
+        resume: bool = False,
+        partial_dir: Path,
+    ) -> None:
+        self.final_path = Path(final_path)
+        self.partial = Path(partial_dir) / (self.final_path.stem + ".partial.tif")
+        self.description = description
+        self.tags = tags or {}
+        self.resampling = "AVERAGE" if dtype == "float32" else "NEAREST"
+        profile = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": 1,
+            "dtype": dtype,
+            "nodata": nodata,
+            "crs": crs,
+            "transform": transform,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "zlevel": 1,
+            "bigtiff": "if_safer",
+        }
+        if not crs:
+            profile.pop("crs")
+        if resume and self.partial.exists():
+            self.ds = rasterio.open(self.partial, "r+")
+        else:
+            self.ds = rasterio.open(self.partial, "w", **profile)
+            self.ds.set_band_description(1, description)
+            if self.tags:
+                self.ds.update_tags(**self.tags)
+
+    def write(self, array: np.ndarray, row_off: int) -> None:
+        h, w = array.shape
+        self.ds.write(array, 1, window=Window(0, row_off, w, h))
+
+    def close(self) -> None:
+        if not self.ds.closed:
+            self.ds.close()
+
+    def finalize(self) -> Path:
+        """Convert the partial file into a COG at ``final_path`` atomically; return the path."""
+        from rasterio.shutil import copy as rio_copy
+
+        self.close()
+        tmp = self.final_path.with_name(f".{self.final_path.name}.{os.getpid()}.tmp")
+        try:
+            opts = dict(COG_OPTIONS, OVERVIEW_RESAMPLING=self.resampling)
+            if self.final_path.suffix.lower() in (".tif", ".tiff"):
+                opts["PREDICTOR"] = "YES" if self.resampling == "AVERAGE" else "NO"
+            rio_copy(self.partial, tmp, driver="COG", **opts)
+            os.replace(tmp, self.final_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.partial.unlink(missing_ok=True)
+        return self.final_path
+
+    def discard(self) -> None:
+        self.close()
+        self.partial.unlink(missing_ok=True)
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# engine
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class PredictStats:
+    """What one :func:`predict_pair` run did, for ``report.json``."""
+
+    tiles_total: int = 0
+    tiles_predicted: int = 0
+    tiles_skipped: int = 0
+    tiles_resumed: int = 0
+    valid_pixels: int = 0
+    changed_pixels: int = 0
+    seconds_read: float = 0.0
+    seconds_predict: float = 0.0
+    seconds_write: float = 0.0
+    seconds_finalize: float = 0.0
+    seconds_total: float = 0.0
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        total = max(self.seconds_total, 1e-9)
+        d["megapixels_per_second"] = round(self._pixels / 1e6 / total, 3) if self._pixels else None
+        d.pop("_pixels", None)
+        return d
+
+    _pixels: int = 0
+
+
+class _Journal:
+    """Which rows of the outputs are final, kept next to the partial files so an interrupted run can resume."""
+
+    def __init__(self, path: Path, signature: dict[str, Any]) -> None:
+        self.path = path
+        self.signature = signature
+        self.rows_done = 0
+        self.valid = 0
+        self.changed = 0
+
+    def load(self) -> bool:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False
+        if data.get("signature") != self.signature:
+            log.warning("resume: the journal in %s is for other settings; starting over", self.path.parent)
+            return False
+        self.rows_done, self.valid, self.changed = int(data["rows_done"]), int(data["valid"]), int(data["changed"])
+        return True
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        data = {"signature": self.signature, "rows_done": self.rows_done, "valid": self.valid, "changed": self.changed}
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+
+def _reader(
+    pair: Any,
+    tiles: Sequence[Tile],
+    out: queue.Queue,
+    stop: threading.Event,
+    timing: dict[str, float],
+) -> None:
+    """Prefetch thread: read both dates of every tile and queue them (or the exception that stopped it)."""
+    try:
+        for tile in tiles:
+            if stop.is_set():
+                return
+            t0 = time.perf_counter()
+            before, after, valid = pair.read(Window(*tile.window))
+            timing["read"] += time.perf_counter() - t0
+            while not stop.is_set():
+                try:
+                    out.put((tile, before, after, valid), timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+        out.put(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        out.put(exc)
+
+
+def _writer(
+    jobs: queue.Queue,
+    writers: tuple[StripWriter, StripWriter],
+    journal: _Journal,
+    timing: dict[str, float],
+    errors: list[BaseException],
+) -> None:
+    """Writer thread: write finished row blocks and advance the journal."""
+    prob_w, mask_w = writers
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        if errors:
+            continue
+        row_off, prob, mask, n_valid, n_changed = job
+        try:
+            t0 = time.perf_counter()
+            prob_w.write(prob, row_off)
+            mask_w.write(mask, row_off)
+            journal.rows_done = row_off + prob.shape[0]
+            journal.valid += n_valid
+            journal.changed += n_changed
+            journal.save()
+            timing["write"] += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_pair(
+    pair: Any,
+    predictor: TilePredictor,
+    *,
+    out_dir: Path,
+    threshold: float,
+    tile_size: int = 512,
+    overlap: int = 64,
+    blend: str = "cosine",
+    batch_size: int = 1,
+    prefetch: int = 4,
+    progress: ProgressCallback | None = None,
+    resume: bool = False,
+    partial_dir: Path | None = None,
+    tags: dict[str, str] | None = None,
+) -> PredictStats:
+    """Predict change over an aligned pair and stream ``probability.tif`` and ``change.tif`` into ``out_dir``.
+
+    Parameters
+    ----------
+    pair
+        An :class:`~changedet.io.alignment.AlignedPair` (anything with ``height``, ``width``, ``crs``,
+        ``transform`` and ``read(window) -> (before, after, valid)``).
+    predictor
+        A :class:`TilePredictor` (:class:`TorchPredictor` or :class:`ScorerPredictor`).
+    out_dir
+        Folder that receives ``probability.tif`` and ``change.tif`` (COGs). Existing files are replaced: the
+        caller checks ``overwrite`` (see :func:`changedet.api.detect`).
+    threshold
+        Probability at or above which a valid pixel is changed (1) in ``change.tif``.
+    tile_size, overlap, blend
+        See :class:`~changedet.tiling.TileGrid`; ``tile_size`` is reduced to the scene size (rounded up to the
+        model's multiple) for small scenes.
+    batch_size
+        Tiles per forward pass (1 is fastest on CPUs; larger batches help GPUs).
+    progress
+        Called as ``progress(tiles_done, tiles_total, pixels_done)`` after each batch.
+    resume
+        Continue from the journal and partial files in ``partial_dir`` left by an interrupted run with the same
+        settings; the result is identical to an uninterrupted run.
+    partial_dir
+        Where partial files and the journal live (default ``out_dir/.changedet-partial``).
+
+    Returns
+    -------
+    PredictStats
+        Counts, timings and the written paths.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    partial_dir = Path(partial_dir) if partial_dir else out_dir / ".changedet-partial"
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    H, W = int(pair.height), int(pair.width)
+    multiple = max(1, int(predictor.multiple))
+    tile_size = max(multiple, int(tile_size) // multiple * multiple)
+    overlap = min(int(overlap), tile_size - multiple) if tile_size > multiple else 0
+    grid = TileGrid(H, W, tile_size=tile_size, overlap=overlap, multiple=multiple, blend=blend)  # type: ignore[arg-type]
+    stats = PredictStats(tiles_total=len(grid))
+
+    signature = {
+        "height": H, "width": W, "tile_size": tile_size, "overlap": overlap, "blend": blend,
+        "threshold": float(threshold), "predictor": predictor.name,
+    }
+    journal = _Journal(partial_dir / "journal.json", signature)
+    resumed = resume and journal.load()
+    if not resumed:
+        journal.rows_done = journal.valid = journal.changed = 0
+    common = {"width": W, "height": H, "crs": pair.crs, "transform": pair.transform, "partial_dir": partial_dir,
+              "resume": resumed, "tags": tags}
+    writers = (
+        StripWriter(out_dir / "probability.tif", dtype="float32", nodata=PROB_NODATA,
+                    description="change probability", **common),
+        StripWriter(out_dir / "change.tif", dtype="uint8", nodata=MASK_NODATA,
+                    description="change (1) / no change (0)", **common),
+    )
+    journal.save()
+
+    th = grid.tiles[0].height
+    block = 512
+    buf_rows = 2 * tile_size + block
+    buf_top = journal.rows_done
+    acc = np.zeros((buf_rows, W), np.float32)
+    wsum = np.zeros((buf_rows, W), np.float32)
+    vbuf = np.zeros((buf_rows, W), bool)
+
+    start_row = next((r for r, r0 in enumerate(grid.row_starts) if r0 + th > buf_top), len(grid.row_starts))
+    tiles = [t for t in grid.tiles if t.row >= start_row]
+    stats.tiles_resumed = len(grid) - len(tiles)
+
+    timing = {"read": 0.0, "write": 0.0}
+    stop = threading.Event()
+    tile_q: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
+    write_q: queue.Queue = queue.Queue(maxsize=4)
+    write_errors: list[BaseException] = []
+    reader = threading.Thread(target=_reader, args=(pair, tiles, tile_q, stop, timing), daemon=True,
+                              name="changedet-read")
+    writer = threading.Thread(target=_writer, args=(write_q, writers, journal, timing, write_errors),
+                              daemon=True, name="changedet-write")
+    reader.start()
+    writer.start()
+
+    def _tiles() -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray]]:
+        while True:
+            item = tile_q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _flush(upto: int) -> None:
+        nonlocal buf_top
+        n = upto - buf_top
+        if n <= 0:
+            return
+        w = wsum[:n]
+        v = vbuf[:n] & (w > 0)
+        prob = np.full((n, W), PROB_NODATA, np.float32)
+        np.divide(acc[:n], w, out=prob, where=v)
+        np.clip(prob, 0.0, 1.0, out=prob, where=v)
+        mask = np.full((n, W), MASK_NODATA, np.uint8)
+        changed = v & (prob >= threshold)
+        mask[v] = 0
+        mask[changed] = 1
+        if write_errors:
+            raise write_errors[0]
+        write_q.put((buf_top, prob, mask, int(v.sum()), int(changed.sum())))
+        # shift the strip buffers up by n rows
+        for buf in (acc, wsum, vbuf):
+            buf[:-n] = buf[n:].copy() if n < buf_rows else buf[:0]
+            buf[-n:] = 0
+        buf_top = upto
+
+    done = stats.tiles_resumed
+    pixels_done = 0
+    current_row = start_row
+    try:
+        for batch in _batches(_tiles(), max(1, batch_size)):
+            todo = [item for item in batch if item[3].any()]
+            stats.tiles_skipped += len(batch) - len(todo)
+            if todo:
+                t0 = time.perf_counter()
+                probs = predictor.predict(
+                    np.stack([i[1] for i in todo]), np.stack([i[2] for i in todo]), np.stack([i[3] for i in todo])
+                )
+                stats.seconds_predict += time.perf_counter() - t0
+                stats.tiles_predicted += len(todo)
+            for tile, *_rest in batch:
+                # a tile row is complete once a tile of the next row arrives: flush what is final
+                while tile.row > current_row:
+                    final = grid.rows_final_after(current_row)
+                    _flush(final if final >= H else final // block * block)
+                    current_row += 1
+            for k, (tile, _b, _a, valid) in enumerate(todo):
+                rs, cs = tile.slices
+                r0 = max(rs.start, buf_top)  # rows above buf_top are already written (resume)
+                if r0 >= rs.stop:
+                    continue
+                skip = r0 - rs.start
+                br = slice(r0 - buf_top, rs.stop - buf_top)
+                wt = grid.weights(tile)[skip:]
+                acc[br, cs] += probs[k][skip:] * wt
+                wsum[br, cs] += wt
+                vbuf[br, cs] |= valid[skip:]
+            done += len(batch)
+            pixels_done += sum(t.height * t.width for t, *_ in batch)
+            if progress is not None:
+                progress(done, len(grid), pixels_done)
+        while current_row < len(grid.row_starts):
+            final = grid.rows_final_after(current_row)
+            _flush(final if final >= H else final // block * block)
+            current_row += 1
+        _flush(H)
+        write_q.put(None)
+        writer.join()
+        if write_errors:
+            raise write_errors[0]
+        t0 = time.perf_counter()
+        for w in writers:
+            stats.paths[w.final_path.stem] = str(w.finalize())
+        stats.seconds_finalize = time.perf_counter() - t0
+        (partial_dir / "journal.json").unlink(missing_ok=True)
+        try:
+            partial_dir.rmdir()
+        except OSError:
+            pass
+    except BaseException:
+        stop.set()
+        try:
+            write_q.put_nowait(None)
+        except queue.Full:
+            pass
+        writer.join(timeout=30)
+        for w in writers:
+            w.close()
+        raise
+    finally:
+        stop.set()
+        reader.join(timeout=30)
+    stats.valid_pixels, stats.changed_pixels = journal.valid, journal.changed
+    stats.seconds_read, stats.seconds_write = timing["read"], timing["write"]
+    stats.seconds_total = time.perf_counter() - t_start
+    stats._pixels = H * W
+    return stats
+
+
+def wrap_errors(exc: BaseException, what: str) -> ChangedetError:
+    """Turn an OS-level write failure into an :class:`~changedet.errors.OutputError` naming ``what``."""
+    if isinstance(exc, ChangedetError):
+        return exc
+    return OutputError(f"{what}: could not write ({exc}); check free disk space and write permission")
