@@ -1,0 +1,120 @@
+"""Reader of the A/B/label folder layout of LEVIR-CD, DSIFN-CD, WHU-CD and the BIT / ChangeFormer code bases.
+
+Layout::
+
+    <root>/A/<name>.png        before
+    <root>/B/<name>.png        after
+    <root>/label/<name>.png    0 = no change, 255 (or 1) = change
+    <root>/list/train.txt      optional: one file name per line (train.txt, val.txt, test.txt, demo.txt)
+
+Other folder names are accepted (``before_dir``, ``after_dir``, ``label_dir``), as are GeoTIFFs (a georeferenced
+pair keeps its CRS and transform).
+
+>>> from changedet.data import read_folders  # doctest: +SKIP
+>>> scenes = read_folders("/data/LEVIR-CD", split="val")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from changedet.data.generic import Scene, read_pair_files
+from changedet.errors import InputError
+
+__all__ = ["list_folder_pairs", "read_folders"]
+
+_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in _SUFFIXES}
+
+
+def list_folder_pairs(
+    root: str | Path,
+    *,
+    split: str | None = None,
+    before_dir: str = "A",
+    after_dir: str = "B",
+    label_dir: str = "label",
+) -> list[str]:
+    """Names (file stems) of the pairs in an A/B/label folder, in list order when ``split`` names a list file.
+
+    ``split`` is the stem of a file in ``<root>/list/`` (``"train"``, ``"val"``, ``"test"``, ``"demo"``); without it,
+    every name present in A, B and label is listed (sorted).
+    """
+    root = Path(root).expanduser()
+    dirs = {k: root / d for k, d in (("before", before_dir), ("after", after_dir), ("label", label_dir))}
+    missing = [str(p) for p in dirs.values() if not p.is_dir()]
+    if missing:
+        raise InputError(
+            f"{root}: missing folder(s) {', '.join(missing)}; expected the A/B/label layout of LEVIR-CD "
+            "(set before_dir/after_dir/label_dir for other names)"
+        )
+    present = set(_files(dirs["before"])) & set(_files(dirs["after"])) & set(_files(dirs["label"]))
+    if split is None:
+        names = sorted(present)
+    else:
+        list_file = root / "list" / f"{split}.txt"
+        if not list_file.is_file():
+            lists = sorted(p.stem for p in (root / "list").glob("*.txt")) if (root / "list").is_dir() else []
+            raise InputError(f"{list_file}: no such list; lists present: {', '.join(lists) or 'none'}")
+        names = [Path(line.strip()).stem for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        absent = [n for n in names if n not in present]
+        if absent:
+            raise InputError(
+                f"{list_file}: {len(absent)} listed pair(s) lack an A, B or label file, e.g. {absent[0]!r}"
+            )
+    if not names:
+        raise InputError(f"{root}: no pair found with the same name in {before_dir}/, {after_dir}/ and {label_dir}/")
+    return names
+
+
+def read_folders(
+    root: str | Path,
+    *,
+    split: str | None = None,
+    names: Sequence[str] | None = None,
+    before_dir: str = "A",
+    after_dir: str = "B",
+    label_dir: str = "label",
+    pixel_size: float | None = None,
+    band_names: Sequence[str] | None = None,
+) -> list[Scene]:
+    """Read the pairs of an A/B/label folder as :class:`~changedet.data.Scene` objects.
+
+    Parameters
+    ----------
+    root : path
+        Folder holding A/, B/ and label/.
+    split : str, optional
+        Read only the pairs named in ``list/<split>.txt``.
+    names : sequence of str, optional
+        Read only these pairs (file stems).
+    pixel_size : float, optional
+        Nominal pixel size in metres for non-georeferenced images (LEVIR-CD: 0.5).
+    band_names : sequence of str, optional
+        Band names (default ``red, green, blue`` for 3-band images, else the file's descriptions).
+    """
+    root = Path(root).expanduser()
+    all_names = list_folder_pairs(root, split=split, before_dir=before_dir, after_dir=after_dir, label_dir=label_dir)
+    if names is not None:
+        unknown = [n for n in names if n not in all_names]
+        if unknown:
+            raise InputError(f"{root}: no pair named {', '.join(unknown)}")
+        all_names = [n for n in all_names if n in set(names)]
+    before_files, after_files, label_files = (_files(root / d) for d in (before_dir, after_dir, label_dir))
+    scenes = []
+    for name in all_names:
+        scene = read_pair_files(
+            before_files[name], after_files[name], label_files[name], name=name, pixel_size=pixel_size
+        )
+        if band_names is not None:
+            if len(band_names) != scene.count:
+                raise InputError(f"{before_files[name]}: {scene.count} bands but {len(band_names)} band names given")
+            scene.band_names = list(band_names)
+        elif scene.count == 3 and all(n.startswith("band") for n in scene.band_names):
+            scene.band_names = ["red", "green", "blue"]
+        scenes.append(scene)
+    return scenes

@@ -1,0 +1,172 @@
+"""Build train/validation scenes from a dataset mapping (the ``dataset:`` entry of a ``changedet train`` config).
+
+Examples of specs (YAML)::
+
+    dataset: {type: oscd, root: ../shared/data/oscd, val_cities: [bercy, rennes], bands: [B04, B03, B02]}
+    dataset: {type: airchange, root: ../shared/data/sztaki-airchange, val_pairs: [Szada/7, Tiszadob/5]}
+    dataset: {type: folders, root: LEVIR-CD, split: train, val_split: val, pixel_size: 0.5}
+    dataset: {type: list, path: pairs.csv, val_names: [site3], change_values: [255]}
+
+For OSCD and AirChange, the training scenes default to every labelled city/pair on disk that is not in the
+validation set. Relative paths are resolved against ``base`` (the config file's folder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from changedet.data.generic import Scene
+from changedet.errors import InputError
+
+__all__ = ["DatasetSplit", "load_dataset"]
+
+_KEYS: dict[str, set[str]] = {
+    "oscd": {"root", "cities", "val_cities", "bands"},
+    "airchange": {"root", "pairs", "val_pairs", "crop", "val_crop"},
+    "folders": {
+        "root", "split", "names", "val_root", "val_split", "val_names", "before_dir", "after_dir", "label_dir",
+        "pixel_size", "band_names",
+    },
+    "list": {"path", "names", "val_path", "val_names", "bands", "change_values", "no_change_values", "pixel_size"},
+}  # fmt: skip
+
+
+@dataclass
+class DatasetSplit:
+    """Training and validation scenes plus a JSON-safe description of the split (stored in checkpoints)."""
+
+    train: list[Scene]
+    val: list[Scene]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _path(value: Any, base: Path | None) -> Path:
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() or base is None else base / p
+
+
+def _names(value: Any, key: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise InputError(f"dataset {key} must be a list of names, got {value!r}")
+
+
+def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> DatasetSplit:
+    """Read the scenes a dataset spec names, split into training and validation.
+
+    Parameters
+    ----------
+    spec : mapping
+        ``type`` (``oscd``, ``airchange``, ``folders`` or ``list``) and that type's keys (see the module docstring).
+    base : path, optional
+        Folder against which relative paths are resolved.
+
+    Returns
+    -------
+    DatasetSplit
+    """
+    if not isinstance(spec, Mapping):
+        raise InputError(f"dataset must be a mapping with a 'type' key, got {spec!r}")
+    kind = spec.get("type")
+    if kind not in _KEYS:
+        raise InputError(f"unknown dataset type {kind!r}; choose one of {', '.join(sorted(_KEYS))}")
+    unknown = set(spec) - _KEYS[kind] - {"type"}
+    if unknown:
+        raise InputError(
+            f"unknown key(s) {sorted(unknown)} for a {kind} dataset; known keys: {', '.join(sorted(_KEYS[kind]))}"
+        )
+    base_path = None if base is None else Path(base)
+    info: dict[str, Any] = {"type": kind}
+    if kind == "oscd":
+        from changedet.data.oscd import list_oscd_cities, read_oscd
+
+        root = _path(spec.get("root"), base_path) if spec.get("root") else None
+        if root is None:
+            raise InputError("an oscd dataset needs 'root' (the OSCD folder)")
+        on_disk = list_oscd_cities(root)
+        val = _names(spec.get("val_cities"), "val_cities") or []
+        train = _names(spec.get("cities"), "cities") or [c for c in on_disk if c not in val]
+        for city in [*train, *val]:
+            if city not in on_disk:
+                raise InputError(f"OSCD city {city!r} has no label on disk under {root}; labelled: {', '.join(on_disk)}")
+        overlap = sorted(set(train) & set(val))
+        if overlap:
+            raise InputError(f"cities {overlap} are in both the training and the validation set")
+        bands = spec.get("bands")
+        bands = _names(bands, "bands") if bands is not None else None
+        info.update(root=str(root), train=train, val=val, bands=bands)
+        return DatasetSplit(
+            [read_oscd(root, c, bands=bands) for c in train], [read_oscd(root, c, bands=bands) for c in val], info
+        )
+    if kind == "airchange":
+        from changedet.data.airchange import list_airchange_pairs, read_airchange
+
+        if not spec.get("root"):
+            raise InputError("an airchange dataset needs 'root' (the AirChange folder)")
+        root = _path(spec["root"], base_path)
+        on_disk = list_airchange_pairs(root)
+        val = _names(spec.get("val_pairs"), "val_pairs") or []
+        train = _names(spec.get("pairs"), "pairs") or [p for p in on_disk if p not in val]
+        overlap = sorted(set(train) & set(val))
+        if overlap:
+            raise InputError(f"pairs {overlap} are in both the training and the validation set")
+        crop = tuple(spec["crop"]) if spec.get("crop") else None
+        val_crop = tuple(spec["val_crop"]) if spec.get("val_crop") else None
+        info.update(root=str(root), train=train, val=val)
+        return DatasetSplit(
+            [read_airchange(root, p, crop=crop) for p in train],  # type: ignore[arg-type]
+            [read_airchange(root, p, crop=val_crop) for p in val],  # type: ignore[arg-type]
+            info,
+        )
+    if kind == "folders":
+        from changedet.data.folders import read_folders
+
+        if not spec.get("root"):
+            raise InputError("a folders dataset needs 'root' (the folder holding A/, B/ and label/)")
+        root = _path(spec["root"], base_path)
+        common = {
+            k: spec[k] for k in ("before_dir", "after_dir", "label_dir", "pixel_size", "band_names") if k in spec
+        }
+        train_scenes = read_folders(root, split=spec.get("split"), names=_names(spec.get("names"), "names"), **common)
+        val_scenes: list[Scene] = []
+        if spec.get("val_root") or spec.get("val_split") or spec.get("val_names"):
+            val_root = _path(spec["val_root"], base_path) if spec.get("val_root") else root
+            val_scenes = read_folders(
+                val_root, split=spec.get("val_split"), names=_names(spec.get("val_names"), "val_names"), **common
+            )
+            val_set = {s.name for s in val_scenes} if val_root == root else set()
+            train_scenes = [s for s in train_scenes if s.name not in val_set]
+        info.update(root=str(root), train=[s.name for s in train_scenes], val=[s.name for s in val_scenes])
+        return DatasetSplit(train_scenes, val_scenes, info)
+    # list
+    from changedet.data.generic import read_list
+
+    if not spec.get("path"):
+        raise InputError("a list dataset needs 'path' (a CSV or YAML list of before/after/label rasters)")
+    path = _path(spec["path"], base_path)
+    common = {k: spec[k] for k in ("bands", "change_values", "no_change_values", "pixel_size") if k in spec}
+    val_names = _names(spec.get("val_names"), "val_names")
+    if spec.get("val_path"):
+        val_scenes = read_list(_path(spec["val_path"], base_path), names=val_names, **common)
+        train_scenes = read_list(path, names=_names(spec.get("names"), "names"), **common)
+    else:
+        names = _names(spec.get("names"), "names")
+        wanted = None if names is None else sorted(set(names) | set(val_names or []))
+        all_scenes = read_list(path, names=wanted, **common)
+        if val_names:
+            missing = set(val_names) - {s.name for s in all_scenes}
+            if missing:
+                raise InputError(f"{path}: no rows named {', '.join(sorted(missing))} for validation")
+        val_scenes = [s for s in all_scenes if val_names and s.name in val_names]
+        train_scenes = [
+            s for s in all_scenes if (not val_names or s.name not in val_names) and (names is None or s.name in names)
+        ]
+    info.update(path=str(path), train=[s.name for s in train_scenes], val=[s.name for s in val_scenes])
+    return DatasetSplit(train_scenes, val_scenes, info)
