@@ -1,0 +1,574 @@
+"""``detect()``: the one entry point that the CLI and notebooks share.
+
+``changedet detect BEFORE AFTER -o OUT`` calls :func:`detect` with the same keyword names, so the command line and
+Python cannot drift apart. A run validates everything first (outputs, model, bands, pair), streams the prediction
+(:mod:`changedet.inference`), vectorises the change mask (:mod:`changedet.vectorize`), writes the report, the
+quick-look figure and the QGIS styles/project, and moves every output into place only when all of them are
+complete: a failed or interrupted run leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from changedet._version import __version__
+from changedet.errors import (
+    CheckpointError,
+    InputError,
+    NothingToCompareWarning,
+    OutputError,
+    OutputExistsError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import geopandas as gpd
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OUTPUT_NAMES", "ChangeResult", "detect"]
+
+#: Files a detect run writes into its output folder.
+OUTPUT_NAMES = {
+    "probability": "probability.tif",
+    "change": "change.tif",
+    "gpkg": "changes.gpkg",
+    "geojson": "changes.geojson",
+    "report": "report.json",
+    "quicklook": "quicklook.png",
+    "project": "project.qgs",
+}
+_SIDE_CARS = ("probability.qml", "change.qml", "changes.qml")
+_IN_MEMORY_LIMIT = 64_000_000  # pixels: larger results stay on disk (paths only)
+METHODS = ("model", "cva", "irmad", "dsfa")
+
+
+@dataclass
+class ChangeResult:
+    """The result of :func:`detect`.
+
+    Attributes
+    ----------
+    output_dir : Path
+        Folder holding the outputs (a temporary folder when ``detect`` was called without ``output_dir``; it lives
+        as long as this object, use :meth:`save` to keep the files).
+    paths : dict
+        Output name -> path (``probability``, ``change``, ``gpkg``, ``geojson``, ``report``, ``quicklook``,
+        ``project`` when written).
+    report : dict
+        The content of ``report.json``.
+    crs, transform
+        Georeferencing of the rasters (the BEFORE grid clipped to the common extent).
+    """
+
+    output_dir: Path
+    paths: dict[str, Path]
+    report: dict[str, Any]
+    crs: Any
+    transform: Any
+    before: Any = None
+    after: Any = None
+    _polygons: Any = field(default=None, repr=False)
+    _tmp: Any = field(default=None, repr=False)
+
+    # -- data access --------------------------------------------------------------------------------------------
+    def _read(self, key: str) -> np.ndarray:
+        import rasterio
+
+        with rasterio.open(self.paths[key]) as ds:
+            if ds.width * ds.height > _IN_MEMORY_LIMIT:
+                raise InputError(
+                    f"{self.paths[key]}: {ds.width} x {ds.height} pixels is too large to load into memory; "
+                    "read it window by window with rasterio instead"
+                )
+            return ds.read(1)
+
+    @property
+    def probability(self) -> np.ndarray:
+        """Change probability (row, col) float32 in 0..1, -1 where either date has no data."""
+        return self._read("probability")
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Change mask (row, col) uint8: 1 changed, 0 unchanged, 255 no data."""
+        return self._read("change")
+
+    @property
+    def polygons(self) -> gpd.GeoDataFrame:
+        """The change polygons as a GeoDataFrame in the raster CRS (read from ``changes.gpkg``)."""
+        if self._polygons is None:
+            import geopandas as gpd
+
+            self._polygons = gpd.read_file(self.paths["gpkg"]) if "gpkg" in self.paths else None
+        return self._polygons
+
+    def to_geodataframe(self) -> gpd.GeoDataFrame:
+        """Same as :attr:`polygons`."""
+        return self.polygons
+
+    @property
+    def changed_area_m2(self) -> float | None:
+        return self.report.get("summary", {}).get("changed_area_m2")
+
+    @property
+    def changed_fraction(self) -> float | None:
+        return self.report.get("summary", {}).get("changed_percent")
+
+    # -- outputs ------------------------------------------------------------------------------------------------
+    def save(self, output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> dict[str, Path]:
+        """Copy every output into ``output_dir`` (created if needed); return the new paths."""
+        dest = Path(output_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        names = [p.name for p in self.paths.values()] + [n for n in _SIDE_CARS if (self.output_dir / n).exists()]
+        clash = [n for n in names if (dest / n).exists()]
+        if clash and not overwrite:
+            raise OutputExistsError(f"{dest}: {', '.join(clash)} exist(s); pass overwrite=True to replace them")
+        out: dict[str, Path] = {}
+        for name in names:
+            tmp = dest / f".{name}.{os.getpid()}.tmp"
+            shutil.copy2(self.output_dir / name, tmp)
+            os.replace(tmp, dest / name)
+        for key, path in self.paths.items():
+            out[key] = dest / path.name
+        return out
+
+    def plot(self, **kwargs: Any) -> Figure:
+        """A matplotlib figure: BEFORE, AFTER, probability and the polygons over AFTER (see
+        :func:`changedet.plotting.plot_result`)."""
+        from changedet.plotting import plot_result
+
+        return plot_result(self, **kwargs)
+
+    def explore(self, **kwargs: Any) -> Any:
+        """An interactive folium map of the polygons over the change raster (needs ``folium``)."""
+        from changedet.plotting import explore_result
+
+        return explore_result(self, **kwargs)
+
+    def __repr__(self) -> str:
+        s = self.report.get("summary", {})
+        return (
+            f"ChangeResult({self.output_dir}, {s.get('n_polygons')} polygons, "
+            f"{s.get('changed_percent')} % changed of {s.get('valid_area_m2')} m2 compared)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _source_name(src: Any) -> str:
+    name = getattr(src, "name", None)
+    return str(name if name is not None else src)
+
+
+def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resume: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"{output_dir}: exists and is not a folder; give a folder path with -o/--output-dir")
+    existing = [n for n in names if (output_dir / n).exists()]
+    if existing and not (overwrite or resume):
+        raise OutputExistsError(
+            f"{output_dir}: {', '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to replace "
+            "them, or choose another output folder"
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".changedet-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"{output_dir}: cannot write there ({exc.strerror or exc}); choose a writable output folder"
+        ) from exc
+
+
+def _select_bands(info: Any, meta: Any, indexes: Sequence[int] | None, source: str) -> list[int] | None:
+    """1-based band indexes of the input that feed the model, matched by name where possible."""
+    want = list(meta.band_names or [])
+    n_model = meta.in_channels or len(want)
+    if indexes:
+        if len(indexes) != n_model:
+            raise CheckpointError(
+                f"{source}: --indexes selects {len(indexes)} bands but the model {meta.name or meta.architecture} "
+                f"expects {n_model} ({', '.join(want)}); select exactly {n_model} bands"
+            )
+        return list(indexes)
+    names = [str(d).upper() if d else "" for d in (info.descriptions or ())]
+    if want and all(w.upper() in names for w in want) and (info.count != n_model or names[: len(want)] != want):
+        return [names.index(w.upper()) + 1 for w in want]
+    if info.count == n_model:
+        return None
+    raise CheckpointError(
+        f"{source}: has {info.count} bands but the model {meta.name or meta.architecture} expects {n_model} "
+        f"({', '.join(want) or 'unnamed'}); pass --indexes with {n_model} 1-based band numbers, or choose a model "
+        "for this band count (`changedet models` lists them)"
+    )
+
+
+def _sample_for_fit(pair: Any, max_pixels: int = 1_500_000, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Random windows of the pair (at most ``max_pixels``) for fitting an unsupervised method."""
+    from rasterio.windows import Window
+
+    size = 256
+    if pair.height * pair.width <= max_pixels:
+        return pair.read(Window(0, 0, pair.width, pair.height))
+    rng = np.random.default_rng(seed)
+    n = max(1, max_pixels // (size * size))
+    parts = []
+    for _ in range(n):
+        r = int(rng.integers(0, max(1, pair.height - size)))
+        c = int(rng.integers(0, max(1, pair.width - size)))
+        parts.append(pair.read(Window(c, r, min(size, pair.width), min(size, pair.height))))
+    return tuple(np.concatenate([p[i] for p in parts], axis=-1) for i in range(3))
+
+
+def _iso(d: Any) -> str | None:
+    return d.isoformat() if isinstance(d, (_dt.date, _dt.datetime)) else (str(d) if d else None)
+
+
+def detect(
+    before: Any,
+    after: Any,
+    model: str | os.PathLike[str] | None = None,
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    method: str = "model",
+    checkpoint: str | os.PathLike[str] | None = None,
+    threshold: float | None = None,
+    tile_size: int = 512,
+    overlap: int = 64,
+    blend: str = "cosine",
+    batch_size: int = 1,
+    threads: int | None = None,
+    precision: str = "float32",
+    device: str = "cpu",
+    indexes: Sequence[int] | None = None,
+    coregister: bool = False,
+    match_histograms: bool = False,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    fill_holes: float = 0.0,
+    vectorize: bool = True,
+    geojson_crs: str | None = "EPSG:4326",
+    qgis_project: bool = False,
+    quicklook: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> ChangeResult:
+    """Detect change between a BEFORE and an AFTER raster.
+
+    Parameters
+    ----------
+    before, after
+        Paths (any GDAL raster) or open rasterio datasets of the two dates. AFTER is aligned onto the BEFORE grid,
+        clipped to the common extent (different CRS, resolution and extent work, with a warning).
+    model
+        A bundled checkpoint name (``changedet models`` lists them), a checkpoint path (``.safetensors`` with its
+        ``.json``), or an architecture name together with ``checkpoint``. None picks the bundled default for the
+        input's band count and pixel size.
+    output_dir
+        Folder for the outputs (``probability.tif``, ``change.tif``, ``changes.gpkg``, ``changes.geojson``,
+        ``report.json``, ``quicklook.png``, ``project.qgs``). None writes them to a temporary folder owned by the
+        returned result.
+    method
+        ``"model"`` (the supervised network, default), or an unsupervised baseline ``"cva"``, ``"irmad"``,
+        ``"dsfa"`` (see :mod:`changedet.unsupervised`), with the same tiling, outputs and report.
+    threshold
+        Probability threshold of the change mask; default: the checkpoint's calibrated threshold.
+    tile_size, overlap, blend, batch_size
+        Tiling (see :class:`changedet.tiling.TileGrid`).
+    threads
+        torch intra-op threads (default: torch's choice).
+    precision
+        ``"float32"`` or ``"bf16"`` (whole model in bfloat16).
+    indexes
+        1-based band numbers of the inputs to feed the model (default: matched by band name, else all bands).
+    coregister
+        Estimate and correct a global sub-pixel translation of AFTER (phase correlation).
+    match_histograms
+        Match AFTER's histograms to BEFORE per band before prediction.
+    min_area, simplify, fill_holes
+        Vectorisation options in square metres / metres (also for geographic CRSs).
+    vectorize
+        Write ``changes.gpkg`` and ``changes.geojson``.
+    geojson_crs
+        CRS of the GeoJSON (``"EPSG:4326"``, RFC 7946, by default; None keeps the raster CRS).
+    qgis_project
+        Also write ``project.qgs`` with BEFORE, AFTER, probability, mask and polygons styled.
+    quicklook
+        Write ``quicklook.png`` (the figure of :meth:`ChangeResult.plot`).
+    overwrite
+        Replace existing outputs (otherwise :class:`~changedet.errors.OutputExistsError`).
+    resume
+        Continue an interrupted run in the same ``output_dir`` (same settings) from its journal.
+    progress
+        ``progress(tiles_done, tiles_total, pixels_done)`` callback.
+
+    Returns
+    -------
+    ChangeResult
+
+    Examples
+    --------
+    >>> from changedet.testing import make_pair  # doctest: +SKIP
+    >>> before, after = make_pair(tmp, "aligned")  # doctest: +SKIP
+    >>> result = detect(before, after, method="cva")  # doctest: +SKIP
+    >>> result.polygons.head()  # doctest: +SKIP
+    """
+    from changedet.inference import ScorerPredictor, TorchPredictor, predict_pair
+    from changedet.io.alignment import open_pair
+    from changedet.io.raster import raster_info
+
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    tmp_holder = None
+    if output_dir is None:
+        tmp_holder = tempfile.TemporaryDirectory(prefix="changedet-")
+        out = Path(tmp_holder.name)
+    else:
+        out = Path(output_dir)
+    names = [OUTPUT_NAMES[k] for k in ("probability", "change", "report")]
+    if vectorize:
+        names += [OUTPUT_NAMES["gpkg"], OUTPUT_NAMES["geojson"]]
+    if quicklook:
+        names.append(OUTPUT_NAMES["quicklook"])
+    if qgis_project:
+        names.append(OUTPUT_NAMES["project"])
+    _check_outputs(out, names, overwrite, resume)
+
+    before_info = raster_info(before)
+    before_name, after_name = _source_name(before), _source_name(after)
+
+    # -- model or method ---------------------------------------------------------------------------------------
+    meta = None
+    net = None
+    select = list(indexes) if indexes else None
+    if method == "model":
+        from changedet.models.bundled import resolve_model
+
+        pixel = abs(before_info.transform.a) if before_info.georeferenced else None
+        if pixel is not None and before_info.crs is not None and before_info.crs.is_geographic:
+            pixel = pixel * 111_320.0  # degrees -> metres at the equator, good enough to pick a default
+        n_in = len(select) if select else before_info.count
+        net, meta = resolve_model(model, band_count=n_in, pixel_size=pixel, checkpoint=checkpoint)
+        select = _select_bands(before_info, meta, select, before_name)
+    elif model is not None:
+        raise InputError(f"--model {model} is only used with --method model, not {method}")
+
+    pair = open_pair(before, after, indexes=select, coregister=coregister, match_histograms=match_histograms)
+    try:
+        return _run(
+            pair, net, meta, method, out, tmp_holder, names,
+            threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
+            threads=threads, precision=precision, device=device, min_area=min_area, simplify=simplify,
+            fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
+            quicklook=quicklook, resume=resume, progress=progress, t0=t0,
+            sources=(before, after), source_names=(before_name, after_name), checkpoint=checkpoint,
+            predictor_classes=(TorchPredictor, ScorerPredictor), predict_pair=predict_pair,
+        )
+    finally:
+        pair.close()
+
+
+def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any, names: list[str], *,
+         threshold: float | None, tile_size: int, overlap: int, blend: str, batch_size: int, threads: int | None,
+         precision: str, device: str, min_area: float, simplify: float, fill_holes: float, vectorize: bool,
+         geojson_crs: str | None, qgis_project: bool, quicklook: bool, resume: bool,
+         progress: Callable[[int, int, int], None] | None, t0: float, sources: tuple[Any, Any],
+         source_names: tuple[str, str], checkpoint: Any, predictor_classes: tuple[Any, Any],
+         predict_pair: Callable[..., Any]) -> ChangeResult:
+    TorchPredictor, ScorerPredictor = predictor_classes
+    timings: dict[str, float] = {"open_and_check": time.perf_counter() - t0}
+    model_report: dict[str, Any]
+    if method == "model":
+        from changedet.io.radiometry import band_stats
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        norm = meta.normalization or {"mode": "scene"}
+        if norm.get("mode") == "fixed":
+            mb = None
+            mean_b, std_b = norm["mean"], norm["std"]
+            mean_a, std_a = norm["mean"], norm["std"]
+        else:
+            mean_b, std_b = band_stats(pair, which="before")
+            mean_a, std_a = band_stats(pair, which="after")
+            mb = mean_b
+        predictor = TorchPredictor(net, mean_b, std_b, mean_a, std_a, device=device, precision=precision,
+                                   name=meta.name or meta.architecture)
+        thr = float(meta.threshold if threshold is None else threshold)
+        model_report = {
+            "method": "model", "name": meta.name or None, "architecture": meta.architecture,
+            "checkpoint": str(checkpoint) if checkpoint else (meta.name or None), "band_names": meta.band_names,
+            "normalization": norm.get("mode"), "calibrated_threshold": meta.threshold,
+            "metrics": meta.metrics, "precision": precision, "device": device,
+        }
+        if mb is not None:
+            model_report["scene_stats"] = {
+                "before_mean": [round(float(x), 4) for x in mean_b], "before_std": [round(float(x), 4) for x in std_b],
+                "after_mean": [round(float(x), 4) for x in mean_a], "after_std": [round(float(x), 4) for x in std_a],
+            }
+    else:
+        from changedet.unsupervised import create_scorer
+
+        t_fit = time.perf_counter()
+        scorer = create_scorer(method)
+        b, a, v = _sample_for_fit(pair)
+        scorer.fit(b, a, v)
+        timings["fit"] = time.perf_counter() - t_fit
+        predictor = ScorerPredictor(scorer)
+        thr = float(scorer.threshold if threshold is None else threshold)
+        model_report = {"method": method, "name": method, "fitted": scorer.to_dict(),
+                        "calibrated_threshold": float(scorer.threshold)}
+
+    partial_dir = out / ".changedet-partial"
+    staging = out / f".changedet-staging-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        before_date, after_date = (getattr(pair, "dates", None) or (None, None))
+        tags = {"CHANGEDET_VERSION": __version__, "CHANGEDET_MODEL": str(model_report.get("name")),
+                "CHANGEDET_THRESHOLD": f"{thr:.6g}"}
+        if before_date:
+            tags["BEFORE_DATE"] = _iso(before_date) or ""
+        if after_date:
+            tags["AFTER_DATE"] = _iso(after_date) or ""
+        stats = predict_pair(
+            pair, predictor, out_dir=staging, threshold=thr, tile_size=tile_size, overlap=overlap, blend=blend,
+            batch_size=batch_size, progress=progress, resume=resume, partial_dir=partial_dir, tags=tags,
+        )
+        timings["predict"] = stats.seconds_total
+        if stats.valid_pixels == 0:
+            warnings.warn(
+                f"{source_names[0]} and {source_names[1]}: no pixel has valid data in both dates (nodata, NaN or "
+                "outside the other's footprint): nothing to compare; the outputs are empty",
+                NothingToCompareWarning,
+                stacklevel=3,
+            )
+        px_area = float(pair.pixel_area_m2()) if getattr(pair, "georeferenced", True) else None
+        polygons = None
+        if vectorize:
+            from changedet.export import write_vectors
+            from changedet.vectorize import vectorize as _vectorize
+
+            t1 = time.perf_counter()
+            polygons = _vectorize(
+                staging / OUTPUT_NAMES["change"], staging / OUTPUT_NAMES["probability"], threshold=thr,
+                min_area=min_area, simplify=simplify, fill_holes=fill_holes, before_date=before_date,
+                after_date=after_date, model=str(model_report.get("name")),
+            )
+            write_vectors(polygons, staging / OUTPUT_NAMES["gpkg"], staging / OUTPUT_NAMES["geojson"],
+                          geojson_crs=geojson_crs, overwrite=True)
+            timings["vectorize"] = time.perf_counter() - t1
+
+        report = {
+            "changedet_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "inputs": {
+                "before": {"source": source_names[0], **_info_dict(pair, "before")},
+                "after": {"source": source_names[1], **_info_dict(pair, "after")},
+            },
+            "grid": {
+                "crs": pair.crs.to_string() if pair.crs else None,
+                "transform": list(pair.transform)[:6],
+                "width": pair.width, "height": pair.height, "bands": list(getattr(pair, "band_names", []) or []),
+            },
+            "alignment": _pair_report(pair),
+            "model": model_report,
+            "threshold": thr,
+            "tiling": {"tile_size": tile_size, "overlap": overlap, "blend": blend, "batch_size": batch_size},
+            "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
+                          "geojson_crs": geojson_crs} if vectorize else None,
+            "summary": _summary(stats, px_area, polygons),
+            "stats": stats.to_dict(),
+            "timings": timings,
+            "outputs": sorted(names),
+        }
+        result = ChangeResult(output_dir=out, paths={}, report=report, crs=pair.crs, transform=pair.transform,
+                              before=sources[0], after=sources[1], _polygons=polygons, _tmp=tmp_holder)
+        staged = {k: staging / v for k, v in OUTPUT_NAMES.items() if (staging / v).exists()}
+        result.paths = staged
+        result.output_dir = staging
+        if quicklook:
+            t2 = time.perf_counter()
+            from changedet.plotting import save_quicklook
+
+            save_quicklook(result, staging / OUTPUT_NAMES["quicklook"])
+            timings["quicklook"] = time.perf_counter() - t2
+        _write_styles_and_project(staging, report, thr, qgis_project, sources, source_names)
+        timings["total"] = time.perf_counter() - t0
+        report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        _write_json(staging / OUTPUT_NAMES["report"], report)
+        # every output is complete: move them into place
+        final: dict[str, Path] = {}
+        for item in sorted(staging.iterdir()):
+            os.replace(item, out / item.name)
+        for key, name in OUTPUT_NAMES.items():
+            if (out / name).exists() and name in names:
+                final[key] = out / name
+        result.paths = final
+        result.output_dir = out
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _info_dict(pair: Any, which: str) -> dict[str, Any]:
+    info = getattr(pair, f"{which}_info", None)
+    if info is None:
+        return {}
+    d = info.to_dict() if hasattr(info, "to_dict") else {}
+    return {k: d.get(k) for k in ("path", "driver", "crs", "width", "height", "count", "dtypes", "nodata", "res",
+                                  "date", "descriptions") if k in d}
+
+
+def _pair_report(pair: Any) -> dict[str, Any]:
+    rep = getattr(pair, "report", None)
+    if rep is None:
+        return {}
+    return rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
+
+
+def _summary(stats: Any, px_area: float | None, polygons: Any) -> dict[str, Any]:
+    valid, changed = int(stats.valid_pixels), int(stats.changed_pixels)
+    return {
+        "valid_pixels": valid,
+        "changed_pixels": changed,
+        "changed_percent": round(100.0 * changed / valid, 4) if valid else 0.0,
+        "valid_area_m2": round(valid * px_area, 2) if px_area else None,
+        "changed_area_m2": round(changed * px_area, 2) if px_area else None,
+        "n_polygons": len(polygons) if polygons is not None else None,
+        "nothing_to_compare": valid == 0,
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _write_styles_and_project(staging: Path, report: dict[str, Any], thr: float, qgis_project: bool,
+                              sources: tuple[Any, Any], source_names: tuple[str, str]) -> None:
+    from changedet.export import qgis
+
+    qgis.write_styles(staging, threshold=thr)
+    if qgis_project:
+        paths = [Path(n) for n in source_names]
+        qgis.write_qgis_project(
+            staging, before=paths[0] if paths[0].exists() else None, after=paths[1] if paths[1].exists() else None,
+            threshold=thr, path=OUTPUT_NAMES["project"], project_dir=staging.parent,
+        )

@@ -1,0 +1,117 @@
+"""``changedet detect BEFORE AFTER [MORE...] -o OUTDIR``: the main job (calls :func:`changedet.api.detect`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from changedet.cli._common import echo_json, quiet
+
+
+def _indexes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        out = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give 1-based band numbers separated by commas, e.g. 4,3,2") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"{value!r}: band numbers are 1-based, e.g. 4,3,2")
+    return out
+
+
+class _Progress:
+    """A tqdm bar on stderr with tiles, megapixels per second and time left."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int, pixels: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="tile", desc="detect", leave=False, dynamic_ncols=True)
+            self.bar.update(done - 1 if done > 1 else 0)
+        self.bar.update(done - self.bar.n)
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{pixels / 1e6 / dt:.2f} Mpx/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command("detect")
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output-dir", required=True, type=click.Path(path_type=Path), help="Folder for the outputs.")
+@click.option("-m", "--model", default=None, help="Bundled model name, checkpoint path, or architecture (with --checkpoint). Default: chosen from band count and pixel size.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint (.safetensors + .json) for an architecture named with --model.")
+@click.option("--method", type=click.Choice(["model", "cva", "irmad", "dsfa"]), default="model", show_default=True, help="Supervised network, or an unsupervised baseline.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Probability threshold (default: the calibrated one).")
+@click.option("--tile-size", type=click.IntRange(16, 8192), default=512, show_default=True)
+@click.option("--overlap", type=click.IntRange(0, 4096), default=64, show_default=True)
+@click.option("--blend", type=click.Choice(["cosine", "mean", "center-crop"]), default="cosine", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 512), default=None, help="torch threads (default: torch's choice).")
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--indexes", callback=_indexes, default=None, help="1-based bands to use, e.g. 4,3,2 (default: by band name, else all).")
+@click.option("--coregister", is_flag=True, help="Estimate and correct a global sub-pixel shift of AFTER.")
+@click.option("--match-histograms", is_flag=True, help="Match AFTER's histograms to BEFORE per band.")
+@click.option("--min-area", type=click.FloatRange(0), default=0.0, show_default=True, help="Drop polygons smaller than this (m2, also in geographic CRSs).")
+@click.option("--simplify", type=click.FloatRange(0), default=0.0, show_default=True, help="Topology-preserving simplification tolerance (m).")
+@click.option("--fill-holes", type=click.FloatRange(0), default=0.0, show_default=True, help="Fill holes smaller than this (m2).")
+@click.option("--no-vectorize", "vectorize", flag_value=False, default=True, help="Skip changes.gpkg / changes.geojson.")
+@click.option("--geojson-crs", default="EPSG:4326", show_default=True, help="CRS of changes.geojson; 'input' keeps the raster CRS.")
+@click.option("--qgis-project", is_flag=True, help="Also write project.qgs with every layer styled.")
+@click.option("--no-quicklook", "quicklook", flag_value=False, default=True, help="Skip quicklook.png.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTDIR from its journal.")
+@click.option("--mode", type=click.Choice(["consecutive", "reference"]), default="consecutive", show_default=True, help="With more than two dates: compare each date with the previous one or with the first.")
+@click.option("--keep-order", is_flag=True, help="With more than two dates: keep the order given instead of sorting by date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_json: bool, mode: str,
+            keep_order: bool, **options: Any) -> None:
+    """Detect change between BEFORE and AFTER (or a series of dates) and write the outputs into OUTDIR.
+
+    Outputs: probability.tif (float32 COG, 0..1), change.tif (uint8 COG, 0/1, nodata 255), changes.gpkg and
+    changes.geojson (polygons with area_m2, perimeter_m, mean_prob, max_prob, dates, model, threshold),
+    report.json, quicklook.png and, with --qgis-project, project.qgs.
+    """
+    if len(rasters) < 2:
+        raise click.UsageError("give at least two rasters: BEFORE AFTER [MORE...]")
+    options["geojson_crs"] = None if geojson_crs.lower() in ("input", "keep", "none") else geojson_crs
+    progress = _Progress(enabled=not quiet())
+    try:
+        if len(rasters) == 2:
+            from changedet.api import detect
+
+            result = detect(rasters[0], rasters[1], output_dir=output_dir, progress=progress, **options)
+            report = result.report
+        else:
+            from changedet.series import detect_series
+
+            series = detect_series(list(rasters), output_dir=output_dir, mode=mode, keep_order=keep_order,
+                                   progress=progress, **options)
+            report = series.report
+    finally:
+        progress.close()
+    if as_json:
+        echo_json(report)
+        return
+    s = report.get("summary", {})
+    click.echo(f"outputs in {output_dir}")
+    if "changed_percent" in s:
+        area = s.get("changed_area_m2")
+        area_txt = f", {area / 1e6:.4f} km2" if area else ""
+        click.echo(
+            f"changed: {s['changed_percent']:.3f} % of the compared pixels{area_txt}; "
+            f"{s.get('n_polygons')} polygons; threshold {report.get('threshold'):.3f}"
+        )
