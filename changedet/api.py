@@ -508,14 +508,18 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
 
             save_quicklook(result, staging / OUTPUT_NAMES["quicklook"])
             timings["quicklook"] = time.perf_counter() - t2
-        _write_styles_and_project(staging, report, thr, qgis_project, sources, source_names)
+        _write_styles(staging, thr)
         timings["total"] = time.perf_counter() - t0
         report["timings"] = {k: round(v, 3) for k, v in timings.items()}
         _write_json(staging / OUTPUT_NAMES["report"], report)
-        # every output is complete: move them into place
-        final: dict[str, Path] = {}
+        # every output is complete: move them into place, the project next, report.json last
         for item in sorted(staging.iterdir()):
-            os.replace(item, out / item.name)
+            if item.name != OUTPUT_NAMES["report"]:
+                os.replace(item, out / item.name)
+        if qgis_project:
+            _write_project(out, thr, source_names)
+        os.replace(staging / OUTPUT_NAMES["report"], out / OUTPUT_NAMES["report"])
+        final: dict[str, Path] = {}
         for key, name in OUTPUT_NAMES.items():
             if (out / name).exists() and name in names:
                 final[key] = out / name
@@ -561,14 +565,25 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_styles_and_project(staging: Path, report: dict[str, Any], thr: float, qgis_project: bool,
-                              sources: tuple[Any, Any], source_names: tuple[str, str]) -> None:
-    from changedet.export import qgis
+def _write_styles(staging: Path, thr: float) -> None:
+    """QGIS styles: ``.qml`` sidecars of every layer and the default style embedded in the GeoPackage."""
+    from changedet.export import change_style_qml, probability_style_qml
 
-    qgis.write_styles(staging, threshold=thr)
-    if qgis_project:
-        paths = [Path(n) for n in source_names]
-        qgis.write_qgis_project(
-            staging, before=paths[0] if paths[0].exists() else None, after=paths[1] if paths[1].exists() else None,
-            threshold=thr, path=OUTPUT_NAMES["project"], project_dir=staging.parent,
-        )
+    # the polygon style (embedded in the GeoPackage + changes.qml) is written by export.write_vectors
+    sidecars = {"probability": probability_style_qml(thr), "change": change_style_qml()}
+    for stem, text in sidecars.items():
+        _write_text(staging / f"{stem}.qml", text)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_project(out: Path, thr: float, source_names: tuple[str, str]) -> None:
+    """``project.qgs`` in ``out``, with BEFORE and AFTER when they are files (paths stored relative)."""
+    from changedet.export import write_qgis_project
+
+    inputs = [Path(n).resolve() if Path(n).is_file() else None for n in source_names]
+    write_qgis_project(out, before=inputs[0], after=inputs[1], threshold=thr, path=OUTPUT_NAMES["project"])

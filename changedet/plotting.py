@@ -152,10 +152,8 @@ def plot_result(result: Any, *, max_size: int = 1024, figsize: tuple[float, floa
         date = (dates.get(key) or {}).get("date")
         if date:
             titles[i] += f" ({date})"
-    imgs = []
-    for src in (result.before, result.after):
-        got = _read_on_grid(src, result, shape)
-        imgs.append(rgb_composite(*got) if got is not None else None)
+    reads = [_read_on_grid(src, result, shape) for src in (result.before, result.after)]
+    imgs = [rgb_composite(*got) if got is not None else None for got in reads]
     for ax, img in zip(axes[0], imgs, strict=True):
         if img is not None:
             ax.imshow(img, extent=extent, interpolation="nearest")
@@ -163,7 +161,10 @@ def plot_result(result: Any, *, max_size: int = 1024, figsize: tuple[float, floa
             ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
     shown = np.ma.masked_where(~prob_valid, prob)
     im = axes[1, 0].imshow(shown, extent=extent, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=axes[1, 0], shrink=0.8, label="probability")
+    cax = axes[1, 0].inset_axes((0.93, 0.55, 0.03, 0.4))
+    cbar = fig.colorbar(im, cax=cax)
+    cbar.ax.tick_params(labelsize=7, colors="white")
+    cbar.set_label("probability", fontsize=7, color="white")
     if imgs[1] is not None:
         axes[1, 1].imshow(imgs[1], extent=extent, interpolation="nearest")
     polys = result.polygons
@@ -178,15 +179,15 @@ def plot_result(result: Any, *, max_size: int = 1024, figsize: tuple[float, floa
         ax.set_xlim(extent[0], extent[1])
         ax.set_ylim(extent[2], extent[3])
         ax.tick_params(labelsize=7)
+        ax.ticklabel_format(useOffset=False, style="plain")
         ax.set_aspect(1 / math.cos(math.radians((extent[2] + extent[3]) / 2)) if geographic else "equal")
         _scale_bar(ax, extent, crs)
     xl, yl = ("longitude (°)", "latitude (°)") if geographic else ("x", "y")
     if crs is not None and not geographic:
         xl, yl = f"easting ({crs.linear_units or 'm'})", f"northing ({crs.linear_units or 'm'})"
-    for ax in axes[1]:
-        ax.set_xlabel(xl, fontsize=8)
-    for ax in axes[:, 0]:
-        ax.set_ylabel(yl, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xlabel(xl if ax in axes[1] else "", fontsize=8)
+        ax.set_ylabel(yl if ax in axes[:, 0] else "", fontsize=8)
     s = result.report.get("summary", {})
     model = (result.report.get("model") or {}).get("name")
     fig.suptitle(
