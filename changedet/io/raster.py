@@ -1,0 +1,801 @@
+"""Raster input/output: validated open, metadata, windowed reads and Cloud-Optimised GeoTIFF writing.
+
+Only this module (and :mod:`changedet.io.stack`) touches raster paths; the rest of changedet passes open datasets
+or :class:`~changedet.io.alignment.AlignedPair` objects around. Arrays are always (band, row, col).
+
+Every writer goes through :func:`atomic_output`: the data are written under a temporary name in the output folder
+and renamed onto the final name only when complete, so a failed or interrupted run leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import re
+import secrets
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.io import DatasetReader, DatasetWriter
+from rasterio.windows import Window
+
+from changedet.errors import (
+    NotGeoreferencedWarning,
+    OutputError,
+    OutputExistsError,
+    RasterReadError,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SAMPLES",
+    "COGWriter",
+    "RasterInfo",
+    "atomic_output",
+    "date_from_name",
+    "date_from_tags",
+    "is_georeferenced",
+    "open_raster",
+    "raster_info",
+    "read_window",
+    "write_cog",
+]
+
+#: Largest ``width * height * count`` a raster header may declare before :func:`open_raster` refuses it
+#: (2**36 samples, about 69 billion: a 13-band Sentinel-2 tile has 1.6 billion). Override per call with
+#: ``max_samples=`` or for a whole session with the ``CHANGEDET_MAX_SAMPLES`` environment variable.
+DEFAULT_MAX_SAMPLES = 2**36
+
+PathLike = str | os.PathLike[str]
+
+# GDAL drivers whose files carry no georeferencing of their own (a world file or .aux.xml may add it).
+_PLAIN_IMAGE_DRIVERS = {"PNG", "JPEG", "BMP", "GIF", "WEBP"}
+
+# Metadata items that hold an acquisition date, most specific first (GDAL, Sentinel-2 SAFE, Landsat MTL, IMAGERY).
+_DATE_TAGS = (
+    "ACQUISITION_DATE",
+    "ACQUISITIONDATETIME",
+    "DATE_ACQUIRED",
+    "ACQUISITION_DATETIME",
+    "SENSING_TIME",
+    "SENSING_DATE",
+    "DATATAKE_1_DATATAKE_SENSING_START",
+    "PRODUCT_START_TIME",
+    "START_TIME",
+    "DATETIME",
+    "DATE",
+    "TIFFTAG_DATETIME",  # usually the processing time: last resort, after the file name
+)
+
+_DATE_IN_TEXT = re.compile(
+    r"(?<![0-9])((?:19|20)[0-9]{2})([-_:./]?)(0[1-9]|1[0-2])\2(0[1-9]|[12][0-9]|3[01])(?:[T_ ]?[0-9]{2}:?[0-9]{2}(?::?[0-9]{2})?)?(?![0-9])"
+)
+
+
+def _max_samples(max_samples: int | None) -> int:
+    if max_samples is not None:
+        return int(max_samples)
+    env = os.environ.get("CHANGEDET_MAX_SAMPLES")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise RasterReadError(
+                f"CHANGEDET_MAX_SAMPLES={env!r} is not a number; set it to a sample count such as 1e11 or unset it"
+            ) from None
+    return DEFAULT_MAX_SAMPLES
+
+
+def _parse_date(text: str) -> _dt.date | None:
+    """The first plausible calendar date in ``text`` (``2016:01:20 10:43:45``, ``2019-05-01``, ``20190501T...``)."""
+    for m in _DATE_IN_TEXT.finditer(text):
+        try:
+            return _dt.date(int(m.group(1)), int(m.group(3)), int(m.group(4)))
+        except ValueError:
+            continue
+    return None
+
+
+def date_from_tags(tags: Mapping[str, str]) -> _dt.date | None:
+    """Acquisition date from raster metadata items, or None.
+
+    Acquisition-specific items (``ACQUISITION_DATE``, ``DATE_ACQUIRED``, ``SENSING_TIME``, ...) are tried before
+    the generic ``TIFFTAG_DATETIME``, which is usually the processing time.
+
+    >>> date_from_tags({"TIFFTAG_DATETIME": "2016:01:20 10:43:45"})
+    datetime.date(2016, 1, 20)
+    >>> date_from_tags({"ACQUISITION_DATE": "2019-05-01", "TIFFTAG_DATETIME": "2021:01:01 00:00:00"})
+    datetime.date(2019, 5, 1)
+    """
+    upper = {str(k).upper(): str(v) for k, v in tags.items()}
+    for key in _DATE_TAGS:
+        if key in upper:
+            parsed = _parse_date(upper[key])
+            if parsed is not None:
+                return parsed
+    return None
+
+
+def date_from_name(name: PathLike) -> _dt.date | None:
+    """Acquisition date found in a file name, or None.
+
+    >>> date_from_name("S2A_OPER_MSI_L1C_TL_MTI__20160120T104345_A003020_T39QZG_B01.tif")
+    datetime.date(2016, 1, 20)
+    >>> date_from_name("city_2019-05-01.tif"), date_from_name("before_20190501.tif"), date_from_name("b.tif")
+    (datetime.date(2019, 5, 1), datetime.date(2019, 5, 1), None)
+    """
+    return _parse_date(Path(os.fspath(name)).name)
+
+
+def is_georeferenced(ds: DatasetReader | DatasetWriter) -> bool:
+    """Whether a dataset has a CRS and a non-identity geotransform."""
+    return ds.crs is not None and not ds.transform.is_identity
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What changedet knows about a raster, read from its header (no pixel is read).
+
+    Attributes mirror rasterio's names. ``crs`` is None and ``transform`` the identity (pixel coordinates, y down)
+    for a raster without georeferencing; ``georeferenced`` says which case applies. ``date`` is the acquisition
+    date from the metadata or the file name, when one is found.
+    """
+
+    path: str
+    driver: str
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    date: _dt.date | None
+    res: tuple[float, float]
+    bounds: tuple[float, float, float, float]
+    georeferenced: bool
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
+    block_shapes: tuple[tuple[int, int], ...] = ()
+    compression: str | None = None
+    overviews: tuple[int, ...] = ()
+    date_source: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(count, height, width)."""
+        return (self.count, self.height, self.width)
+
+    @property
+    def is_geographic(self) -> bool:
+        """Whether the CRS is geographic (degrees)."""
+        return bool(self.crs is not None and self.crs.is_geographic)
+
+    @property
+    def name(self) -> str:
+        """The file name (last path component)."""
+        return Path(self.path).name
+
+    def band_names(self) -> list[str]:
+        """Band descriptions where set, else ``B1``, ``B2``, ..."""
+        return [d if d else f"B{i}" for i, d in enumerate(self.descriptions, start=1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (CRS as ``EPSG:xxxx`` or WKT, transform as 6 numbers, date as ISO text)."""
+        return {
+            "path": self.path,
+            "driver": self.driver,
+            "crs": crs_to_string(self.crs),
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+            "count": self.count,
+            "dtypes": list(self.dtypes),
+            "nodata": _json_float(self.nodata),
+            "descriptions": list(self.descriptions),
+            "date": self.date.isoformat() if self.date else None,
+            "date_source": self.date_source,
+            "res": list(self.res),
+            "bounds": list(self.bounds),
+            "georeferenced": self.georeferenced,
+            "block_shapes": [list(b) for b in self.block_shapes],
+            "compression": self.compression,
+            "overviews": list(self.overviews),
+            "tags": dict(self.tags),
+        }
+
+
+def _json_float(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+def crs_to_string(crs: CRS | None) -> str | None:
+    """``EPSG:xxxx`` when the CRS has an EPSG code, else its WKT; None for None."""
+    if crs is None:
+        return None
+    epsg = crs.to_epsg(confidence_threshold=90)
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool = True) -> DatasetReader:
+    """Open a raster for reading, with clear errors for every way a file can be unusable.
+
+    Parameters
+    ----------
+    path
+        Any raster GDAL reads (GeoTIFF, COG, ENVI, JP2, VRT, PNG/JPEG/BMP, ``/vsi...`` paths).
+    max_samples
+        Largest ``width * height * count`` accepted (default :data:`DEFAULT_MAX_SAMPLES` or the
+        ``CHANGEDET_MAX_SAMPLES`` environment variable). The check runs on the header, before any pixel is read.
+    probe
+        Read the first and the last block, so that a truncated file fails here and not halfway through a run.
+
+    Returns
+    -------
+    rasterio.io.DatasetReader
+        The open dataset; close it (or use it as a context manager).
+
+    Raises
+    ------
+    RasterReadError
+        Missing file, a directory, an empty file, not a raster, a truncated/corrupt file, or a header that
+        declares more than ``max_samples`` samples. The message names the path and the fix.
+
+    Warns
+    -----
+    NotGeoreferencedWarning
+        The raster has no CRS/geotransform (e.g. a PNG): pixel coordinates are used.
+    """
+    text = os.fspath(path)
+    is_vsi = text.startswith("/vsi")
+    p = Path(text)
+    if not is_vsi:
+        if p.is_dir():
+            raise RasterReadError(
+                f"{text}: is a directory, not a raster. Pass a raster file; to combine a folder of single-band "
+                f"files into one raster run `changedet stack {text} -o stacked.tif`."
+            )
+        if not p.exists():
+            raise RasterReadError(
+                f"{text}: no such file. Check the path (relative paths start at {Path.cwd()})."
+            )
+        if p.is_file() and p.stat().st_size == 0:
+            raise RasterReadError(f"{text}: the file is empty (0 bytes). Re-download or re-export it.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(text)
+    except rasterio.errors.RasterioIOError as exc:
+        msg = str(exc)
+        if (
+            "not recognized as being in a supported file format" in msg
+            or "not recognized as a supported" in msg
+        ):
+            raise RasterReadError(
+                f"{text}: not a raster format GDAL can read (found: {_sniff(p) if not is_vsi else 'unknown'}). "
+                "Check that the file is a GeoTIFF/JP2/PNG/... and not an HTML page, a text file or an archive; "
+                "re-download or re-export it."
+            ) from exc
+        raise RasterReadError(
+            f"{text}: cannot be opened as a raster ({msg}). The file may be truncated or corrupt: re-download or "
+            "re-export it."
+        ) from exc
+    try:
+        _validate(ds, text, _max_samples(max_samples), probe)
+    except BaseException:
+        ds.close()
+        raise
+    if not is_georeferenced(ds):
+        extra = ""
+        if ds.gcps[0]:
+            extra = (
+                " It has ground control points: warp it first with `gdalwarp -t_srs EPSG:xxxx in out.tif`."
+            )
+        warnings.warn(
+            f"{text}: no georeferencing (driver {ds.driver}); pixel coordinates are used (identity transform, no "
+            f"CRS).{extra}",
+            NotGeoreferencedWarning,
+            stacklevel=2,
+        )
+    return ds
+
+
+def _sniff(p: Path) -> str:
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return "unreadable"
+    if not head:
+        return "empty file"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if head.startswith(b"PK"):
+        return "a ZIP archive (extract it first, or open it as /vsizip/...)"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"text starting with {head[:32].decode('ascii', 'replace')!r}"
+    return f"{len(head)}+ bytes of unknown binary data"
+
+
+def _validate(ds: DatasetReader, text: str, limit: int, probe: bool) -> None:
+    samples = int(ds.width) * int(ds.height) * int(ds.count)
+    if ds.count == 0 or ds.width == 0 or ds.height == 0:
+        raise RasterReadError(
+            f"{text}: the raster has no pixels ({ds.count} bands of {ds.width}x{ds.height}); "
+            "it may be a container of subdatasets: open one of ds.subdatasets instead."
+        )
+    if samples > limit:
+        raise RasterReadError(
+            f"{text}: the header declares {ds.width} x {ds.height} pixels x {ds.count} bands = {samples:,} samples, "
+            f"more than the limit of {limit:,}. If the file really is that large, raise the limit with "
+            "max_samples= or the CHANGEDET_MAX_SAMPLES environment variable; otherwise the header is corrupt."
+        )
+    if not probe:
+        return
+    # Read the first block of band 1 and the last block of the last band: a truncated file fails here.
+    try:
+        for bidx, last in ((1, False), (ds.count, True)):
+            bh, bw = ds.block_shapes[bidx - 1]
+            bh, bw = min(bh, ds.height), min(bw, ds.width)
+            if last:
+                win = Window(ds.width - bw, ds.height - bh, bw, bh)
+            else:
+                win = Window(0, 0, bw, bh)
+            ds.read(bidx, window=win)
+    except rasterio.errors.RasterioError as exc:
+        raise RasterReadError(
+            f"{text}: the header is readable but the pixel data are not ({exc}); the file is probably truncated "
+            "or corrupt. Re-download or re-export it."
+        ) from exc
+
+
+def raster_info(source: PathLike | DatasetReader) -> RasterInfo:
+    """Header metadata of a raster (a path, opened with :func:`open_raster`, or an open dataset).
+
+    >>> import numpy as np, tempfile, os
+    >>> from changedet.testing import make_geotiff
+    >>> d = tempfile.mkdtemp()
+    >>> p = make_geotiff(os.path.join(d, "S2_20190501_x.tif"), np.zeros((2, 8, 8), "uint16"), nodata=0)
+    >>> info = raster_info(p)
+    >>> info.count, info.width, info.dtypes, info.nodata, info.date.isoformat(), str(info.crs)
+    (2, 8, ('uint16', 'uint16'), 0.0, '2019-05-01', 'EPSG:32631')
+    """
+    if isinstance(source, DatasetReader | DatasetWriter):
+        return _info_from_dataset(source)
+    with open_raster(source) as ds:
+        return _info_from_dataset(ds)
+
+
+def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
+    name = ds.name
+    try:
+        tags = dict(ds.tags())
+    except rasterio.errors.RasterioError:  # pragma: no cover - defensive
+        tags = {}
+    date_source: str | None = None
+    date = None
+    # Specific acquisition tags, then the file name, then TIFFTAG_DATETIME (usually a processing time).
+    specific = {k: v for k, v in tags.items() if k.upper() != "TIFFTAG_DATETIME"}
+    for domain in ("IMAGERY",):
+        with contextlib.suppress(Exception):
+            specific.update(ds.tags(ns=domain))
+    date = date_from_tags(specific)
+    if date is not None:
+        date_source = "tags"
+    if date is None:
+        date = date_from_name(name)
+        if date is not None:
+            date_source = "file name"
+    if date is None:
+        date = date_from_tags(tags)
+        if date is not None:
+            date_source = "TIFFTAG_DATETIME"
+    compression = None
+    with contextlib.suppress(Exception):
+        compression = ds.compression.name if ds.compression is not None else None
+    overviews: tuple[int, ...] = ()
+    with contextlib.suppress(Exception):
+        overviews = tuple(ds.overviews(1))
+    nodata = ds.nodata
+    return RasterInfo(
+        path=name,
+        driver=ds.driver,
+        crs=ds.crs if is_georeferenced(ds) else None,
+        transform=ds.transform,
+        width=int(ds.width),
+        height=int(ds.height),
+        count=int(ds.count),
+        dtypes=tuple(str(d) for d in ds.dtypes),
+        nodata=None if nodata is None else float(nodata),
+        descriptions=tuple(d if d else None for d in ds.descriptions),
+        date=date,
+        res=(float(ds.res[0]), float(ds.res[1])),
+        bounds=tuple(float(v) for v in ds.bounds),  # type: ignore[arg-type]
+        georeferenced=is_georeferenced(ds),
+        tags=tags,
+        block_shapes=tuple((int(h), int(w)) for h, w in ds.block_shapes),
+        compression=compression,
+        overviews=overviews,
+        date_source=date_source,
+    )
+
+
+def read_window(
+    ds: DatasetReader,
+    window: Window | None = None,
+    indexes: Sequence[int] | int | None = None,
+    *,
+    out_dtype: str | np.dtype | None = None,
+) -> np.ndarray:
+    """Read a window of a dataset as a (band, row, col) array.
+
+    Parameters
+    ----------
+    ds
+        An open dataset.
+    window
+        A :class:`rasterio.windows.Window` (None reads everything).
+    indexes
+        1-based band indexes (an int reads one band but still returns a 3-D array); None reads all bands.
+    out_dtype
+        Cast on read (e.g. ``"float32"``).
+
+    Raises
+    ------
+    RasterReadError
+        The indexes are out of range or the pixels cannot be read (truncated file, I/O error).
+    """
+    if indexes is None:
+        idx = list(range(1, ds.count + 1))
+    elif isinstance(indexes, int | np.integer):
+        idx = [int(indexes)]
+    else:
+        idx = [int(i) for i in indexes]
+    bad = [i for i in idx if not 1 <= i <= ds.count]
+    if bad:
+        raise RasterReadError(
+            f"{ds.name}: band index {bad} out of range; the raster has {ds.count} band(s), indexes are 1-based "
+            f"(1..{ds.count})."
+        )
+    try:
+        return ds.read(idx, window=window, out_dtype=out_dtype)
+    except rasterio.errors.RasterioError as exc:
+        raise RasterReadError(
+            f"{ds.name}: cannot read window {window} ({exc}); the file may be truncated or corrupt."
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+_SIDECARS = (".aux.xml", ".ovr", ".msk", "-journal", "-wal", "-shm")
+
+
+def _remove_quietly(path: Path) -> None:
+    for candidate in (path, *(Path(str(path) + s) for s in _SIDECARS)):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            candidate.unlink()
+
+
+def _temp_sibling(path: Path, tag: str = "partial") -> Path:
+    """A hidden temporary name next to ``path`` that keeps its suffix (drivers pick formats by extension)."""
+    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.{tag}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Write a file under a temporary name in its folder and rename it onto ``path`` only when complete.
+
+    Yields the temporary path (same folder, same suffix, hidden). On a clean exit the temporary file is renamed
+    onto ``path`` with :func:`os.replace` (atomic on one file system); on any exception, Ctrl-C included, it is
+    removed with its GDAL side-car files and the exception propagates. The output folder is created if needed.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False (checked before anything is written).
+    OutputError
+        ``path`` is a directory, the folder cannot be created, or nothing was written to the temporary path.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> with atomic_output(os.path.join(d, "out.txt")) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> sorted(os.listdir(d))
+    ['out.txt']
+    """
+    final = Path(os.fspath(path))
+    if final.is_dir():
+        raise OutputError(f"{final}: is a directory; give a file name for the output.")
+    if final.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{final}: exists already; pass overwrite=True (--overwrite) or choose another name."
+        )
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot create the output folder {final.parent} ({exc}).") from exc
+    tmp = _temp_sibling(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OutputError(f"{final}: the writer produced nothing at the temporary path {tmp}.")
+        if final.exists() and not overwrite:  # appeared while we were writing
+            raise OutputExistsError(
+                f"{final}: was created by someone else while this one was written; pass overwrite=True."
+            )
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise OutputError(f"{final}: cannot rename the finished temporary file onto it ({exc}).") from exc
+        aux = Path(str(tmp) + ".aux.xml")
+        if aux.exists():
+            os.replace(aux, Path(str(final) + ".aux.xml"))
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+class COGWriter:
+    """Stream windows into a Cloud-Optimised GeoTIFF, written atomically.
+
+    Blocks are written into a temporary tiled GeoTIFF next to ``path``; on a clean exit GDAL's COG driver copies
+    it to the final layout (tiled, DEFLATE with a predictor, overviews, IFDs first) under a temporary name, which is
+    renamed onto ``path``. On an exception nothing is left behind.
+
+    Parameters
+    ----------
+    path
+        Output file (``.tif``).
+    width, height, count, dtype, crs, transform
+        The grid and band layout, as for :func:`rasterio.open` in ``"w"`` mode. ``crs=None`` writes a raster
+        without georeferencing.
+    nodata
+        Nodata value (e.g. 255 for a uint8 mask, -1 or NaN for float32). Unwritten areas read as nodata.
+    descriptions
+        Band descriptions (names), one per band.
+    tags
+        Dataset metadata items (e.g. ``{"ACQUISITION_DATE": "2019-05-01"}``).
+    overwrite
+        Replace an existing file.
+    blocksize
+        Tile size of the COG (a multiple of 16).
+    overview_resampling
+        Overview resampling: ``"nearest"`` for integer data (masks, classes), ``"average"`` for float data
+        (default chosen from the dtype).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from rasterio.windows import Window
+    >>> from affine import Affine
+    >>> p = os.path.join(tempfile.mkdtemp(), "prob.tif")
+    >>> with COGWriter(p, width=64, height=64, count=1, dtype="float32", crs="EPSG:32631",
+    ...                transform=Affine(10, 0, 500000, 0, -10, 5700000), nodata=-1, blocksize=32) as w:
+    ...     w.write(np.full((1, 32, 64), 0.5, "float32"), Window(0, 0, 64, 32))
+    >>> raster_info(p).nodata, raster_info(p).compression
+    (-1.0, 'deflate')
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        width: int,
+        height: int,
+        count: int,
+        dtype: str | np.dtype | type,
+        crs: CRS | str | None,
+        transform: Affine | None,
+        nodata: float | None = None,
+        descriptions: Sequence[str | None] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        blocksize: int = 512,
+        overview_resampling: str | None = None,
+    ) -> None:
+        self.path = Path(os.fspath(path))
+        self.width, self.height, self.count = int(width), int(height), int(count)
+        self.dtype = np.dtype(dtype)
+        self.crs = CRS.from_user_input(crs) if crs is not None else None
+        self.transform = transform if transform is not None else Affine.identity()
+        self.nodata = nodata
+        self.descriptions = list(descriptions) if descriptions is not None else None
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.overwrite = overwrite
+        if blocksize % 16 or blocksize <= 0:
+            raise ValueError(f"blocksize must be a positive multiple of 16, got {blocksize}")
+        self.blocksize = int(blocksize)
+        if overview_resampling is None:
+            overview_resampling = "average" if self.dtype.kind == "f" else "nearest"
+        self.overview_resampling = overview_resampling
+        if self.descriptions is not None and len(self.descriptions) != self.count:
+            raise ValueError(f"{len(self.descriptions)} descriptions given for {self.count} bands")
+        if min(self.width, self.height, self.count) <= 0:
+            raise ValueError(f"empty raster requested: {self.count} x {self.height} x {self.width}")
+        self._atomic: contextlib.AbstractContextManager[Path] | None = None
+        self._final_tmp: Path | None = None
+        self._stage: Path | None = None
+        self._ds: DatasetWriter | None = None
+
+    # context manager -------------------------------------------------------------------------------------------
+    def __enter__(self) -> COGWriter:
+        self._atomic = atomic_output(self.path, overwrite=self.overwrite)
+        self._final_tmp = self._atomic.__enter__()
+        self._stage = _temp_sibling(self.path, "stage")
+        bs = self.blocksize
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": self.width,
+            "height": self.height,
+            "count": self.count,
+            "dtype": self.dtype.name,
+            "crs": self.crs,
+            "transform": self.transform,
+            "nodata": self.nodata,
+            "tiled": True,
+            "blockxsize": bs,
+            "blockysize": bs,
+            "compress": "DEFLATE",  # fast, temporary: the COG copy recompresses
+            "zlevel": 1,
+            "bigtiff": "IF_SAFER",
+            "interleave": "band" if self.count > 1 else "pixel",
+        }
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self._ds = rasterio.open(self._stage, "w", **profile)
+            if self.descriptions is not None:
+                for i, d in enumerate(self.descriptions, start=1):
+                    if d:
+                        self._ds.set_band_description(i, str(d))
+            if self.tags:
+                self._ds.update_tags(**self.tags)
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        return self
+
+    def write(self, array: np.ndarray, window: Window | None = None) -> None:
+        """Write a (band, row, col) array (or (row, col) for one band) at ``window`` (None: the whole raster)."""
+        if self._ds is None:
+            raise RuntimeError("COGWriter.write() called outside its `with` block")
+        arr = np.asarray(array)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if window is None:
+            window = Window(0, 0, self.width, self.height)
+        h, w = int(window.height), int(window.width)
+        if arr.shape != (self.count, h, w):
+            raise ValueError(
+                f"{self.path}: array of shape {arr.shape} does not fit window {window} (expected {(self.count, h, w)})"
+            )
+        c0, r0 = int(window.col_off), int(window.row_off)
+        if c0 < 0 or r0 < 0 or c0 + w > self.width or r0 + h > self.height:
+            raise ValueError(
+                f"{self.path}: window {window} outside the raster ({self.width} x {self.height})"
+            )
+        if arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype, copy=False)
+        self._ds.write(arr, window=window)
+
+    def write_band(self, bidx: int, array: np.ndarray, window: Window | None = None) -> None:
+        """Write one (row, col) band (1-based ``bidx``) at ``window``: lets a caller stream band by band."""
+        if self._ds is None:
+            raise RuntimeError("COGWriter.write_band() called outside its `with` block")
+        if not 1 <= bidx <= self.count:
+            raise ValueError(f"{self.path}: band {bidx} out of range 1..{self.count}")
+        arr = np.asarray(array)
+        if window is None:
+            window = Window(0, 0, self.width, self.height)
+        if arr.shape != (int(window.height), int(window.width)):
+            raise ValueError(f"{self.path}: array of shape {arr.shape} does not fit window {window}")
+        self._ds.write(arr.astype(self.dtype, copy=False), bidx, window=window)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self._abort(exc)
+            return
+        try:
+            self._finish()
+        except BaseException as err:
+            self._abort(err)
+            raise
+        assert self._atomic is not None
+        self._atomic.__exit__(None, None, None)
+
+    # internals -------------------------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        assert self._ds is not None and self._stage is not None and self._final_tmp is not None
+        self._ds.close()
+        self._ds = None
+        predictor = "YES"
+        cog_opts: dict[str, Any] = {
+            "driver": "COG",
+            "COMPRESS": "DEFLATE",
+            "PREDICTOR": predictor,
+            "BLOCKSIZE": self.blocksize,
+            "OVERVIEWS": "IGNORE_EXISTING",
+            "OVERVIEW_RESAMPLING": self.overview_resampling.upper(),
+            "BIGTIFF": "IF_SAFER",
+            "NUM_THREADS": str(min(2, os.cpu_count() or 1)),
+        }
+        try:
+            rasterio.shutil.copy(str(self._stage), str(self._final_tmp), **cog_opts)
+        except rasterio.errors.RasterioError as exc:
+            raise OutputError(f"{self.path}: writing the Cloud-Optimised GeoTIFF failed ({exc}).") from exc
+        finally:
+            _remove_quietly(self._stage)
+
+    def _abort(self, exc: BaseException) -> None:
+        if self._ds is not None:
+            with contextlib.suppress(Exception):
+                self._ds.close()
+            self._ds = None
+        if self._stage is not None:
+            _remove_quietly(self._stage)
+        if self._atomic is not None:
+            with contextlib.suppress(BaseException):
+                self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            self._atomic = None
+
+
+def write_cog(
+    path: PathLike,
+    array: np.ndarray,
+    *,
+    crs: CRS | str | None,
+    transform: Affine | None,
+    nodata: float | None = None,
+    descriptions: Sequence[str | None] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    blocksize: int = 512,
+    overview_resampling: str | None = None,
+) -> Path:
+    """Write a whole (band, row, col) or (row, col) array as a Cloud-Optimised GeoTIFF, atomically.
+
+    See :class:`COGWriter` for the parameters. Returns the output path.
+    """
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected a (band, row, col) array, got shape {arr.shape}")
+    count, height, width = arr.shape
+    with COGWriter(
+        path,
+        width=width,
+        height=height,
+        count=count,
+        dtype=arr.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        descriptions=descriptions,
+        tags=tags,
+        overwrite=overwrite,
+        blocksize=blocksize,
+        overview_resampling=overview_resampling,
+    ) as writer:
+        writer.write(arr)
+    return Path(os.fspath(path))

@@ -1,0 +1,288 @@
+"""Stack a folder of single-band rasters into one multi-band GeoTIFF on the finest grid.
+
+This is how a Sentinel-2 date delivered as one file per band (e.g. an OSCD city's ``imgs_1`` folder: B01..B12 and
+B8A at 10, 20 and 60 m) becomes one raster that :func:`~changedet.io.alignment.open_pair` can compare: every band is
+resampled onto the grid of the finest band, bands are ordered as on the sensor (B01, B02, B03, B04, B05, B06, B07,
+B08, B8A, B09, B10, B11, B12) and named in the band descriptions, and the acquisition date found in the file names
+is written as the ``ACQUISITION_DATE`` tag. Any other folder of single-band files works too: bands are then named
+after the files and ordered naturally (``band2`` before ``band10``).
+
+The output is a Cloud-Optimised GeoTIFF (tiled, DEFLATE, overviews) written under a temporary name and renamed when
+complete; memory use is bounded by one block row of one band.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from changedet.errors import InputError, NotGeoreferencedWarning
+from changedet.io.raster import COGWriter, date_from_name, open_raster
+
+__all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "list_band_files", "stack_bands"]
+
+#: Sentinel-2 MSI bands in sensor (wavelength) order.
+SENTINEL2_BANDS: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+)  # fmt: skip
+
+#: File suffixes considered rasters when listing a folder.
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt", ".bil", ".dat", ".envi")
+
+_S2_TOKEN = re.compile(r"(?:^|[^A-Za-z0-9])B(0?[1-9]|1[0-2]|8A)(?:$|[^A-Za-z0-9])", re.IGNORECASE)
+_NATURAL = re.compile(r"(\d+)")
+
+
+def _natural_key(text: str) -> list[object]:
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in _NATURAL.split(text)]
+
+
+def band_name_from_file(path: str | os.PathLike[str]) -> str | None:
+    """The Sentinel-2 band name (``B01`` .. ``B12``, ``B8A``) in a file name, or None.
+
+    >>> band_name_from_file("T40QBM_20180328T065919_B8A.tif"), band_name_from_file("x_b2.tif")
+    ('B8A', 'B02')
+    >>> band_name_from_file("red.tif") is None
+    True
+    """
+    matches = _S2_TOKEN.findall(Path(os.fspath(path)).stem)
+    if not matches:
+        return None
+    tok = matches[-1].upper()
+    return "B8A" if tok == "8A" else f"B{int(tok):02d}"
+
+
+def list_band_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Raster files of a folder (by suffix, hidden files skipped), in natural order."""
+    d = Path(os.fspath(folder))
+    files = [
+        p
+        for p in d.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in RASTER_SUFFIXES
+    ]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def _generic_names(files: Sequence[Path]) -> list[str]:
+    stems = [p.stem for p in files]
+    if len(stems) == 1:
+        return stems
+    prefix = os.path.commonprefix(stems)  # noqa: RUF071 - character prefix of names, not paths
+    suffix = os.path.commonprefix([s[::-1] for s in stems])[::-1]  # noqa: RUF071
+    names = [s[len(prefix) : len(s) - len(suffix) if suffix else None] for s in stems]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        return stems
+    return [n.strip("_-. ") or s for n, s in zip(names, stems, strict=True)]
+
+
+@dataclass(frozen=True)
+class _Band:
+    path: Path
+    name: str
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    dtype: str
+    nodata: float | None
+
+
+def stack_bands(
+    folder: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    resampling: str = "bilinear",
+    files: Sequence[str | os.PathLike[str]] | None = None,
+    blocksize: int = 512,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Stack single-band rasters into one multi-band COG on the finest grid.
+
+    Parameters
+    ----------
+    folder
+        Folder of single-band rasters (``.tif``, ``.jp2``, ...). Ignored when ``files`` is given.
+    out
+        Output GeoTIFF.
+    overwrite
+        Replace ``out`` if it exists.
+    resampling
+        How coarser bands are resampled onto the finest grid (``bilinear``, ``nearest``, ``cubic``, ...).
+    files
+        Explicit list of files, used in the given order (unless all carry Sentinel-2 band names).
+    blocksize
+        Tile size of the output.
+    progress
+        Called as ``progress(done, total)`` after each band.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Raises
+    ------
+    InputError
+        The folder has no raster, a file has more than one band, two files have the same band name, or the files
+        mix georeferenced and non-georeferenced rasters (or differ in size without georeferencing).
+    RasterReadError
+        A file cannot be read.
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is False.
+    """
+    if files is None:
+        d = Path(os.fspath(folder))
+        if not d.is_dir():
+            raise InputError(f"{d}: not a folder; give the folder that holds one file per band.")
+        out_resolved = Path(os.fspath(out)).resolve()
+        paths = [p for p in list_band_files(d) if p.resolve() != out_resolved]
+        if not paths:
+            raise InputError(
+                f"{d}: no raster files ({', '.join(RASTER_SUFFIXES)}) found; give the folder that holds one file per band."
+            )
+    else:
+        paths = [Path(os.fspath(p)) for p in files]
+        if not paths:
+            raise InputError("stack_bands: the list of files is empty.")
+    try:
+        rs = Resampling[resampling.lower()]
+    except KeyError:
+        raise InputError(
+            f"resampling {resampling!r} is not known; use nearest, bilinear, cubic or average."
+        ) from None
+
+    s2 = [band_name_from_file(p) for p in paths]
+    if all(s2) and len(set(s2)) == len(s2):
+        order = sorted(range(len(paths)), key=lambda i: SENTINEL2_BANDS.index(s2[i]))  # type: ignore[arg-type]
+        paths = [paths[i] for i in order]
+        names = [str(s2[i]) for i in order]
+    else:
+        names = _generic_names(paths)
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise InputError(f"{folder}: several files give the band name(s) {sorted(dup)}; rename them.")
+
+    bands: list[_Band] = []
+    for p, name in zip(paths, names, strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with open_raster(p) as ds:
+                if ds.count != 1:
+                    raise InputError(
+                        f"{p}: has {ds.count} bands; `stack` combines single-band files. Split it first "
+                        "(`gdal_translate -b N`) or use it directly."
+                    )
+                georef = ds.crs is not None and not ds.transform.is_identity
+                bands.append(
+                    _Band(
+                        p,
+                        name,
+                        ds.crs if georef else None,
+                        ds.transform,
+                        ds.width,
+                        ds.height,
+                        ds.dtypes[0],
+                        ds.nodata,
+                    )
+                )
+    georefs = {b.crs is not None for b in bands}
+    if len(georefs) > 1:
+        missing = [b.path.name for b in bands if b.crs is None]
+        raise InputError(
+            f"{folder}: {', '.join(missing)} have no georeferencing but the other files have; fix them."
+        )
+    georeferenced = georefs == {True}
+
+    if georeferenced:
+        # finest grid: smallest pixel area among the bands in the most common CRS, then most pixels, then first
+        crs_counts: dict[str, int] = {}
+        for b in bands:
+            crs_counts[b.crs.to_wkt()] = crs_counts.get(b.crs.to_wkt(), 0) + 1  # type: ignore[union-attr]
+        main_crs = max(crs_counts, key=lambda k: crs_counts[k])
+        cands = [b for b in bands if b.crs.to_wkt() == main_crs]  # type: ignore[union-attr]
+        ref = min(cands, key=lambda b: (abs(b.transform.a * b.transform.e), -b.width * b.height))
+    else:
+        sizes = {(b.width, b.height) for b in bands}
+        if len(sizes) > 1:
+            raise InputError(
+                f"{folder}: the files have no georeferencing and different sizes {sorted(sizes)}; they cannot be "
+                "placed on one grid."
+            )
+        ref = bands[0]
+
+    dtype = np.result_type(*[np.dtype(b.dtype) for b in bands])
+    nodatas = {b.nodata for b in bands if b.nodata is not None}
+    nodata = next(iter(nodatas)) if len(nodatas) == 1 else None
+    date = next((d for d in (date_from_name(p) for p in paths) if d is not None), None)
+    if date is None:
+        date = date_from_name(Path(os.fspath(folder)).name)
+    tags = {"STACK_SOURCE": Path(os.fspath(folder)).name, "STACK_BANDS": ",".join(names)}
+    if date is not None:
+        tags["ACQUISITION_DATE"] = date.isoformat()
+
+    width, height = ref.width, ref.height
+    rows = max(blocksize, (4 * 1024 * 1024) // max(1, width * dtype.itemsize) // blocksize * blocksize)
+    with (
+        COGWriter(
+            out,
+            width=width,
+            height=height,
+            count=len(bands),
+            dtype=dtype,
+            crs=ref.crs,
+            transform=ref.transform if georeferenced else None,
+            nodata=nodata,
+            descriptions=names,
+            tags=tags,
+            overwrite=overwrite,
+            blocksize=blocksize,
+            overview_resampling="average",
+        ) as writer,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for i, b in enumerate(bands):
+            same_grid = (
+                b.crs == ref.crs
+                and b.transform.almost_equals(ref.transform)
+                and (b.width, b.height) == (width, height)
+            )
+            with open_raster(b.path, probe=False) as ds:
+                src = (
+                    ds
+                    if same_grid or not georeferenced
+                    else WarpedVRT(
+                        ds,
+                        crs=ref.crs,
+                        transform=ref.transform,
+                        width=width,
+                        height=height,
+                        resampling=rs,
+                        src_nodata=b.nodata,
+                        nodata=nodata if nodata is not None else b.nodata,
+                    )
+                )
+                try:
+                    for r0 in range(0, height, rows):
+                        h = min(rows, height - r0)
+                        win = Window(0, r0, width, h)
+                        arr = src.read(1, window=win, out_dtype=dtype)
+                        writer.write_band(i + 1, arr, win)
+                finally:
+                    if src is not ds:
+                        src.close()
+            if progress is not None:
+                progress(i + 1, len(bands))
+    return Path(os.fspath(out))
