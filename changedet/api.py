@@ -112,7 +112,7 @@ class ChangeResult:
         if self._polygons is None:
             import geopandas as gpd
 
-            self._polygons = gpd.read_file(self.paths["gpkg"]) if "gpkg" in self.paths else None
+            self._polygons = gpd.read_file(self.paths["gpkg"], layer="changes") if "gpkg" in self.paths else None
         return self._polygons
 
     def to_geodataframe(self) -> gpd.GeoDataFrame:
@@ -471,7 +471,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
                 after_date=after_date, model=str(model_report.get("name")),
             )
             write_vectors(polygons, staging / OUTPUT_NAMES["gpkg"], staging / OUTPUT_NAMES["geojson"],
-                          geojson_crs=geojson_crs, overwrite=True)
+                          geojson_crs=geojson_crs if pair.crs is not None else None, overwrite=True)
             timings["vectorize"] = time.perf_counter() - t1
 
         report = {

@@ -1,0 +1,166 @@
+"""End-to-end detect: known answers, nodata, band selection, outputs, CLI == API."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from changedet.api import detect
+from changedet.cli.main import cli
+from changedet.errors import CheckpointError, NothingToCompareWarning, OutputExistsError
+from changedet.testing import make_geotiff, make_pair, paint_change
+
+ALL_OUTPUTS = {"probability.tif", "change.tif", "changes.gpkg", "changes.geojson", "report.json", "quicklook.png"}
+
+
+def _checkpoint(tmp: Path, bands: list[str], name: str = "tiny") -> Path:
+    import torch
+
+    from changedet.models import create_model
+    from changedet.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("fc-siam-diff", in_channels=len(bands))
+    meta = CheckpointMeta(band_names=bands, pixel_size=10.0, threshold=0.5, name=name)
+    return save_checkpoint(model, tmp / name, meta)
+
+
+def test_known_answer_block_gives_one_polygon_of_the_right_area_place_and_crs(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=256, bands=4)
+    paint_change(after, (64, 96, 40, 60))  # rows 64..104, cols 96..156 at 10 m
+    out = tmp_path / "out"
+    result = detect(before, after, method="cva", output_dir=out)
+    assert ALL_OUTPUTS <= {p.name for p in out.iterdir()}
+    assert not any(p.name.startswith(".changedet") for p in out.iterdir())
+    polys = gpd.read_file(out / "changes.gpkg", layer="changes")
+    assert len(polys) == 1
+    assert polys.crs.to_epsg() == 32631
+    poly = polys.geometry.iloc[0]
+    assert poly.area == pytest.approx(40 * 60 * 100, rel=0.03)
+    # the block's bounds in map coordinates: x 500960..501560, y 5699360..5698960
+    minx, miny, maxx, maxy = poly.bounds
+    assert minx == pytest.approx(500960, abs=20) and maxx == pytest.approx(501560, abs=20)
+    assert maxy == pytest.approx(5700000 - 640, abs=20) and miny == pytest.approx(5700000 - 1040, abs=20)
+    row = polys.iloc[0]
+    assert row["area_m2"] == pytest.approx(240000, rel=0.03)
+    assert row["before_date"] == "2019-05-01" and row["after_date"] == "2020-05-01"
+    assert 0.5 <= row["mean_prob"] <= row["max_prob"] <= 1.0
+    geojson = gpd.read_file(out / "changes.geojson")
+    assert geojson.crs.to_epsg() == 4326 and len(geojson) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["n_polygons"] == 1
+    assert report["summary"]["changed_area_m2"] == pytest.approx(240000, rel=0.03)
+    assert report["inputs"]["before"]["date"] == "2019-05-01"
+    assert report["model"]["method"] == "cva"
+    assert result.mask.shape == (256, 256)
+    assert int((result.mask == 1).sum()) == report["summary"]["changed_pixels"]
+
+
+def test_rasters_are_georeferenced_cogs_on_the_before_grid(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "other-crs", size=128)
+    with pytest.warns(UserWarning):
+        detect(before, after, method="cva", output_dir=tmp_path / "out", quicklook=False)
+    with rasterio.open(before) as b, rasterio.open(tmp_path / "out" / "probability.tif") as p:
+        assert p.crs == b.crs
+        assert p.transform.a == b.transform.a and p.transform.e == b.transform.e
+        assert p.dtypes[0] == "float32" and p.nodata == -1
+    with rasterio.open(tmp_path / "out" / "change.tif") as c:
+        assert c.dtypes[0] == "uint8" and c.nodata == 255
+        assert set(np.unique(c.read(1))) <= {0, 1, 255}
+
+
+def test_nodata_is_propagated_and_never_changed(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "nodata-border", size=128)
+    result = detect(before, after, method="cva", output_dir=tmp_path / "out", quicklook=False)
+    with rasterio.open(before) as b, rasterio.open(after) as a:
+        invalid = (b.read(1) == b.nodata) | (a.read(1) == a.nodata)
+    mask, prob = result.mask, result.probability
+    assert invalid.any()
+    assert np.all(mask[invalid] == 255) and np.all(prob[invalid] == -1)
+    assert np.all(mask[~invalid] != 255)
+    polys = result.polygons
+    if len(polys):
+        from shapely.geometry import box
+
+        left_border = box(500000, 5700000 - 1280, 500000 + 120, 5700000)
+        assert polys.intersection(left_border).area.max() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_all_nodata_pair_is_a_clear_nothing_to_compare_result(tmp_path: Path) -> None:
+    zeros = np.zeros((3, 64, 64), np.uint16)
+    before = make_geotiff(tmp_path / "b.tif", zeros, nodata=0)
+    after = make_geotiff(tmp_path / "a.tif", zeros, nodata=0)
+    with pytest.warns(NothingToCompareWarning, match="nothing to compare"):
+        result = detect(before, after, method="cva", output_dir=tmp_path / "out", quicklook=False)
+    assert result.report["summary"]["nothing_to_compare"] is True
+    assert len(result.polygons) == 0
+    assert np.all(result.mask == 255)
+
+
+def test_existing_outputs_need_overwrite(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    out = tmp_path / "out"
+    detect(before, after, method="cva", output_dir=out, quicklook=False)
+    stamp = (out / "report.json").stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        detect(before, after, method="cva", output_dir=out, quicklook=False)
+    assert (out / "report.json").stat().st_mtime_ns == stamp
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(out), "--method", "cva"])
+    assert res.exit_code == 2 and "already exist" in res.output
+    detect(before, after, method="cva", output_dir=out, quicklook=False, overwrite=True)
+
+
+def test_checkpoint_bands_are_selected_by_name(tmp_path: Path) -> None:
+    names = ["B01", "B02", "B03", "B04", "B05"]
+    before, after = make_pair(tmp_path, "aligned", size=96, bands=5, descriptions=names)
+    ckpt = _checkpoint(tmp_path, ["B04", "B03", "B02"], "rgb")
+    result = detect(before, after, model=ckpt, output_dir=tmp_path / "out", quicklook=False)
+    assert result.report["grid"]["bands"] == ["B04", "B03", "B02"]
+    assert result.report["model"]["architecture"] == "fc-siam-diff"
+
+
+def test_band_count_mismatch_names_both_numbers(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=4)
+    ckpt = _checkpoint(tmp_path, ["a", "b", "c"])
+    with pytest.raises(CheckpointError, match="has 4 bands but the model tiny expects 3"):
+        detect(before, after, model=ckpt, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "probability.tif").exists()
+    # --indexes picks three of the four bands
+    result = detect(before, after, model=ckpt, indexes=[1, 2, 3], output_dir=tmp_path / "out", quicklook=False)
+    assert result.report["summary"]["valid_pixels"] == 64 * 64
+
+
+def test_cli_and_api_give_identical_rasters_and_polygons(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=160, bands=3)
+    paint_change(after, (30, 40, 20, 30))
+    ckpt = _checkpoint(tmp_path, ["B1", "B2", "B3"])
+    api_out, cli_out = tmp_path / "api", tmp_path / "cli"
+    detect(before, after, model=ckpt, output_dir=api_out, tile_size=64, overlap=16, quicklook=False)
+    res = CliRunner().invoke(cli, ["-q", "detect", str(before), str(after), "-o", str(cli_out), "--model", str(ckpt),
+                                   "--tile-size", "64", "--overlap", "16", "--no-quicklook"])
+    assert res.exit_code == 0, res.output
+    for name in ("probability.tif", "change.tif"):
+        with rasterio.open(api_out / name) as a, rasterio.open(cli_out / name) as c:
+            np.testing.assert_array_equal(a.read(), c.read())
+    pa = gpd.read_file(api_out / "changes.gpkg", layer="changes")
+    pc = gpd.read_file(cli_out / "changes.gpkg", layer="changes")
+    assert len(pa) == len(pc)
+    assert pa.geometry.geom_equals(pc.geometry).all()
+
+
+def test_non_georeferenced_pair_works_in_pixel_coordinates(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "no-crs-both", size=64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = detect(before, after, method="cva", output_dir=tmp_path / "out", quicklook=True)
+    assert any("georeferenc" in str(w.message).lower() for w in caught)
+    with rasterio.open(result.paths["probability"]) as ds:
+        assert ds.crs is None
+    assert (tmp_path / "out" / "quicklook.png").stat().st_size > 1000
