@@ -1,0 +1,179 @@
+"""Bundled checkpoints (``changedet/weights/<name>.safetensors|.json|.md``) and model resolution.
+
+:func:`resolve_model` turns what a user gives (nothing, a bundled name, a checkpoint path, or an architecture name
+with a checkpoint) into a ready model and its :class:`~changedet.models.checkpoint.CheckpointMeta`. Without a
+``spec`` the default is chosen from the input:
+
+======================================  ===============
+input                                   default
+======================================  ===============
+13 bands (Sentinel-2 L1C/L2A stack)     ``s2-13band``
+3 bands, pixel size >= 5 m              ``s2-rgb``
+3 bands, finer or unknown pixel size    ``aerial-rgb``
+anything else                           an error naming the bundled models and how to train one
+======================================  ===============
+
+>>> from changedet.models.bundled import default_model_name
+>>> default_model_name(13), default_model_name(3, 10.0), default_model_name(3, 0.5)
+('s2-13band', 's2-rgb', 'aerial-rgb')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from torch import nn
+
+from changedet.errors import ChangedetWarning, CheckpointError, UnknownModelError
+from changedet.models.checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, read_meta
+from changedet.models.registry import list_models
+
+__all__ = ["WEIGHTS_DIR", "bundled_path", "default_model_name", "list_bundled", "resolve_model"]
+
+log = logging.getLogger(__name__)
+
+#: Folder of the bundled checkpoints.
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+_TRAIN_HINT = ("train one with `changedet train` (see `changedet train --help`) and pass the checkpoint with "
+               "--model PATH/TO/model.safetensors")
+
+
+def list_bundled(weights_dir: str | os.PathLike[str] | None = None) -> list[CheckpointMeta]:
+    """Metadata of the bundled checkpoints, sorted by name (those whose weights file is missing are skipped).
+
+    Parameters
+    ----------
+    weights_dir : path-like, optional
+        Folder to scan instead of :data:`WEIGHTS_DIR`.
+    """
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    out: list[CheckpointMeta] = []
+    for json_path in sorted(folder.glob("*.json")):
+        weights, _ = checkpoint_paths(json_path)
+        if not weights.is_file():
+            log.warning("%s: bundled checkpoint has no weights file %s; skipped", json_path, weights.name)
+            continue
+        meta = read_meta(json_path)
+        if not meta.name:
+            meta.name = json_path.stem
+        out.append(meta)
+    return out
+
+
+def bundled_path(name: str, weights_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Path of the ``.safetensors`` of a bundled checkpoint (raises UnknownModelError listing the bundled names)."""
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    names = [m.name for m in list_bundled(folder)]
+    if name not in names:
+        raise UnknownModelError(name, names or ["(none bundled)"], what="bundled model")
+    return folder / f"{name}.safetensors"
+
+
+def default_model_name(band_count: int, pixel_size: float | None = None) -> str:
+    """Name of the default bundled model for an input of ``band_count`` bands and ``pixel_size`` metres.
+
+    Raises
+    ------
+    CheckpointError
+        When no default fits the band count (the message lists the bundled models and how to train one).
+    """
+    if band_count == 13:
+        return "s2-13band"
+    if band_count == 3:
+        return "s2-rgb" if pixel_size is not None and pixel_size >= 5.0 else "aerial-rgb"
+    bundled = ", ".join(f"{m.name} ({m.in_channels} bands)" for m in list_bundled()) or "none"
+    raise CheckpointError(
+        f"no bundled model takes {band_count} bands (defaults exist for 13-band Sentinel-2 and 3-band RGB; "
+        f"bundled: {bundled}); select 3 or 13 bands, or {_TRAIN_HINT}"
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    p = Path(spec)
+    return p.suffix in (".safetensors", ".json", ".pt", ".pth") or os.sep in spec or "/" in spec or p.exists()
+
+
+def _check_pixel_size(meta: CheckpointMeta, pixel_size: float | None, source: str) -> None:
+    if pixel_size is None or meta.pixel_size is None:
+        return
+    ratio = pixel_size / meta.pixel_size
+    if ratio > 2.0 or ratio < 0.5:
+        warnings.warn(
+            f"{source}: the model was trained at {meta.pixel_size:g} m pixels but the input has {pixel_size:g} m; "
+            "results may be poor (resample the input or use a model trained at this resolution)",
+            ChangedetWarning, stacklevel=3,
+        )
+
+
+def resolve_model(spec: str | os.PathLike[str] | None = None, *, band_count: int, pixel_size: float | None = None,
+                  checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu",
+                  weights_dir: str | os.PathLike[str] | None = None) -> tuple[nn.Module, CheckpointMeta]:
+    """Load the model to apply to an input of ``band_count`` bands.
+
+    Parameters
+    ----------
+    spec : str or path-like, optional
+        A bundled name (``s2-13band``...), a checkpoint path (``.safetensors``/``.json``/stem), an architecture
+        name (then ``checkpoint`` is required), or None for the default by band count and pixel size.
+    band_count : int
+        Bands per date of the input; a checkpoint for another count raises CheckpointError with both numbers.
+    pixel_size : float, optional
+        Input pixel size in metres (chooses between ``s2-rgb`` and ``aerial-rgb``; a model trained at a very
+        different resolution gives a warning).
+    checkpoint : path-like, optional
+        Checkpoint to load (with ``spec`` None or an architecture name that it must match).
+    device : str
+        Torch device for the weights.
+    weights_dir : path-like, optional
+        Folder of bundled checkpoints instead of :data:`WEIGHTS_DIR`.
+
+    Returns
+    -------
+    (model, meta)
+        The model in eval mode and its checkpoint metadata.
+
+    Raises
+    ------
+    UnknownModelError
+        ``spec`` is neither a bundled name, an architecture, nor an existing path.
+    CheckpointError
+        The checkpoint does not fit (band count...), an architecture without checkpoint, or no default bundled.
+    """
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    bundled = {m.name: m for m in list_bundled(folder)}
+    if checkpoint is not None:
+        model, meta = load_checkpoint(checkpoint, in_channels=band_count, device=device)
+        if spec is not None and str(spec) != meta.architecture:
+            raise CheckpointError(f"{checkpoint}: holds a {meta.architecture!r} model, not {str(spec)!r}")
+        _check_pixel_size(meta, pixel_size, str(checkpoint))
+        return model, meta
+    if spec is None:
+        name = default_model_name(band_count, pixel_size)
+        if name not in bundled:
+            raise CheckpointError(
+                f"the default model for {band_count} bands ({'unknown' if pixel_size is None else f'{pixel_size:g} m'}"
+                f" pixels) is {name!r}, which is not bundled with this installation (bundled: "
+                f"{', '.join(bundled) or 'none'}); {_TRAIN_HINT}"
+            )
+        spec = name
+    spec = str(spec)
+    if spec in bundled:
+        path = folder / f"{spec}.safetensors"
+        model, meta = load_checkpoint(path, in_channels=band_count, device=device)
+        meta.name = meta.name or spec
+        _check_pixel_size(meta, pixel_size, f"bundled model {spec!r}")
+        return model, meta
+    if spec in list_models():
+        raise CheckpointError(
+            f"{spec!r} is an architecture without trained weights; give its checkpoint (checkpoint=PATH, "
+            f"--model PATH) or a bundled model ({', '.join(bundled) or 'none bundled'}), or {_TRAIN_HINT}"
+        )
+    if _looks_like_path(spec):
+        model, meta = load_checkpoint(spec, in_channels=band_count, device=device)
+        _check_pixel_size(meta, pixel_size, spec)
+        return model, meta
+    raise UnknownModelError(spec, [*bundled, *list_models()], what="model")
