@@ -215,6 +215,26 @@ def _select_bands(info: Any, meta: Any, indexes: Sequence[int] | None, source: s
     )
 
 
+def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None) -> Any:
+    """The checkpoint metadata that ``resolve_model`` would load, without loading weights (None if unknown)."""
+    from changedet.errors import ChangedetError
+    from changedet.models.bundled import default_model_name, list_bundled
+    from changedet.models.checkpoint import read_meta
+
+    try:
+        if checkpoint is not None:
+            return read_meta(checkpoint)
+        bundled = {m.name: m for m in list_bundled()}
+        name = str(model) if model is not None else default_model_name(band_count, pixel)
+        if name in bundled:
+            return bundled[name]
+        if Path(name).suffix in (".json", ".safetensors") or Path(name).with_suffix(".json").exists():
+            return read_meta(name)
+    except (ChangedetError, OSError):
+        return None
+    return None
+
+
 def _sample_for_fit(pair: Any, max_pixels: int = 1_500_000, seed: int = 0) -> tuple[np.ndarray, ...]:
     """Random windows of the pair (at most ``max_pixels``) for fitting an unsupervised method."""
     from rasterio.windows import Window
@@ -362,6 +382,10 @@ def detect(
         if pixel is not None and before_info.crs is not None and before_info.crs.is_geographic:
             pixel = pixel * 111_320.0  # degrees -> metres at the equator, good enough to pick a default
         n_in = len(select) if select else before_info.count
+        peek = _peek_meta(model, checkpoint, n_in, pixel)
+        if peek is not None:  # match the checkpoint's bands by name before loading it
+            select = _select_bands(before_info, peek, select, before_name)
+            n_in = len(select) if select else before_info.count
         net, meta = resolve_model(model, band_count=n_in, pixel_size=pixel, checkpoint=checkpoint)
         select = _select_bands(before_info, meta, select, before_name)
     elif model is not None:
