@@ -321,18 +321,21 @@ def _srs(parent: ET.Element, crs: Any) -> ET.Element:
     c = CRS.from_user_input(crs)
     s = _el(parent, "spatialrefsys", nativeFormat="Wkt")
     _el(s, "wkt", c.to_wkt("WKT2_2019"))
-    try:
-        with warnings.catch_warnings():  # "you will likely lose information": QGIS reads the WKT first
-            warnings.simplefilter("ignore", UserWarning)
-            _el(s, "proj4", c.to_proj4())
-    except Exception:  # noqa: BLE001 - some CRSs have no PROJ.4 form; the WKT is enough for QGIS
-        _el(s, "proj4", "")
+    proj4 = ""
+    with warnings.catch_warnings():  # "you will likely lose information": QGIS reads the WKT first
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            proj4 = c.to_proj4() or ""
+        except Exception:  # noqa: BLE001 - some CRSs have no PROJ.4 form; the WKT is enough for QGIS
+            proj4 = ""
+    _el(s, "proj4", proj4)
     auth = c.to_authority()
     _el(s, "srsid", 0)
     _el(s, "srid", auth[1] if auth and auth[0] == "EPSG" else 0)
     _el(s, "authid", f"{auth[0]}:{auth[1]}" if auth else "")
     _el(s, "description", c.name)
-    proj = c.to_dict().get("proj", "") if not c.is_geographic else "longlat"
+    match = re.search(r"\+proj=(\w+)", proj4)
+    proj = "longlat" if c.is_geographic else (match.group(1) if match else "")
     _el(s, "projectionacronym", proj)
     _el(s, "ellipsoidacronym", _ellipsoid_acronym(c))
     _el(s, "geographicflag", "true" if c.is_geographic else "false")
@@ -729,9 +732,9 @@ def export_qgis(
     report = _read_report(out)
     if threshold is None:
         threshold = _find(report, "threshold", "options.threshold", "result.threshold", "model.threshold")
-    before = before if before is not None else _find(report, "before", "inputs.before", "pair.before")
-    after = after if after is not None else _find(report, "after", "inputs.after", "pair.after")
-    dates = [_find(report, f"dates.{k}", f"{k}_date", f"pair.dates.{k}") for k in ("before", "after")]
+    before = before if before is not None else _find(report, "inputs.before", "before")
+    after = after if after is not None else _find(report, "inputs.after", "after")
+    dates = [_find(report, f"inputs.{k}.date", f"dates.{k}", f"{k}_date") for k in ("before", "after")]
     if before is not None and not (out / before).exists() and not Path(before).exists():
         log.warning("BEFORE raster %s (from report.json) not found: left out of the project", before)
         before = None

@@ -1,0 +1,120 @@
+"""``changedet vectorize RASTER OUT``: change mask (or probability + threshold) -> GeoPackage / GeoJSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from changedet.cli._common import echo_json
+
+_FORMATS = {".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}
+
+
+def _sibling_report(raster: Path) -> dict[str, Any]:
+    """report.json of the `changedet detect` folder RASTER sits in, if any (threshold, model, dates)."""
+    import json
+
+    p = raster.parent / "report.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@click.command("vectorize")
+@click.argument("raster", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Change where probability >= THRESHOLD. Needed when RASTER is a probability (float) raster "
+                   "without a 'threshold' tag; with a mask it is only recorded in the attributes.")
+@click.option("--probability", "probability", type=click.Path(path_type=Path), default=None,
+              help="Probability raster on RASTER's grid, for the mean_prob/max_prob attributes.")
+@click.option("--min-area", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Drop polygons smaller than this (m2, also in geographic CRSs).")
+@click.option("--simplify", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Topology-preserving simplification tolerance (m).")
+@click.option("--fill-holes", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Fill holes smaller than this (m2).")
+@click.option("--geojson-crs", default="EPSG:4326", show_default=True,
+              help="CRS of a GeoJSON OUT (RFC 7946 WGS84 by default); 'input' keeps the raster's CRS.")
+@click.option("--window-size", type=click.IntRange(2), default=4096, show_default=True,
+              help="Pixels per side of the windows read at a time (bounds the memory).")
+@click.option("--model", default=None, help="Model name recorded in the 'model' attribute.")
+@click.option("--before-date", default=None, help="BEFORE date recorded in the attributes (YYYY-MM-DD).")
+@click.option("--after-date", default=None, help="AFTER date recorded in the attributes (YYYY-MM-DD).")
+@click.option("--no-style", "style", flag_value=False, default=True,
+              help="Do not embed the QGIS style in a GeoPackage nor write its .qml sidecar.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def command(raster: Path, out: Path, threshold: float | None, probability: Path | None, geojson_crs: str,
+            style: bool, overwrite: bool, as_json: bool, **options: Any) -> None:
+    """Vectorise a change mask RASTER (non-zero = change, nodata ignored) into polygons written to OUT.
+
+    OUT is a GeoPackage (.gpkg, keeps the raster's CRS, QGIS style embedded) or GeoJSON (.geojson, WGS84 per
+    RFC 7946 unless --geojson-crs input). A float RASTER is read as a change probability: change is
+    probability >= --threshold (default: the raster's 'threshold' tag). Attributes: id, area_m2, perimeter_m,
+    pixel_count, mean_prob, max_prob, before_date, after_date, model, threshold.
+    """
+    import numpy as np
+
+    from changedet.errors import InputError
+    from changedet.export import write_vectors
+    from changedet.io.raster import open_raster
+    from changedet.vectorize import vectorize
+
+    kind = _FORMATS.get(out.suffix.lower())
+    if kind is None:
+        raise click.BadParameter(f"{out}: give a .gpkg or .geojson file name", param_hint="OUT")
+    with open_raster(raster) as ds:
+        is_float = np.dtype(ds.dtypes[0]).kind == "f"
+        tags = ds.tags()
+    report = _sibling_report(raster)
+    if options["model"] is None and isinstance(report.get("model"), dict):
+        options["model"] = report["model"].get("name")
+    for which in ("before", "after"):
+        if options[f"{which}_date"] is None:
+            options[f"{which}_date"] = (report.get("inputs", {}).get(which) or {}).get("date")
+    mask: Any = raster
+    prob: Any = probability
+    if is_float:
+        if probability is not None:
+            raise InputError(
+                f"{raster}: is a float (probability) raster and --probability was given too; pass the "
+                "change mask as RASTER, or only the probability with --threshold."
+            )
+        if threshold is None:
+            tag = tags.get("threshold") or tags.get("THRESHOLD") or report.get("threshold")
+            if tag is None:
+                raise InputError(
+                    f"{raster}: is a float raster (a probability), so a --threshold is needed "
+                    "(change = probability >= threshold), e.g. --threshold 0.5; none was given, the raster "
+                    "has no 'threshold' tag and no report.json next to it gives one."
+                )
+            threshold = float(tag)
+        mask, prob = None, raster
+    gdf = vectorize(mask, prob, threshold=threshold, **options)
+    crs = None if geojson_crs.lower() in ("input", "keep", "none") else geojson_crs
+    paths = write_vectors(
+        gdf,
+        gpkg_path=out if kind == "gpkg" else None,
+        geojson_path=out if kind == "geojson" else None,
+        geojson_crs=crs,
+        overwrite=overwrite,
+        style=style,
+    )
+    total = float(gdf["area_m2"].sum()) if len(gdf) else 0.0
+    summary = {
+        "polygons": len(gdf),
+        "area_m2": total if gdf.crs is not None else None,
+        "pixels": int(gdf["pixel_count"].sum()) if len(gdf) else 0,
+        "crs": gdf.crs.to_string() if gdf.crs is not None else None,
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
+    if as_json:
+        echo_json(summary)
+        return
+    area = f", {total / 1e6:.4f} km2" if summary["area_m2"] is not None else ""
+    click.echo(f"{len(gdf)} polygons{area} -> {out}")
