@@ -299,7 +299,8 @@ def vectorize(
         ``None`` to derive it from ``probability >= threshold``.
     probability : numpy.ndarray, path, rasterio dataset, optional
         Change probability (0..1) on the same grid; gives ``mean_prob`` and ``max_prob`` (NaN without it).
-        Non-finite values and the dataset's nodata (``-1`` in ``probability.tif``) are ignored.
+        Non-finite values, values outside 0..1 and the dataset's nodata (``-1`` in ``probability.tif``) are
+        ignored.
     transform, crs : optional
         Georeferencing of array inputs (rasterio ``Affine`` and anything ``pyproj.CRS`` accepts). Taken from the
         dataset when a path or dataset is given and these are None.
@@ -472,7 +473,8 @@ def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float
         prob = None
         if psrc is not None:
             prob = psrc.read(win).astype("float64", copy=False)
-            pvalid = np.isfinite(prob)
+            with np.errstate(invalid="ignore"):
+                pvalid = np.isfinite(prob) & (prob >= 0.0) & (prob <= 1.0)
             if pnodata is not None and not (isinstance(pnodata, float) and math.isnan(pnodata)):
                 pvalid &= prob != pnodata
         if msrc is not None:
@@ -556,7 +558,8 @@ def _merge_pieces(pieces: _Pieces) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         starts = np.concatenate([[0], np.cumsum(sizes)])
         for g in multi:
             members = geoms_in[order[starts[g] : starts[g + 1]]]
-            merged = shapely.union_all(members)
+            # exact in pixel coordinates; simplify(0) drops the collinear vertices left on the window seams
+            merged = shapely.simplify(shapely.union_all(members), 0.0)
             if merged.geom_type != "Polygon":  # pragma: no cover - edge-connected pieces union to one polygon
                 merged = max(getattr(merged, "geoms", [merged]), key=lambda p: p.area)
             out[g] = merged

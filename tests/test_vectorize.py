@@ -1,0 +1,293 @@
+"""Known-answer tests of changedet.vectorize: areas, window merging, attributes, metre options, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import shapely
+from pyproj import CRS, Geod, Transformer
+from rasterio.transform import from_origin
+
+from changedet.errors import InputError, NotGeoreferencedWarning, RasterReadError
+from changedet.testing import make_geotiff
+from changedet.vectorize import COLUMNS, vectorize
+
+UTM = "EPSG:32631"
+T_UTM = from_origin(500000, 5700000, 10, 10)
+RES_DEG = 0.0001
+T_GEO = from_origin(2.3, 48.9, RES_DEG, RES_DEG)
+GEOD = Geod(ellps="WGS84")
+
+
+def _block_area_geodesic(r0: int, c0: int, h: int, w: int) -> float:
+    """Geodesic area of a block of pixels of T_GEO, computed independently of changedet."""
+    lon0, lat0 = T_GEO @ (c0, r0)
+    lon1, lat1 = T_GEO @ (c0 + w, r0 + h)
+    # densify the edges along parallels so the polygon follows the pixel grid
+    lons = np.concatenate([np.linspace(lon0, lon1, 50), np.linspace(lon1, lon0, 50)])
+    lats = np.concatenate([np.full(50, lat0), np.full(50, lat1)])
+    return abs(GEOD.polygon_area_perimeter(lons, lats)[0])
+
+
+def test_blocks_projected_exact_areas_place_and_crs():
+    mask = np.zeros((200, 300), dtype="uint8")
+    mask[10:30, 40:90] = 1  # 20 x 50 px
+    mask[100:170, 200:207] = 1  # 70 x 7 px
+    gdf = vectorize(mask, transform=T_UTM, crs=UTM)
+    assert list(gdf.columns) == [*COLUMNS, "geometry"]
+    assert gdf.crs == CRS.from_user_input(UTM)
+    assert len(gdf) == 2
+    assert gdf["id"].tolist() == [1, 2]
+    assert gdf["area_m2"].tolist() == [20 * 50 * 100.0, 70 * 7 * 100.0]
+    assert gdf["perimeter_m"].tolist() == [2 * (20 + 50) * 10.0, 2 * (70 + 7) * 10.0]
+    assert gdf["pixel_count"].tolist() == [1000, 490]
+    assert gdf.geometry[0].equals(shapely.box(500400, 5700000 - 300, 500900, 5700000 - 100))
+    assert gdf.geometry[1].equals(shapely.box(502000, 5700000 - 1700, 502070, 5700000 - 1000))
+    # exterior rings counter-clockwise (RFC 7946 order)
+    assert all(shapely.is_ccw(g.exterior) for g in gdf.geometry)
+
+
+def test_epsg4326_areas_within_one_percent_of_geodesic():
+    mask = np.zeros((400, 400), dtype="uint8")
+    mask[50:150, 60:260] = 1
+    mask[300:310, 300:305] = 1
+    gdf = vectorize(mask, transform=T_GEO, crs="EPSG:4326")
+    assert gdf.crs.to_epsg() == 4326
+    expected = [_block_area_geodesic(50, 60, 100, 200), _block_area_geodesic(300, 300, 10, 5)]
+    np.testing.assert_allclose(gdf["area_m2"], expected, rtol=0.01)
+    # and with the area computed in the UTM zone (an independent route)
+    utm = Transformer.from_crs("EPSG:4326", UTM, always_xy=True)
+    projected = [shapely.transform(g, lambda xy: np.column_stack(utm.transform(xy[:, 0], xy[:, 1]))).area
+                 for g in gdf.geometry]
+    np.testing.assert_allclose(gdf["area_m2"], projected, rtol=0.01)
+    # pixels at 48.9 N are ~7.3 m x 11.1 m: a perimeter in metres, not degrees
+    assert 2 * (100 * 11.0 + 200 * 7.2) < gdf["perimeter_m"][0] < 2 * (100 * 11.2 + 200 * 7.4)
+
+
+@pytest.mark.parametrize("window_size", [7, 16, 33, 4096])
+def test_block_split_across_windows_comes_back_as_one_polygon(window_size):
+    mask = np.zeros((100, 100), dtype="uint8")
+    mask[5:95, 3:97] = 1
+    mask[40:60, 40:60] = 0  # a hole crossing window edges
+    gdf = vectorize(mask, transform=T_UTM, crs=UTM, window_size=window_size)
+    assert len(gdf) == 1
+    poly = gdf.geometry[0]
+    assert poly.geom_type == "Polygon" and poly.is_valid
+    assert len(poly.interiors) == 1
+    assert gdf["area_m2"][0] == (90 * 94 - 400) * 100.0
+    assert gdf["pixel_count"][0] == 90 * 94 - 400
+    # vertices are only the block and hole corners: no seams left from the window edges
+    assert len(shapely.get_coordinates(shapely.normalize(poly))) == 10
+
+
+def test_result_does_not_depend_on_the_window_size():
+    rng = np.random.default_rng(1)
+    mask = (rng.random((150, 170)) > 0.55).astype("uint8")
+    prob = rng.random((150, 170)).astype("float32")
+    whole = vectorize(mask, prob, transform=T_UTM, crs=UTM)
+    tiled = vectorize(mask, prob, transform=T_UTM, crs=UTM, window_size=13)
+    assert len(whole) == len(tiled) > 100
+    assert shapely.equals(np.asarray(whole.geometry.values), np.asarray(tiled.geometry.values)).all()
+    for col in ("area_m2", "perimeter_m", "pixel_count", "mean_prob", "max_prob"):
+        np.testing.assert_allclose(whole[col], tiled[col], rtol=1e-12)
+    assert whole["pixel_count"].sum() == mask.sum()
+
+
+def test_attributes_are_filled():
+    mask = np.zeros((60, 60), dtype="uint8")
+    mask[10:20, 10:20] = 1
+    prob = np.full((60, 60), 0.1, dtype="float32")
+    prob[10:20, 10:20] = 0.6
+    prob[12, 13] = 0.95
+    prob[15, 15] = -1  # the probability's nodata: ignored in the statistics
+    gdf = vectorize(mask, prob, transform=T_UTM, crs=UTM, threshold=0.5, window_size=16,
+                    before_date="2019-05-01", after_date=np.datetime64("2020-05-01").astype(object),
+                    model="fc-siam-diff")
+    row = gdf.iloc[0]
+    assert row["max_prob"] == pytest.approx(0.95)
+    # values outside 0..1 (the -1 nodata of probability.tif) are not probabilities: left out
+    assert row["mean_prob"] == pytest.approx((98 * 0.6 + 0.95) / 99, rel=1e-6)
+    assert row["before_date"] == "2019-05-01" and row["after_date"] == "2020-05-01"
+    assert row["model"] == "fc-siam-diff" and row["threshold"] == 0.5
+
+
+def test_probability_nodata_from_file_is_ignored(tmp_path):
+    mask = np.zeros((40, 40), dtype="uint8")
+    mask[5:15, 5:15] = 1
+    prob = np.full((40, 40), 0.2, dtype="float32")
+    prob[5:15, 5:15] = 0.8
+    prob[6, 6] = -1
+    prob[7, 7] = np.nan
+    mp = make_geotiff(tmp_path / "change.tif", mask, crs=UTM, transform=T_UTM, nodata=255)
+    pp = make_geotiff(tmp_path / "probability.tif", prob, crs=UTM, transform=T_UTM, nodata=-1)
+    gdf = vectorize(mp, pp)
+    assert gdf.crs == CRS.from_user_input(UTM)
+    assert gdf["mean_prob"][0] == pytest.approx(0.8)
+    assert gdf["max_prob"][0] == pytest.approx(0.8)
+    assert gdf["pixel_count"][0] == 100
+    assert np.isnan(gdf["threshold"][0])
+
+
+def test_probability_and_threshold_give_the_mask():
+    prob = np.zeros((50, 50), dtype="float32")
+    prob[10:20, 10:30] = 0.7
+    prob[30:40, 30:40] = 0.4
+    gdf = vectorize(None, prob, transform=T_UTM, crs=UTM, threshold=0.5)
+    assert len(gdf) == 1 and gdf["area_m2"][0] == 200 * 100.0
+    assert len(vectorize(None, prob, transform=T_UTM, crs=UTM, threshold=0.4)) == 2
+    with pytest.raises(InputError, match="threshold"):
+        vectorize(None, prob, transform=T_UTM, crs=UTM)
+
+
+def test_nodata_is_not_change():
+    mask = np.zeros((30, 30), dtype="uint8")
+    mask[0:10, :] = 255
+    mask[15:20, 15:20] = 1
+    gdf = vectorize(mask, transform=T_UTM, crs=UTM)
+    assert len(gdf) == 1 and gdf["pixel_count"][0] == 25
+    assert len(vectorize(mask, transform=T_UTM, crs=UTM, nodata=None)) == 2
+
+
+def test_min_area_in_square_metres_in_epsg4326():
+    mask = np.zeros((200, 200), dtype="uint8")
+    mask[10:20, 10:20] = 1  # ~100 px of ~81 m2: ~8100 m2
+    mask[100:103, 100:103] = 1  # 9 px: ~730 m2
+    small, big = _block_area_geodesic(100, 100, 3, 3), _block_area_geodesic(10, 10, 10, 10)
+    gdf = vectorize(mask, transform=T_GEO, crs="EPSG:4326", min_area=1000)
+    assert len(gdf) == 1 and gdf["area_m2"][0] == pytest.approx(big, rel=0.01)
+    assert len(vectorize(mask, transform=T_GEO, crs="EPSG:4326", min_area=small * 0.99)) == 2
+    assert len(vectorize(mask, transform=T_GEO, crs="EPSG:4326", min_area=big * 1.01)) == 0
+
+
+def test_fill_holes_in_square_metres_in_epsg4326_absorbs_islands():
+    mask = np.zeros((120, 120), dtype="uint8")
+    mask[10:110, 10:110] = 1
+    mask[20:30, 20:30] = 0  # hole of 100 px, ~8100 m2
+    mask[60:90, 60:90] = 0  # hole of 900 px, ~73000 m2 ...
+    mask[70:73, 70:73] = 1  # ... with an island of 9 px inside
+    hole_small = _block_area_geodesic(20, 20, 10, 10)
+    hole_big = _block_area_geodesic(60, 60, 30, 30)
+    kept = vectorize(mask, transform=T_GEO, crs="EPSG:4326")
+    assert len(kept) == 2 and len(kept.geometry[0].interiors) == 2
+    one = vectorize(mask, transform=T_GEO, crs="EPSG:4326", fill_holes=hole_small * 1.01)
+    assert len(one) == 2 and len(one.geometry[0].interiors) == 1
+    assert one["area_m2"][0] == pytest.approx(kept["area_m2"][0] + hole_small, rel=1e-6)
+    both = vectorize(mask, transform=T_GEO, crs="EPSG:4326", fill_holes=hole_big * 1.01)
+    assert len(both) == 1 and len(both.geometry[0].interiors) == 0
+    assert both["area_m2"][0] == pytest.approx(_block_area_geodesic(10, 10, 100, 100), rel=1e-6)
+    # the island's pixels are absorbed into the polygon's statistics
+    assert both["pixel_count"][0] == mask.sum()
+    # just below the big hole's area: the big hole stays
+    assert len(vectorize(mask, transform=T_GEO, crs="EPSG:4326", fill_holes=hole_big * 0.99)) == 2
+
+
+def test_simplify_is_topology_preserving_and_in_metres():
+    yy, xx = np.mgrid[0:200, 0:200]
+    disk = ((yy - 100) ** 2 + (xx - 100) ** 2 < 70**2).astype("uint8")
+    exact = vectorize(disk, transform=T_UTM, crs=UTM)
+    simple = vectorize(disk, transform=T_UTM, crs=UTM, simplify=15.0)
+    n_exact = len(shapely.get_coordinates(exact.geometry[0]))
+    n_simple = len(shapely.get_coordinates(simple.geometry[0]))
+    assert n_simple < n_exact / 3
+    assert simple["area_m2"][0] == pytest.approx(np.pi * 700**2, rel=0.02)
+    assert simple.geometry[0].is_valid
+    # a checkerboard-ish field of regions touching at corners: simplified polygons must not overlap
+    rng = np.random.default_rng(3)
+    field = (rng.random((60, 60)) > 0.5).astype("uint8")
+    g = vectorize(field, transform=T_UTM, crs=UTM, simplify=12.0)
+    assert shapely.is_valid(np.asarray(g.geometry.values)).all()
+    tree = shapely.STRtree(np.asarray(g.geometry.values))
+    a, _ = tree.query(np.asarray(g.geometry.values), predicate="overlaps")
+    assert len(a) == 0, "simplified polygons overlap"
+
+
+def test_simplify_in_metres_in_epsg4326():
+    yy, xx = np.mgrid[0:200, 0:200]
+    disk = ((yy - 100) ** 2 + (xx - 100) ** 2 < 70**2).astype("uint8")
+    exact = vectorize(disk, transform=T_GEO, crs="EPSG:4326")
+    simple = vectorize(disk, transform=T_GEO, crs="EPSG:4326", simplify=20.0)
+    assert simple.crs.to_epsg() == 4326
+    assert len(shapely.get_coordinates(simple.geometry[0])) < len(shapely.get_coordinates(exact.geometry[0])) / 3
+    assert simple["area_m2"][0] == pytest.approx(exact["area_m2"][0], rel=0.02)
+    # 20 m at 48.9 N is ~0.00027 deg of longitude: a tolerance read in degrees would have erased the disk
+    assert simple.geometry[0].hausdorff_distance(exact.geometry[0]) < 0.0005
+
+
+def test_not_georeferenced_gives_pixel_coordinates_and_a_warning():
+    mask = np.zeros((20, 30), dtype="uint8")
+    mask[2:5, 10:20] = 1
+    with pytest.warns(NotGeoreferencedWarning, match="pixel coordinates"):
+        gdf = vectorize(mask)
+    assert gdf.crs is None
+    assert gdf.geometry[0].equals(shapely.box(10, 2, 20, 5))
+    assert np.isnan(gdf["area_m2"][0]) and np.isnan(gdf["perimeter_m"][0])
+    assert gdf["pixel_count"][0] == 30
+
+
+def test_empty_mask_gives_an_empty_frame_with_the_schema():
+    gdf = vectorize(np.zeros((10, 10), dtype="uint8"), transform=T_UTM, crs=UTM)
+    assert len(gdf) == 0
+    assert list(gdf.columns) == [*COLUMNS, "geometry"]
+    assert gdf.crs == CRS.from_user_input(UTM)
+
+
+def test_paths_and_datasets_match_arrays(tmp_path):
+    import rasterio
+
+    rng = np.random.default_rng(5)
+    mask = (rng.random((64, 64)) > 0.7).astype("uint8")
+    p = make_geotiff(tmp_path / "m.tif", mask, crs=UTM, transform=T_UTM, nodata=255)
+    from_array = vectorize(mask, transform=T_UTM, crs=UTM)
+    from_path = vectorize(p, window_size=20)
+    with rasterio.open(p) as ds:
+        from_ds = vectorize(ds)
+        assert not ds.closed  # a dataset given by the caller stays open
+    assert shapely.equals(np.asarray(from_array.geometry.values), np.asarray(from_path.geometry.values)).all()
+    assert shapely.equals(np.asarray(from_array.geometry.values), np.asarray(from_ds.geometry.values)).all()
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(InputError, match="shape"):
+        vectorize(np.zeros((5, 5), "uint8"), np.zeros((6, 5), "float32"), transform=T_UTM, crs=UTM)
+    with pytest.raises(InputError, match="min_area"):
+        vectorize(np.zeros((5, 5), "uint8"), transform=T_UTM, crs=UTM, min_area=-1)
+    with pytest.raises(InputError, match="2-D"):
+        vectorize(np.zeros((2, 5, 5), "uint8"), transform=T_UTM, crs=UTM)
+    with pytest.raises(InputError, match="threshold"):
+        vectorize(np.zeros((5, 5), "uint8"), transform=T_UTM, crs=UTM, threshold=3)
+    with pytest.raises(RasterReadError, match=r"missing\.tif"):
+        vectorize(tmp_path / "missing.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a raster at all")
+    with pytest.raises(RasterReadError, match=r"bad\.tif"):
+        vectorize(bad)
+
+
+def test_vectorize_and_export_do_not_import_torch(tmp_path):
+    code = (
+        "import sys, numpy as np\n"
+        "from rasterio.transform import from_origin\n"
+        "from changedet.vectorize import vectorize\n"
+        "from changedet.export import write_vectors, export_qgis\n"
+        "m = np.zeros((20, 20), 'uint8'); m[2:8, 2:8] = 1\n"
+        "g = vectorize(m, transform=from_origin(500000, 5700000, 10, 10), crs='EPSG:32631', simplify=5)\n"
+        f"write_vectors(g, r'{tmp_path / 'c.gpkg'}', r'{tmp_path / 'c.geojson'}')\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+        "assert not bad, bad\n"
+        "print('ok', len(g))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok 1"
+
+
+def test_warning_free_on_georeferenced_input():
+    mask = np.zeros((10, 10), "uint8")
+    mask[2:4, 2:4] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vectorize(mask, transform=T_UTM, crs=UTM, simplify=5, fill_holes=10, min_area=1)
