@@ -141,7 +141,6 @@ def estimate_shift(
     >>> round(dy, 1), round(dx, 1)
     (0.3, -1.2)
     """
-    from skimage.filters import window as make_window
     from skimage.registration import phase_cross_correlation
 
     a = np.asarray(before, dtype=np.float64)
@@ -155,7 +154,7 @@ def estimate_shift(
         raise ValueError("fewer than 16 valid pixels: the shift cannot be estimated")
     a = np.where(ok, a, a[ok].mean()) - a[ok].mean()
     b = np.where(ok, b, b[ok].mean()) - b[ok].mean()
-    win = make_window("hann", a.shape)
+    win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
     # Plain (not phase-normalised) cross-correlation: phase normalisation amplifies the noise-only high
     # frequencies of smooth imagery and biases the peak towards zero shift.
     shift, error, _ = phase_cross_correlation(

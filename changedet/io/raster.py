@@ -578,7 +578,8 @@ class COGWriter:
     overwrite
         Replace an existing file.
     blocksize
-        Tile size of the COG (a multiple of 16).
+        Tile size of the COG (a multiple of 16, at least 128). Overviews are built by halving until the smallest
+        fits in one tile.
     overview_resampling
         Overview resampling: ``"nearest"`` for integer data (masks, classes), ``"average"`` for float data
         (default chosen from the dtype).
@@ -590,7 +591,7 @@ class COGWriter:
     >>> from affine import Affine
     >>> p = os.path.join(tempfile.mkdtemp(), "prob.tif")
     >>> with COGWriter(p, width=64, height=64, count=1, dtype="float32", crs="EPSG:32631",
-    ...                transform=Affine(10, 0, 500000, 0, -10, 5700000), nodata=-1, blocksize=32) as w:
+    ...                transform=Affine(10, 0, 500000, 0, -10, 5700000), nodata=-1, blocksize=128) as w:
     ...     w.write(np.full((1, 32, 64), 0.5, "float32"), Window(0, 0, 64, 32))
     >>> raster_info(p).nodata, raster_info(p).compression
     (-1.0, 'deflate')
@@ -622,8 +623,10 @@ class COGWriter:
         self.descriptions = list(descriptions) if descriptions is not None else None
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.overwrite = overwrite
-        if blocksize % 16 or blocksize <= 0:
-            raise ValueError(f"blocksize must be a positive multiple of 16, got {blocksize}")
+        if blocksize % 16 or blocksize < 128:
+            raise ValueError(
+                f"blocksize must be a multiple of 16 and at least 128 (GDAL's COG driver), got {blocksize}"
+            )
         self.blocksize = int(blocksize)
         if overview_resampling is None:
             overview_resampling = "average" if self.dtype.kind == "f" else "nearest"

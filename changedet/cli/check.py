@@ -1,0 +1,92 @@
+"""``changedet check BEFORE AFTER``: can the two rasters be compared, and how?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from changedet.cli._common import echo_json
+
+
+def parse_indexes(text: str | None) -> list[int] | tuple[list[int], list[int]] | None:
+    """Parse ``--indexes``: ``1,2,3``, ranges ``1-3``, or ``BEFORE:AFTER`` such as ``1,2,3:3,2,1``.
+
+    >>> parse_indexes("1-3,5"), parse_indexes("1,2:2,1"), parse_indexes(None)
+    ([1, 2, 3, 5], ([1, 2], [2, 1]), None)
+    """
+    if text is None or not text.strip():
+        return None
+
+    def one(part: str) -> list[int]:
+        out: list[int] = []
+        for tok in part.split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            try:
+                if "-" in tok:
+                    lo, hi = (int(v) for v in tok.split("-", 1))
+                    out.extend(range(lo, hi + 1) if lo <= hi else range(lo, hi - 1, -1))
+                else:
+                    out.append(int(tok))
+            except ValueError:
+                raise click.BadParameter(
+                    f"{text!r}: give 1-based band numbers such as 1,2,3 or 1-3, or BEFORE:AFTER like 1,2,3:3,2,1",
+                    param_hint="--indexes",
+                ) from None
+        return out
+
+    if ":" in text:
+        b, a = text.split(":", 1)
+        return one(b), one(a)
+    return one(text)
+
+
+@click.command("check")
+@click.argument("before", type=click.Path(path_type=Path))
+@click.argument("after", type=click.Path(path_type=Path))
+@click.option(
+    "--indexes",
+    default=None,
+    metavar="LIST",
+    help="1-based bands to compare: 1,2,3 or 1-3 for both dates, or BEFORE:AFTER such as 1,2,3:3,2,1.",
+)
+@click.option(
+    "--resampling",
+    default="bilinear",
+    show_default=True,
+    type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
+    help="How AFTER would be resampled onto the BEFORE grid.",
+)
+@click.option(
+    "--no-shift",
+    "shift",
+    flag_value=False,
+    default=True,
+    help="Skip the residual co-registration shift estimate.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def command(
+    before: Path, after: Path, indexes: str | None, resampling: str, shift: bool, as_json: bool
+) -> None:
+    """Check whether BEFORE and AFTER can be compared and report everything found.
+
+    Lists every problem (the pair cannot be compared: unreadable file, no overlap, band count mismatch, only one
+    date georeferenced, ...) and every warning (AFTER resampled because of another CRS, pixel size or size, partial
+    overlap, dates out of order, residual shift above half a pixel, ...), the common grid, the overlap, the share
+    of valid pixels and the residual shift in pixels and metres.
+
+    Exit status: 0 the pair can be compared (possibly with warnings), 1 it cannot (every reason is printed).
+    """
+    from changedet.io.alignment import check_pair
+
+    report = check_pair(
+        before, after, indexes=parse_indexes(indexes), estimate_shift=shift, resampling=resampling
+    )
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.format())
+    if not report.ok:
+        raise SystemExit(1)

@@ -1,0 +1,47 @@
+"""``changedet stack DIR -o OUT.tif``: one multi-band GeoTIFF from a folder of single-band files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from changedet.cli._common import echo_json, quiet
+
+
+@click.command("stack")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Output GeoTIFF.")
+@click.option(
+    "--resampling",
+    default="bilinear",
+    show_default=True,
+    type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
+    help="How coarser bands are resampled onto the finest grid.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def command(folder: Path, out: Path, resampling: str, overwrite: bool, as_json: bool) -> None:
+    """Stack the single-band rasters of FOLDER into OUT on the finest grid.
+
+    Sentinel-2 bands (file names ending in B01..B12 or B8A, e.g. an OSCD city's imgs_1 folder) are ordered as on
+    the sensor (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12); other files are ordered naturally and named
+    after their file names. Band names become band descriptions, the date found in the file names becomes the
+    ACQUISITION_DATE tag. OUT is a tiled, compressed Cloud-Optimised GeoTIFF written atomically.
+    """
+    from changedet.io.raster import raster_info
+    from changedet.io.stack import stack_bands
+
+    def progress(done: int, total: int) -> None:
+        if not quiet():
+            click.echo(f"  band {done}/{total}", err=True)
+
+    path = stack_bands(folder, out, overwrite=overwrite, resampling=resampling, progress=progress)
+    info = raster_info(path)
+    if as_json:
+        echo_json(info.to_dict())
+        return
+    click.echo(
+        f"wrote {path}: {info.count} bands ({', '.join(info.band_names())}), {info.width} x {info.height} px, "
+        f"pixel {info.res[0]:.6g} x {info.res[1]:.6g}, date {info.date or 'unknown'}"
+    )
