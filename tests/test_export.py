@@ -1,0 +1,290 @@
+"""changedet.export: GeoPackage/GeoJSON writers, the embedded QGIS style, style files, the QGIS project, CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio.transform import from_origin
+
+from changedet.cli.main import cli
+from changedet.errors import InputError, OutputExistsError
+from changedet.export import (
+    change_style_qml,
+    embed_gpkg_style,
+    export_qgis,
+    polygon_style_qml,
+    probability_style_qml,
+    rgb_bands,
+    write_qgis_project,
+    write_vectors,
+)
+from changedet.testing import make_geotiff, make_pair, paint_change
+from changedet.vectorize import COLUMNS, vectorize
+
+UTM = "EPSG:32631"
+T_UTM = from_origin(500000, 5700000, 10, 10)
+QGIS_STYLE_COLUMNS = [
+    "id", "f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName", "styleQML",
+    "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time",
+]
+
+
+def _polygons(n_blocks: int = 2):
+    mask = np.zeros((100, 100), dtype="uint8")
+    prob = np.full((100, 100), 0.1, dtype="float32")
+    for k in range(n_blocks):
+        mask[10 + 30 * k : 20 + 30 * k, 10:40] = 1
+        prob[10 + 30 * k : 20 + 30 * k, 10:40] = 0.8
+    return vectorize(mask, prob, transform=T_UTM, crs=UTM, threshold=0.5, before_date="2019-05-01",
+                     after_date="2020-05-01", model="fc-siam-diff")
+
+
+def _result_folder(root: Path, *, bands: int = 13, crs: str = UTM, res: float = 10.0,
+                   origin: tuple[float, float] = (500000.0, 5700000.0)) -> tuple[Path, Path, Path, int]:
+    """A detect-like result folder built from a synthetic pair (probability, change, polygons, report)."""
+    before, after = make_pair(root / "inputs", "aligned", size=96, bands=bands, crs=crs, res=res, origin=origin)
+    truth = paint_change(after, (20, 30, 16, 24))
+    with rasterio.open(before) as ds:
+        transform, grid_crs = ds.transform, ds.crs
+    prob = np.random.default_rng(0).random((96, 96)).astype("float32") * 0.3
+    prob[truth] = 0.9
+    prob[60:64, 60:70] = 0.7
+    out = root / "result"
+    out.mkdir(parents=True)
+    make_geotiff(out / "probability.tif", prob, crs=grid_crs, transform=transform, nodata=-1)
+    make_geotiff(out / "change.tif", (prob >= 0.5).astype("uint8"), crs=grid_crs, transform=transform, nodata=255)
+    gdf = vectorize(out / "change.tif", out / "probability.tif", threshold=0.5)
+    write_vectors(gdf, out / "changes.gpkg", out / "changes.geojson")
+    report = {"threshold": 0.5, "inputs": {"before": {"path": str(before), "date": "2019-05-01"},
+                                           "after": {"path": str(after), "date": "2020-05-01"}}}
+    (out / "report.json").write_text(json.dumps(report))
+    return out, before, after, len(gdf)
+
+
+def test_geopackage_keeps_crs_and_is_version_1_2_with_qgis_style(tmp_path):
+    gdf = _polygons()
+    out = write_vectors(gdf, tmp_path / "changes.gpkg", tmp_path / "changes.geojson")
+    assert set(out) == {"gpkg", "qml", "geojson"}
+    assert sorted(os.listdir(tmp_path)) == ["changes.geojson", "changes.gpkg", "changes.qml"]  # no temp files
+    info = pyogrio.read_info(tmp_path / "changes.gpkg", layer="changes")
+    assert info["crs"] == UTM and info["features"] == 2 and info["geometry_type"] == "Polygon"
+    assert list(info["fields"]) == list(COLUMNS)
+    con = sqlite3.connect(tmp_path / "changes.gpkg")
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 10200  # GeoPackage 1.2
+        cols = [r[1] for r in con.execute("PRAGMA table_info(layer_styles)")]
+        assert cols == QGIS_STYLE_COLUMNS
+        geom_col = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name='changes'").fetchone()[0]
+        row = con.execute("SELECT f_table_catalog, f_table_schema, f_table_name, f_geometry_column, useAsDefault, "
+                          "styleQML, styleSLD FROM layer_styles").fetchall()
+        assert len(row) == 1
+        catalog, schema, table, gcol, default, qml, sld = row[0]
+        assert (catalog, schema, table, gcol, default) == ("", "", "changes", geom_col, 1)
+        assert qml == polygon_style_qml() and "PolygonSymbolizer" in sld
+        assert con.execute("SELECT data_type FROM gpkg_contents WHERE table_name='layer_styles'").fetchone() == (
+            "attributes",)
+    finally:
+        con.close()
+    back = pyogrio.read_dataframe(tmp_path / "changes.gpkg", layer="changes")
+    np.testing.assert_allclose(back["area_m2"], gdf["area_m2"])
+    assert back["before_date"].tolist() == ["2019-05-01"] * 2
+
+
+def test_geojson_is_wgs84_by_default_and_keeps_crs_on_request(tmp_path):
+    gdf = _polygons()
+    write_vectors(gdf, geojson_path=tmp_path / "a.geojson")
+    doc = json.loads((tmp_path / "a.geojson").read_text())
+    assert "crs" not in doc  # RFC 7946: WGS84 implied
+    lon, lat = np.asarray(doc["features"][0]["geometry"]["coordinates"][0]).T
+    assert (0 < lon).all() and (lon < 6).all() and (51 < lat).all() and (lat < 52).all()
+    assert doc["features"][0]["properties"]["mean_prob"] == pytest.approx(0.8)
+    write_vectors(gdf, geojson_path=tmp_path / "b.geojson", geojson_crs=None)
+    assert pyogrio.read_info(tmp_path / "b.geojson")["crs"] == UTM
+    xy = np.asarray(json.loads((tmp_path / "b.geojson").read_text())["features"][0]["geometry"]["coordinates"][0])
+    assert (xy[:, 0] >= 500000).all() and (xy[:, 1] <= 5700000).all()
+
+
+def test_existing_outputs_are_not_replaced_without_overwrite(tmp_path):
+    gdf = _polygons()
+    write_vectors(gdf, tmp_path / "c.gpkg", tmp_path / "c.geojson")
+    before = (tmp_path / "c.geojson").read_bytes()
+    with pytest.raises(OutputExistsError, match=r"c\.gpkg"):
+        write_vectors(_polygons(1), tmp_path / "c.gpkg", tmp_path / "c.geojson")
+    with pytest.raises(OutputExistsError, match=r"c\.geojson"):  # checked before the GeoPackage is written
+        write_vectors(_polygons(1), tmp_path / "new.gpkg", tmp_path / "c.geojson")
+    assert not (tmp_path / "new.gpkg").exists()
+    assert (tmp_path / "c.geojson").read_bytes() == before
+    write_vectors(_polygons(1), tmp_path / "c.gpkg", tmp_path / "c.geojson", overwrite=True)
+    assert pyogrio.read_info(tmp_path / "c.gpkg", layer="changes")["features"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["c.geojson", "c.gpkg", "c.qml"]
+
+
+def test_empty_result_writes_valid_empty_layers(tmp_path):
+    gdf = vectorize(np.zeros((10, 10), "uint8"), transform=T_UTM, crs=UTM)
+    write_vectors(gdf, tmp_path / "e.gpkg", tmp_path / "e.geojson")
+    info = pyogrio.read_info(tmp_path / "e.gpkg", layer="changes")
+    assert info["features"] == 0 and list(info["fields"]) == list(COLUMNS) and info["crs"] == UTM
+    assert info["geometry_type"] == "Polygon"
+    doc = json.loads((tmp_path / "e.geojson").read_text())
+    assert doc["type"] == "FeatureCollection" and doc["features"] == []
+
+
+def test_not_georeferenced_polygons_need_geojson_crs_none(tmp_path):
+    with pytest.warns(UserWarning):
+        gdf = vectorize(np.ones((4, 4), "uint8"))
+    with pytest.raises(InputError, match="geojson_crs=None"):
+        write_vectors(gdf, geojson_path=tmp_path / "x.geojson")
+    assert not (tmp_path / "x.geojson").exists()
+    write_vectors(gdf, tmp_path / "x.gpkg", tmp_path / "x.geojson", geojson_crs=None)
+    assert pyogrio.read_info(tmp_path / "x.gpkg", layer="changes")["features"] == 1
+
+
+def test_style_files_are_qgis_xml():
+    for text in (polygon_style_qml(), probability_style_qml(0.37), change_style_qml()):
+        assert text.startswith("<!DOCTYPE qgis")
+        root = ET.fromstring(text.split("\n", 1)[1])
+        assert root.tag == "qgis" and root.get("version", "").startswith("3.")
+    prob = ET.fromstring(probability_style_qml(0.37).split("\n", 1)[1])
+    shader = prob.find("pipe/rasterrenderer/rastershader/colorrampshader")
+    assert shader.get("clip") == "1" and float(shader.get("minimumValue")) == 0.37
+    assert float(shader.findall("item")[0].get("value")) == 0.37
+    change = ET.fromstring(change_style_qml().split("\n", 1)[1])
+    entries = {e.get("value"): e.get("alpha") for e in change.iter("paletteEntry")}
+    assert entries == {"0": "0", "1": "255"}
+    with pytest.raises(InputError):
+        probability_style_qml(1.5)
+
+
+def test_embed_style_errors(tmp_path):
+    not_gpkg = tmp_path / "x.gpkg"
+    not_gpkg.write_bytes(b"")
+    with pytest.raises(InputError, match=r"no geometry layer|not a GeoPackage"):
+        embed_gpkg_style(not_gpkg, polygon_style_qml())
+    write_vectors(_polygons(), tmp_path / "c.gpkg")
+    with pytest.raises(InputError, match="'other'"):
+        embed_gpkg_style(tmp_path / "c.gpkg", polygon_style_qml(), layer="other")
+    # a second embed replaces the style of the same name, a new name becomes the one default
+    embed_gpkg_style(tmp_path / "c.gpkg", polygon_style_qml())
+    embed_gpkg_style(tmp_path / "c.gpkg", polygon_style_qml(), name="mine")
+    con = sqlite3.connect(tmp_path / "c.gpkg")
+    rows = con.execute("SELECT styleName, useAsDefault FROM layer_styles ORDER BY id").fetchall()
+    con.close()
+    assert rows == [("changedet", 0), ("mine", 1)]
+
+
+def test_rgb_bands():
+    assert rgb_bands(13) == (4, 3, 2)
+    assert rgb_bands(3) == (1, 2, 3)
+    assert rgb_bands(4, ["B02", "B03", "B04", "B08"]) == (3, 2, 1)
+    assert rgb_bands(13, [f"B{i:02d}" for i in range(1, 9)] + ["B8A", "B09", "B10", "B11", "B12"]) == (4, 3, 2)
+    assert rgb_bands(2) is None
+
+
+def _layers(project: Path) -> list[ET.Element]:
+    root = ET.parse(project).getroot()
+    return root.findall("projectlayers/maplayer")
+
+
+def test_project_layers_order_paths_crs_and_extent(tmp_path):
+    out, _, after, _ = _result_folder(tmp_path)
+    written = export_qgis(out)
+    assert set(written) == {"probability_qml", "change_qml", "polygons_qml", "project"}
+    project = written["project"]
+    root = ET.parse(project).getroot()
+    names = [e.get("name") for e in root.findall("layer-tree-group/layer-tree-layer")]
+    assert names == ["change polygons", "change mask", "change probability", "AFTER", "BEFORE"]
+    sources = {m.findtext("layername"): m.findtext("datasource") for m in _layers(project)}
+    assert sources["change polygons"] == "./changes.gpkg|layername=changes"
+    assert sources["change probability"] == "./probability.tif"
+    assert sources["BEFORE"] == "../inputs/before.tif" and sources["AFTER"] == "../inputs/after.tif"
+    assert root.findtext("projectCrs/spatialrefsys/authid") == UTM
+    assert root.find("properties/Paths/Absolute").text == "false"
+    with rasterio.open(out / "probability.tif") as ds:
+        bounds = tuple(ds.bounds)
+    ext = root.find("ProjectViewSettings/DefaultViewExtent")
+    assert tuple(float(ext.get(k)) for k in ("xmin", "ymin", "xmax", "ymax")) == bounds
+    renderers = {m.findtext("layername"): m.find("pipe/rasterrenderer") for m in _layers(project)
+                 if m.get("type") == "raster"}
+    rgb = renderers["AFTER"]
+    assert rgb.get("type") == "multibandcolor"
+    assert (rgb.get("redBand"), rgb.get("greenBand"), rgb.get("blueBand")) == ("4", "3", "2")
+    lo, hi = float(rgb.findtext("redContrastEnhancement/minValue")), float(rgb.findtext("redContrastEnhancement/maxValue"))
+    with rasterio.open(after) as ds:
+        red = ds.read(4).astype(float)
+    assert lo == pytest.approx(np.quantile(red, 0.02), rel=0.05) and hi == pytest.approx(np.quantile(red, 0.98), rel=0.05)
+    ramp = renderers["change probability"].find("rastershader/colorrampshader")
+    assert float(ramp.get("minimumValue")) == 0.5  # from report.json
+    assert root.findtext("title") == "changedet: 2019-05-01 → 2020-05-01"
+    assert (out / "probability.qml").read_text() == probability_style_qml(0.5)
+
+
+def test_project_rgb_for_three_bands_and_explicit_mapping(tmp_path):
+    out, before, after, _ = _result_folder(tmp_path, bands=3)
+    p = write_qgis_project(out, before=before, after=after, threshold=0.3)
+    rgb = {m.findtext("layername"): m.find("pipe/rasterrenderer") for m in _layers(p)}["BEFORE"]
+    assert (rgb.get("redBand"), rgb.get("greenBand"), rgb.get("blueBand")) == ("1", "2", "3")
+    p = write_qgis_project(out, before=before, after=after, threshold=0.3, band_mapping=(3, 2, 1), path="b.qgs")
+    rgb = {m.findtext("layername"): m.find("pipe/rasterrenderer") for m in _layers(p)}["BEFORE"]
+    assert (rgb.get("redBand"), rgb.get("greenBand"), rgb.get("blueBand")) == ("3", "2", "1")
+    with pytest.raises(InputError, match="band 5"):
+        write_qgis_project(out, before=before, threshold=0.3, band_mapping=(5, 2, 1), path="c.qgs")
+    assert not (out / "c.qgs").exists()
+
+
+def test_project_errors(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        write_qgis_project(tmp_path / "nope", threshold=0.5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="nothing to put"):
+        write_qgis_project(tmp_path / "empty", threshold=0.5)
+    out, *_ = _result_folder(tmp_path / "r")
+    with pytest.raises(InputError, match="BEFORE raster does not exist"):
+        write_qgis_project(out, before=tmp_path / "missing.tif", threshold=0.5)
+
+
+def test_cli_vectorize_mask_probability_and_formats(tmp_path):
+    out, *_ = _result_folder(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["vectorize", str(out / "change.tif"), str(tmp_path / "v.gpkg"),
+                            "--probability", str(out / "probability.tif"), "--min-area", "5000", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["polygons"] == 1 and summary["area_m2"] == 16 * 24 * 100.0  # the 4 x 10 block is dropped
+    g = pyogrio.read_dataframe(tmp_path / "v.gpkg", layer="changes")
+    assert g["mean_prob"][0] == pytest.approx(0.9) and g["before_date"][0] == "2019-05-01"  # dates from report.json
+    # a probability raster: the threshold comes from report.json next to it, or --threshold
+    r = runner.invoke(cli, ["vectorize", str(out / "probability.tif"), str(tmp_path / "p.geojson"),
+                            "--threshold", "0.8"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((tmp_path / "p.geojson").read_text())["features"]) == 1
+    r = runner.invoke(cli, ["vectorize", str(out / "probability.tif"), str(tmp_path / "p.geojson")])
+    assert r.exit_code == 2 and "exists already" in r.output
+    r = runner.invoke(cli, ["vectorize", str(out / "probability.tif"), str(tmp_path / "k.geojson"),
+                            "--geojson-crs", "input"])
+    assert r.exit_code == 0 and pyogrio.read_info(tmp_path / "k.geojson")["crs"] == UTM
+    r = runner.invoke(cli, ["vectorize", str(out / "change.tif"), str(tmp_path / "v.shp")])
+    assert r.exit_code == 2 and ".gpkg or .geojson" in r.output
+    lone = make_geotiff(tmp_path / "lone" / "prob.tif", np.zeros((8, 8), "float32"))
+    r = runner.invoke(cli, ["vectorize", str(lone), str(tmp_path / "l.gpkg")])
+    assert r.exit_code == 2 and "--threshold" in r.output
+    assert not (tmp_path / "l.gpkg").exists()
+
+
+def test_cli_export_qgis_reads_report(tmp_path):
+    out, *_ = _result_folder(tmp_path)
+    r = CliRunner().invoke(cli, ["export", "qgis", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["project"] == str(out / "project.qgs")
+    names = [m.findtext("layername") for m in _layers(out / "project.qgs")]
+    assert "BEFORE" in names and "AFTER" in names
+    r = CliRunner().invoke(cli, ["export", "qgis", str(out), "--band-mapping", "1,2"])
+    assert r.exit_code == 2

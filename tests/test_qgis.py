@@ -1,0 +1,217 @@
+"""The QGIS deliverables in a real QGIS (Debian's QGIS 3.22 under /usr/bin/python3, offscreen).
+
+- the exported project opens; every layer is valid, in the right CRS, with the right feature count and style;
+  the map renders to a PNG that is not blank; the project still opens after its folder is moved;
+- the GeoPackage's embedded style is what QGIS applies when the layer is added alone (no sidecar around);
+- ``qgis_process`` runs the Processing algorithm ``changedet:detect`` of ``qgis_plugin/`` on a synthetic pair.
+
+Skipped, with the reason, when /usr/bin/python3 cannot import qgis.core (``scripts/setup_qgis.sh`` installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from changedet.testing import make_pair
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent / "qgis_scripts"
+QGIS_PYTHON = "/usr/bin/python3"
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's /usr/bin/qgis_process wrapper is broken in 3.22
+
+pytestmark = pytest.mark.qgis
+
+
+def _qgis_missing() -> str | None:
+    if not os.path.exists(QGIS_PYTHON):
+        return f"{QGIS_PYTHON} not found"
+    try:
+        r = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{QGIS_PYTHON} cannot run ({exc})"
+    if r.returncode != 0:
+        return f"{QGIS_PYTHON} cannot import qgis.core (run scripts/setup_qgis.sh): {r.stderr.strip()[-200:]}"
+    return None
+
+
+_MISSING = _qgis_missing()
+if _MISSING:
+    pytestmark = [pytest.mark.qgis, pytest.mark.skip(reason=_MISSING)]
+
+
+@pytest.fixture
+def qgis_env(tmp_path) -> dict[str, str]:
+    """Environment for QGIS processes: offscreen, every config/cache folder in a temporary folder."""
+    home = tmp_path / "qgis_home"
+    home.mkdir()
+    home.chmod(0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QGIS_")}
+    env.update(
+        QT_QPA_PLATFORM="offscreen",
+        XDG_RUNTIME_DIR=str(home),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        XDG_DATA_HOME=str(home / "data"),
+        QGIS_CUSTOM_CONFIG_PATH=str(home / "profile"),
+        HOME=str(home),
+        PYTHONPATH="",
+    )
+    return env
+
+
+def _check_project(project: Path, png: Path, env: dict[str, str], *standalone: Path) -> dict:
+    r = subprocess.run([QGIS_PYTHON, str(SCRIPTS / "check_project.py"), str(project), str(png),
+                        *map(str, standalone)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, f"QGIS exited with {r.returncode}:\n{r.stderr[-3000:]}"
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no report from QGIS:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    return json.loads(lines[-1])
+
+
+def _result(root: Path, *, bands: int = 13, crs: str = "EPSG:32631", res: float = 10.0,
+            origin: tuple[float, float] = (500000.0, 5700000.0)) -> tuple[Path, int]:
+    """A result folder like `changedet detect` writes, from a synthetic pair with two painted blocks."""
+    import rasterio
+
+    from changedet.export import export_qgis, write_vectors
+    from changedet.testing import make_geotiff, paint_change
+    from changedet.vectorize import vectorize
+
+    before, after = make_pair(root / "inputs", "aligned", size=96, bands=bands, crs=crs, res=res, origin=origin)
+    truth = paint_change(after, (20, 30, 16, 24)) | paint_change(after, (60, 10, 8, 30))
+    with rasterio.open(before) as ds:
+        transform, grid_crs = ds.transform, ds.crs
+    prob = np.random.default_rng(0).random((96, 96)).astype("float32") * 0.3
+    prob[truth] = 0.9
+    out = root / "result"
+    out.mkdir(parents=True)
+    make_geotiff(out / "probability.tif", prob, crs=grid_crs, transform=transform, nodata=-1)
+    make_geotiff(out / "change.tif", (prob >= 0.5).astype("uint8"), crs=grid_crs, transform=transform, nodata=255)
+    gdf = vectorize(out / "change.tif", out / "probability.tif", threshold=0.5, simplify=5.0)
+    write_vectors(gdf, out / "changes.gpkg", out / "changes.geojson")
+    report = {"threshold": 0.5, "inputs": {"before": {"path": str(before), "date": "2019-05-01"},
+                                           "after": {"path": str(after), "date": "2020-05-01"}}}
+    (out / "report.json").write_text(json.dumps(report))
+    export_qgis(out)
+    return out, len(gdf)
+
+
+def _assert_project(report: dict, *, crs: str, n_polygons: int, rgb: list[int]) -> None:
+    assert report["read"] is True
+    assert report["project_crs"] == crs
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert [layer["name"] for layer in report["layers"]] == [
+        "change polygons", "change mask", "change probability", "AFTER", "BEFORE"]
+    for layer in report["layers"]:
+        assert layer["valid"], layer
+        assert layer["crs"] == crs, layer
+    poly = layers["change polygons"]
+    assert poly["feature_count"] == n_polygons
+    assert poly["renderer"] == "singleSymbol" and poly["stroke_color"] == "#ffe31a1c"
+    assert {"area_m2", "perimeter_m", "mean_prob", "max_prob", "before_date", "after_date", "model",
+            "threshold"} <= set(poly["fields"])
+    assert layers["change mask"]["renderer"] == "paletted"
+    prob = layers["change probability"]
+    assert prob["renderer"] == "singlebandpseudocolor" and prob["ramp_min"] == 0.5 and prob["ramp_clip"] is True
+    for name in ("AFTER", "BEFORE"):
+        assert layers[name]["renderer"] == "multibandcolor" and layers[name]["rgb_bands"] == rgb
+    assert report["render_errors"] == []
+    assert report["saved_png"] is True
+    img = report["image"]
+    assert img["distinct_colours"] > 100, img  # imagery, ramps and outlines, not a flat fill
+    assert img["non_background"] > 0.9, img  # the rasters cover the default view extent
+
+
+def test_project_opens_renders_and_moves_in_qgis(tmp_path, qgis_env):
+    _, n = _result(tmp_path / "a")
+    # move the whole folder (inputs next to it): relative paths must still resolve
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "a"), moved)
+    result = moved / "result"
+    # the GeoPackage alone, without its .qml sidecar: QGIS must find the embedded default style
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(result / "changes.gpkg", alone / "changes.gpkg")
+    png = tmp_path / "map.png"
+    report = _check_project(result / "project.qgs", png, qgis_env, alone / "changes.gpkg",
+                            result / "probability.tif", result / "change.tif")
+    _assert_project(report, crs="EPSG:32631", n_polygons=n, rgb=[4, 3, 2])
+    for layer in report["layers"]:
+        assert layer["source"].split("|")[0].startswith(str(moved)), layer["source"]
+    assert png.stat().st_size > 1000
+    gpkg, prob, change = report["standalone"]
+    assert gpkg["valid"] and gpkg["renderer"] == "singleSymbol"
+    # QGIS's own default would be a random colour: these are the embedded style's
+    assert (gpkg["fill_color"], gpkg["stroke_color"]) == ("#28e31a1c", "#ffe31a1c")
+    assert prob["renderer"] == "singlebandpseudocolor" and prob["ramp_min"] == 0.5  # probability.qml sidecar
+    assert change["renderer"] == "paletted"  # change.qml sidecar
+
+
+def test_project_in_epsg4326_with_rgb_inputs(tmp_path, qgis_env):
+    out, n = _result(tmp_path, bands=3, crs="EPSG:4326", res=0.0001, origin=(2.3, 48.9))
+    report = _check_project(out / "project.qgs", tmp_path / "map.png", qgis_env)
+    _assert_project(report, crs="EPSG:4326", n_polygons=n, rgb=[1, 2, 3])
+    ext = report["extent"]
+    assert ext == pytest.approx([2.3, 48.9 - 96 * 0.0001, 2.3 + 96 * 0.0001, 48.9])
+
+
+def _changedet_executable() -> str | None:
+    for candidate in (os.environ.get("CHANGEDET_EXECUTABLE"), str(Path(sys.executable).parent / "changedet"),
+                      str(REPO / ".venv" / "bin" / "changedet"), shutil.which("changedet")):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.mark.slow
+def test_qgis_process_runs_the_detect_algorithm(tmp_path, qgis_env):
+    exe = _changedet_executable()
+    if exe is None:
+        pytest.skip("no changedet executable found (set CHANGEDET_EXECUTABLE)")
+    if not os.path.exists(QGIS_PROCESS):
+        pytest.skip(f"{QGIS_PROCESS} not found")
+    from changedet.testing import paint_change
+
+    before, after = make_pair(tmp_path / "pair", "aligned", size=96, bands=3)
+    paint_change(after, (20, 30, 16, 24))
+    env = dict(qgis_env, QGIS_PLUGINPATH=str(REPO / "qgis_plugin"), CHANGEDET_EXECUTABLE=exe,
+               OMP_NUM_THREADS="2")
+    r = subprocess.run([QGIS_PROCESS, "plugins", "enable", "changedet_processing"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "out"
+    r = subprocess.run([QGIS_PROCESS, "--json", "run", "changedet:detect", f"--BEFORE={before}",
+                        f"--AFTER={after}", "--METHOD=1", f"--OUTPUT={out}"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads(r.stdout[r.stdout.index("{"):])["results"]
+    assert Path(results["OUTPUT"]) == out
+    for key, name in (("PROBABILITY", "probability.tif"), ("CHANGE", "change.tif"), ("POLYGONS", "changes.gpkg"),
+                      ("REPORT", "report.json"), ("PROJECT", "project.qgs")):
+        assert Path(results[key]) == out / name and (out / name).is_file()
+    import pyogrio
+
+    polygons = pyogrio.read_dataframe(out / "changes.gpkg", layer="changes")
+    assert len(polygons) >= 1
+    # the painted 16 x 24 block (10 m pixels) is found: the largest polygon covers most of it
+    assert polygons["area_m2"].max() == pytest.approx(16 * 24 * 100.0, rel=0.25)
+    report = _check_project(out / "project.qgs", tmp_path / "map.png", qgis_env)
+    assert report["read"] is True
+    assert all(layer["valid"] for layer in report["layers"]), report["layers"]
+    assert {layer["name"] for layer in report["layers"]} >= {"change polygons", "change probability"}
+    # bad input is reported, not crashed on
+    r = subprocess.run([QGIS_PROCESS, "run", "changedet:detect", f"--BEFORE={before}",
+                        f"--AFTER={before}", "--METHOD=1", f"--OUTPUT={out}",
+                        f"--EXECUTABLE={tmp_path / 'no-such-changedet'}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0
+    assert "no-such-changedet" in r.stdout + r.stderr
