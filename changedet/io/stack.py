@@ -75,15 +75,24 @@ def list_band_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def _generic_names(files: Sequence[Path]) -> list[str]:
+    """Band names from file stems: the parts they share, cut at a separator (``_ - . space``), are dropped.
+
+    >>> _generic_names([Path("scene_band1_v1.tif"), Path("scene_band10_v1.tif")])
+    ['band1', 'band10']
+    """
     stems = [p.stem for p in files]
     if len(stems) == 1:
         return stems
+    seps = "_-. "
     prefix = os.path.commonprefix(stems)  # noqa: RUF071 - character prefix of names, not paths
+    cut = max(prefix.rfind(c) for c in seps) + 1 if any(c in prefix for c in seps) else 0
     suffix = os.path.commonprefix([s[::-1] for s in stems])[::-1]  # noqa: RUF071
-    names = [s[len(prefix) : len(s) - len(suffix) if suffix else None] for s in stems]
-    if any(not n for n in names) or len(set(names)) != len(names):
+    tail = min((suffix.find(c) for c in seps if c in suffix), default=len(suffix))
+    cut_end = len(suffix) - tail
+    names = [s[cut : len(s) - cut_end] for s in stems]
+    if any(not n.strip(seps) for n in names) or len(set(names)) != len(names):
         return stems
-    return [n.strip("_-. ") or s for n, s in zip(names, stems, strict=True)]
+    return [n.strip(seps) for n in names]
 
 
 @dataclass(frozen=True)

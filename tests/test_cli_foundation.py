@@ -1,0 +1,106 @@
+"""The foundation commands: ``changedet info``, ``check`` and ``stack`` (exit codes and messages)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from changedet.cli.check import parse_indexes
+from changedet.cli.main import cli
+from changedet.testing import make_geotiff, make_pair
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_info_text_and_json(runner: CliRunner, tmp_path: Path) -> None:
+    before, _ = make_pair(tmp_path, "aligned", descriptions=["red", "green", "blue"])
+    res = runner.invoke(cli, ["info", str(before)])
+    assert res.exit_code == 0, res.output
+    assert "128 x 128 px, 3 band(s)" in res.output and "EPSG:32631" in res.output
+    assert "2019-05-01 (from tags)" in res.output and "green" in res.output
+    res = runner.invoke(cli, ["info", str(before), "--json"])
+    data = json.loads(res.output)
+    assert data["count"] == 3 and data["band_names"] == ["red", "green", "blue"]
+    assert data["pixel_size_m"] == [10.0, 10.0] and len(data["bounds_wgs84"]) == 4
+
+
+@pytest.mark.parametrize("make", ["missing", "text", "dir"])
+def test_info_unreadable_exits_2(runner: CliRunner, tmp_path: Path, make: str) -> None:
+    path = tmp_path / "bad.tif"
+    if make == "text":
+        path.write_text("hello")
+    elif make == "dir":
+        path = tmp_path
+    res = runner.invoke(cli, ["info", str(path)])
+    assert res.exit_code == 2
+    assert f"error: {path}" in res.output
+
+
+def test_check_ok_with_warnings_exits_0(runner: CliRunner, tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "other-size")
+    res = runner.invoke(cli, ["check", str(before), str(after)])
+    assert res.exit_code == 0, res.output
+    assert "size differs: before.tif 128 x 128 px, after.tif 125 x 125 px" in res.output
+    assert "residual shift:" in res.output and "OK: the pair can be compared" in res.output
+
+
+@pytest.mark.parametrize(
+    "kind,text",
+    [
+        ("disjoint", "do not overlap"),
+        ("band-mismatch", "4 band(s) but before.tif has 3"),
+        ("no-crs", "after.tif: has no georeferencing"),
+        ("corrupt", "after.tif: cannot be opened"),
+    ],
+)
+def test_check_problems_exit_1(runner: CliRunner, tmp_path: Path, kind: str, text: str) -> None:
+    before, after = make_pair(tmp_path, kind)
+    res = runner.invoke(cli, ["check", str(before), str(after)])
+    assert res.exit_code == 1, res.output
+    assert text in res.output and "NOT OK" in res.output
+
+
+def test_check_lists_every_reason_and_json(runner: CliRunner, tmp_path: Path) -> None:
+    _, after = make_pair(tmp_path, "corrupt")
+    res = runner.invoke(cli, ["check", str(tmp_path / "nothere.tif"), str(after), "--json"])
+    assert res.exit_code == 1
+    data = json.loads(res.output)
+    assert data["ok"] is False and len(data["problems"]) == 2
+
+
+def test_check_indexes(runner: CliRunner, tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "band-mismatch")
+    res = runner.invoke(cli, ["check", str(before), str(after), "--indexes", "1-3", "--json", "--no-shift"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["indexes"] == {"before": [1, 2, 3], "after": [1, 2, 3]} and data["shift"] is None
+    res = runner.invoke(cli, ["check", str(before), str(after), "--indexes", "1,x"])
+    assert res.exit_code == 2 and "--indexes" in res.output
+
+
+def test_parse_indexes() -> None:
+    assert parse_indexes("3-1") == [3, 2, 1]
+    assert parse_indexes("1,2,3:3,2,1") == ([1, 2, 3], [3, 2, 1])
+
+
+def test_stack_command(runner: CliRunner, tmp_path: Path) -> None:
+    for name, res_m in (("B02", 10), ("B03", 10), ("B05", 20)):
+        n = 320 // res_m
+        make_geotiff(tmp_path / "d" / f"T31_20200202T1_{name}.tif", np.ones((n, n), "uint16"), res=res_m)
+    out = tmp_path / "s.tif"
+    res = runner.invoke(cli, ["stack", str(tmp_path / "d"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "3 bands (B02, B03, B05), 32 x 32 px" in res.output and "2020-02-02" in res.output
+    res = runner.invoke(cli, ["stack", str(tmp_path / "d"), "-o", str(out)])
+    assert res.exit_code == 2 and "exists already" in res.output
+    res = runner.invoke(cli, ["-q", "stack", str(tmp_path / "d"), "-o", str(out), "--overwrite", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["descriptions"] == ["B02", "B03", "B05"]
+    res = runner.invoke(cli, ["stack", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.tif")])
+    assert res.exit_code == 2 and "not a folder" in res.output

@@ -1,0 +1,117 @@
+"""changedet.io.stack: single-band folders -> one multi-band GeoTIFF on the finest grid."""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from changedet.errors import InputError, OutputExistsError, ReprojectedInputWarning
+from changedet.io import check_pair, open_pair, raster_info
+from changedet.io.stack import SENTINEL2_BANDS, band_name_from_file, stack_bands
+from changedet.testing import make_geotiff
+
+PREFIX = "T31UDQ_20190501T105031_"
+
+
+def _s2_folder(folder: Path) -> dict[str, np.ndarray]:
+    """A fake Sentinel-2 date: 10 m bands 96 px, 20 m bands 48 px, 60 m bands 16 px over one extent."""
+    res = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20,
+           "B12": 20, "B01": 60, "B09": 60, "B10": 60}  # fmt: skip
+    arrays = {}
+    for name, r in sorted(res.items(), key=lambda kv: kv[0][::-1]):  # written in a scrambled order
+        n = 960 // r
+        yy, xx = (np.mgrid[0:n, 0:n] + 0.5) * r  # metres: a smooth field sampled at each band's pixel centres
+        arrays[name] = (2000 + 800 * np.sin(xx / 150.0) * np.cos(yy / 230.0) + len(name) * 10).astype(
+            "uint16"
+        )
+        make_geotiff(folder / f"{PREFIX}{name}.tif", arrays[name], res=r)
+    return arrays
+
+
+def test_band_name_from_file() -> None:
+    assert band_name_from_file("S2A_OPER_MSI_L1C_TL_MTI__20160120T104345_A003020_T39QZG_B01.tif") == "B01"
+    assert band_name_from_file("T40QBM_20180328T065919_B8A.tif") == "B8A"
+    assert band_name_from_file("scene_B2.tif") == "B02"
+    assert band_name_from_file("BAND.tif") is None and band_name_from_file("B13.tif") is None
+
+
+def test_sentinel2_folder(tmp_path: Path) -> None:
+    arrays = _s2_folder(tmp_path / "imgs_1")
+    out = stack_bands(tmp_path / "imgs_1", tmp_path / "stack.tif")
+    info = raster_info(out)
+    assert info.descriptions == SENTINEL2_BANDS
+    assert (info.width, info.height, info.count) == (96, 96, 13) and info.res == (10.0, 10.0)
+    assert info.date == dt.date(2019, 5, 1) and info.tags["ACQUISITION_DATE"] == "2019-05-01"
+    with rasterio.open(out) as ds:
+        assert ds.profile["tiled"] and ds.compression is not None and ds.dtypes[0] == "uint16"
+        np.testing.assert_array_equal(ds.read(2), arrays["B02"])  # 10 m bands copied exactly
+        np.testing.assert_array_equal(ds.read(8), arrays["B08"])
+        b05 = ds.read(5).astype(float)
+        b01 = ds.read(1).astype(float)
+    # 20 m / 60 m bands resampled onto the 10 m grid: the block means agree with the source pixels
+    np.testing.assert_allclose(
+        b05.reshape(48, 2, 48, 2).mean(axis=(1, 3))[4:-4, 4:-4], arrays["B05"][4:-4, 4:-4], rtol=0.35
+    )
+    assert abs(b01.mean() - arrays["B01"].mean()) < 0.02 * arrays["B01"].mean()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs_1", "stack.tif"]
+
+
+def test_generic_folder_natural_order(tmp_path: Path) -> None:
+    for i in (10, 2, 1):
+        make_geotiff(tmp_path / "in" / f"scene_band{i}_v1.tif", np.full((20, 20), i, "uint8"))
+    (tmp_path / "in" / "notes.txt").write_text("not a raster")
+    out = stack_bands(tmp_path / "in", tmp_path / "out.tif")
+    with rasterio.open(out) as ds:
+        assert ds.descriptions == ("band1", "band2", "band10")
+        assert [int(ds.read(i).max()) for i in (1, 2, 3)] == [1, 2, 10]
+
+
+def test_stack_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no raster files"):
+        stack_bands(tmp_path / "empty", tmp_path / "o.tif")
+    make_geotiff(tmp_path / "multi" / "a.tif", np.zeros((2, 8, 8), "uint8"))
+    with pytest.raises(InputError, match=r"a.tif: has 2 bands"):
+        stack_bands(tmp_path / "multi", tmp_path / "o.tif")
+    make_geotiff(tmp_path / "ok" / "a.tif", np.zeros((8, 8), "uint8"))
+    (tmp_path / "o.tif").write_text("x")
+    with pytest.raises(OutputExistsError):
+        stack_bands(tmp_path / "ok", tmp_path / "o.tif")
+    assert (tmp_path / "o.tif").read_text() == "x"
+
+
+@pytest.mark.realdata
+def test_oscd_abudhabi_stack_check_and_align(oscd_images: Path, tmp_path: Path) -> None:
+    city = oscd_images / "abudhabi"
+    before = stack_bands(city / "imgs_1", tmp_path / "abudhabi_1.tif")
+    after = stack_bands(city / "imgs_2", tmp_path / "abudhabi_2.tif")
+    info_b, info_a = raster_info(before), raster_info(after)
+    assert (info_b.width, info_b.height, info_b.count) == (785, 799, 13)
+    assert (info_a.width, info_a.height, info_a.count) == (782, 795, 13)
+    assert info_b.descriptions == SENTINEL2_BANDS
+    assert (info_b.date, info_a.date) == (dt.date(2016, 1, 20), dt.date(2018, 3, 28))
+
+    report = check_pair(before, after)
+    assert report.ok, report.format()
+    assert "size differs: abudhabi_1.tif 785 x 799 px, abudhabi_2.tif 782 x 795 px" in report.notes
+    assert ReprojectedInputWarning in report.warning_classes
+    assert report.shift is not None and report.shift.band == "B04"
+
+    with rasterio.open(next((city / "imgs_1").glob("*B02.tif"))) as b02:
+        grid = (b02.transform, b02.width, b02.height)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pair = open_pair(before, after)
+    with pair:
+        assert (pair.transform, pair.width, pair.height) == grid
+        assert pair.band_names == list(SENTINEL2_BANDS)
+        b, a, valid = pair.read()
+        assert valid.mean() > 0.99
+        assert 90 < pair.pixel_area_m2() < 110  # ~10 m pixels at 24 N
+        i = pair.band_names.index("B04")
+        assert np.corrcoef(b[i][valid], a[i][valid])[0, 1] > 0.6
