@@ -47,7 +47,9 @@ __all__ = [
     "StripWriter",
     "TilePredictor",
     "TorchPredictor",
+    "engine_grid",
     "predict_pair",
+    "tile_rows_for",
 ]
 
 PROB_NODATA = -1.0
@@ -117,6 +119,20 @@ class TorchPredictor:
         std_a = np.where(np.asarray(std_after, np.float32) > 0, std_after, 1.0)
         self._mb, self._sb = _stat(mean_before), _stat(std_b)
         self._ma, self._sa = _stat(mean_after), _stat(std_a)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable state (the model and the normalisation), so that a predictor can be sent to Dask workers."""
+        return {
+            "model": self.model,
+            "stats": [t.detach().cpu().numpy().ravel() for t in (self._mb, self._sb, self._ma, self._sa)],
+            "device": str(self.device),
+            "precision": "bf16" if self.dtype == self.torch.bfloat16 else "float32",
+            "name": self.name,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model"], *state["stats"], device=state["device"],  # type: ignore[misc]
+                      precision=state["precision"], name=state["name"])
 
     def _prep(self, x: np.ndarray, mean: Any, std: Any) -> Any:
         torch = self.torch
@@ -189,8 +205,12 @@ class StripWriter:
         tags: dict[str, str] | None = None,
         resume: bool = False,
         partial_dir: Path,
+        row_offset: int = 0,
+        cog: bool = True,
     ) -> None:
         self.final_path = Path(final_path)
+        self.row_offset = int(row_offset)
+        self.cog = cog
         self.partial = Path(partial_dir) / (self.final_path.stem + ".partial.tif")
         self.description = description
         self.tags = tags or {}
@@ -222,18 +242,25 @@ class StripWriter:
                 self.ds.update_tags(**self.tags)
 
     def write(self, array: np.ndarray, row_off: int) -> None:
+        """Write rows starting at scene row ``row_off`` (the file's first row is scene row ``row_offset``)."""
         h, w = array.shape
-        self.ds.write(array, 1, window=Window(0, row_off, w, h))
+        self.ds.write(array, 1, window=Window(0, row_off - self.row_offset, w, h))
 
     def close(self) -> None:
         if not self.ds.closed:
             self.ds.close()
 
     def finalize(self) -> Path:
-        """Convert the partial file into a COG at ``final_path`` atomically; return the path."""
+        """Convert the partial file into a COG at ``final_path`` atomically; return the path.
+
+        With ``cog=False`` the tiled GeoTIFF is renamed onto ``final_path`` as it is (for intermediate files).
+        """
         from rasterio.shutil import copy as rio_copy
 
         self.close()
+        if not self.cog:
+            os.replace(self.partial, self.final_path)
+            return self.final_path
         tmp = self.final_path.with_name(f".{self.final_path.name}.{os.getpid()}.tmp")
         try:
             opts = dict(COG_OPTIONS, OVERVIEW_RESAMPLING=self.resampling)
@@ -377,6 +404,44 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+def engine_grid(
+    height: int, width: int, *, multiple: int = 1, tile_size: int = 512, overlap: int = 64, blend: str = "cosine"
+) -> TileGrid:
+    """The :class:`~changedet.tiling.TileGrid` that :func:`predict_pair` walks for a scene and a predictor.
+
+    ``tile_size`` is rounded down to the predictor's ``multiple`` and ``overlap`` reduced below the tile size, as
+    the engine does, so that callers splitting a scene (see :func:`tile_rows_for`) use exactly the engine's tiles.
+
+    >>> g = engine_grid(1000, 700, multiple=16, tile_size=250, overlap=300)
+    >>> g.tile_size, g.overlap
+    (240, 224)
+    """
+    multiple = max(1, int(multiple))
+    tile_size = max(multiple, int(tile_size) // multiple * multiple)
+    overlap = min(int(overlap), tile_size - multiple) if tile_size > multiple else 0
+    return TileGrid(int(height), int(width), tile_size=tile_size, overlap=overlap, multiple=multiple,
+                    blend=blend)  # type: ignore[arg-type]
+
+
+def tile_rows_for(grid: TileGrid, row_start: int, row_stop: int) -> tuple[int, int]:
+    """Tile rows ``[first, stop)`` of ``grid`` whose tiles touch scene rows ``[row_start, row_stop)``.
+
+    These tiles are every contribution to those rows' blended output: predicting them, in the engine's order,
+    gives rows bit-identical to a whole-scene run (the tiles above and below act as the halo).
+
+    >>> g = TileGrid(1000, 700, tile_size=256, overlap=32)
+    >>> g.row_starts
+    [0, 224, 448, 672, 744]
+    >>> tile_rows_for(g, 0, 230), tile_rows_for(g, 500, 1000)
+    ((0, 2), (2, 5))
+    """
+    if not 0 <= row_start < row_stop <= grid.height:
+        raise InputError(f"rows [{row_start}, {row_stop}) are not inside the grid's {grid.height} rows")
+    th = grid.tiles[0].height
+    needed = [k for k, s in enumerate(grid.row_starts) if s < row_stop and s + th > row_start]
+    return needed[0], needed[-1] + 1
+
+
 def predict_pair(
     pair: Any,
     predictor: TilePredictor,
@@ -392,6 +457,8 @@ def predict_pair(
     resume: bool = False,
     partial_dir: Path | None = None,
     tags: dict[str, str] | None = None,
+    rows: tuple[int, int] | None = None,
+    cog: bool = True,
 ) -> PredictStats:
     """Predict change over an aligned pair and stream ``probability.tif`` and ``change.tif`` into ``out_dir``.
 
@@ -419,6 +486,14 @@ def predict_pair(
         settings; the result is identical to an uninterrupted run.
     partial_dir
         Where partial files and the journal live (default ``out_dir/.changedet-partial``).
+    rows
+        ``(row_start, row_stop)``: predict only these scene rows. The outputs then hold just those rows (their
+        transform is shifted accordingly) and are bit-identical to the same rows of a whole-scene run: the engine
+        predicts every tile that touches them (:func:`tile_rows_for`), in the same order. Used to split very large
+        scenes into row blocks processed on different machines (:func:`changedet.distributed.detect_blocks`).
+    cog
+        Convert the outputs to Cloud-Optimised GeoTIFFs (default); False keeps the tiled GeoTIFFs (intermediate
+        files that will be merged).
 
     Returns
     -------
@@ -430,22 +505,30 @@ def predict_pair(
     partial_dir = Path(partial_dir) if partial_dir else out_dir / ".changedet-partial"
     partial_dir.mkdir(parents=True, exist_ok=True)
     H, W = int(pair.height), int(pair.width)
-    multiple = max(1, int(predictor.multiple))
-    tile_size = max(multiple, int(tile_size) // multiple * multiple)
-    overlap = min(int(overlap), tile_size - multiple) if tile_size > multiple else 0
-    grid = TileGrid(H, W, tile_size=tile_size, overlap=overlap, multiple=multiple, blend=blend)  # type: ignore[arg-type]
-    stats = PredictStats(tiles_total=len(grid))
+    grid = engine_grid(H, W, multiple=predictor.multiple, tile_size=tile_size, overlap=overlap, blend=blend)
+    tile_size, overlap = grid.tile_size, grid.overlap
+    r_lo, r_hi = (0, H) if rows is None else (int(rows[0]), int(rows[1]))
+    k_lo, k_hi = tile_rows_for(grid, r_lo, r_hi)
+    n_cols = len(grid.col_starts)
+    stats = PredictStats(tiles_total=(k_hi - k_lo) * n_cols)
 
     signature = {
         "height": H, "width": W, "tile_size": tile_size, "overlap": overlap, "blend": blend,
         "threshold": float(threshold), "predictor": predictor.name,
     }
+    if rows is not None:
+        signature["rows"] = [r_lo, r_hi]
     journal = _Journal(partial_dir / "journal.json", signature)
     resumed = resume and journal.load()
     if not resumed:
         journal.rows_done = journal.valid = journal.changed = 0
-    common = {"width": W, "height": H, "crs": pair.crs, "transform": pair.transform, "partial_dir": partial_dir,
-              "resume": resumed, "tags": tags}
+    transform = pair.transform
+    if r_lo and transform is not None:
+        from affine import Affine
+
+        transform = transform * Affine.translation(0, r_lo)
+    common = {"width": W, "height": r_hi - r_lo, "crs": pair.crs, "transform": transform,
+              "partial_dir": partial_dir, "resume": resumed, "tags": tags, "row_offset": r_lo, "cog": cog}
     writers = (
         StripWriter(out_dir / "probability.tif", dtype="float32", nodata=PROB_NODATA,
                     description="change probability", **common),
@@ -457,14 +540,15 @@ def predict_pair(
     th = grid.tiles[0].height
     block = 512
     buf_rows = 2 * tile_size + block
-    buf_top = journal.rows_done
+    buf_top = max(journal.rows_done, grid.row_starts[k_lo])
     acc = np.zeros((buf_rows, W), np.float32)
     wsum = np.zeros((buf_rows, W), np.float32)
     vbuf = np.zeros((buf_rows, W), bool)
 
     start_row = next((r for r, r0 in enumerate(grid.row_starts) if r0 + th > buf_top), len(grid.row_starts))
-    tiles = [t for t in grid.tiles if t.row >= start_row]
-    stats.tiles_resumed = len(grid) - len(tiles)
+    start_row = max(start_row, k_lo)
+    tiles = [t for t in grid.tiles if start_row <= t.row < k_hi]
+    stats.tiles_resumed = stats.tiles_total - len(tiles)
 
     timing = {"read": 0.0, "write": 0.0}
     stop = threading.Event()
@@ -503,7 +587,10 @@ def predict_pair(
         mask[changed] = 1
         if write_errors:
             raise write_errors[0]
-        write_q.put((buf_top, prob, mask, int(v.sum()), int(changed.sum())))
+        lo, hi = max(buf_top, r_lo), min(upto, r_hi)  # only the requested rows are written
+        if hi > lo:
+            s = slice(lo - buf_top, hi - buf_top)
+            write_q.put((lo, prob[s], mask[s], int(v[s].sum()), int(changed[s].sum())))
         # shift the strip buffers up by n rows
         for buf in (acc, wsum, vbuf):
             buf[:-n] = buf[n:].copy() if n < buf_rows else buf[:0]
@@ -544,12 +631,12 @@ def predict_pair(
             done += len(batch)
             pixels_done += sum(t.height * t.width for t, *_ in batch)
             if progress is not None:
-                progress(done, len(grid), pixels_done)
-        while current_row < len(grid.row_starts):
+                progress(done, stats.tiles_total, pixels_done)
+        while current_row < k_hi:
             final = grid.rows_final_after(current_row)
             _flush(final if final >= H else final // block * block)
             current_row += 1
-        _flush(H)
+        _flush(r_hi)
         write_q.put(None)
         writer.join()
         if write_errors:
@@ -579,7 +666,7 @@ def predict_pair(
     stats.valid_pixels, stats.changed_pixels = journal.valid, journal.changed
     stats.seconds_read, stats.seconds_write = timing["read"], timing["write"]
     stats.seconds_total = time.perf_counter() - t_start
-    stats._pixels = H * W
+    stats._pixels = (r_hi - r_lo) * W
     return stats
 
 
