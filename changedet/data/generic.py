@@ -124,7 +124,7 @@ class Scene:
             after=self.after[:, rows, cols].copy(),
             label=None if self.label is None else self.label[rows, cols].copy(),
             valid=self.valid[rows, cols].copy(),
-            transform=self.transform * Affine.translation(col_off, row_off),
+            transform=self.transform @ Affine.translation(col_off, row_off),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""``changedet train --config run.yaml [--key value ...]``: train a model and write a calibrated checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from changedet.cli._common import echo_json, quiet
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ``--key value`` / ``--key=value`` / ``--flag`` pairs into a dict (values parsed as YAML scalars/lists).
+
+    Kebab-case keys become snake_case (``--chips-per-epoch`` -> ``chips_per_epoch``); dotted keys reach into
+    mappings (``--dataset.val-cities [bercy,rennes]``). ``--no-flag`` sets ``flag`` to false.
+    """
+    import yaml
+
+    from changedet.errors import InputError
+
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise InputError(f"unexpected argument {arg!r}; overrides are --key value pairs")
+        key, eq, raw = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                raw = args[i + 1]
+                i += 1
+            elif key.startswith("no-"):
+                key, raw = key[3:], "false"
+            else:
+                raw = "true"
+        key = ".".join(p.replace("-", "_") for p in key.split("."))
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(out, key, value)
+        i += 1
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """Read a YAML run config and apply overrides; checks the keys against :func:`changedet.training.train`."""
+    import inspect
+
+    import yaml
+
+    from changedet.errors import InputError
+    from changedet.training import train
+
+    config: dict[str, Any] = {}
+    base = None
+    if path is not None:
+        if not path.is_file():
+            raise InputError(f"{path}: no such config file; give a YAML file of train() keyword arguments")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML ({exc})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: expected a mapping of train() options, found {type(loaded).__name__}")
+        config = loaded
+        base = path.resolve().parent
+        if config.get("out") and "out" not in overrides and not Path(str(config["out"])).expanduser().is_absolute():
+            config["out"] = str(base / str(config["out"]))  # a config's paths are relative to the config file
+    config = _merge(config, overrides)
+    params = inspect.signature(train).parameters
+    allowed = set(params) - {"train_scenes", "val_scenes", "progress", "config_base"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise InputError(
+            f"{path or 'options'}: unknown key(s) {unknown}; known keys: {', '.join(sorted(allowed))}"
+        )
+    return config, base
+
+
+@click.command(
+    "train",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="YAML file whose keys are train() keyword arguments.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Output folder (overrides 'out').")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1... (overrides 'device').")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (overrides 'threads').")
+@click.option("--overwrite", is_flag=True, default=False, help="Replace the outputs of an earlier run in OUT.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def command(
+    ctx: click.Context,
+    config_path: Path | None,
+    out: Path | None,
+    device: str | None,
+    threads: int | None,
+    overwrite: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Train a change-detection model from a YAML config; extra --key value pairs override its keys.
+
+    \b
+    Example:
+      changedet train --config configs/s2-13band.yaml --out runs/s2 --epochs 5 --seed 1
+      changedet train -c run.yaml --dataset.val-cities [bercy,rennes] --loss bce+dice
+
+    Writes OUT/model.safetensors + model.json (with the calibrated threshold, normalisation and validation
+    metrics), metrics.csv, curves.png and pr_curve.png. Progress on stderr, the summary on stdout.
+    """
+    from changedet.errors import InputError
+
+    overrides = parse_overrides(list(ctx.args))
+    for key, value in (("out", out), ("device", device), ("threads", threads)):
+        if value is not None:
+            overrides[key] = str(value) if isinstance(value, Path) else value
+    if overwrite:
+        overrides["overwrite"] = True
+    config, base = load_config(config_path, overrides)
+    if "out" not in config:
+        raise InputError("no output folder: give --out or an 'out:' key in the config")
+    if dry_run:
+        echo_json({**config, "config_base": None if base is None else str(base)})
+        return
+    from changedet.training import train
+
+    result = train(**config, config_base=base, progress=not quiet(ctx))
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    m = result.metrics
+
+    def pct(key: str, d: dict[str, Any]) -> str:
+        v = d.get(key)
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    click.echo(f"checkpoint   {result.checkpoint}")
+    click.echo(f"epochs       {result.epochs_run} (best {result.best_epoch}), {result.seconds:.0f} s")
+    click.echo(f"threshold    {result.threshold:.4f} ({m.get('threshold_method')}, on {m.get('calibrated_on')})")
+    click.echo(
+        f"val F1 {pct('f1', m)}  P {pct('precision', m)}  R {pct('recall', m)}  IoU {pct('iou', m)}  "
+        f"kappa {pct('kappa', m)}   (at 0.5: F1 {pct('f1', m.get('at_0.5', {}))})"
+    )

@@ -1,0 +1,863 @@
+"""Training of change-detection networks: chips, losses, validation, early stopping, threshold calibration.
+
+:func:`train` is the one entry point; ``changedet train --config run.yaml`` maps the YAML keys 1:1 onto its keyword
+arguments. A run:
+
+1. reads the training and validation scenes (:func:`changedet.data.load_dataset`) and normalises each once
+   (``normalization="scene"``: each date z-scored with its own per-band statistics, as the inference does);
+2. draws ``chips_per_epoch`` chips per epoch with positive-aware sampling and augmentation
+   (:class:`~changedet.data.sampling.ChipDataset`) and optimises the loss (weighted BCE, Dice, focal, their sums, or
+   the contrastive/triplet losses of metric models, optionally with online hard example mining);
+3. after each epoch predicts the *whole* validation scenes (one forward pass per scene, overlap-tiled above
+   ``val_tile_size``), records pooled metrics at 0.5 and at the F1-optimal threshold in ``metrics.csv`` and
+   ``curves.png``, keeps the best weights by validation F1 and stops after ``patience`` epochs without progress;
+4. calibrates the decision threshold on the validation scenes (F1-optimal on the precision-recall curve, or Otsu),
+   plots ``pr_curve.png`` and writes the checkpoint ``<out>/<name>.safetensors`` + ``<name>.json`` with band names,
+   normalisation, pixel size, threshold, metrics at the calibrated threshold and at 0.5, the configuration and the
+   data split.
+
+On the CPU the run is deterministic for a given ``seed`` (torch and numpy generators seeded, deterministic
+algorithms requested). Progress goes to a callback (``progress=True`` shows a tqdm bar on stderr); nothing is printed.
+
+>>> from changedet.training import train  # doctest: +SKIP
+>>> result = train(out="runs/s2", dataset={"type": "oscd", "root": "data/oscd", "val_cities": ["bercy", "rennes"]},
+...                model="fc-siam-diff", epochs=30, chip_size=96, threads=2)  # doctest: +SKIP
+>>> result.checkpoint, result.threshold  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from changedet.calibration import calibrate_threshold, plot_pr_curve
+from changedet.data.augment import Augment
+from changedet.data.generic import Scene
+from changedet.data.sampling import ChipDataset, PreparedScene, prepare_scenes
+from changedet.errors import InputError, OutputExistsError
+from changedet.evaluation import confusion_matrix, f1_optimal_threshold, pool
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "METRIC_LOSSES",
+    "OHEMLoss",
+    "TrainResult",
+    "build_loss",
+    "predict_scene",
+    "seed_everything",
+    "train",
+]
+
+METRIC_LOSSES = ("contrastive", "triplet")  # losses on the embeddings of metric models
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "none")
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------------------------------------- losses
+class OHEMLoss(nn.Module):
+    """Online hard example mining: average a pixel loss over the hardest valid pixels of the batch only.
+
+    Keeps the ``keep`` fraction (at least ``min_kept`` pixels) of valid pixels with the largest loss (Shrivastava et
+    al. 2016, in the per-pixel form used for segmentation), so easy unchanged background stops dominating the
+    gradient. Called like the losses of :mod:`changedet.losses`: ``loss(logits, target, valid)``.
+
+    Parameters
+    ----------
+    kind : {"bce", "focal"}
+        The per-pixel loss: BCE on logits weighted by ``pos_weight``, or focal (``gamma``, ``alpha``).
+    keep : float
+        Fraction of valid pixels kept, in (0, 1].
+    min_kept : int
+        Lower bound on the number of kept pixels.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = OHEMLoss("bce", keep=0.5, min_kept=1)
+    >>> logits = torch.tensor([[[[4.0, -4.0], [0.0, 0.0]]]])
+    >>> target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    >>> round(float(loss(logits, target, torch.ones_like(target, dtype=torch.bool))), 4)  # the two 0.0 logits
+    0.6931
+    """
+
+    def __init__(
+        self,
+        kind: str = "bce",
+        *,
+        keep: float = 0.25,
+        min_kept: int = 1024,
+        pos_weight: float | None = None,
+        gamma: float = 2.0,
+        alpha: float | None = 0.25,
+    ) -> None:
+        super().__init__()
+        if kind not in ("bce", "focal"):
+            raise InputError(f"hard example mining needs a pixel-wise loss (bce or focal), not {kind!r}")
+        if not 0.0 < keep <= 1.0:
+            raise InputError(f"ohem keep fraction must be in (0, 1], got {keep}")
+        self.kind = kind
+        self.keep = float(keep)
+        self.min_kept = int(min_kept)
+        self.register_buffer("pos_weight", torch.tensor(float(pos_weight if pos_weight is not None else 1.0)))
+        self.gamma = float(gamma)
+        self.alpha = alpha
+
+    def pixel_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel loss, same shape as ``logits``."""
+        if self.kind == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight, reduction="none")
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        loss = (1.0 - torch.exp(-bce)) ** self.gamma * bce
+        if self.alpha is not None:
+            loss = loss * (self.alpha * target + (1.0 - self.alpha) * (1.0 - target))
+        return loss
+
+    def forward(self, output: Any, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        logits = output[0] if isinstance(output, (tuple, list)) else output
+        target = target.to(logits.dtype).reshape(logits.shape)
+        mask = torch.ones_like(target, dtype=torch.bool) if valid is None else valid.reshape(logits.shape).bool()
+        losses = self.pixel_loss(logits, target)[mask]
+        n = losses.numel()
+        if n == 0:
+            return logits.sum() * 0.0
+        k = min(n, max(self.min_kept, math.ceil(self.keep * n)))
+        if k < n:
+            losses = torch.topk(losses, k, sorted=False).values
+        return losses.mean()
+
+
+def build_loss(
+    loss: str = "bce",
+    *,
+    pos_weight: float | None = None,
+    ohem: float | None = None,
+    ohem_min_kept: int = 1024,
+    **loss_kwargs: Any,
+) -> nn.Module:
+    """Build the training loss by name (:func:`changedet.losses.create_loss`), optionally with hard example mining.
+
+    Parameters
+    ----------
+    loss : str
+        ``bce``, ``dice``, ``focal``, ``contrastive``, ``triplet`` or a ``+`` combination (``bce+dice``).
+    pos_weight : float, optional
+        Change-class weight of the BCE component.
+    ohem : float, optional
+        Keep only this fraction of the hardest pixels (``bce`` or ``focal`` only): :class:`OHEMLoss`.
+    **loss_kwargs
+        Component options: ``margin``, ``mining``, ``distance`` (metric losses), ``gamma``, ``alpha`` (focal),
+        ``smooth`` (Dice), ``weights`` (of a combination).
+    """
+    if ohem:
+        if loss not in ("bce", "focal"):
+            raise InputError(f"ohem applies to the pixel losses bce and focal, not {loss!r}")
+        allowed = {"gamma", "alpha"}
+        unknown = set(loss_kwargs) - allowed
+        if unknown:
+            raise InputError(f"unknown option(s) {sorted(unknown)} for {loss} with ohem; known: gamma, alpha")
+        return OHEMLoss(loss, keep=float(ohem), min_kept=ohem_min_kept, pos_weight=pos_weight, **loss_kwargs)
+    from changedet.losses import create_loss
+
+    kwargs = dict(loss_kwargs)
+    if pos_weight is not None and "bce" in [p.strip() for p in loss.lower().split("+")]:
+        kwargs["pos_weight"] = float(pos_weight)
+    return create_loss(loss, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------- utilities
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) for a reproducible run; numpy generators are seeded where they are created."""
+    torch.manual_seed(int(seed))
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(int(seed))
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int | None, deterministic: bool, device: torch.device) -> Iterator[None]:
+    """Set threads and determinism for the run, restore the caller's settings afterwards."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        if deterministic:
+            if device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.backends.cudnn.deterministic = True
+                torch.backends.cudnn.benchmark = False
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old_cudnn
+
+
+def _windows(n: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(start, keep_from, keep_to) along one axis: tiles of ``tile`` overlapping by ``overlap``, centre parts kept."""
+    if n <= tile:
+        return [(0, 0, n)]
+    if tile <= 2 * overlap:
+        raise InputError(f"tile size {tile} must exceed twice the overlap ({overlap})")
+    step = tile - 2 * overlap
+    starts = [*range(0, n - tile, step), n - tile]
+    out = []
+    for i, s in enumerate(starts):
+        keep_from = 0 if i == 0 else s + overlap
+        keep_to = n if i == len(starts) - 1 else s + tile - overlap
+        if i > 0:
+            keep_from = max(keep_from, out[-1][2])
+        out.append((s, keep_from, keep_to))
+    return out
+
+
+@torch.inference_mode()
+def predict_scene(
+    model: nn.Module,
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    device: str | torch.device = "cpu",
+    tile_size: int = 1024,
+    overlap: int = 64,
+    channels_last: bool = True,
+    output: str = "probability",
+) -> np.ndarray:
+    """Change scores (row, col) of a normalised (band, row, col) pair, in one pass or overlap-tiled.
+
+    Scenes up to ``tile_size`` pixels on a side go through the network in one forward pass; larger ones are cut into
+    tiles overlapping by ``2 * overlap`` pixels of which only the centres are kept, so tile borders never reach the
+    output. The model is put in eval mode (and left so).
+
+    Parameters
+    ----------
+    output : {"probability", "logits", "distance"}
+        ``sigmoid(logits)``, the logits, or the embedding distance of a metric model (``model.distance_map``).
+    """
+    if output not in ("probability", "logits", "distance"):
+        raise InputError(f"unknown output {output!r}; choose probability, logits or distance")
+    model.eval()
+    device = torch.device(device)
+    _, h, w = before.shape
+    out = np.empty((h, w), dtype=np.float32)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for r0, rk0, rk1 in _windows(h, tile_size, overlap):
+        for c0, ck0, ck1 in _windows(w, tile_size, overlap):
+            rs, cs = slice(r0, min(r0 + tile_size, h)), slice(c0, min(c0 + tile_size, w))
+            tb = torch.from_numpy(np.ascontiguousarray(before[:, rs, cs]))[None].to(device).contiguous(memory_format=fmt)
+            ta = torch.from_numpy(np.ascontiguousarray(after[:, rs, cs]))[None].to(device).contiguous(memory_format=fmt)
+            if output == "distance":
+                score = model.distance_map(tb, ta).float()  # type: ignore[operator]
+            else:
+                score = model(tb, ta).float()
+                if output == "probability":
+                    score = torch.sigmoid(score)
+            tile = score[0, 0].cpu().numpy()
+            out[rk0:rk1, ck0:ck1] = tile[rk0 - r0 : rk1 - r0, ck0 - c0 : ck1 - c0]
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))).astype(np.float32)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: checkpoint path, calibrated threshold, metrics and per-epoch history."""
+
+    checkpoint: Path
+    out: Path
+    threshold: float
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "out": str(self.out),
+            "threshold": self.threshold,
+            "metrics": self.metrics,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "seconds": round(self.seconds, 2),
+            "files": self.files,
+        }
+
+
+def tqdm_progress(total_epochs: int, *, disable: bool = False) -> ProgressCallback:
+    """A progress callback drawing a tqdm bar over the steps of all epochs on stderr."""
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {"bar": None}
+
+    def callback(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            state["bar"] = tqdm(total=event["steps_per_epoch"] * total_epochs, unit="step", disable=disable,
+                                dynamic_ncols=True, desc="train")
+        bar = state["bar"]
+        if bar is None:
+            return
+        if kind == "step":
+            bar.update(1)
+        elif kind == "epoch":
+            shown = {k: event[k] for k in ("epoch", "train_loss", "val_f1", "val_f1_best") if event.get(k) is not None}
+            bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in shown.items()})
+        elif kind == "end":
+            bar.close()
+
+    return callback
+
+
+# --------------------------------------------------------------------------------------------------------- outputs
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    fields = list(rows[0])
+    for row in rows[1:]:
+        fields += [k for k in row if k not in fields]
+    tmp = path.with_name(f".{path.name}.partial")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _plot_curves(path: Path, history: list[dict[str, Any]], best_epoch: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    try:
+        ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+        if any(h.get("val_loss") is not None for h in history):
+            ax1.plot(epochs, [h.get("val_loss") for h in history], label="validation loss")
+        ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+        ax1.legend()
+        for key, name in (("val_f1", "val F1 @0.5"), ("val_f1_best", "val F1 @best threshold"), ("val_iou", "val IoU @0.5")):
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax2.plot(epochs, [np.nan if v is None else v for v in values], label=name)
+        if best_epoch > 0:
+            ax2.axvline(best_epoch, color="0.6", ls="--", lw=1, label=f"best epoch {best_epoch}")
+        ax2.set(xlabel="epoch", ylabel="score", ylim=(0, 1), title="Validation")
+        ax2.legend()
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.partial")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------------ train
+def _validate(
+    model: nn.Module,
+    val: Sequence[PreparedScene],
+    loss_fn: nn.Module | None,
+    device: torch.device,
+    tile_size: int,
+    metric: bool,
+) -> tuple[list[np.ndarray], list[np.ndarray], float | None]:
+    """Predict whole validation scenes: (scores, probabilities, mean loss over valid pixels or None).
+
+    Scores are the probabilities, or for metric models the embedding distances (their calibration is set only at
+    the end, and a threshold search on the distance is independent of it).
+    """
+    scores, probs = [], []
+    losses, weights = 0.0, 0.0
+    for s in val:
+        logits = predict_scene(model, s.before, s.after, device=device, tile_size=tile_size, output="logits")
+        prob = _sigmoid(logits)
+        probs.append(prob)
+        scores.append(
+            predict_scene(model, s.before, s.after, device=device, tile_size=tile_size, output="distance")
+            if metric
+            else prob
+        )
+        if loss_fn is not None:
+            with torch.inference_mode():
+                target = torch.from_numpy(s.label.astype(np.float32))[None, None].to(device)
+                valid = torch.from_numpy(s.valid)[None, None].to(device)
+                n = float(s.valid.sum())
+                losses += float(loss_fn(torch.from_numpy(logits)[None, None].to(device), target, valid)) * n
+                weights += n
+    return scores, probs, (losses / weights if weights else None)
+
+
+def _val_row(scores: list[np.ndarray], probs: list[np.ndarray], val: Sequence[PreparedScene]) -> dict[str, Any]:
+    labels = [s.label for s in val]
+    valids = [s.valid for s in val]
+    cm = pool(confusion_matrix(p >= 0.5, t, v) for p, t, v in zip(probs, labels, valids, strict=True))
+    best_t, best_f1 = f1_optimal_threshold(scores, labels, valids)
+
+    def clean(x: float | None) -> float | None:
+        return None if x is None or math.isnan(x) else round(float(x), 6)
+
+    return {
+        "val_precision": clean(cm.precision),
+        "val_recall": clean(cm.recall),
+        "val_f1": clean(cm.f1),
+        "val_iou": clean(cm.iou),
+        "val_kappa": clean(cm.kappa),
+        "val_f1_best": clean(best_f1),
+        "val_threshold_best": clean(best_t),
+    }
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def _auto_pos_weight(ds: ChipDataset, cap: float) -> float:
+    pos = neg = 0
+    scenes = ds.scenes
+    k = ds.chip_size
+    for si, r, c in ds.positions():
+        s = scenes[int(si)]
+        lab = s.label[r : r + k, c : c + k]
+        val = s.valid[r : r + k, c : c + k]
+        n_pos = int(np.count_nonzero(lab[val]))
+        pos += n_pos
+        neg += int(val.sum()) - n_pos
+    if pos == 0:
+        return 1.0
+    return float(min(max(neg / pos, 1.0), cap))
+
+
+def train(
+    *,
+    out: str | Path,
+    dataset: Mapping[str, Any] | None = None,
+    train_scenes: Sequence[Scene] | None = None,
+    val_scenes: Sequence[Scene] | None = None,
+    model: str = "fc-siam-diff",
+    model_kwargs: Mapping[str, Any] | None = None,
+    loss: str = "bce",
+    pos_weight: float | str | None = "auto",
+    pos_weight_cap: float = 50.0,
+    loss_kwargs: Mapping[str, Any] | None = None,
+    ohem: float | None = None,
+    ohem_min_kept: int = 1024,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    schedule: str = "cosine",
+    step_size: int = 10,
+    gamma: float = 0.5,
+    epochs: int = 50,
+    chips_per_epoch: int = 512,
+    batch_size: int = 16,
+    chip_size: int = 96,
+    positive_fraction: float = 0.5,
+    min_valid: float = 0.5,
+    augment: bool | Mapping[str, Any] | Augment | None = True,
+    normalization: str | Mapping[str, Any] = "scene",
+    patience: int | None = 10,
+    min_epochs: int = 1,
+    val_every: int = 1,
+    val_tile_size: int = 1024,
+    threshold_method: str = "f1",
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int | None = None,
+    deterministic: bool = True,
+    channels_last: bool = True,
+    num_workers: int = 0,
+    name: str = "model",
+    description: str = "",
+    checkpoint_name: str = "",
+    overwrite: bool = False,
+    plots: bool = True,
+    progress: bool | ProgressCallback | None = None,
+    config_base: str | Path | None = None,
+) -> TrainResult:
+    """Train a change-detection network and write a calibrated checkpoint.
+
+    Parameters
+    ----------
+    out : path
+        Output folder: ``<name>.safetensors``, ``<name>.json``, ``metrics.csv``, ``curves.png``, ``pr_curve.png``.
+    dataset : mapping, optional
+        A dataset spec for :func:`changedet.data.load_dataset` (``type: oscd|airchange|folders|list`` ...).
+    train_scenes, val_scenes : sequence of Scene, optional
+        In-memory scenes instead of ``dataset`` (e.g. synthetic data). Without validation scenes there is no early
+        stopping and the threshold is calibrated on the training scenes (recorded in the checkpoint).
+    model : str
+        Architecture name (``changedet.models.list_models()``); ``model_kwargs`` go to its constructor
+        (``in_channels`` is set from the data).
+    loss : str
+        ``bce``, ``dice``, ``focal``, ``bce+dice``, ``focal+dice``; ``contrastive``/``triplet`` for metric models.
+    pos_weight : float, "auto" or None
+        BCE weight of the change class; ``"auto"`` = unchanged/changed pixel ratio of the first epoch's chips,
+        capped at ``pos_weight_cap``.
+    loss_kwargs : mapping, optional
+        ``focal_gamma``, ``focal_alpha``, ``dice_weight``; ``margin``, ``mining``... for the metric losses.
+    ohem : float, optional
+        Keep only this fraction of the hardest valid pixels per batch (online hard example mining).
+    optimizer, lr, weight_decay, momentum : optimiser (``adam``, ``adamw``, ``sgd``) and its settings.
+    schedule, step_size, gamma : learning-rate schedule (``cosine`` over all epochs, ``step``, ``none``).
+    epochs, chips_per_epoch, batch_size, chip_size : the sampling budget.
+    positive_fraction : float
+        Share of chips centred on changed pixels (the rest uniform).
+    min_valid : float
+        Minimum valid fraction of uniformly drawn chips.
+    augment : bool or mapping
+        ``True`` (flips and 90-degree rotations), ``False``, or ``{flips, rotations, date_swap, gain, offset}``.
+    normalization : str or mapping
+        ``"scene"`` (per-date z-score) or ``"fixed"`` (statistics from the training scenes, or given mean/std).
+    patience : int, optional
+        Stop after this many validations without a better validation F1 (None: never).
+    min_epochs, val_every, val_tile_size : validation schedule and the tile size of whole-scene prediction.
+    threshold_method : {"f1", "otsu", "fixed"}
+        How the final decision threshold is calibrated on the validation scenes.
+    seed : int
+    device : str
+        ``cpu``, ``cuda``, ``cuda:1``...
+    threads : int, optional
+        ``torch.set_num_threads`` during the run (restored afterwards).
+    deterministic : bool
+        Request deterministic algorithms (identical weights for identical seeds on the CPU).
+    channels_last : bool
+        NHWC memory format (faster convolutions on recent CPUs and GPUs).
+    num_workers : int
+        DataLoader worker processes (0: chips are cut in the main process, usually fastest for in-memory scenes).
+    name : str
+        Checkpoint stem inside ``out`` (``model`` gives ``model.safetensors``/``model.json``).
+    description, checkpoint_name : str
+        Stored in the checkpoint (``checkpoint_name`` is the short model name, e.g. ``s2-13band``).
+    overwrite : bool
+        Replace the outputs of an earlier run in ``out``.
+    plots : bool
+        Write ``curves.png`` and ``pr_curve.png``.
+    progress : bool or callable, optional
+        ``True`` for a tqdm bar on stderr, or a callback receiving event dicts (``start``, ``step``, ``epoch``,
+        ``end``).
+    config_base : path, optional
+        Folder against which relative dataset paths are resolved (the config file's folder).
+
+    Returns
+    -------
+    TrainResult
+    """
+    from changedet.models import create_model
+    from changedet.models.checkpoint import CheckpointMeta, checkpoint_paths, save_checkpoint
+
+    started = time.perf_counter()
+    config = {k: v for k, v in locals().items() if k not in ("train_scenes", "val_scenes", "progress", "started",
+                                                             "create_model", "CheckpointMeta", "checkpoint_paths",
+                                                             "save_checkpoint")}
+    if not isinstance(loss, str) or not loss:
+        raise InputError(f"loss must be a name such as 'bce' or 'bce+dice', got {loss!r}")
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("schedule", schedule, SCHEDULES)
+    _check_choice("threshold_method", threshold_method, ("f1", "otsu", "fixed"))
+    for key, value, low in (("epochs", epochs, 1), ("chips_per_epoch", chips_per_epoch, 1),
+                            ("batch_size", batch_size, 1), ("chip_size", chip_size, 8), ("val_every", val_every, 1)):
+        if not isinstance(value, int) or value < low:
+            raise InputError(f"{key} must be an integer >= {low}, got {value!r}")
+    if lr <= 0:
+        raise InputError(f"lr must be > 0, got {lr}")
+    out = Path(out)
+    weights_path, json_path = checkpoint_paths(out / name)
+    outputs = [weights_path, json_path, out / "metrics.csv", out / "curves.png", out / "pr_curve.png"]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out}: holds the outputs of an earlier run ({', '.join(p.name for p in existing)}); "
+            "pass overwrite=True (--overwrite) or choose another folder"
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+
+    # ---- data
+    split_info: dict[str, Any]
+    if dataset is not None:
+        if train_scenes is not None or val_scenes is not None:
+            raise InputError("give either dataset or train_scenes/val_scenes, not both")
+        from changedet.data.spec import load_dataset
+
+        split = load_dataset(dataset, base=config_base)
+        train_list, val_list, split_info = split.train, split.val, split.info
+    elif train_scenes is not None:
+        train_list, val_list = list(train_scenes), list(val_scenes or [])
+        split_info = {"type": "scenes", "train": [s.name for s in train_list], "val": [s.name for s in val_list]}
+    else:
+        raise InputError("no training data: give dataset (a spec mapping) or train_scenes")
+    if not train_list:
+        raise InputError("the dataset holds no training scene")
+    calibrated_on = "val"
+    if not val_list:
+        log.warning("no validation scenes: no early stopping; the threshold is calibrated on the training scenes")
+        calibrated_on = "train"
+    band_names = list(train_list[0].band_names)
+    norm_arg = dict(normalization) if isinstance(normalization, Mapping) else {"mode": normalization}
+    prepared_train, norm_entry = prepare_scenes(train_list, normalization=norm_arg, chip_size=chip_size)
+    if norm_entry["mode"] == "fixed":
+        norm_arg = norm_entry  # validation uses the training statistics
+    eval_source = val_list if val_list else train_list
+    prepared_val, _ = prepare_scenes(eval_source, normalization=norm_arg)
+    for s in eval_source:
+        if [b.upper() for b in s.band_names] != [b.upper() for b in band_names]:
+            raise InputError(f"validation scene {s.name} has bands {s.band_names}, training has {band_names}")
+    pixel_sizes = [s.pixel_size for s in train_list if s.pixel_size]
+    pixel_size = float(np.median(pixel_sizes)) if pixel_sizes else None
+    augmenter = Augment.from_config(augment)  # type: ignore[arg-type]
+
+    progress_cb: ProgressCallback | None
+    if progress is True:
+        progress_cb = tqdm_progress(epochs)
+    elif callable(progress):
+        progress_cb = progress
+    else:
+        progress_cb = None
+
+    history: list[dict[str, Any]] = []
+    with _torch_settings(threads, deterministic, dev):
+        seed_everything(seed)
+        kwargs = dict(model_kwargs or {})
+        kwargs["in_channels"] = len(band_names)
+        net = create_model(model, **kwargs)
+        is_metric = bool(getattr(net, "is_metric", False))
+        parts = [p.strip().lower() for p in loss.split("+")]
+        metric_loss = any(p in METRIC_LOSSES for p in parts)
+        if metric_loss and not is_metric:
+            raise InputError(
+                f"the {loss} loss works on embeddings and needs a metric model (e.g. metric-siam); {model} is not one"
+            )
+        extra_loss_kwargs = dict(loss_kwargs or {})
+        if metric_loss and hasattr(net, "distance"):
+            extra_loss_kwargs.setdefault("distance", net.distance)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        net = net.to(dev, memory_format=fmt)
+
+        ds = ChipDataset(prepared_train, chip_size=chip_size, chips_per_epoch=chips_per_epoch,
+                         positive_fraction=positive_fraction, augment=augmenter, seed=seed, min_valid=min_valid)
+        pw: float | None = None
+        if "bce" in parts or (ohem and "bce" in parts):
+            if pos_weight == "auto":
+                pw = _auto_pos_weight(ds, pos_weight_cap)
+            elif pos_weight is not None:
+                pw = float(pos_weight)
+        loss_fn = build_loss(loss, pos_weight=pw, ohem=ohem, ohem_min_kept=ohem_min_kept, **extra_loss_kwargs)
+        loss_fn = loss_fn.to(dev)
+
+        params = [p for p in net.parameters() if p.requires_grad] + [
+            p for p in loss_fn.parameters() if p.requires_grad
+        ]
+        if optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        elif optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+        if schedule == "cosine":
+            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        elif schedule == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+        else:
+            sched = None
+
+        generator = torch.Generator()
+        generator.manual_seed(int(seed))
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=False, drop_last=len(ds) > batch_size, num_workers=num_workers,
+            pin_memory=dev.type == "cuda", generator=generator, persistent_workers=False,
+        )
+        steps_per_epoch = len(loader)
+        if progress_cb:
+            progress_cb({"event": "start", "steps_per_epoch": steps_per_epoch, "epochs": epochs})
+
+        best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(net.state_dict())
+        stale = 0
+        epoch = 0
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            for epoch in range(1, epochs + 1):
+                t0 = time.perf_counter()
+                ds.set_epoch(epoch - 1)
+                net.train()
+                total = torch.zeros((), device=dev)
+                for before, after, target, valid in loader:
+                    before = before.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                    after = after.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                    target = target.to(dev, non_blocking=True)
+                    valid = valid.to(dev, non_blocking=True)
+                    if metric_loss:
+                        outputs = net.forward_with_embeddings(before, after)  # type: ignore[operator]
+                    else:
+                        outputs = net(before, after)
+                    batch_loss = loss_fn(outputs, target, valid)
+                    opt.zero_grad(set_to_none=True)
+                    batch_loss.backward()
+                    opt.step()
+                    total += batch_loss.detach()
+                    if progress_cb:
+                        progress_cb({"event": "step"})
+                lr_now = opt.param_groups[0]["lr"]
+                if sched is not None:
+                    sched.step()
+                row: dict[str, Any] = {
+                    "epoch": epoch,
+                    "lr": lr_now,
+                    "train_loss": round(float(total) / max(steps_per_epoch, 1), 6),
+                    "train_seconds": round(time.perf_counter() - t0, 3),
+                }
+                improved = False
+                if val_list and (epoch % val_every == 0 or epoch == epochs):
+                    t1 = time.perf_counter()
+                    scores, probs, val_loss = _validate(
+                        net, prepared_val, None if metric_loss else loss_fn, dev, val_tile_size, is_metric
+                    )
+                    row["val_loss"] = None if val_loss is None else round(val_loss, 6)
+                    row.update(_val_row(scores, probs, prepared_val))
+                    row["val_seconds"] = round(time.perf_counter() - t1, 3)
+                    score = row["val_f1_best"] if row["val_f1_best"] is not None else -1.0
+                    if score > best_score:
+                        best_score, best_epoch, best_state = score, epoch, copy.deepcopy(net.state_dict())
+                        improved, stale = True, 0
+                    else:
+                        stale += 1
+                elif not val_list:
+                    best_epoch, best_state = epoch, copy.deepcopy(net.state_dict())
+                row["best"] = improved
+                history.append(row)
+                _write_csv(out / "metrics.csv", history)
+                if progress_cb:
+                    progress_cb({"event": "epoch", **row})
+                if patience is not None and val_list and stale >= patience and epoch >= min_epochs:
+                    log.info("early stopping at epoch %d (best %d, val F1 %.4f)", epoch, best_epoch, best_score)
+                    break
+        finally:
+            if progress_cb:
+                progress_cb({"event": "end"})
+
+        # ---- calibration on the best weights
+        net.load_state_dict(best_state)
+        net.eval()
+        labels = [s.label for s in prepared_val]
+        valids = [s.valid for s in prepared_val]
+        scores, probs, _ = _validate(net, prepared_val, None, dev, val_tile_size, is_metric)
+        metric_calibration = None
+        if is_metric:
+            metric_calibration = _calibrate_metric(net, scores, labels, valids)
+            probs = [
+                _sigmoid((d - metric_calibration["center"]) * metric_calibration["scale"]) for d in scores
+            ]
+        calibration = calibrate_threshold(probs, labels, valids, method=threshold_method)
+
+    metrics = {
+        "calibrated_on": calibrated_on,
+        "scenes": [s.name for s in prepared_val],
+        "threshold_method": calibration.method,
+        "threshold": calibration.threshold,
+        **{k: v for k, v in calibration.metrics.items()},
+        "at_0.5": calibration.reference_metrics,
+        "average_precision": calibration.to_dict()["average_precision"],
+        "best_epoch": best_epoch,
+    }
+    if metric_calibration is not None:
+        metrics["metric_calibration"] = metric_calibration
+    training = {
+        "config": _json_safe(config),
+        "data": split_info,
+        "epochs_run": epoch,
+        "best_epoch": best_epoch,
+        "pos_weight": pw,
+        "seconds": round(time.perf_counter() - started, 1),
+        "torch": torch.__version__,
+        "device": str(dev),
+    }
+    meta = CheckpointMeta(
+        band_names=band_names,
+        normalization=norm_entry,
+        pixel_size=pixel_size,
+        threshold=float(calibration.threshold),
+        metrics=_json_safe(metrics),
+        training=training,
+        name=checkpoint_name or name,
+        description=description,
+    )
+    files = {"metrics": str(out / "metrics.csv")}
+    if plots:
+        if history:
+            _plot_curves(out / "curves.png", history, best_epoch)
+            files["curves"] = str(out / "curves.png")
+        plot_pr_curve(calibration, out / "pr_curve.png",
+                      title=f"{model}: precision-recall on {calibrated_on} ({', '.join(metrics['scenes'][:4])})")
+        files["pr_curve"] = str(out / "pr_curve.png")
+    net = net.to("cpu", memory_format=torch.contiguous_format)
+    checkpoint = save_checkpoint(net, out / name, meta, overwrite=True)
+    files["checkpoint"] = str(checkpoint)
+    return TrainResult(
+        checkpoint=checkpoint,
+        out=out,
+        threshold=float(calibration.threshold),
+        metrics=metrics,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        seconds=time.perf_counter() - started,
+        files=files,
+    )
+
+
+def _calibrate_metric(
+    net: nn.Module, distances: list[np.ndarray], labels: list[np.ndarray], valids: list[np.ndarray]
+) -> dict[str, Any]:
+    """Fit a metric model's ``center``/``scale`` (logistic regression of labels on distances) on validation data."""
+    d = np.concatenate([x[v] for x, v in zip(distances, valids, strict=True)])
+    t = np.concatenate([lab[v] for lab, v in zip(labels, valids, strict=True)])
+    center, scale = net.calibrate(torch.from_numpy(d), torch.from_numpy(t.astype(np.int64)))  # type: ignore[operator]
+    return {"center": float(center), "scale": float(scale), "method": "logistic"}
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Augment):
+        return obj.to_dict()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)

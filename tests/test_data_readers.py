@@ -1,0 +1,210 @@
+"""Dataset readers: OSCD, AirChange and A/B/label folders on the real data; CSV/YAML lists on synthetic rasters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from changedet.data import (
+    OSCD_BANDS,
+    OSCD_RGB,
+    Scene,
+    list_airchange_pairs,
+    list_folder_pairs,
+    list_oscd_cities,
+    load_dataset,
+    read_airchange,
+    read_folders,
+    read_list,
+    read_oscd,
+)
+from changedet.data.airchange import DAUDT_TEST_CROP
+from changedet.errors import InputError
+from changedet.testing import make_geotiff
+from tests.conftest import AIRCHANGE, DSIFN, LEVIR, OSCD_IMAGES, SHARED_DATA
+
+OSCD = SHARED_DATA / "oscd"
+
+
+def _b02(city: str, date: str = "imgs_1"):
+    return next((OSCD_IMAGES / city / date).glob("*_B02.tif"))
+
+
+@pytest.mark.realdata
+def test_oscd_lists_labelled_cities_from_disk() -> None:
+    labelled = list_oscd_cities(OSCD)
+    everything = list_oscd_cities(OSCD, labelled=False)
+    assert set(labelled) < set(everything)
+    assert "beirut" in labelled and "abudhabi" in labelled
+    for city in labelled:  # each listed city really has a label file
+        assert (OSCD / "Onera Satellite Change Detection dataset - Train Labels" / city / "cm" / f"{city}-cm.tif").is_file()
+    for city in set(everything) - set(labelled):
+        with pytest.raises(InputError, match="no label"):
+            read_oscd(OSCD, city, bands=OSCD_RGB)
+
+
+@pytest.mark.realdata
+def test_oscd_abudhabi_second_date_resampled_to_first_grid() -> None:
+    scene = read_oscd(OSCD, "abudhabi")
+    with rasterio.open(_b02("abudhabi")) as ref, rasterio.open(_b02("abudhabi", "imgs_2")) as other:
+        assert (other.width, other.height) == (782, 795)  # the raw second date is smaller
+        assert scene.shape == (ref.height, ref.width) == (799, 785)
+        assert scene.crs == ref.crs
+        assert scene.transform.almost_equals(ref.transform)
+        raw_b02 = ref.read(1).astype(np.float32)
+    assert scene.before.shape == scene.after.shape == (13, 799, 785)
+    assert scene.band_names == list(OSCD_BANDS)
+    assert scene.pixel_size == 10.0
+    # 10 m bands of the first date are read unchanged
+    np.testing.assert_array_equal(scene.before[OSCD_BANDS.index("B02")], raw_b02)
+    assert np.isfinite(scene.after).all() and scene.valid.all()
+    assert set(np.unique(scene.label)) == {0, 1}
+    assert scene.meta["before_date"] == "2016-01-20" and scene.meta["after_date"] == "2018-03-28"
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("city", ["beirut", "saclay_e", "bercy"])
+def test_oscd_city_shapes_labels_and_georeferencing(city: str) -> None:
+    scene = read_oscd(OSCD, city, bands=OSCD_RGB)
+    with rasterio.open(_b02(city)) as ref:
+        assert scene.shape == (ref.height, ref.width)
+        assert scene.transform == ref.transform and scene.crs == ref.crs
+        b02 = ref.read(1)
+    assert scene.band_names == ["B04", "B03", "B02"]
+    np.testing.assert_array_equal(scene.before[2], b02.astype(np.float32))
+    label_file = OSCD / "Onera Satellite Change Detection dataset - Train Labels" / city / "cm" / f"{city}-cm.tif"
+    with rasterio.open(label_file) as lf:
+        raw = lf.read(1)
+    assert set(np.unique(raw)) <= {1, 2}
+    np.testing.assert_array_equal(scene.label, (raw == 2).astype(np.uint8))
+    assert 0.0 < scene.change_fraction < 0.1
+
+
+@pytest.mark.realdata
+def test_oscd_band_selection_and_unknown_band() -> None:
+    full = read_oscd(OSCD, "bercy")
+    rgb = read_oscd(OSCD, "bercy", bands=("b04", "B03", "B02"))
+    np.testing.assert_array_equal(rgb.after, full.select_bands(OSCD_RGB).after)
+    with pytest.raises(InputError, match="B13"):
+        read_oscd(OSCD, "bercy", bands=("B13",))
+    with pytest.raises(InputError, match="cities on disk"):
+        read_oscd(OSCD, "atlantis")
+
+
+@pytest.mark.realdata
+def test_airchange_pairs_and_shapes() -> None:
+    pairs = list_airchange_pairs(AIRCHANGE)
+    assert "Szada/2" in pairs and "Tiszadob/4" in pairs and "Archieve" in pairs
+    assert "Szada/1" not in pairs  # withheld test pair
+    scene = read_airchange(AIRCHANGE, "Szada/5")  # its im2 is spelled im2.BMP
+    assert scene.shape == (640, 952)
+    assert scene.before.shape == (3, 640, 952)
+    assert set(np.unique(scene.label)) == {0, 1}
+    assert scene.crs is None and scene.pixel_size == 1.5
+    assert scene.change_fraction == pytest.approx(0.0309, abs=1e-3)  # PROVENANCE: 3.09 %
+    odd = read_airchange(AIRCHANGE, "Szada/6")  # its gt holds one stray grey pixel
+    assert set(np.unique(odd.label)) == {0, 1}
+    crop = read_airchange(AIRCHANGE, "Szada/2", crop=DAUDT_TEST_CROP)
+    assert crop.shape == (448, 784)
+    with pytest.raises(InputError, match="AirChange pairs on disk"):
+        read_airchange(AIRCHANGE, "Szada/1")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("root", [LEVIR, DSIFN])
+def test_ab_label_folders(root) -> None:
+    names = list_folder_pairs(root)
+    scenes = read_folders(root)
+    assert [s.name for s in scenes] == names
+    assert all(s.shape == (256, 256) and s.count == 3 for s in scenes)
+    assert all(set(np.unique(s.label)) <= {0, 1} for s in scenes)
+    assert any(s.label.any() for s in scenes)
+    demo = read_folders(root, split="demo")
+    listed = [line.strip().rsplit(".", 1)[0] for line in (root / "list" / "demo.txt").read_text().split() if line]
+    assert [s.name for s in demo] == listed
+    with pytest.raises(InputError, match="lists present: demo"):
+        read_folders(root, split="train")
+
+
+@pytest.mark.realdata
+def test_load_dataset_oscd_split() -> None:
+    split = load_dataset({"type": "oscd", "root": str(OSCD), "val_cities": ["bercy"], "cities": ["paris"],
+                          "bands": ["B04", "B03", "B02"]})
+    assert [s.name for s in split.train] == ["paris"] and [s.name for s in split.val] == ["bercy"]
+    with pytest.raises(InputError, match="both"):
+        load_dataset({"type": "oscd", "root": str(OSCD), "val_cities": ["bercy"], "cities": ["bercy"]})
+
+
+def _write_triplet(folder, name, *, shift_after=False, label_values=(0, 255)):
+    rng = np.random.default_rng(len(name))
+    before = rng.integers(0, 1000, (2, 16, 16)).astype(np.uint16)
+    after = before.copy()
+    label = np.full((16, 16), label_values[0], np.uint8)
+    label[4:8, 4:8] = label_values[1]
+    make_geotiff(folder / f"{name}_before.tif", before, descriptions=["red", "nir"])
+    origin = (500000.0 + (20.0 if shift_after else 0.0), 5700000.0)
+    make_geotiff(folder / f"{name}_after.tif", after, origin=origin, descriptions=["red", "nir"])
+    make_geotiff(folder / f"{name}_cm.tif", label)
+    return before, label
+
+
+def test_read_list_csv_and_yaml(tmp_path) -> None:
+    before, label = _write_triplet(tmp_path / "a", "s1")
+    _write_triplet(tmp_path / "a", "s2", shift_after=True)
+    (tmp_path / "pairs.csv").write_text(
+        "name,before,after,label\n"
+        "s1,a/s1_before.tif,a/s1_after.tif,a/s1_cm.tif\n"
+        "s2,a/s2_before.tif,a/s2_after.tif,a/s2_cm.tif\n"
+    )
+    scenes = read_list(tmp_path / "pairs.csv")
+    assert [s.name for s in scenes] == ["s1", "s2"]
+    s1, s2 = scenes
+    assert s1.band_names == ["red", "nir"] and s1.pixel_size == pytest.approx(10.0)
+    np.testing.assert_array_equal(s1.before, before.astype(np.float32))
+    np.testing.assert_array_equal(s1.label, (label == 255).astype(np.uint8))
+    assert s1.valid.all()
+    # s2 AFTER starts 2 pixels east: resampled onto the BEFORE grid, the 2 uncovered west columns are invalid
+    assert not s2.valid[:, :2].any() and s2.valid[:, 2:].all()
+    (tmp_path / "pairs.yaml").write_text(
+        "pairs:\n  - {name: only, before: a/s1_before.tif, after: a/s1_after.tif, label: a/s1_cm.tif}\n"
+    )
+    (only,) = read_list(tmp_path / "pairs.yaml", bands=["nir"])
+    assert only.band_names == ["nir"] and only.count == 1
+    split = load_dataset({"type": "list", "path": "pairs.csv", "val_names": ["s2"]}, base=tmp_path)
+    assert [s.name for s in split.train] == ["s1"] and [s.name for s in split.val] == ["s2"]
+
+
+def test_list_errors_name_the_problem(tmp_path) -> None:
+    (tmp_path / "bad.csv").write_text("name,before\nx,a.tif\n")
+    with pytest.raises(InputError, match="row 1 lacks after"):
+        read_list(tmp_path / "bad.csv")
+    with pytest.raises(InputError, match="unknown list format"):
+        read_list(_touch(tmp_path / "pairs.txt"))
+    _write_triplet(tmp_path, "s3", label_values=(3, 7))
+    (tmp_path / "odd.csv").write_text("before,after,label\ns3_before.tif,s3_after.tif,s3_cm.tif\n")
+    with pytest.raises(InputError, match=r"label values \{3, 7\}"):
+        read_list(tmp_path / "odd.csv")
+    (scene,) = read_list(tmp_path / "odd.csv", change_values=[7])
+    assert scene.label.sum() == 16
+    with pytest.raises(InputError, match="unknown dataset type"):
+        load_dataset({"type": "nope"})
+    with pytest.raises(InputError, match="unknown key"):
+        load_dataset({"type": "oscd", "root": "x", "city": ["a"]})
+
+
+def _touch(path):
+    path.write_text("")
+    return path
+
+
+def test_scene_validates_shapes_and_crops() -> None:
+    arr = np.zeros((2, 8, 8), np.float32)
+    with pytest.raises(InputError, match="band names"):
+        Scene("x", arr, arr, None, np.ones((8, 8), bool), None, Affine.identity(), ["a"], None)
+    scene = Scene("x", arr, arr, np.zeros((8, 8), np.uint8), np.ones((8, 8), bool), None,
+                  Affine(10, 0, 100, 0, -10, 200), ["a", "b"], 10.0)
+    crop = scene.crop(2, 3, 4, 5)
+    assert crop.shape == (4, 5)
+    assert (crop.transform.c, crop.transform.f) == (130.0, 180.0)
