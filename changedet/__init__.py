@@ -21,7 +21,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # public name -> "module:attribute"
 _LAZY = {
     "detect": "changedet.api:detect",
-    "detect_series": "changedet.api:detect_series",
+    "detect_series": "changedet.series:detect_series",
     "ChangeResult": "changedet.api:ChangeResult",
     "open_pair": "changedet.io.alignment:open_pair",
     "check_pair": "changedet.io.alignment:check_pair",
@@ -36,10 +36,11 @@ _LAZY = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from changedet.api import ChangeResult, detect, detect_series
+    from changedet.api import ChangeResult, detect
     from changedet.io.alignment import align, check_pair, open_pair
     from changedet.models import create_model, list_models
     from changedet.models.checkpoint import load_checkpoint, save_checkpoint
+    from changedet.series import detect_series
     from changedet.vectorize import vectorize
 
 
