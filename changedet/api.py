@@ -391,7 +391,8 @@ def detect(
     elif model is not None:
         raise InputError(f"--model {model} is only used with --method model, not {method}")
 
-    pair = open_pair(before, after, indexes=select, coregister=coregister, match_histograms=match_histograms)
+    pair = open_pair(before, after, indexes=select, coregister=coregister, match_histograms=match_histograms,
+                     allow_empty=True)
     try:
         return _run(
             pair, net, meta, method, out, tmp_holder, names,
@@ -452,20 +453,23 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         t_fit = time.perf_counter()
         scorer = create_scorer(method)
         b, a, v = _sample_for_fit(pair)
-        scorer.fit(b, a, v)
+        fitted = bool(v.any())  # an all-nodata pair has nothing to fit on (and no tile to predict)
+        if fitted:
+            scorer.fit(b, a, v)
         timings["fit"] = time.perf_counter() - t_fit
         predictor = ScorerPredictor(scorer)
-        thr = float(scorer.threshold if threshold is None else threshold)
-        model_report = {"method": method, "name": method, "fitted": scorer.to_dict(),
-                        "calibrated_threshold": float(scorer.threshold)}
+        own = float(getattr(scorer, "threshold", 0.5) or 0.5) if fitted else 0.5
+        thr = float(own if threshold is None else threshold)
+        model_report = {"method": method, "name": method, "fitted": scorer.to_dict() if fitted else None,
+                        "calibrated_threshold": own}
 
     partial_dir = out / ".changedet-partial"
     staging = out / f".changedet-staging-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
         before_date, after_date = (getattr(pair, "dates", None) or (None, None))
-        tags = {"CHANGEDET_VERSION": __version__, "CHANGEDET_MODEL": str(model_report.get("name")),
-                "CHANGEDET_THRESHOLD": f"{thr:.6g}"}
+        tags = {"CHANGEDET_VERSION": __version__, "MODEL": str(model_report.get("name")),
+                "THRESHOLD": f"{thr:.6g}"}
         if before_date:
             tags["BEFORE_DATE"] = _iso(before_date) or ""
         if after_date:
@@ -475,7 +479,8 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             batch_size=batch_size, progress=progress, resume=resume, partial_dir=partial_dir, tags=tags,
         )
         timings["predict"] = stats.seconds_total
-        if stats.valid_pixels == 0:
+        already_warned = getattr(getattr(pair, "report", None), "valid_fraction", None) == 0.0
+        if stats.valid_pixels == 0 and not already_warned:
             warnings.warn(
                 f"{source_names[0]} and {source_names[1]}: no pixel has valid data in both dates (nodata, NaN or "
                 "outside the other's footprint): nothing to compare; the outputs are empty",
@@ -502,8 +507,10 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "changedet_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "inputs": {
-                "before": {"source": source_names[0], **_info_dict(pair, "before")},
-                "after": {"source": source_names[1], **_info_dict(pair, "after")},
+                "before": {**_info_dict(pair, "before"), "source": source_names[0],
+                           "path": _abspath(source_names[0])},
+                "after": {**_info_dict(pair, "after"), "source": source_names[1],
+                          "path": _abspath(source_names[1])},
             },
             "grid": {
                 "crs": pair.crs.to_string() if pair.crs else None,
@@ -552,6 +559,11 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _abspath(name: str) -> str:
+    p = Path(name)
+    return str(p.resolve()) if p.exists() else name
 
 
 def _info_dict(pair: Any, which: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from changedet.errors import (
     InputError,
     NoOverlapError,
     NotGeoreferencedError,
+    NothingToCompareWarning,
     PairMismatchError,
     PairWarning,
     RasterReadError,
@@ -637,7 +638,7 @@ def _name(src: PathOrDataset) -> str:
     return src.name if isinstance(src, DatasetReader) else os.fspath(src)
 
 
-def _assess_validity(pair: AlignedPair, report: PairReport) -> None:
+def _assess_validity(pair: AlignedPair, report: PairReport, allow_empty: bool = False) -> None:
     try:
         _, _, valid = pair.read_decimated(max_pixels=512 * 512)
     except RasterReadError as exc:
@@ -646,11 +647,14 @@ def _assess_validity(pair: AlignedPair, report: PairReport) -> None:
     frac = float(valid.mean()) if valid.size else 0.0
     report.valid_fraction = frac
     if frac == 0.0:
-        report.problem(
+        msg = (
             f"{report.before} / {report.after}: no pixel of the common grid is valid in both dates (nodata, NaN or "
-            "outside a footprint everywhere); check the nodata values and the extents.",
-            NoOverlapError,
+            "outside a footprint everywhere): nothing to compare; check the nodata values and the extents."
         )
+        if allow_empty:
+            report.warn(msg, NothingToCompareWarning)
+        else:
+            report.problem(msg, NoOverlapError)
     elif frac < _MIN_VALID_WARN:
         report.warn(
             f"{report.before} / {report.after}: only {frac:.1%} of the common grid is valid in both dates (nodata, "
@@ -963,6 +967,7 @@ def open_pair(
     coregister: bool = False,
     match_histograms: bool = False,
     estimate_shift: bool = False,
+    allow_empty: bool = False,
 ) -> AlignedPair:
     """Open BEFORE and AFTER on one grid: AFTER on BEFORE's grid, clipped to the common extent.
 
@@ -982,6 +987,9 @@ def open_pair(
         valid pixels, applied to each window, so it streams).
     estimate_shift
         Estimate the residual shift (stored in ``pair.report.shift``) without correcting it.
+    allow_empty
+        When no pixel is valid in both dates, warn (:class:`~changedet.errors.NothingToCompareWarning`) instead
+        of raising :class:`~changedet.errors.NoOverlapError` (``detect`` then writes an empty result).
 
     Returns
     -------
@@ -1030,7 +1038,7 @@ def open_pair(
             ds.close()
         raise
     try:
-        _assess_validity(pair, report)
+        _assess_validity(pair, report, allow_empty=allow_empty)
         report.raise_for_problems()
         if coregister or estimate_shift:
             _assess_shift(pair, report)

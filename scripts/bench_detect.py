@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""Benchmark: the streaming detect engine against a naive full-scene baseline, side by side in one run.
+
+For synthetic 13-band uint16 pairs of 2048, 4096 and 8192 pixels square (written once into ``tiles/bench/``), it
+runs, each in a fresh child process so that peak RSS is clean:
+
+* ``stream``: ``changedet.api.detect`` (streaming engine, COG outputs, no vectorisation/quick-look),
+* ``naive``: read both full rasters into memory, normalise, predict tile by tile into a full-scene array,
+  write the probability GeoTIFF at the end (what several peers do),
+* ``bare``: the model alone on in-memory tiles of the same size (the compute ceiling),
+
+and prints megapixels per second, peak RSS and the ratios stream/naive and stream/bare as a markdown table.
+
+Usage::
+
+    python scripts/bench_detect.py                       # 2048 4096 8192, fp32, FC-Siam-diff, 2 threads
+    python scripts/bench_detect.py --sizes 2048 --precision bf16
+    python scripts/bench_detect.py --naive-max 4096      # skip the naive baseline above 4096 (it needs ~5 GiB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "tiles" / "bench"
+
+
+def make_scene(path: Path, size: int, *, seed: int, bands: int = 13, change: bool = False) -> Path:
+    """A smooth 13-band uint16 texture (written block by block, tiled DEFLATE), optionally with changed blocks."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint16", "nodata": 0,
+        "crs": "EPSG:32631", "transform": Affine(10, 0, 500000, 0, -10, 5700000), "tiled": True,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2,
+    }
+    rng = np.random.default_rng(seed)
+    freqs = rng.uniform(0.002, 0.05, size=(bands, 4, 2))
+    phases = rng.uniform(0, 6.28, size=(bands, 4))
+    tmp = path.with_suffix(".tmp.tif")
+    with rasterio.open(tmp, "w", **profile) as ds:
+        ds.descriptions = tuple(["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+                                 "B11", "B12"][:bands])
+        for r0 in range(0, size, 512):
+            h = min(512, size - r0)
+            yy, xx = np.mgrid[r0 : r0 + h, 0:size].astype(np.float32)
+            block = np.empty((bands, h, size), np.uint16)
+            for b in range(bands):
+                v = sum(np.sin(freqs[b, k, 0] * yy + freqs[b, k, 1] * xx + phases[b, k]) for k in range(4))
+                v = 1500 + 300 * v + rng.normal(0, 30, size=v.shape)
+                if change:
+                    v[(((yy // 300) + (xx // 300)) % 7) == 0] += 900
+                block[b] = np.clip(v, 1, 65535).astype(np.uint16)
+            ds.write(block, window=Window(0, r0, size, h))
+    os.replace(tmp, path)
+    return path
+
+
+def _checkpoint(folder: Path, arch: str) -> Path:
+    import torch
+
+    from changedet.models import create_model
+    from changedet.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    path = folder / f"bench-{arch}.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+        save_checkpoint(create_model(arch, in_channels=13), folder / f"bench-{arch}",
+                        CheckpointMeta(band_names=names, pixel_size=10.0, threshold=0.5, name=f"bench-{arch}"))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# child-process workers (each prints one JSON line)
+# ------------------------------------------------------------------------------------------------------------
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_stream(before: str, after: str, ckpt: str, out: str, tile: int, overlap: int, precision: str,
+               threads: int) -> dict:
+    import changedet.api as api
+
+    t0 = time.perf_counter()
+    res = api.detect(before, after, model=ckpt, output_dir=out, tile_size=tile, overlap=overlap,
+                     precision=precision, threads=threads, vectorize=False, quicklook=False, overwrite=True)
+    dt = time.perf_counter() - t0
+    px = res.report["grid"]["width"] * res.report["grid"]["height"]
+    return {"seconds": dt, "mpx_s": px / 1e6 / dt, "rss_mb": _peak_rss_mb(),
+            "predict_s": res.report["stats"]["seconds_predict"], "read_s": res.report["stats"]["seconds_read"],
+            "write_s": res.report["stats"]["seconds_write"], "finalize_s": res.report["stats"]["seconds_finalize"]}
+
+
+def run_naive(before: str, after: str, ckpt: str, out: str, tile: int, overlap: int, precision: str,
+              threads: int) -> dict:
+    """Read both full rasters, normalise, predict tile by tile into a full-scene array, write at the end."""
+    import numpy as np
+    import rasterio
+    import torch
+
+    from changedet.models.bundled import resolve_model
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model, _meta = resolve_model(ckpt, band_count=13)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = model.eval().to(dtype=dtype, memory_format=torch.channels_last)
+    with rasterio.open(before) as b, rasterio.open(after) as a:
+        xb = b.read().astype(np.float32)
+        xa = a.read().astype(np.float32)
+        profile = b.profile
+    for x in (xb, xa):
+        m, s = x.mean(axis=(1, 2), keepdims=True), x.std(axis=(1, 2), keepdims=True) + 1e-6
+        x -= m
+        x /= s
+    _, h, w = xb.shape
+    acc = np.zeros((h, w), np.float32)
+    cnt = np.zeros((h, w), np.float32)
+    stride = tile - overlap
+    rows = sorted({*range(0, max(1, h - tile + 1), stride), max(0, h - tile)})
+    cols = sorted({*range(0, max(1, w - tile + 1), stride), max(0, w - tile)})
+    with torch.inference_mode():
+        for r in rows:
+            for c in cols:
+                tb = torch.from_numpy(xb[None, :, r : r + tile, c : c + tile]).to(dtype)
+                ta = torch.from_numpy(xa[None, :, r : r + tile, c : c + tile]).to(dtype)
+                tb = tb.contiguous(memory_format=torch.channels_last)
+                ta = ta.contiguous(memory_format=torch.channels_last)
+                p = torch.sigmoid(model(tb, ta).float())[0, 0].numpy()
+                acc[r : r + tile, c : c + tile] += p
+                cnt[r : r + tile, c : c + tile] += 1
+    prob = acc / np.maximum(cnt, 1)
+    profile.update(count=1, dtype="float32", nodata=-1, compress="deflate")
+    with rasterio.open(Path(out) / "probability.tif", "w", **profile) as ds:
+        ds.write(prob, 1)
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "mpx_s": h * w / 1e6 / dt, "rss_mb": _peak_rss_mb()}
+
+
+def run_bare(ckpt: str, tile: int, precision: str, threads: int, n: int = 6) -> dict:
+    import torch
+
+    from changedet.models.bundled import resolve_model
+
+    torch.set_num_threads(threads)
+    model, _ = resolve_model(ckpt, band_count=13)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = model.eval().to(dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(1, 13, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model(x, x)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            model(x, x)
+        dt = time.perf_counter() - t0
+    return {"seconds": dt, "mpx_s": n * tile * tile / 1e6 / dt, "rss_mb": _peak_rss_mb()}
+
+
+def _child(kind: str, **kwargs: object) -> dict:
+    code = (
+        "import json, sys; sys.path.insert(0, %r); import bench_detect as b; "
+        "print('RESULT ' + json.dumps(b.run_%s(**json.loads(sys.argv[1]))))" % (str(Path(__file__).parent), kind)
+    )
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    ap.add_argument("--arch", default="fc-siam-diff")
+    ap.add_argument("--tile-size", type=int, default=512)
+    ap.add_argument("--overlap", type=int, default=64)
+    ap.add_argument("--precision", choices=["float32", "bf16"], default="float32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--naive-max", type=int, default=4096, help="largest size for the naive baseline")
+    args = ap.parse_args()
+
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    ckpt = str(_checkpoint(BENCH_DIR, args.arch))
+    common = {"tile": args.tile_size, "precision": args.precision, "threads": args.threads}
+    bare = _child("bare", ckpt=ckpt, **common)
+    print(f"# bench_detect: {args.arch}, 13 bands uint16, tile {args.tile_size}, overlap {args.overlap}, "
+          f"{args.precision}, {args.threads} torch threads")
+    print(f"bare compute on in-memory {args.tile_size}px tiles: {bare.get('mpx_s', float('nan')):.3f} Mpx/s\n")
+    print("| size | stream Mpx/s | stream peak RSS MB | naive Mpx/s | naive peak RSS MB | stream/naive speed "
+          "| stream/naive RSS | stream/bare |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        b = make_scene(BENCH_DIR / f"before_{size}.tif", size, seed=1)
+        a = make_scene(BENCH_DIR / f"after_{size}.tif", size, seed=1, change=True)
+        with tempfile.TemporaryDirectory(dir=BENCH_DIR) as o1, tempfile.TemporaryDirectory(dir=BENCH_DIR) as o2:
+            s = _child("stream", before=str(b), after=str(a), ckpt=ckpt, out=o1, overlap=args.overlap, **common)
+            if size <= args.naive_max:
+                n = _child("naive", before=str(b), after=str(a), ckpt=ckpt, out=o2, overlap=args.overlap, **common)
+            else:
+                n = {"error": f"skipped (> --naive-max {args.naive_max})"}
+        def f(d: dict, k: str) -> str:
+            return f"{d[k]:.3f}" if k in d else d.get("error", "-")[:40]
+        speed = f"{s['mpx_s'] / n['mpx_s']:.2f}" if "mpx_s" in s and "mpx_s" in n else "-"
+        rss = f"{s['rss_mb'] / n['rss_mb']:.2f}" if "rss_mb" in s and "rss_mb" in n else "-"
+        vs_bare = f"{s['mpx_s'] / bare['mpx_s']:.2f}" if "mpx_s" in s and "mpx_s" in bare else "-"
+        print(f"| {size} | {f(s, 'mpx_s')} | {f(s, 'rss_mb')} | {f(n, 'mpx_s')} | {f(n, 'rss_mb')} | {speed} "
+              f"| {rss} | {vs_bare} |", flush=True)
+        if "predict_s" in s:
+            print(f"<!-- {size}: stream seconds {s['seconds']:.1f}: predict {s['predict_s']:.1f}, read "
+                  f"{s['read_s']:.1f} (thread), write {s['write_s']:.1f} (thread), finalize {s['finalize_s']:.1f} -->")
+
+
+if __name__ == "__main__":
+    main()
