@@ -921,6 +921,13 @@ def _iso(d: Any) -> str | None:
     return d.isoformat() if isinstance(d, (_dt.date, _dt.datetime)) else (str(d) if d else None)
 
 
+def _source_name(src: Any) -> str:
+    """The path of a source (a path, or an open dataset's ``name``)."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    return str(getattr(src, "name", src))
+
+
 def pair_dir_name(index: int, before_label: str, after_label: str) -> str:
     """Folder of pair ``index`` (1-based): ``pair_01_2019-05-01_2020-05-01``.
 
@@ -1205,14 +1212,7 @@ def detect_series(
     >>> [p.label for p in series.pairs]  # doctest: +SKIP
     ['2019-05-01/2020-05-01', '2020-05-01/2021-05-01']
     """
-    from changedet.api import (
-        METHODS,
-        _check_outputs,
-        _peek_meta,
-        _sample_for_fit,
-        _select_bands,
-        _source_name,
-    )
+    from changedet.api import METHODS, _check_outputs, _peek_meta, _sample_for_fit, _select_bands
     from changedet.inference import ScorerPredictor, TorchPredictor
 
     t0 = time.perf_counter()
