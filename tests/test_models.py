@@ -253,3 +253,22 @@ def test_odd_tiny_inputs_are_padded() -> None:
         model = _model(name, 3)
         with torch.no_grad():
             assert model(*_pair(3, 5, 7, n=1)).shape == (1, 1, 5, 7)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_optimize_for_inference_folds_batch_norm_and_keeps_the_function(name: str) -> None:
+    from changedet.models import optimize_for_inference
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=3).train()
+    with torch.no_grad():
+        model(*_pair(3, 64, 64, seed=7))  # non-trivial running statistics
+    model.eval()
+    fast = optimize_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x, y = _pair(3, 45, 67, n=1)
+    with torch.no_grad():
+        ref = model(x, y)
+        out = fast(x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)

@@ -10,6 +10,13 @@ use its encoders (``siam-unet``, ``bit``).
 
 from __future__ import annotations
 
-from changedet.models.registry import ChangeModel, count_parameters, create_model, list_models, model_class
+from changedet.models.registry import (
+    ChangeModel,
+    count_parameters,
+    create_model,
+    list_models,
+    model_class,
+    optimize_for_inference,
+)
 
-__all__ = ["ChangeModel", "count_parameters", "create_model", "list_models", "model_class"]
+__all__ = ["ChangeModel", "count_parameters", "create_model", "list_models", "model_class", "optimize_for_inference"]
