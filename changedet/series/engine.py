@@ -1,0 +1,336 @@
+"""One streamed pass over the tiles that predicts every pair of a series (:func:`predict_series`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from changedet.series.stack import _zeroed
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SeriesStats", "index_dtype", "predict_series"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the engine
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class SeriesStats:
+    """What one :func:`predict_series` run did (per pair and for the series)."""
+
+    tiles_total: int = 0
+    tiles_read: int = 0
+    tiles_skipped: int = 0
+    predictions: int = 0  # tile x pair forward passes
+    pair_valid: list[int] = field(default_factory=list)
+    pair_changed: list[int] = field(default_factory=list)
+    valid_pixels: int = 0  # valid in at least one pair
+    changed_pixels: int = 0  # changed in at least one pair
+    first_change_pixels: list[int] = field(default_factory=list)  # pixels whose first change is pair k (1-based)
+    seconds_read: float = 0.0
+    seconds_predict: float = 0.0
+    seconds_write: float = 0.0
+    seconds_finalize: float = 0.0
+    seconds_total: float = 0.0
+    strip_buffer_bytes: int = 0
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def index_dtype(n_pairs: int) -> tuple[str, int]:
+    """Data type and nodata of ``first_change``/``last_change``/``change_count`` for ``n_pairs`` pairs.
+
+    >>> index_dtype(3), index_dtype(300)
+    (('uint8', 255), ('uint16', 65535))
+    """
+    return ("uint8", 255) if n_pairs <= 254 else ("uint16", 65535)
+
+
+def _series_reader(stack: Any, tiles: Sequence[Any], out: queue.Queue, stop: threading.Event,
+                   timing: dict[str, float]) -> None:
+    """Prefetch thread: read every date of each tile once and queue it (or the exception that stopped it)."""
+    try:
+        for tile in tiles:
+            if stop.is_set():
+                return
+            t0 = time.perf_counter()
+            values, valid = stack.read(Window(*tile.window))
+            timing["read"] += time.perf_counter() - t0
+            while not stop.is_set():
+                try:
+                    out.put((tile, values, valid), timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+        out.put(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        out.put(exc)
+
+
+def _series_writer(jobs: queue.Queue, writers: list[Any], timing: dict[str, float],
+                   errors: list[BaseException]) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        if errors:
+            continue
+        row_off, arrays = job
+        try:
+            t0 = time.perf_counter()
+            for w, a in zip(writers, arrays, strict=True):
+                w.write(a, row_off)
+            timing["write"] += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+
+def predict_series(
+    stack: Any,
+    pairs: Sequence[tuple[int, int]],
+    predictors: Sequence[Any],
+    *,
+    out_dir: Path,
+    pair_dirs: Sequence[str],
+    thresholds: Sequence[float],
+    tile_size: int = 512,
+    overlap: int = 64,
+    blend: str = "cosine",
+    batch_size: int = 1,
+    prefetch: int = 2,
+    progress: Callable[[int, int, int], None] | None = None,
+    pair_tags: Sequence[dict[str, str]] | None = None,
+    index_tags: dict[str, str] | None = None,
+) -> SeriesStats:
+    """Predict every pair of a series in one streamed pass over the tiles.
+
+    For each tile the dates are read once (``stack.read(window) -> (values (N,C,h,w), valid (N,h,w))``), each
+    pair's predictor runs on its two dates (invalid pixels zeroed, as in a two-date read) and the probabilities
+    are blended into that pair's strip accumulator; rows that no later tile touches are thresholded and written.
+
+    Parameters
+    ----------
+    stack
+        A :class:`SeriesStack` (or anything with ``height``, ``width``, ``crs``, ``transform`` and ``read``).
+    pairs
+        (before, after) date indexes, 0-based (see :func:`series_pairs`).
+    predictors
+        One :class:`~changedet.inference.TilePredictor` per pair (all with the same ``multiple``).
+    out_dir
+        Receives ``<pair_dir>/probability.tif`` and ``change.tif`` per pair, ``change_count.tif``,
+        ``first_change.tif`` and ``last_change.tif`` (COGs; existing files are replaced).
+    pair_dirs
+        Folder name of each pair inside ``out_dir``.
+    thresholds
+        Probability threshold of each pair.
+    tile_size, overlap, blend, batch_size, prefetch, progress
+        As in :func:`~changedet.inference.predict_pair`.
+    pair_tags, index_tags
+        Metadata tags of each pair's rasters and of the three series rasters.
+
+    Returns
+    -------
+    SeriesStats
+    """
+    from changedet.inference import MASK_NODATA, PROB_NODATA, StripWriter, _batches
+    from changedet.tiling import TileGrid
+
+    t_start = time.perf_counter()
+    n_pairs = len(pairs)
+    if not (n_pairs == len(predictors) == len(pair_dirs) == len(thresholds)):
+        raise ValueError("pairs, predictors, pair_dirs and thresholds must have the same length")
+    out_dir = Path(out_dir)
+    H, W = int(stack.height), int(stack.width)
+    multiples = {max(1, int(p.multiple)) for p in predictors}
+    multiple = max(multiples)
+    tile_size = max(multiple, int(tile_size) // multiple * multiple)
+    overlap = min(int(overlap), tile_size - multiple) if tile_size > multiple else 0
+    grid = TileGrid(H, W, tile_size=tile_size, overlap=overlap, multiple=multiple, blend=blend)  # type: ignore[arg-type]
+    stats = SeriesStats(tiles_total=len(grid), pair_valid=[0] * n_pairs, pair_changed=[0] * n_pairs,
+                        first_change_pixels=[0] * n_pairs)
+    idx_dtype, idx_nodata = index_dtype(n_pairs)
+    partial_root = out_dir / ".changedet-partial"
+    common = {"width": W, "height": H, "crs": stack.crs, "transform": stack.transform}
+    writers: list[Any] = []
+    try:
+        for p, name in enumerate(pair_dirs):
+            (out_dir / name).mkdir(parents=True, exist_ok=True)
+            part = partial_root / name
+            part.mkdir(parents=True, exist_ok=True)
+            tags = (pair_tags[p] if pair_tags else None)
+            writers.append(StripWriter(out_dir / name / "probability.tif", dtype="float32", nodata=PROB_NODATA,
+                                       description="change probability", tags=tags, partial_dir=part, **common))
+            writers.append(StripWriter(out_dir / name / "change.tif", dtype="uint8", nodata=MASK_NODATA,
+                                       description="change (1) / no change (0)", tags=tags, partial_dir=part,
+                                       **common))
+        partial_root.mkdir(parents=True, exist_ok=True)
+        for key, desc in (
+            ("change_count", f"number of pairs changed (of {n_pairs})"),
+            ("first_change", "first pair changed (1..n, 0 never); dates in tags PAIR_k"),
+            ("last_change", "last pair changed (1..n, 0 never); dates in tags PAIR_k"),
+        ):
+            writers.append(StripWriter(out_dir / f"{key}.tif", dtype=idx_dtype, nodata=idx_nodata, description=desc,
+                                       tags=index_tags, partial_dir=partial_root, **common))
+    except BaseException:
+        for w in writers:
+            w.discard()
+        raise
+
+    block = 512
+    buf_rows = 2 * tile_size + block
+    buf_top = 0
+    acc = [np.zeros((buf_rows, W), np.float32) for _ in range(n_pairs)]
+    vbuf = [np.zeros((buf_rows, W), bool) for _ in range(n_pairs)]
+    wsum = np.zeros((buf_rows, W), np.float32)
+    stats.strip_buffer_bytes = int(sum(a.nbytes for a in acc) + sum(v.nbytes for v in vbuf) + wsum.nbytes)
+
+    timing = {"read": 0.0, "write": 0.0}
+    stop = threading.Event()
+    tile_q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    write_q: queue.Queue = queue.Queue(maxsize=2)
+    write_errors: list[BaseException] = []
+    reader = threading.Thread(target=_series_reader, args=(stack, grid.tiles, tile_q, stop, timing), daemon=True,
+                              name="changedet-series-read")
+    writer = threading.Thread(target=_series_writer, args=(write_q, writers, timing, write_errors), daemon=True,
+                              name="changedet-series-write")
+    reader.start()
+    writer.start()
+
+    def _tiles() -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+        while True:
+            item = tile_q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            stats.tiles_read += 1
+            yield item
+
+    def _flush(upto: int) -> None:
+        nonlocal buf_top
+        n = upto - buf_top
+        if n <= 0:
+            return
+        w = wsum[:n]
+        count = np.zeros((n, W), np.int32)
+        first = np.zeros((n, W), np.int32)
+        last = np.zeros((n, W), np.int32)
+        any_valid = np.zeros((n, W), bool)
+        arrays: list[np.ndarray] = []
+        for p in range(n_pairs):
+            v = vbuf[p][:n] & (w > 0)
+            prob = np.full((n, W), PROB_NODATA, np.float32)
+            np.divide(acc[p][:n], w, out=prob, where=v)
+            np.clip(prob, 0.0, 1.0, out=prob, where=v)
+            mask = np.full((n, W), MASK_NODATA, np.uint8)
+            changed = v & (prob >= thresholds[p])
+            mask[v] = 0
+            mask[changed] = 1
+            arrays += [prob, mask]
+            stats.pair_valid[p] += int(v.sum())
+            stats.pair_changed[p] += int(changed.sum())
+            any_valid |= v
+            count += changed
+            first[(first == 0) & changed] = p + 1
+            last[changed] = p + 1
+        for k in range(1, n_pairs + 1):
+            stats.first_change_pixels[k - 1] += int((first == k).sum())
+        stats.valid_pixels += int(any_valid.sum())
+        stats.changed_pixels += int((count > 0).sum())
+        for a in (count, first, last):
+            out = a.astype(idx_dtype)
+            out[~any_valid] = idx_nodata
+            arrays.append(out)
+        if write_errors:
+            raise write_errors[0]
+        write_q.put((buf_top, arrays))
+        for buf in (*acc, *vbuf, wsum):
+            buf[:-n] = buf[n:].copy() if n < buf_rows else buf[:0]
+            buf[-n:] = 0
+        buf_top = upto
+
+    done = 0
+    pixels_done = 0
+    current_row = 0
+    try:
+        for batch in _batches(_tiles(), max(1, batch_size)):
+            pvalid = [[it[2][i] & it[2][j] for it in batch] for (i, j) in pairs]
+            used = [any(pvalid[p][k].any() for p in range(n_pairs)) for k in range(len(batch))]
+            stats.tiles_skipped += used.count(False)
+            probs: list[dict[int, np.ndarray]] = []
+            for p, (i, j) in enumerate(pairs):
+                todo = [k for k in range(len(batch)) if pvalid[p][k].any()]
+                out: dict[int, np.ndarray] = {}
+                if todo:
+                    parts = [_zeroed(batch[k][1][i], batch[k][1][j], pvalid[p][k]) for k in todo]
+                    t0 = time.perf_counter()
+                    pr = predictors[p].predict(np.stack([x[0] for x in parts]), np.stack([x[1] for x in parts]),
+                                               np.stack([x[2] for x in parts]))
+                    stats.seconds_predict += time.perf_counter() - t0
+                    stats.predictions += len(todo)
+                    out = dict(zip(todo, pr, strict=True))
+                probs.append(out)
+            for tile, *_rest in batch:
+                while tile.row > current_row:
+                    final = grid.rows_final_after(current_row)
+                    _flush(final if final >= H else final // block * block)
+                    current_row += 1
+            for k, (tile, _values, _valid) in enumerate(batch):
+                if not used[k]:
+                    continue
+                rs, cs = tile.slices
+                br = slice(rs.start - buf_top, rs.stop - buf_top)
+                wt = grid.weights(tile)
+                wsum[br, cs] += wt
+                for p in range(n_pairs):
+                    if k in probs[p]:
+                        acc[p][br, cs] += probs[p][k] * wt
+                        vbuf[p][br, cs] |= pvalid[p][k]
+            done += len(batch)
+            pixels_done += sum(t.height * t.width for t, *_ in batch)
+            if progress is not None:
+                progress(done, len(grid), pixels_done)
+        while current_row < len(grid.row_starts):
+            final = grid.rows_final_after(current_row)
+            _flush(final if final >= H else final // block * block)
+            current_row += 1
+        _flush(H)
+        write_q.put(None)
+        writer.join()
+        if write_errors:
+            raise write_errors[0]
+        t0 = time.perf_counter()
+        for w in writers:
+            rel = w.final_path.relative_to(out_dir)
+            stats.paths[str(rel)] = str(w.finalize())
+        stats.seconds_finalize = time.perf_counter() - t0
+        shutil.rmtree(partial_root, ignore_errors=True)
+    except BaseException:
+        stop.set()
+        with contextlib.suppress(queue.Full):
+            write_q.put_nowait(None)
+        writer.join(timeout=30)
+        for w in writers:
+            w.discard()
+        shutil.rmtree(partial_root, ignore_errors=True)
+        raise
+    finally:
+        stop.set()
+        reader.join(timeout=30)
+    stats.seconds_read, stats.seconds_write = timing["read"], timing["write"]
+    stats.seconds_total = time.perf_counter() - t_start
+    return stats

@@ -1,0 +1,431 @@
+"""Results of a series run (:class:`SeriesResult`, :class:`SeriesPair`), QGIS styles, dated polygons, figure."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from changedet.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import geopandas as gpd
+
+#: Files a series run writes at the top of its output folder (plus one ``pair_NN_<before>_<after>`` folder per pair).
+SERIES_OUTPUT_NAMES = {
+    "change_count": "change_count.tif",
+    "first_change": "first_change.tif",
+    "last_change": "last_change.tif",
+    "gpkg": "changes.gpkg",
+    "geojson": "changes.geojson",
+    "report": "report.json",
+    "quicklook": "quicklook.png",
+    "project": "project.qgs",
+}
+
+#: Attribute columns of the series polygons (plus ``geometry``), see the module docstring.
+SERIES_COLUMNS: tuple[str, ...] = (
+    "id", "area_m2", "perimeter_m", "pixel_count", "first_change", "first_change_date", "first_change_pair",
+    "earliest_change_date", "last_change_date", "n_changes", "max_changes", "before_date", "after_date", "model",
+    "threshold",
+)
+
+# viridis at 0, .25, .5, .75, 1: early dates dark purple, late dates yellow
+_VIRIDIS = ((0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75, (94, 201, 98)),
+            (1.0, (253, 231, 37)))
+_IN_MEMORY_LIMIT = 64_000_000
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SERIES_COLUMNS",
+    "SERIES_OUTPUT_NAMES",
+    "SeriesPair",
+    "SeriesResult",
+    "date_colors",
+    "pair_dir_name",
+    "paletted_style_qml",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------------------------
+def _read_band(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        if ds.width * ds.height > _IN_MEMORY_LIMIT:
+            raise InputError(f"{path}: {ds.width} x {ds.height} pixels is too large to load into memory; read it "
+                             "window by window with rasterio instead")
+        return ds.read(1)
+
+
+@dataclass
+class SeriesPair:
+    """One compared pair of a series: its dates, files and summary.
+
+    Attributes
+    ----------
+    index : int
+        1-based number of the pair (the value in ``first_change.tif``/``last_change.tif``).
+    before, after : int
+        0-based indexes of the two dates in the series.
+    before_label, after_label : str
+        ISO dates (or file stems when dates are unknown).
+    before_date, after_date : datetime.date or None
+    before_source, after_source : str
+    paths : dict
+        ``probability`` and ``change`` (the per-pair COGs).
+    threshold : float
+    summary : dict
+        valid/changed pixels, percent and areas of this pair.
+    method : dict
+        The model or the fitted unsupervised method of this pair.
+    """
+
+    index: int
+    before: int
+    after: int
+    before_label: str
+    after_label: str
+    before_date: _dt.date | None
+    after_date: _dt.date | None
+    before_source: str
+    after_source: str
+    paths: dict[str, Path]
+    threshold: float
+    summary: dict[str, Any]
+    method: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        """``before/after`` (what the ``PAIR_k`` tags hold)."""
+        return f"{self.before_label}/{self.after_label}"
+
+    @property
+    def probability(self) -> np.ndarray:
+        """Change probability (row, col) float32 0..1, -1 where either date has no data."""
+        return _read_band(self.paths["probability"])
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Change mask (row, col) uint8: 1 changed, 0 unchanged, 255 no data."""
+        return _read_band(self.paths["change"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "label": self.label, "before": self.before_label, "after": self.after_label,
+            "before_date": _iso(self.before_date), "after_date": _iso(self.after_date),
+            "before_source": self.before_source, "after_source": self.after_source,
+            "folder": self.paths["probability"].parent.name, "threshold": self.threshold, "summary": self.summary,
+            "method": self.method,
+        }
+
+
+@dataclass
+class SeriesResult:
+    """The result of :func:`detect_series`.
+
+    Attributes
+    ----------
+    output_dir : Path
+        Folder holding the outputs (a temporary folder owned by this object when ``output_dir`` was None).
+    paths : dict
+        Output name -> path: ``change_count``, ``first_change``, ``last_change``, ``gpkg``, ``geojson``,
+        ``report``, ``quicklook``, ``project`` (those written).
+    report : dict
+        The content of ``report.json``.
+    pairs : list of SeriesPair
+        The compared pairs, in order (``pairs[k - 1]`` is pair number k).
+    labels, dates : list
+        The dates of the series in order (ISO text / ``datetime.date`` or None).
+    crs, transform
+        Georeferencing of every output raster (the first date's grid clipped to the common extent).
+    """
+
+    output_dir: Path
+    paths: dict[str, Path]
+    report: dict[str, Any]
+    pairs: list[SeriesPair]
+    labels: list[str]
+    dates: list[_dt.date | None]
+    crs: Any
+    transform: Any
+    _polygons: Any = field(default=None, repr=False)
+    _tmp: Any = field(default=None, repr=False)
+
+    @property
+    def mode(self) -> str:
+        return str(self.report.get("mode"))
+
+    @property
+    def change_count(self) -> np.ndarray:
+        """How many pairs changed, (row, col) uint8 (nodata 255)."""
+        return _read_band(self.paths["change_count"])
+
+    @property
+    def first_change(self) -> np.ndarray:
+        """Number of the first pair that changed (1..n, 0 never), (row, col) (nodata 255)."""
+        return _read_band(self.paths["first_change"])
+
+    @property
+    def last_change(self) -> np.ndarray:
+        """Number of the last pair that changed (1..n, 0 never), (row, col) (nodata 255)."""
+        return _read_band(self.paths["last_change"])
+
+    @property
+    def polygons(self) -> gpd.GeoDataFrame | None:
+        """Polygons of the pixels that changed at least once (:data:`SERIES_COLUMNS`), raster CRS."""
+        if self._polygons is None and "gpkg" in self.paths:
+            import geopandas as gpd
+
+            self._polygons = gpd.read_file(self.paths["gpkg"], layer="changes")
+        return self._polygons
+
+    def to_geodataframe(self) -> gpd.GeoDataFrame | None:
+        """Same as :attr:`polygons`."""
+        return self.polygons
+
+    def save(self, output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Copy every output (pair folders included) into ``output_dir``; return it."""
+        dest = Path(output_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        items = [p for p in self.output_dir.iterdir() if not p.name.startswith(".")]
+        clash = [p.name for p in items if (dest / p.name).exists()]
+        if clash and not overwrite:
+            from changedet.errors import OutputExistsError
+
+            raise OutputExistsError(f"{dest}: {', '.join(clash)} exist(s); pass overwrite=True to replace them")
+        for p in items:
+            target = dest / p.name
+            if p.is_dir():
+                shutil.copytree(p, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(p, target)
+        return dest
+
+    def __repr__(self) -> str:
+        s = self.report.get("summary", {})
+        return (f"SeriesResult({self.output_dir}, {len(self.labels)} dates, {len(self.pairs)} pairs "
+                f"({self.mode}), {s.get('changed_percent')} % changed at least once, {s.get('n_polygons')} polygons)")
+
+
+def _iso(d: Any) -> str | None:
+    return d.isoformat() if isinstance(d, (_dt.date, _dt.datetime)) else (str(d) if d else None)
+
+
+def _source_name(src: Any) -> str:
+    """The path of a source (a path, or an open dataset's ``name``)."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    return str(getattr(src, "name", src))
+
+
+def pair_dir_name(index: int, before_label: str, after_label: str) -> str:
+    """Folder of pair ``index`` (1-based): ``pair_01_2019-05-01_2020-05-01``.
+
+    >>> pair_dir_name(1, "2019-05-01", "2020-05-01")
+    'pair_01_2019-05-01_2020-05-01'
+    """
+    return f"pair_{index:02d}_{before_label}_{after_label}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# styles, polygons, figure
+# ---------------------------------------------------------------------------------------------------------------
+def date_colors(n: int) -> list[tuple[int, int, int]]:
+    """``n`` colours along viridis (early dark purple -> late yellow), one per pair.
+
+    >>> date_colors(1), len(date_colors(5))
+    ([(33, 145, 140)], 5)
+    """
+    out = []
+    for k in range(n):
+        t = 0.5 if n == 1 else k / (n - 1)
+        for (t0, c0), (t1, c1) in itertools.pairwise(_VIRIDIS):
+            if t <= t1:
+                f = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+                out.append(tuple(round(a + f * (b - a)) for a, b in zip(c0, c1, strict=True)))
+                break
+    return out  # type: ignore[return-value]
+
+
+def paletted_style_qml(entries: Sequence[tuple[int, tuple[int, int, int], str]]) -> str:
+    """QGIS style (QML) of a class raster: a paletted renderer with one colour and legend label per value.
+
+    ``entries`` are ``(value, (r, g, b), label)``; other values (0 = never changed, nodata) are transparent.
+
+    >>> qml = paletted_style_qml([(1, (68, 1, 84), "2020-05-01"), (2, (253, 231, 37), "2021-05-01")])
+    >>> 'type="paletted"' in qml and 'label="2021-05-01"' in qml
+    True
+    """
+    from changedet.export.qgis import _el, _minmax_origin, _pipe, _qgis_root, _to_string
+
+    root = _qgis_root(hasScaleBasedVisibilityFlag="0", minScale="1e+08", maxScale="0")
+    r = _el(None, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1", nodataColor="")
+    _minmax_origin(r, "None")
+    pal = _el(r, "colorPalette")
+    for value, rgb, label in entries:
+        _el(pal, "paletteEntry", value=str(int(value)), color="#{:02x}{:02x}{:02x}".format(*rgb), alpha="255",
+            label=label)
+    _el(r, "colorramp", name="[source]", type="randomcolors")
+    _pipe(root, r)
+    _el(root, "blendMode", 0)
+    return _to_string(root)
+
+
+def _index_entries(pairs: Sequence[SeriesPair]) -> list[tuple[int, tuple[int, int, int], str]]:
+    colors = date_colors(len(pairs))
+    return [(p.index, colors[k], f"{p.after_label} (pair {p.index}: {p.label})") for k, p in enumerate(pairs)]
+
+
+def _count_entries(n_pairs: int) -> list[tuple[int, tuple[int, int, int], str]]:
+    colors = date_colors(n_pairs)
+    return [(k, colors[k - 1], f"changed {k} time{'s' if k > 1 else ''}") for k in range(1, n_pairs + 1)]
+
+
+def _polygon_attributes(gdf: gpd.GeoDataFrame, folder: Path, pairs: Sequence[SeriesPair],
+                        window_size: int = 2048) -> gpd.GeoDataFrame:
+    """Per-polygon mode/min/max of the first change, last change and count rasters (window by window)."""
+    import rasterio
+    import shapely
+    from rasterio.features import rasterize
+    from rasterio.windows import bounds as window_bounds
+
+    n, k = len(gdf), len(pairs) + 1
+    h_first = np.zeros((n, k), np.int64)
+    h_last = np.zeros((n, k), np.int64)
+    h_count = np.zeros((n, k), np.int64)
+    if n:
+        geoms = np.asarray(gdf.geometry.values)
+        tree = shapely.STRtree(geoms)
+        with rasterio.open(folder / "first_change.tif") as ds_f, rasterio.open(folder / "last_change.tif") as ds_l, \
+                rasterio.open(folder / "change_count.tif") as ds_c:
+            H, W = ds_c.height, ds_c.width
+            nodata = ds_c.nodata
+            for r in range(0, H, window_size):
+                for c in range(0, W, window_size):
+                    win = Window(c, r, min(window_size, W - c), min(window_size, H - r))
+                    box = shapely.box(*window_bounds(win, ds_c.transform))
+                    hits = tree.query(box, predicate="intersects")
+                    if not len(hits):
+                        continue
+                    wt = ds_c.window_transform(win)
+                    ids = rasterize(((geoms[i], int(i) + 1) for i in hits), out_shape=(int(win.height), int(win.width)),
+                                    transform=wt, fill=0, dtype="int32")
+                    cnt = ds_c.read(1, window=win).astype(np.int64)
+                    sel = (ids > 0) & (cnt > 0) & (cnt != nodata)
+                    if not sel.any():
+                        continue
+                    rows = ids[sel].astype(np.int64) - 1
+                    fst = ds_f.read(1, window=win)[sel].astype(np.int64)
+                    lst = ds_l.read(1, window=win)[sel].astype(np.int64)
+                    cnt = cnt[sel]
+                    for hist, vals in ((h_first, fst), (h_last, lst), (h_count, cnt)):
+                        np.add.at(hist, (rows, np.clip(vals, 0, k - 1)), 1)
+    has = h_count[:, 1:].sum(axis=1) > 0
+    first = np.where(has, h_first.argmax(axis=1), 0)
+    last = np.where(has, h_last.argmax(axis=1), 0)
+    mode_count = np.where(has, h_count.argmax(axis=1), 0)
+    nz = h_first[:, 1:] > 0
+    earliest = np.where(nz.any(axis=1), nz.argmax(axis=1) + 1, 0)
+    maxc = np.where(has, k - 1 - np.argmax(h_count[:, ::-1] > 0, axis=1), 0)
+    after_dates = [None] + [p.after_label for p in pairs]
+    labels = [None] + [p.label for p in pairs]
+    gdf = gdf.drop(columns=[c for c in ("mean_prob", "max_prob") if c in gdf.columns])
+    gdf["first_change"] = first.astype("int64")
+    gdf["first_change_date"] = [after_dates[i] for i in first]
+    gdf["first_change_pair"] = [labels[i] for i in first]
+    gdf["earliest_change_date"] = [after_dates[i] for i in earliest]
+    gdf["last_change_date"] = [after_dates[i] for i in last]
+    gdf["n_changes"] = mode_count.astype("int64")
+    gdf["max_changes"] = maxc.astype("int64")
+    return gdf[[c for c in SERIES_COLUMNS if c in gdf.columns] + ["geometry"]]
+
+
+def _save_quicklook(folder: Path, pairs: Sequence[SeriesPair], labels: Sequence[str], path: Path,
+                    max_size: int = 900) -> None:
+    """Two panels: the first-change pair (one colour per date, legend of dates) and the change count."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    with rasterio.open(folder / "first_change.tif") as ds:
+        scale = min(1.0, max_size / max(ds.height, ds.width))
+        shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
+        first = ds.read(1, out_shape=shape)
+        nodata = ds.nodata
+        b = ds.bounds
+    with rasterio.open(folder / "change_count.tif") as ds:
+        count = ds.read(1, out_shape=shape)
+    n = len(pairs)
+    colors: list[tuple[float, float, float]] = [(0.93, 0.93, 0.93)] + [
+        (r / 255, g / 255, b / 255) for r, g, b in date_colors(n)]
+    cmap = ListedColormap(colors)
+    extent = (b.left, b.right, b.bottom, b.top)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), constrained_layout=True)
+    shown = np.ma.masked_equal(first.astype(np.int32), int(nodata))
+    axes[0].imshow(shown, cmap=cmap, vmin=-0.5, vmax=n + 0.5, interpolation="nearest", extent=extent)
+    axes[0].set_title("first change (date first seen changed)")
+    handles = [Patch(color=colors[0], label="no change")] + [
+        Patch(color=colors[p.index], label=f"{p.after_label} ({p.label})") for p in pairs]
+    axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    cshown = np.ma.masked_equal(count.astype(np.int32), int(nodata))
+    im = axes[1].imshow(cshown, cmap=ListedColormap(colors), vmin=-0.5, vmax=n + 0.5, interpolation="nearest",
+                        extent=extent)
+    axes[1].set_title(f"number of changes ({n} pairs)")
+    fig.colorbar(im, ax=axes[1], ticks=list(range(n + 1)), shrink=0.8)
+    fig.suptitle(f"changedet series: {labels[0]} → {labels[-1]} ({len(labels)} dates)")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_series_project(out: Path, stack_sources: Sequence[str], pairs: Sequence[SeriesPair]) -> None:
+    """``project.qgs``: first and last dates as RGB, polygons, and first_change styled per date."""
+    import xml.etree.ElementTree as ET
+
+    from changedet.export import write_qgis_project
+    from changedet.export.qgis import DOCTYPE
+
+    inputs = [Path(n).resolve() if Path(n).is_file() else None for n in (stack_sources[0], stack_sources[-1])]
+    path = write_qgis_project(out, before=inputs[0], after=inputs[1], probability=None,
+                              change=SERIES_OUTPUT_NAMES["first_change"],
+                              polygons=SERIES_OUTPUT_NAMES["gpkg"] if (out / SERIES_OUTPUT_NAMES["gpkg"]).exists()
+                              else None, path=SERIES_OUTPUT_NAMES["project"],
+                              title=f"changedet series {pairs[0].before_label} → {pairs[-1].after_label}")
+    # the mask layer holds first_change.tif: give it the per-date palette and its name
+    tree = ET.parse(path)
+    root = tree.getroot()
+    style = ET.fromstring(paletted_style_qml(_index_entries(pairs)).split("\n", 1)[1])
+    renderer = style.find("pipe/rasterrenderer")
+    for node in root.iter():
+        if node.get("name") == "change mask":
+            node.set("name", "first change")
+    for layer in root.iter("maplayer"):
+        if layer.findtext("layername") == "change mask":
+            layer.find("layername").text = "first change"  # type: ignore[union-attr]
+            pipe = layer.find("pipe")
+            old = pipe.find("rasterrenderer") if pipe is not None else None
+            if pipe is not None and old is not None and renderer is not None:
+                pipe.insert(list(pipe).index(old), renderer)
+                pipe.remove(old)
+    ET.indent(root, space="  ")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(DOCTYPE + ET.tostring(root, encoding="unicode") + "\n", encoding="utf-8")
+    os.replace(tmp, path)
