@@ -87,7 +87,7 @@ def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False) -> tuple[
             "(e.g. site_2019-05-01.tif), tag it (`gdal_edit.py -mo ACQUISITION_DATE=2019-05-01 FILE`), or pass "
             "--keep-order (keep_order=True) to use the order given"
         )
-    known: list[_dt.date] = [i.date for i in infos]  # all known here
+    known: list[_dt.date] = [i.date for i in infos if i.date is not None]  # all known here
     order = sorted(range(len(infos)), key=lambda k: known[k])  # stable: ties keep the order given
     for a, b in itertools.pairwise(order):
         if infos[a].date == infos[b].date:
