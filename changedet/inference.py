@@ -19,6 +19,7 @@ blocks lets an interrupted run resume (``resume=True``) with the same result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +52,7 @@ __all__ = [
     "engine_grid",
     "predict_pair",
     "tile_rows_for",
+    "use_engine",
 ]
 
 PROB_NODATA = -1.0
@@ -404,6 +407,27 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+_ENGINE: ContextVar[Callable[..., PredictStats] | None] = ContextVar("changedet_predict_engine", default=None)
+
+
+@contextlib.contextmanager
+def use_engine(engine: Callable[..., PredictStats] | None) -> Iterator[None]:
+    """Route whole-scene :func:`predict_pair` calls made in this context through ``engine``.
+
+    ``engine`` is called with :func:`predict_pair`'s arguments and must return a :class:`PredictStats` after
+    writing ``probability.tif`` and ``change.tif`` into ``out_dir``; while it runs, ``predict_pair`` is the
+    plain local engine again (so the engine may call it, e.g. with ``rows=``). The setting is a context
+    variable: it applies to the current thread (or task) only. :func:`changedet.distributed.detect_blocks` uses
+    it to spread the row blocks of a very large scene over a Dask cluster while :func:`changedet.api.detect` does
+    everything else (validation, model, vectorisation, report) as usual.
+    """
+    token = _ENGINE.set(engine)
+    try:
+        yield
+    finally:
+        _ENGINE.reset(token)
+
+
 def engine_grid(
     height: int, width: int, *, multiple: int = 1, tile_size: int = 512, overlap: int = 64, blend: str = "cosine"
 ) -> TileGrid:
@@ -495,11 +519,19 @@ def predict_pair(
         Convert the outputs to Cloud-Optimised GeoTIFFs (default); False keeps the tiled GeoTIFFs (intermediate
         files that will be merged).
 
+    Inside :func:`use_engine`, a whole-scene call (``rows=None``) is handed to that engine instead.
+
     Returns
     -------
     PredictStats
         Counts, timings and the written paths.
     """
+    engine = _ENGINE.get()
+    if engine is not None and rows is None:
+        with use_engine(None):
+            return engine(pair, predictor, out_dir=out_dir, threshold=threshold, tile_size=tile_size,
+                          overlap=overlap, blend=blend, batch_size=batch_size, prefetch=prefetch, progress=progress,
+                          resume=resume, partial_dir=partial_dir, tags=tags, cog=cog)
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     partial_dir = Path(partial_dir) if partial_dir else out_dir / ".changedet-partial"

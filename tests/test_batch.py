@@ -1,0 +1,301 @@
+"""Batch detection on Dask (changedet.distributed, ``changedet batch``) and block-split scenes.
+
+The cluster tests start a real ``dask.distributed.LocalCluster`` (2 worker processes, 1 thread each) and compare
+every raster with a single-process :func:`changedet.api.detect` on the same pair, bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from changedet.api import detect
+from changedet.cli.main import cli
+from changedet.distributed import (
+    BATCH_REPORT,
+    BatchPair,
+    detect_blocks,
+    model_cache_info,
+    plan_blocks,
+    read_pairs,
+    run_batch,
+)
+from changedet.errors import InputError
+from changedet.testing import make_pair, paint_change
+
+# the same options everywhere: small tiles so that every scene has several tile rows and columns
+TILING = {"tile_size": 64, "overlap": 16, "quicklook": False}
+CLI_TILING = ["--tile-size", "64", "--overlap", "16", "--no-quicklook"]
+
+
+def _raster(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def _assert_same_rasters(batch_dir: Path, single_dir: Path) -> None:
+    for name in ("probability.tif", "change.tif"):
+        a, b = _raster(batch_dir / name), _raster(single_dir / name)
+        assert a.shape == b.shape
+        assert np.array_equal(a, b), f"{batch_dir / name} differs from single-process detect"
+
+
+def _checkpoint(tmp: Path) -> Path:
+    import torch
+
+    from changedet.models import create_model
+    from changedet.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("fc-siam-diff", in_channels=3)
+    meta = CheckpointMeta(band_names=["B1", "B2", "B3"], pixel_size=10.0, threshold=0.5, name="tiny")
+    return save_checkpoint(model, tmp / "tiny", meta)
+
+
+def _pairs(root: Path, n: int, size: int = 96, corrupt: bool = True) -> Path:
+    """``n`` synthetic pairs with a painted change (and a corrupt one) plus their CSV, paths relative to it."""
+    lines = ["name,before,after"]
+    for i in range(n):
+        before, after = make_pair(root / f"site{i}", "aligned", size=size, seed=i)
+        paint_change(after, (10 + 5 * i, 20, 30, 25))
+        lines.append(f"site{i},site{i}/{before.name},site{i}/{after.name}")
+    if corrupt:
+        make_pair(root / "broken", "corrupt", size=size)
+        lines.append("broken,broken/before.tif,broken/after.tif")
+    csv_path = root / "pairs.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    return csv_path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# without a cluster
+# ---------------------------------------------------------------------------------------------------------------
+def test_read_pairs_resolves_paths_keeps_urls_and_derives_unique_names(tmp_path: Path) -> None:
+    (tmp_path / "pairs.csv").write_text(
+        "\ufeffBefore , AFTER,name,notes\n"
+        "a/2019.tif,a/2020.tif,,x\n"
+        "b/2019.tif,b/2020.tif,,\n"
+        "\n"
+        "https://example.com/c/s2_2019.tif?x=1,/vsis3/bucket/c/s2_2020.tif,,\n"
+        "/abs/d.tif,/abs/e.tif,my-site,\n"
+        "f/x.tif,f/x.tif,,\n"
+        "g/x.tif,g/x.tif,,\n"
+    )
+    pairs = read_pairs(tmp_path / "pairs.csv")
+    assert [p.name for p in pairs] == ["a_2019__2020", "b_2019__2020", "s2_2019__s2_2020", "my-site", "f_x", "g_x"]
+    assert pairs[0].before == str((tmp_path / "a/2019.tif").resolve())
+    assert pairs[2].before == "https://example.com/c/s2_2019.tif?x=1"
+    assert pairs[2].after == "/vsis3/bucket/c/s2_2020.tif"
+    assert pairs[3].before == "/abs/d.tif"
+    assert [p.line for p in pairs] == [2, 3, 5, 6, 7, 8]
+    # the same CSV gives the same names (a re-run finds its folders)
+    assert [p.name for p in read_pairs(tmp_path / "pairs.csv")] == [p.name for p in pairs]
+
+
+def test_derived_names_never_collide_with_given_ones(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("before,after,name\nx/a.tif,x/b.tif,a__b\nx/a.tif,x/b.tif,\n"
+                                    "y/a.tif,y/b.tif,X_A__B\n")
+    names = [p.name for p in read_pairs(tmp_path / "p.csv")]
+    assert names[0] == "a__b" and names[2] == "X_A__B"
+    assert names[1].lower() not in {"a__b", "x_a__b"} and names[1].startswith("x_a__b")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("left,right\na.tif,b.tif\n", "expected at least 'before' and 'after'"),
+        ("before,after\n", "no pairs"),
+        ("before,after\na.tif,\n,b.tif\n", "line 2: empty after; line 3: empty before"),
+        ("before,after,name\na.tif,b.tif,s1\nc.tif,d.tif,S1\n", "name 'S1' is also used on line 2"),
+        ("before,after,name\na.tif,b.tif,../up\n", "line 2: name '../up' is not a plain folder name"),
+    ],
+)
+def test_read_pairs_names_the_file_and_every_bad_row(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"pairs\.csv") as info:
+        read_pairs(path)
+    assert expected in str(info.value)
+
+
+def test_plan_blocks_partition_the_rows_and_list_every_tile_row_touching_them() -> None:
+    from changedet.inference import engine_grid
+
+    grid = engine_grid(1000, 300, tile_size=256, overlap=32)
+    th = grid.tile_size
+    for block_rows in (1, 100, 333, 999, 1000, 5000):
+        plan = plan_blocks(1000, 300, block_rows=block_rows, tile_size=256, overlap=32)
+        assert plan[0].rows[0] == 0 and plan[-1].rows[1] == 1000
+        assert all(a.rows[1] == b.rows[0] for a, b in itertools.pairwise(plan))
+        for b in plan:
+            touching = [k for k, s in enumerate(grid.row_starts) if s < b.rows[1] and s + th > b.rows[0]]
+            assert list(range(*b.tile_rows)) == touching
+            assert b.read_rows[0] <= b.rows[0] and b.read_rows[1] >= b.rows[1]
+    with pytest.raises(InputError):
+        plan_blocks(10, 10, block_rows=0)
+
+
+def test_row_blocks_of_the_engine_are_bit_identical_to_the_whole_scene(tmp_path: Path) -> None:
+    from changedet.inference import TorchPredictor, predict_pair
+    from changedet.io.alignment import open_pair
+    from changedet.models import create_model
+
+    before, after = make_pair(tmp_path, "aligned", size=96, seed=3)
+    paint_change(after, (40, 40, 30, 30))
+    import torch
+
+    torch.manual_seed(0)
+    predictor = TorchPredictor(create_model("fc-siam-diff", in_channels=3), [1500.0] * 3, [400.0] * 3,
+                               [1500.0] * 3, [400.0] * 3)
+    with open_pair(before, after) as pair:
+        predict_pair(pair, predictor, out_dir=tmp_path / "whole", threshold=0.5, tile_size=48, overlap=16)
+        parts = []
+        for i, rows in enumerate([(0, 37), (37, 38), (38, 70), (70, 96)]):
+            predict_pair(pair, predictor, out_dir=tmp_path / f"b{i}", threshold=0.5, tile_size=48, overlap=16,
+                         rows=rows, cog=False)
+            with rasterio.open(tmp_path / f"b{i}" / "probability.tif") as ds:
+                assert ds.height == rows[1] - rows[0]
+                assert ds.transform.f == pair.transform.f + rows[0] * pair.transform.e
+                parts.append(ds.read(1))
+    assert np.array_equal(np.concatenate(parts), _raster(tmp_path / "whole" / "probability.tif"))
+
+
+def test_detect_blocks_without_a_cluster_equals_detect(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path / "in", "aligned", size=96, seed=5)
+    paint_change(after, (30, 30, 40, 40))
+    ckpt = _checkpoint(tmp_path)
+    single = detect(before, after, ckpt, output_dir=tmp_path / "single", **TILING)
+    blocks = detect_blocks(before, after, ckpt, output_dir=tmp_path / "blocks", block_rows=40, **TILING)
+    _assert_same_rasters(tmp_path / "blocks", tmp_path / "single")
+    assert [b["rows"] for b in blocks.report["stats"]["blocks"]] == [[0, 40], [40, 80], [80, 96]]
+    assert blocks.report["summary"] == single.report["summary"]
+    assert not any(p.name.startswith(".changedet") for p in (tmp_path / "blocks").iterdir())
+
+
+def test_missing_dask_is_a_clear_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # what an install without the extra looks like
+    csv_path = _pairs(tmp_path, 1, corrupt=False)
+    with pytest.raises(InputError, match=r"pip install 'changedet\[distributed\]'"):
+        run_batch(csv_path, tmp_path / "out", client=None)  # type: ignore[arg-type]
+    result = CliRunner().invoke(cli, ["batch", str(csv_path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "changedet[distributed]" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# on a LocalCluster
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.mark.distributed
+def test_batch_cli_isolates_a_corrupt_pair_and_matches_single_process_detect(tmp_path: Path, client) -> None:
+    csv_path = _pairs(tmp_path, 3)
+    out = tmp_path / "out"
+    args = ["batch", str(csv_path), "-o", str(out), "--scheduler", client.scheduler.address, "--method", "cva",
+            "--retries", "1", *CLI_TILING]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / BATCH_REPORT).read_text())
+    status = {p["name"]: p["status"] for p in report["pairs"]}
+    assert status == {"site0": "done", "site1": "done", "site2": "done", "broken": "failed"}
+    assert report["counts"] == {"done": 3, "skipped": 0, "failed": 1, "pending": 0}
+    broken = next(p for p in report["pairs"] if p["name"] == "broken")
+    assert broken["error"]["type"] == "RasterReadError"
+    assert "after.tif" in broken["error"]["message"] and broken["error"]["traceback"]
+    assert "RasterReadError" in result.output and "1 failed" in result.output
+    assert not (out / "broken" / "report.json").exists()
+    workers = {p["worker"] for p in report["pairs"] if p["status"] == "done"}
+    assert workers <= set(client.scheduler_info()["workers"])
+    for i in range(3):
+        before = tmp_path / f"site{i}" / "before.tif"
+        single = detect(before, before.with_name("after.tif"), method="cva", output_dir=tmp_path / f"single{i}",
+                        **TILING)
+        _assert_same_rasters(out / f"site{i}", tmp_path / f"single{i}")
+        rec = next(p for p in report["pairs"] if p["name"] == f"site{i}")
+        assert rec["summary"] == single.report["summary"]
+        assert rec["summary"]["changed_pixels"] > 0
+
+    # a re-run skips the done pairs (their files are not rewritten) and tries the failed one again
+    stamps = {i: (out / f"site{i}" / "probability.tif").stat().st_mtime_ns for i in range(3)}
+    (tmp_path / "broken" / "after.tif").write_bytes((tmp_path / "site0" / "after.tif").read_bytes())
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    report = json.loads((out / BATCH_REPORT).read_text())
+    status = {p["name"]: p["status"] for p in report["pairs"]}
+    assert status == {"site0": "skipped", "site1": "skipped", "site2": "skipped", "broken": "done"}
+    assert all((out / f"site{i}" / "probability.tif").stat().st_mtime_ns == stamps[i] for i in range(3))
+    assert (out / "broken" / "report.json").is_file()
+    assert next(p for p in report["pairs"] if p["name"] == "site1")["summary"]["changed_pixels"] > 0
+
+
+@pytest.mark.distributed
+def test_model_batch_loads_the_model_once_per_worker_and_matches_detect(tmp_path: Path, client) -> None:
+    csv_path = _pairs(tmp_path, 4, corrupt=False)
+    ckpt = _checkpoint(tmp_path)
+    before_info = client.run(model_cache_info)
+    snapshots: list[dict[str, int]] = []
+
+    def on_update(_rec: dict, report) -> None:  # the file on disk is already up to date
+        snapshots.append(json.loads(report.path.read_text())["counts"])
+
+    report = run_batch(csv_path, tmp_path / "out", client=client, retries=0, model=str(ckpt), on_update=on_update,
+                       threads=1, **TILING)
+    assert report.exit_code == 0 and report.counts["done"] == 4
+    assert [s["done"] for s in snapshots] == [1, 2, 3, 4]
+    assert [s["pending"] for s in snapshots] == [3, 2, 1, 0]
+    after_info = client.run(model_cache_info)
+    loads = {w: after_info[w]["loads"] - before_info[w]["loads"] for w in after_info}
+    uses = {w: loads[w] + after_info[w]["hits"] - before_info[w]["hits"] for w in after_info}
+    assert sum(uses.values()) == 4
+    assert all(loads[w] == (1 if uses[w] else 0) for w in loads), (loads, uses)
+    for i in range(4):
+        before = tmp_path / f"site{i}" / "before.tif"
+        detect(before, before.with_name("after.tif"), ckpt, output_dir=tmp_path / f"single{i}", threads=1,
+               **TILING)
+        _assert_same_rasters(tmp_path / "out" / f"site{i}", tmp_path / f"single{i}")
+
+
+@pytest.mark.distributed
+def test_a_large_scene_is_split_into_blocks_over_the_workers_and_is_bit_identical(tmp_path: Path, client) -> None:
+    before, after = make_pair(tmp_path / "big", "aligned", size=128, seed=7)
+    paint_change(after, (50, 60, 40, 40))
+    small = make_pair(tmp_path / "small", "aligned", size=64, seed=8)
+    ckpt = _checkpoint(tmp_path)
+    pairs = [BatchPair("big", str(before), str(after)), BatchPair("small", str(small[0]), str(small[1]))]
+    report = run_batch(pairs, tmp_path / "out", client=client, retries=0, block_pixels=100 * 100, block_rows=40,
+                       model=str(ckpt), threads=1, **TILING)
+    assert report.exit_code == 0
+    recs = {p["name"]: p for p in report.pairs}
+    assert recs["big"]["blocks"] == 4 and recs["small"]["blocks"] is None
+    pair_report = json.loads((tmp_path / "out" / "big" / "report.json").read_text())
+    blocks = pair_report["stats"]["blocks"]
+    assert [b["rows"] for b in blocks] == [[0, 40], [40, 80], [80, 120], [120, 128]]
+    assert {b["worker"] for b in blocks} <= set(client.scheduler_info()["workers"])
+    detect(before, after, ckpt, output_dir=tmp_path / "single", threads=1, **TILING)
+    _assert_same_rasters(tmp_path / "out" / "big", tmp_path / "single")
+    assert not (tmp_path / "out" / "big" / ".changedet-partial").exists()
+
+
+@pytest.mark.distributed
+def test_cli_starts_its_own_local_cluster_and_prints_the_dashboard(tmp_path: Path) -> None:
+    csv_path = _pairs(tmp_path, 2, corrupt=False)
+    result = CliRunner().invoke(cli, ["batch", str(csv_path), "-o", str(tmp_path / "out"), "--workers", "2",
+                                      "--dashboard-address", ":0", "--method", "cva", "--json", *CLI_TILING])
+    assert result.exit_code == 0, result.output
+    assert "dashboard: http://" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["workers"] == 2 and report["counts"]["done"] == 2
+    assert report["dashboard"].startswith("http://")
