@@ -272,3 +272,15 @@ def test_optimize_for_inference_folds_batch_norm_and_keeps_the_function(name: st
         ref = model(x, y)
         out = fast(x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_models_and_losses_do_not_import_rasterio() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, changedet.models, changedet.losses, changedet.models.checkpoint, changedet.models.bundled, "
+            "changedet.models.fcn, changedet.models.siamese, changedet.models.metric, changedet.models.attention; "
+            "changedet.models.create_model('siam-unet', in_channels=3); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rasterio', 'osgeo', 'geopandas')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

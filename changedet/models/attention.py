@@ -35,7 +35,7 @@ from torch import nn
 
 from changedet.errors import ModelError
 from changedet.models.registry import ChangeModel
-from changedet.models.siamese import build_encoder
+from changedet.models.siamese import build_encoder, encoder_channels
 
 __all__ = ["BIT"]
 
@@ -147,7 +147,7 @@ class BIT(ChangeModel):
                                      self.name)
         self.stride = min(self.encoder.output_stride, 2**encoder_depth)
         self.pad_multiple = self.stride
-        self.conv_pred = nn.Conv2d(self.encoder.out_channels[-1], dim, kernel_size=3, padding=1)
+        self.conv_pred = nn.Conv2d(encoder_channels(self.encoder)[-1], dim, kernel_size=3, padding=1)
         self.token_attention = nn.Conv2d(dim, token_len, kernel_size=1, bias=False)
         self.pos_embedding = nn.Parameter(torch.randn(1, 2 * token_len, dim))
         self.transformer = nn.ModuleList(

@@ -20,6 +20,7 @@ torch.Size([1, 1, 45, 67])
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from changedet.errors import ModelError
 from changedet.models.fusion import fuse, fused_channels, resolve_fusions
 from changedet.models.registry import ChangeModel
 
-__all__ = ["SiamUNet", "build_encoder"]
+__all__ = ["SiamUNet", "build_encoder", "encoder_channels"]
 
 
 def _prune_unused(encoder: nn.Module, in_channels: int, size: int) -> None:
@@ -57,6 +58,11 @@ def _prune_unused(encoder: nn.Module, in_channels: int, size: int) -> None:
     for name in stages:
         if name not in called:
             setattr(encoder, name, nn.Identity())
+
+
+def encoder_channels(encoder: nn.Module) -> list[int]:
+    """Channels of each feature map an smp encoder returns (level 0 = the input)."""
+    return [int(c) for c in cast(Any, encoder).out_channels]
 
 
 def build_encoder(encoder_name: str, in_channels: int, depth: int = 5, output_stride: int = 32,
@@ -138,7 +144,7 @@ class SiamUNet(ChangeModel):
         self.encoder_after = (None if self.shared else
                               build_encoder(encoder_name, self.in_channels, depth, 32, None, self.name))
         self.pad_multiple = 2**depth
-        enc_channels = list(self.encoder.out_channels)
+        enc_channels = encoder_channels(self.encoder)
         fused = [enc_channels[0]] + [fused_channels(c, m) for c, m in zip(enc_channels[1:], fusions, strict=True)]
         self.decoder = UnetDecoder(encoder_channels=fused, decoder_channels=decoder_channels, n_blocks=depth)
         self.head = nn.Conv2d(decoder_channels[-1], 1, kernel_size=3, padding=1)
