@@ -1,0 +1,117 @@
+"""``changedet train --config`` and ``changedet evaluate`` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from changedet.cli.main import cli
+from changedet.cli.train import parse_overrides
+from changedet.testing import make_geotiff
+from tests.test_training import BANDS, synthetic_scene
+
+
+@pytest.fixture
+def list_dataset(tmp_path):
+    rows = ["name,before,after,label"]
+    for seed in (1, 2, 3):
+        s = synthetic_scene(seed, size=64)
+        for kind, arr in (("before", s.before), ("after", s.after)):
+            make_geotiff(tmp_path / "data" / f"s{seed}_{kind}.tif", arr, transform=s.transform, dtype="float32",
+                         descriptions=BANDS)
+        make_geotiff(tmp_path / "data" / f"s{seed}_cm.tif", s.label * 255, transform=s.transform, dtype="uint8")
+        rows.append(f"s{seed},s{seed}_before.tif,s{seed}_after.tif,s{seed}_cm.tif")
+    (tmp_path / "data" / "pairs.csv").write_text("\n".join(rows) + "\n")
+    config = {
+        "out": "run",
+        "dataset": {"type": "list", "path": "data/pairs.csv", "val_names": ["s3"]},
+        "model": "fc-siam-diff",
+        "epochs": 5,
+        "chips_per_epoch": 16,
+        "batch_size": 8,
+        "chip_size": 32,
+        "threads": 1,
+        "plots": False,
+        "seed": 0,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def test_parse_overrides() -> None:
+    got = parse_overrides(["--epochs", "3", "--dataset.val-names", "[a,b]", "--lr=0.01", "--no-plots",
+                           "--loss", "bce+dice", "--deterministic"])
+    assert got == {"epochs": 3, "dataset": {"val_names": ["a", "b"]}, "lr": 0.01, "plots": False,
+                   "loss": "bce+dice", "deterministic": True}
+
+
+def test_train_from_config_with_overrides(list_dataset) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-q", "train", "--config", str(list_dataset / "run.yaml"), "--epochs", "2",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["epochs_run"] == 2
+    run = list_dataset / "run"  # 'out' in a config is relative to the config file
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["band_names"] == BANDS
+    assert meta["training"]["data"] == {"type": "list", "path": str(list_dataset / "data" / "pairs.csv"),
+                                        "train": ["s1", "s2"], "val": ["s3"]}
+    assert meta["training"]["config"]["epochs"] == 2
+    assert meta["threshold"] == pytest.approx(out["threshold"])
+    # a second run into the same folder needs --overwrite (exit 2, message names the folder)
+    again = runner.invoke(cli, ["-q", "train", "--config", str(list_dataset / "run.yaml"), "--epochs", "1"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    ok = runner.invoke(cli, ["-q", "train", "-c", str(list_dataset / "run.yaml"), "--epochs", "1", "--overwrite"])
+    assert ok.exit_code == 0, ok.output
+    assert "threshold" in ok.stdout and "val F1" in ok.stdout
+
+
+def test_train_rejects_unknown_keys_and_missing_config(list_dataset) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), "--epoch", "2"])
+    assert res.exit_code == 2 and "unknown key(s) ['epoch']" in res.output
+    res = runner.invoke(cli, ["train", "-c", str(list_dataset / "nope.yaml")])
+    assert res.exit_code == 2 and "no such config file" in res.output
+    res = runner.invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), "--dataset.type", "lidar"])
+    assert res.exit_code == 2 and "unknown dataset type" in res.output
+
+
+def _masks(tmp_path):
+    truth = np.zeros((10, 10), np.uint8)
+    truth[2:6, 2:6] = 2
+    truth[truth == 0] = 1  # OSCD-style 1/2 labels
+    pred = np.zeros((10, 10), np.uint8)
+    pred[2:6, 2:8] = 1  # 16 TP, 8 FP
+    make_geotiff(tmp_path / "pred" / "city.tif", pred, dtype="uint8", nodata=255)
+    make_geotiff(tmp_path / "truth" / "city.tif", truth, dtype="uint8")
+    return tmp_path / "pred", tmp_path / "truth"
+
+
+def test_evaluate_json_and_table(tmp_path) -> None:
+    pred, truth = _masks(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["evaluate", str(pred), str(truth), "--truth-values", "1,2", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    pooled = report["pooled"]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"], pooled["tn"]) == (16, 8, 0, 76)
+    assert pooled["f1"] == pytest.approx(32 / 40)
+    assert len(report["files"]) == 1
+    table = runner.invoke(cli, ["evaluate", str(pred / "city.tif"), str(truth / "city.tif"),
+                                "--truth-change-value", "2"])
+    assert table.exit_code == 0
+    assert "pooled (1 files)" in table.stdout and " 80.00" in table.stdout
+
+
+def test_evaluate_bad_input_exit_code(tmp_path) -> None:
+    pred, truth = _masks(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["evaluate", str(pred), str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no such file or folder" in res.output
+    res = runner.invoke(cli, ["evaluate", str(pred), str(truth), "--truth-values", "1"])
+    assert res.exit_code == 2 and "two numbers" in res.output

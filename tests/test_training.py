@@ -1,0 +1,215 @@
+"""Training: a short run that must learn a synthetic change, determinism, calibration, checkpoints, OHEM, detect."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+from scipy.ndimage import gaussian_filter
+
+from changedet.calibration import calibrate_threshold
+from changedet.data import Scene
+from changedet.errors import InputError, OutputExistsError
+from changedet.evaluation import confusion_matrix
+from changedet.training import OHEMLoss, _windows, build_loss, predict_scene, train
+
+BANDS = ["red", "green", "blue"]
+
+
+def synthetic_scene(seed: int, size: int = 96, *, origin: float = 500000.0) -> Scene:
+    """Smooth random texture; AFTER = BEFORE + noise, with bright rectangles (the change) painted in."""
+    rng = np.random.default_rng(seed)
+    before = gaussian_filter(rng.normal(size=(3, size, size)), (0, 2, 2)).astype(np.float32) * 400 + 1000
+    after = before * rng.uniform(0.9, 1.1) + rng.normal(0, 5, before.shape).astype(np.float32)
+    label = np.zeros((size, size), np.uint8)
+    for _ in range(5):
+        r, c = rng.integers(0, size - 12, 2)
+        h, w = rng.integers(5, 12, 2)
+        label[r : r + h, c : c + w] = 1
+    after[:, label == 1] = np.array([[2500.0], [2200.0], [600.0]])
+    return Scene(
+        name=f"synthetic{seed}", before=before, after=after.astype(np.float32), label=label,
+        valid=np.ones((size, size), bool), crs="EPSG:32631", transform=Affine(10, 0, origin, 0, -10, 5700000.0),
+        band_names=list(BANDS), pixel_size=10.0,
+    )
+
+
+FAST = {"model": "fc-siam-diff", "chip_size": 32, "batch_size": 8, "chips_per_epoch": 64, "threads": 1,
+        "augment": {"flips": True, "rotations": True, "date_swap": 0.5}, "plots": False}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(out=out, train_scenes=[synthetic_scene(i) for i in range(3)], val_scenes=[synthetic_scene(10)],
+                   epochs=5, seed=3, **{**FAST, "plots": True})
+    return result
+
+
+def _normalise(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    from changedet.data.sampling import band_statistics, normalize_array
+
+    out = []
+    for arr in (scene.before, scene.after):
+        mean, std = band_statistics(arr, scene.valid)
+        out.append(normalize_array(arr, mean, std, scene.valid))
+    return out[0], out[1]
+
+
+def test_short_training_learns_synthetic_change(trained) -> None:
+    from changedet.models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(trained.checkpoint, in_channels=3)
+    test = synthetic_scene(99)  # never seen: neither trained on nor calibrated on
+    before, after = _normalise(test)
+    prob = predict_scene(model, before, after)
+    cm = confusion_matrix(prob >= meta.threshold, test.label, test.valid)
+    assert cm.f1 > 0.9, cm.to_dict()
+    assert trained.metrics["f1"] > 0.9
+
+
+def test_checkpoint_holds_threshold_normalisation_and_metrics(trained) -> None:
+    meta = json.loads(trained.checkpoint.with_suffix(".json").read_text())
+    assert meta["architecture"] == "fc-siam-diff" and meta["kwargs"]["in_channels"] == 3
+    assert meta["band_names"] == BANDS
+    assert meta["normalization"] == {"mode": "scene", "mean": [], "std": []}
+    assert meta["pixel_size"] == 10.0
+    assert 0.0 < meta["threshold"] < 1.0 and meta["threshold"] == pytest.approx(trained.threshold)
+    m = meta["metrics"]
+    for key in ("f1", "precision", "recall", "iou", "kappa"):
+        assert 0.0 <= m[key] <= 1.0
+        assert key in m["at_0.5"]
+    assert m["scenes"] == ["synthetic10"] and m["calibrated_on"] == "val"
+    assert meta["training"]["data"]["train"] == ["synthetic0", "synthetic1", "synthetic2"]
+    assert meta["training"]["config"]["seed"] == 3
+    # the calibrated threshold is the F1-optimal one: no better F1 at 0.5
+    assert m["f1"] >= m["at_0.5"]["f1"] or m["at_0.5"]["f1"] is None
+    lines = (trained.out / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 1 + trained.epochs_run
+    for name in ("curves.png", "pr_curve.png"):
+        assert (trained.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_gives_identical_weights(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    scenes = [synthetic_scene(1), synthetic_scene(2)]
+    kwargs = {**FAST, "epochs": 1, "chips_per_epoch": 16}
+    a = train(out=tmp_path / "a", train_scenes=scenes, val_scenes=[synthetic_scene(5)], seed=7, **kwargs)
+    b = train(out=tmp_path / "b", train_scenes=scenes, val_scenes=[synthetic_scene(5)], seed=7, **kwargs)
+    c = train(out=tmp_path / "c", train_scenes=scenes, val_scenes=[synthetic_scene(5)], seed=8, **kwargs)
+    wa, wb, wc = (load_file(str(r.checkpoint)) for r in (a, b, c))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert a.threshold == b.threshold
+
+
+def test_fixed_normalisation_stored_and_outputs_not_overwritten(tmp_path) -> None:
+    scenes = [synthetic_scene(1)]
+    result = train(out=tmp_path, train_scenes=scenes, val_scenes=[synthetic_scene(2)], epochs=1,
+                   normalization="fixed", loss="bce+dice", **{**FAST, "chips_per_epoch": 8})
+    meta = json.loads(result.checkpoint.with_suffix(".json").read_text())
+    norm = meta["normalization"]
+    assert norm["mode"] == "fixed" and len(norm["mean"]) == len(norm["std"]) == 3
+    both = np.concatenate([scenes[0].before, scenes[0].after], axis=2)
+    np.testing.assert_allclose(norm["mean"], both.mean(axis=(1, 2)), rtol=1e-4)
+    with pytest.raises(OutputExistsError, match="earlier run"):
+        train(out=tmp_path, train_scenes=scenes, epochs=1, **{**FAST, "chips_per_epoch": 8})
+
+
+def test_metric_model_with_contrastive_loss_is_calibrated(tmp_path) -> None:
+    result = train(out=tmp_path, train_scenes=[synthetic_scene(1)], val_scenes=[synthetic_scene(2)],
+                   epochs=2, loss="contrastive", loss_kwargs={"margin": 1.0},
+                   **{**FAST, "model": "metric-siam", "chips_per_epoch": 16})
+    meta = json.loads(result.checkpoint.with_suffix(".json").read_text())
+    cal = meta["metrics"]["metric_calibration"]
+    assert cal["scale"] > 0
+    from safetensors.torch import load_file
+
+    weights = load_file(str(result.checkpoint))
+    assert float(weights["center"]) == pytest.approx(cal["center"], rel=1e-5)
+    assert float(weights["scale"]) == pytest.approx(cal["scale"], rel=1e-5)
+    assert 0.0 <= meta["threshold"] <= 1.0
+
+
+def test_bad_options_are_input_errors(tmp_path) -> None:
+    scenes = [synthetic_scene(1)]
+    with pytest.raises(InputError, match="optimizer"):
+        train(out=tmp_path, train_scenes=scenes, optimizer="lbfgs")
+    with pytest.raises(InputError, match="metric model"):
+        train(out=tmp_path, train_scenes=scenes, loss="triplet", **{**FAST, "epochs": 1})
+    with pytest.raises(InputError, match="no training data"):
+        train(out=tmp_path)
+    with pytest.raises(InputError, match="ohem"):
+        build_loss("dice", ohem=0.5)
+
+
+def test_ohem_keeps_only_the_hardest_pixels() -> None:
+    loss = OHEMLoss("bce", keep=0.25, min_kept=1)
+    logits = torch.tensor([5.0, -5.0, 0.0, -3.0]).view(1, 1, 2, 2)
+    target = torch.tensor([1.0, 0.0, 1.0, 1.0]).view(1, 1, 2, 2)
+    valid = torch.ones_like(target, dtype=torch.bool)
+    # per-pixel BCE: ~0.0067, ~0.0067, 0.693, ~3.049 -> the hardest quarter is the last pixel alone
+    expected = float(torch.nn.functional.softplus(torch.tensor(3.0)))
+    assert float(loss(logits, target, valid)) == pytest.approx(expected, rel=1e-5)
+    valid[0, 0, 1, 1] = False  # the hardest pixel is invalid: the next one is kept
+    assert float(loss(logits, target, valid)) == pytest.approx(float(np.log(2)), rel=1e-5)
+    weighted = OHEMLoss("bce", keep=1.0, pos_weight=2.0)
+    plain = OHEMLoss("bce", keep=1.0)
+    assert float(weighted(logits, target, valid)) > float(plain(logits, target, valid))
+
+
+def test_calibration_on_known_pr_curve() -> None:
+    scores = np.array([[0.95, 0.7, 0.6], [0.55, 0.3, 0.1]])
+    truth = np.array([[1, 1, 0], [1, 0, 0]])
+    cal = calibrate_threshold([scores], [truth], method="f1")
+    # F1 by threshold: .95 -> .5, .7 -> .8, .6 -> .714, .55 -> .857, .3 -> .75, .1 -> .667
+    assert cal.threshold == pytest.approx((0.55 + 0.3) / 2)
+    assert cal.metrics["f1"] == pytest.approx(6 / 7)
+    assert cal.reference_metrics["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 0))
+    otsu = calibrate_threshold([scores], [truth], method="otsu")
+    assert 0.1 < otsu.threshold < 0.95 and otsu.method == "otsu"
+    fixed = calibrate_threshold([scores], [truth], method="fixed", fixed=0.65)
+    assert fixed.threshold == 0.65 and fixed.metrics["tp"] == 2
+
+
+@pytest.mark.parametrize(("n", "tile", "overlap"), [(100, 1024, 64), (1000, 256, 32), (257, 256, 16), (700, 300, 50)])
+def test_tiled_prediction_windows_cover_every_pixel_once(n: int, tile: int, overlap: int) -> None:
+    count = np.zeros(n, int)
+    for start, keep_from, keep_to in _windows(n, tile, overlap):
+        assert start <= keep_from < keep_to <= min(start + tile, n)
+        count[keep_from:keep_to] += 1
+    assert (count == 1).all()
+
+
+def test_tiled_and_whole_scene_prediction_agree_inside(trained) -> None:
+    from changedet.models.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(trained.checkpoint, in_channels=3)
+    before, after = _normalise(synthetic_scene(42, size=128))
+    whole = predict_scene(model, before, after, tile_size=1024)
+    tiled = predict_scene(model, before, after, tile_size=80, overlap=16)
+    assert np.mean(np.abs(whole - tiled) < 0.05) > 0.95
+
+
+def test_checkpoint_round_trip_through_detect(trained, tmp_path) -> None:
+    from changedet.api import detect
+    from changedet.testing import make_geotiff
+
+    scene = synthetic_scene(77, size=128)
+    b = make_geotiff(tmp_path / "before.tif", scene.before, transform=scene.transform, dtype="float32",
+                     descriptions=BANDS)
+    a = make_geotiff(tmp_path / "after.tif", scene.after, transform=scene.transform, dtype="float32",
+                     descriptions=BANDS)
+    result = detect(b, a, model=trained.checkpoint, output_dir=tmp_path / "out", vectorize=False, quicklook=False)
+    import rasterio
+
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
+        change = ds.read(1)
+    cm = confusion_matrix(change == 1, scene.label, change != 255)
+    assert cm.f1 > 0.85, cm.to_dict()
+    assert result is not None
