@@ -9,6 +9,7 @@ complete: a failed or interrupted run leaves no output file behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -26,6 +27,7 @@ import numpy as np
 
 from changedet._version import __version__
 from changedet.errors import (
+    ChangedetError,
     CheckpointError,
     InputError,
     NothingToCompareWarning,
@@ -168,6 +170,9 @@ class ChangeResult:
 
 # ---------------------------------------------------------------------------------------------------------------
 def _source_name(src: Any) -> str:
+    """The path of an input as given (a str or path-like), or an open dataset's ``name``."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)  # type: ignore[return-value]
     name = getattr(src, "name", None)
     return str(name if name is not None else src)
 
@@ -192,17 +197,29 @@ def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resu
         ) from exc
 
 
-def _select_bands(info: Any, meta: Any, indexes: Sequence[int] | None, source: str) -> list[int] | None:
+def _is_pair_form(indexes: Any) -> bool:
+    """Whether ``indexes`` is ``([BEFORE bands], [AFTER bands])`` rather than one list for both dates."""
+    seq = list(indexes) if indexes else []
+    return len(seq) == 2 and all(isinstance(s, Sequence) and not isinstance(s, str) for s in seq)
+
+
+def _n_selected(indexes: Any) -> int:
+    """Number of bands per date that ``indexes`` selects (one list, or a BEFORE/AFTER pair of lists)."""
+    return len(next(iter(indexes))) if _is_pair_form(indexes) else len(indexes)
+
+
+def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
     """1-based band indexes of the input that feed the model, matched by name where possible."""
     want = list(meta.band_names or [])
     n_model = meta.in_channels or len(want)
     if indexes:
-        if len(indexes) != n_model:
+        n_sel = _n_selected(indexes)
+        if n_sel != n_model:
             raise CheckpointError(
-                f"{source}: --indexes selects {len(indexes)} bands but the model {meta.name or meta.architecture} "
+                f"{source}: --indexes selects {n_sel} bands but the model {meta.name or meta.architecture} "
                 f"expects {n_model} ({', '.join(want)}); select exactly {n_model} bands"
             )
-        return list(indexes)
+        return [list(i) for i in indexes] if _is_pair_form(indexes) else list(indexes)
     names = [str(d).upper() if d else "" for d in (info.descriptions or ())]
     if want and all(w.upper() in names for w in want) and (info.count != n_model or names[: len(want)] != want):
         return [names.index(w.upper()) + 1 for w in want]
@@ -233,6 +250,57 @@ def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None
     except (ChangedetError, OSError):
         return None
     return None
+
+
+#: A band is "far outside" the training statistics when its scene mean lies more than this many training standard
+#: deviations from the training mean, or its spread differs from the training spread by more than this factor.
+RANGE_Z_LIMIT = 4.0
+RANGE_STD_FACTOR = 10.0
+
+
+def _check_training_range(pair: Any, meta: Any, scene: tuple[Any, Any], source_names: tuple[str, str],
+                          checkpoint: Any) -> dict[str, list[str]]:
+    """Warn (:class:`~changedet.errors.InputRangeWarning`) when a date's band statistics are far from the
+    checkpoint's fixed normalisation statistics (other units, scaling or bands); return the bands per date.
+
+    Only checkpoints with ``normalization.mode == "fixed"`` record training statistics; a ``"scene"`` checkpoint
+    z-scores each date with its own statistics, so the absolute range of the input does not matter to it.
+    """
+    from changedet.errors import InputRangeWarning
+
+    if getattr(getattr(pair, "report", None), "valid_fraction", None) == 0.0:
+        return {}
+    t_mean = np.asarray(meta.normalization.get("mean") or [], np.float64)
+    t_std = np.asarray(meta.normalization.get("std") or [], np.float64)
+    if t_mean.size == 0 or t_std.size != t_mean.size:
+        return {}
+    names = list(meta.band_names or []) or list(getattr(pair, "band_names", []) or [])
+    names += [f"band {i + 1}" for i in range(len(names), t_mean.size)]
+    model = meta.name or (str(checkpoint) if checkpoint else meta.architecture)
+    found: dict[str, list[str]] = {}
+    for which, source, (mean, std) in zip(("before", "after"), source_names, scene, strict=True):
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        if mean.size != t_mean.size:
+            continue
+        safe = np.where(t_std > 0, t_std, 1.0)
+        z = np.abs(mean - t_mean) / safe
+        ratio = np.where(std > 0, std / safe, 1.0)
+        bad = np.flatnonzero((z > RANGE_Z_LIMIT) | (ratio > RANGE_STD_FACTOR) | (ratio < 1.0 / RANGE_STD_FACTOR))
+        if bad.size == 0:
+            continue
+        found[which] = [names[i] for i in bad]
+        detail = ", ".join(
+            f"{names[i]} mean {mean[i]:.4g} (trained on {t_mean[i]:.4g} +/- {t_std[i]:.4g})" for i in bad[:6]
+        ) + (f", ... ({bad.size} bands)" if bad.size > 6 else "")
+        warnings.warn(
+            f"{source}: values far outside the statistics the model {model} was trained on: {detail}. The "
+            "predictions may be meaningless: check the units and scaling (e.g. reflectance x 10000 vs 0..1, "
+            "digital numbers vs reflectance) and the band order (--indexes), or use a model trained on such data "
+            "(a scene-normalised model adapts to each scene's range).",
+            InputRangeWarning,
+            stacklevel=4,
+        )
+    return found
 
 
 def _sample_for_fit(pair: Any, max_pixels: int = 1_500_000, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -272,7 +340,7 @@ def detect(
     threads: int | None = None,
     precision: str = "float32",
     device: str = "cpu",
-    indexes: Sequence[int] | None = None,
+    indexes: Sequence[int] | tuple[Sequence[int], Sequence[int]] | None = None,
     coregister: bool = False,
     match_histograms: bool = False,
     min_area: float = 0.0,
@@ -313,7 +381,8 @@ def detect(
     precision
         ``"float32"`` or ``"bf16"`` (whole model in bfloat16).
     indexes
-        1-based band numbers of the inputs to feed the model (default: matched by band name, else all bands).
+        1-based band numbers of the inputs to feed the model (default: matched by band name, else all bands), or
+        ``([...], [...])`` for BEFORE and AFTER separately (CLI: ``--indexes 1,2,3:3,2,1``).
     coregister
         Estimate and correct a global sub-pixel translation of AFTER (phase correlation).
     match_histograms
@@ -346,10 +415,6 @@ def detect(
     >>> result = detect(before, after, method="cva")  # doctest: +SKIP
     >>> result.polygons.head()  # doctest: +SKIP
     """
-    from changedet.inference import ScorerPredictor, TorchPredictor, predict_pair
-    from changedet.io.alignment import open_pair
-    from changedet.io.raster import raster_info
-
     t0 = time.perf_counter()
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -366,7 +431,34 @@ def detect(
         names.append(OUTPUT_NAMES["quicklook"])
     if qgis_project:
         names.append(OUTPUT_NAMES["project"])
+    created = not out.exists()
     _check_outputs(out, names, overwrite, resume)
+    try:
+        return _detect_checked(
+            before, after, model, out, tmp_holder, names, method=method, checkpoint=checkpoint,
+            threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
+            threads=threads, precision=precision, device=device, indexes=indexes, coregister=coregister,
+            match_histograms=match_histograms, min_area=min_area, simplify=simplify, fill_holes=fill_holes,
+            vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project, quicklook=quicklook,
+            resume=resume, progress=progress, t0=t0,
+        )
+    except BaseException:
+        if created and tmp_holder is None:  # leave no empty output folder behind (a resume folder keeps it)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: Any, names: list[str], *,
+                    method: str, checkpoint: Any, threshold: float | None, tile_size: int, overlap: int, blend: str,
+                    batch_size: int, threads: int | None, precision: str, device: str, indexes: Any,
+                    coregister: bool, match_histograms: bool, min_area: float, simplify: float, fill_holes: float,
+                    vectorize: bool, geojson_crs: str | None, qgis_project: bool, quicklook: bool, resume: bool,
+                    progress: Callable[[int, int, int], None] | None, t0: float) -> ChangeResult:
+    """:func:`detect` once the output folder is known to be usable."""
+    from changedet.inference import ScorerPredictor, TorchPredictor, predict_pair
+    from changedet.io.alignment import open_pair
+    from changedet.io.raster import raster_info
 
     before_info = raster_info(before)
     before_name, after_name = _source_name(before), _source_name(after)
@@ -374,18 +466,18 @@ def detect(
     # -- model or method ---------------------------------------------------------------------------------------
     meta = None
     net = None
-    select = list(indexes) if indexes else None
+    select: Any = ([list(i) for i in indexes] if _is_pair_form(indexes) else list(indexes)) if indexes else None
     if method == "model":
         from changedet.models.bundled import resolve_model
 
         pixel = abs(before_info.transform.a) if before_info.georeferenced else None
         if pixel is not None and before_info.crs is not None and before_info.crs.is_geographic:
             pixel = pixel * 111_320.0  # degrees -> metres at the equator, good enough to pick a default
-        n_in = len(select) if select else before_info.count
+        n_in = _n_selected(select) if select else before_info.count
         peek = _peek_meta(model, checkpoint, n_in, pixel)
         if peek is not None:  # match the checkpoint's bands by name before loading it
             select = _select_bands(before_info, peek, select, before_name)
-            n_in = len(select) if select else before_info.count
+            n_in = _n_selected(select) if select else before_info.count
         net, meta = resolve_model(model, band_count=n_in, pixel_size=pixel, checkpoint=checkpoint)
         select = _select_bands(before_info, meta, select, before_name)
     elif model is not None:
@@ -425,14 +517,15 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
 
             torch.set_num_threads(int(threads))
         norm = meta.normalization or {"mode": "scene"}
+        scene_b = band_stats(pair, which="before")
+        scene_a = band_stats(pair, which="after")
         if norm.get("mode") == "fixed":
-            mb = None
             mean_b, std_b = norm["mean"], norm["std"]
             mean_a, std_a = norm["mean"], norm["std"]
+            out_of_range = _check_training_range(pair, meta, (scene_b, scene_a), source_names, checkpoint)
         else:
-            mean_b, std_b = band_stats(pair, which="before")
-            mean_a, std_a = band_stats(pair, which="after")
-            mb = mean_b
+            (mean_b, std_b), (mean_a, std_a) = scene_b, scene_a
+            out_of_range = {}
         predictor = TorchPredictor(net, mean_b, std_b, mean_a, std_a, device=device, precision=precision,
                                    name=meta.name or meta.architecture)
         thr = float(meta.threshold if threshold is None else threshold)
@@ -442,11 +535,14 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "normalization": norm.get("mode"), "calibrated_threshold": meta.threshold,
             "metrics": meta.metrics, "precision": precision, "device": device,
         }
-        if mb is not None:
-            model_report["scene_stats"] = {
-                "before_mean": [round(float(x), 4) for x in mean_b], "before_std": [round(float(x), 4) for x in std_b],
-                "after_mean": [round(float(x), 4) for x in mean_a], "after_std": [round(float(x), 4) for x in std_a],
-            }
+        model_report["scene_stats"] = {
+            "before_mean": [round(float(x), 4) for x in scene_b[0]],
+            "before_std": [round(float(x), 4) for x in scene_b[1]],
+            "after_mean": [round(float(x), 4) for x in scene_a[0]],
+            "after_std": [round(float(x), 4) for x in scene_a[1]],
+        }
+        if out_of_range:
+            model_report["out_of_training_range"] = out_of_range
     else:
         from changedet.unsupervised import create_scorer
 
@@ -463,9 +559,14 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         model_report = {"method": method, "name": method, "fitted": scorer.to_dict() if fitted else None,
                         "calibrated_threshold": own}
 
+    from rasterio.errors import RasterioError
+
     partial_dir = out / ".changedet-partial"
     staging = out / f".changedet-staging-{os.getpid()}"
-    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the staging folder ({exc}); choose a writable output folder") from exc
     try:
         before_date, after_date = (getattr(pair, "dates", None) or (None, None))
         tags = {"CHANGEDET_VERSION": __version__, "MODEL": str(model_report.get("name")),
@@ -557,6 +658,16 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         result.paths = final
         result.output_dir = out
         return result
+    except (OSError, RasterioError) as exc:
+        if isinstance(exc, ChangedetError):
+            raise
+        # a write failure (disk full, permissions changed, file system gone): no output was moved into place
+        resume_hint = (" Rerun the same command with --resume (resume=True) to continue from the finished blocks."
+                       if partial_dir.is_dir() else "")
+        raise OutputError(
+            f"{out}: writing the outputs failed ({exc}); no output was written. Check the free disk space and write "
+            f"permission of the output folder.{resume_hint}"
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

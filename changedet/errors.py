@@ -19,13 +19,14 @@ __all__ = [
     "CheckpointError",
     "CoregistrationWarning",
     "InputError",
+    "InputRangeWarning",
     "ModelError",
     "NoOverlapError",
     "NotGeoreferencedError",
     "NotGeoreferencedWarning",
     "NothingToCompareWarning",
-    "OutputExistsError",
     "OutputError",
+    "OutputExistsError",
     "PairMismatchError",
     "PairWarning",
     "RasterReadError",
@@ -124,6 +125,10 @@ class CoregistrationWarning(ChangedetWarning):
 
 class NothingToCompareWarning(ChangedetWarning):
     """No pixel is valid in both dates: the result is empty."""
+
+
+class InputRangeWarning(ChangedetWarning):
+    """The input's per-band statistics are far outside those the model was trained on (other units or scaling)."""
 
 
 def exit_code_for(exc: BaseException) -> int:

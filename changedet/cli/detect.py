@@ -11,15 +11,18 @@ import click
 from changedet.cli._common import echo_json, quiet
 
 
-def _indexes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
-    if not value:
+def _indexes(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> list[int] | tuple[list[int], list[int]] | None:
+    """``--indexes``: ``4,3,2``, ranges ``1-3``, or BEFORE:AFTER such as ``1,2,3:3,2,1`` (as ``changedet check``)."""
+    from changedet.cli.check import parse_indexes
+
+    out = parse_indexes(value)
+    if out is None:
         return None
-    try:
-        out = [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give 1-based band numbers separated by commas, e.g. 4,3,2") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"{value!r}: band numbers are 1-based, e.g. 4,3,2")
+    lists = out if isinstance(out, tuple) else (out,)
+    if any(not part or min(part) < 1 for part in lists):
+        raise click.BadParameter(f"{value!r}: band numbers are 1-based, e.g. 4,3,2 or 1,2,3:3,2,1")
     return out
 
 
@@ -46,6 +49,7 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 @click.command("detect")
@@ -62,7 +66,7 @@ class _Progress:
 @click.option("--threads", type=click.IntRange(1, 512), default=None, help="torch threads (default: torch's choice).")
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--indexes", callback=_indexes, default=None, help="1-based bands to use, e.g. 4,3,2 (default: by band name, else all).")
+@click.option("--indexes", callback=_indexes, default=None, help="1-based bands to use, e.g. 4,3,2, or BEFORE:AFTER such as 1,2,3:3,2,1 (default: by band name, else all).")
 @click.option("--coregister", is_flag=True, help="Estimate and correct a global sub-pixel shift of AFTER.")
 @click.option("--match-histograms", is_flag=True, help="Match AFTER's histograms to BEFORE per band.")
 @click.option("--min-area", type=click.FloatRange(0), default=0.0, show_default=True, help="Drop polygons smaller than this (m2, also in geographic CRSs).")
@@ -88,6 +92,9 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
     if len(rasters) < 2:
         raise click.UsageError("give at least two rasters: BEFORE AFTER [MORE...]")
     options["geojson_crs"] = None if geojson_crs.lower() in ("input", "keep", "none") else geojson_crs
+    if isinstance(options.get("indexes"), tuple) and len(rasters) > 2:
+        raise click.BadParameter("BEFORE:AFTER band lists apply to two rasters; give one list for a series",
+                                 param_hint="--indexes")
     progress = _Progress(enabled=not quiet())
     try:
         if len(rasters) == 2:
@@ -101,6 +108,13 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
             series = detect_series(list(rasters), output_dir=output_dir, mode=mode, keep_order=keep_order,
                                    progress=progress, **options)
             report = series.report
+    except KeyboardInterrupt:
+        progress.close()
+        partial = output_dir / ".changedet-partial"
+        if partial.is_dir():
+            click.echo(f"interrupted: finished blocks are kept in {partial}; run the same command with --resume "
+                       "to continue, or delete that folder", err=True)
+        raise
     finally:
         progress.close()
     if as_json:

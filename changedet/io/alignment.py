@@ -133,9 +133,9 @@ class PairReport:
             )
         if self.overlap is not None:
             lines.append(
-                f"  overlap: {self.overlap:.1%} of BEFORE, {self.overlap_after or 0:.1%} of AFTER"
+                f"  overlap: {_pct(self.overlap)} of BEFORE, {_pct(self.overlap_after or 0)} of AFTER"
                 + (
-                    f"; valid in both dates: {self.valid_fraction:.1%}"
+                    f"; valid in both dates: {_pct(self.valid_fraction)}"
                     if self.valid_fraction is not None
                     else ""
                 )
@@ -178,6 +178,18 @@ class PairReport:
             "indexes": {"before": self.indexes[0], "after": self.indexes[1]} if self.indexes else None,
             "band_names": list(self.band_names),
         }
+
+
+def _pct(fraction: float) -> str:
+    """A fraction as a percentage that never rounds a small non-zero share to 0.0 %.
+
+    >>> _pct(0.5), _pct(0.000381), _pct(0.0), _pct(0.99996)
+    ('50.0%', '0.038%', '0.0%', '99.996%')
+    """
+    pct = 100.0 * float(fraction)
+    if pct == 0.0 or 0.1 <= pct <= 99.9:
+        return f"{pct:.1f}%"
+    return f"{pct:.2g}%" if pct < 0.1 else f"{pct:.5g}%"
 
 
 def _fmt_res(t: Affine | None) -> str:
@@ -490,13 +502,13 @@ def _grid(
     report.crs, report.transform, report.width, report.height = info_b.crs, grid_t, width, height
     if (width, height) != (info_b.width, info_b.height):
         report.warn(
-            f"{na_name} covers {report.overlap:.1%} of {nb_name}; only the common extent ({width} x {height} px of "
+            f"{na_name} covers {_pct(report.overlap)} of {nb_name}; only the common extent ({width} x {height} px of "
             f"{info_b.width} x {info_b.height}) is compared.",
             PairWarning,
         )
     elif report.overlap < 0.999:
         report.notes.append(
-            f"{na_name} covers {report.overlap:.1%} of {nb_name} (edge pixels partly outside)"
+            f"{na_name} covers {_pct(report.overlap)} of {nb_name} (edge pixels partly outside)"
         )
 
     # Can AFTER be read directly (same grid), or must it be resampled?
@@ -657,7 +669,7 @@ def _assess_validity(pair: AlignedPair, report: PairReport, allow_empty: bool = 
             report.problem(msg, NoOverlapError)
     elif frac < _MIN_VALID_WARN:
         report.warn(
-            f"{report.before} / {report.after}: only {frac:.1%} of the common grid is valid in both dates (nodata, "
+            f"{report.before} / {report.after}: only {_pct(frac)} of the common grid is valid in both dates (nodata, "
             "NaN or outside a footprint elsewhere); results cover that part only.",
             PairWarning,
         )

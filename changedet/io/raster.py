@@ -38,6 +38,7 @@ from changedet.errors import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_BLOCK_BYTES",
     "DEFAULT_MAX_SAMPLES",
     "COGWriter",
     "RasterInfo",
@@ -55,6 +56,10 @@ __all__ = [
 #: (2**36 samples, about 69 billion: a 13-band Sentinel-2 tile has 1.6 billion). Override per call with
 #: ``max_samples=`` or for a whole session with the ``CHANGEDET_MAX_SAMPLES`` environment variable.
 DEFAULT_MAX_SAMPLES = 2**36
+
+#: Largest block (tile or strip, all bands of a pixel-interleaved file) in bytes that :func:`open_raster` accepts:
+#: GDAL allocates a whole block to read any part of it. 1 GiB; override with ``CHANGEDET_MAX_BLOCK_BYTES``.
+DEFAULT_MAX_BLOCK_BYTES = 2**30
 
 PathLike = str | os.PathLike[str]
 
@@ -94,6 +99,18 @@ def _max_samples(max_samples: int | None) -> int:
                 f"CHANGEDET_MAX_SAMPLES={env!r} is not a number; set it to a sample count such as 1e11 or unset it"
             ) from None
     return DEFAULT_MAX_SAMPLES
+
+
+def _max_block_bytes() -> int:
+    env = os.environ.get("CHANGEDET_MAX_BLOCK_BYTES")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise RasterReadError(
+                f"CHANGEDET_MAX_BLOCK_BYTES={env!r} is not a number; set it to a byte count such as 4e9 or unset it"
+            ) from None
+    return DEFAULT_MAX_BLOCK_BYTES
 
 
 def _parse_date(text: str) -> _dt.date | None:
@@ -243,8 +260,11 @@ def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool =
     max_samples
         Largest ``width * height * count`` accepted (default :data:`DEFAULT_MAX_SAMPLES` or the
         ``CHANGEDET_MAX_SAMPLES`` environment variable). The check runs on the header, before any pixel is read.
+        Blocks (tiles or strips) larger than :data:`DEFAULT_MAX_BLOCK_BYTES` (or ``CHANGEDET_MAX_BLOCK_BYTES``)
+        are refused too, since GDAL allocates a whole block to read any pixel of it.
     probe
-        Read the first and the last block, so that a truncated file fails here and not halfway through a run.
+        Read a corner of the first and of the last block, so that a truncated file fails here and not halfway
+        through a run.
 
     Returns
     -------
@@ -255,7 +275,7 @@ def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool =
     ------
     RasterReadError
         Missing file, a directory, an empty file, not a raster, a truncated/corrupt file, or a header that
-        declares more than ``max_samples`` samples. The message names the path and the fix.
+        declares more than ``max_samples`` samples or a gigantic block. The message names the path and the fix.
 
     Warns
     -----
@@ -281,7 +301,7 @@ def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool =
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             ds = rasterio.open(text)
-    except rasterio.errors.RasterioIOError as exc:
+    except _CORRUPT_HEADER_ERRORS as exc:  # a corrupt header can fail in GDAL or while rasterio decodes it
         msg = str(exc)
         if (
             "not recognized as being in a supported file format" in msg
@@ -333,7 +353,25 @@ def _sniff(p: Path) -> str:
     return f"{len(head)}+ bytes of unknown binary data"
 
 
+# What a damaged file can raise while rasterio reads its header: GDAL errors, but also undecodable text (a CRS or
+# a metadata item with invalid UTF-8) and out-of-range numbers.
+_CORRUPT_HEADER_ERRORS = (rasterio.errors.RasterioError, UnicodeError, ValueError, OverflowError)
+
+_MIN_BLOCK_BYTES_CHECKED = 64 << 20
+
+#: Largest window side read by the open-time probe (a damaged header may declare blocks of a billion pixels).
+_PROBE_SIDE = 256
+
+
 def _validate(ds: DatasetReader, text: str, limit: int, probe: bool) -> None:
+    try:  # everything raster_info and the readers use from the header
+        ds.crs, ds.transform, ds.nodata, ds.dtypes, ds.descriptions, ds.mask_flag_enums  # noqa: B018
+        ds.tags()
+        block_shapes = ds.block_shapes
+    except _CORRUPT_HEADER_ERRORS as exc:
+        raise RasterReadError(
+            f"{text}: the raster header is corrupt ({type(exc).__name__}: {exc}). Re-download or re-export it."
+        ) from exc
     samples = int(ds.width) * int(ds.height) * int(ds.count)
     if ds.count == 0 or ds.width == 0 or ds.height == 0:
         raise RasterReadError(
@@ -346,19 +384,46 @@ def _validate(ds: DatasetReader, text: str, limit: int, probe: bool) -> None:
             f"more than the limit of {limit:,}. If the file really is that large, raise the limit with "
             "max_samples= or the CHANGEDET_MAX_SAMPLES environment variable; otherwise the header is corrupt."
         )
+    # GDAL decodes whole blocks: a (damaged) header declaring a block of gigabytes would allocate that much on the
+    # first read, even for a small window.
+    block_limit = _max_block_bytes()
+    try:
+        pixel_interleaved = ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "").upper() == "PIXEL"
+    except _CORRUPT_HEADER_ERRORS:
+        pixel_interleaved = True
+    interleaved = ds.count if pixel_interleaved else 1
+    for (bh, bw), dtype in zip(block_shapes, ds.dtypes, strict=False):
+        itemsize = np.dtype(dtype).itemsize
+        nbytes = int(bh) * int(bw) * itemsize * interleaved
+        # a block far larger than the whole image (beyond 64 MiB) only comes from a damaged header
+        image_bytes = int(ds.width) * int(ds.height) * itemsize * interleaved
+        if nbytes > max(_MIN_BLOCK_BYTES_CHECKED, 4 * image_bytes):
+            raise RasterReadError(
+                f"{text}: the header declares blocks of {bw} x {bh} pixels ({nbytes:,} bytes each) for an image of "
+                f"{ds.width} x {ds.height} pixels; the header is corrupt: re-download or re-export it."
+            )
+        if nbytes > block_limit:
+            raise RasterReadError(
+                f"{text}: the header declares blocks of {bw} x {bh} pixels ({nbytes:,} bytes each), more than the "
+                f"limit of {block_limit:,} bytes that one read may allocate. If the file is intact, re-tile it "
+                "(`gdal_translate -co TILED=YES in.tif out.tif`) or raise the limit with the "
+                "CHANGEDET_MAX_BLOCK_BYTES environment variable; otherwise the header is corrupt: re-download or "
+                "re-export it."
+            )
     if not probe:
         return
-    # Read the first block of band 1 and the last block of the last band: a truncated file fails here.
+    # Read a corner of the first block of band 1 and of the last block of the last band (GDAL decodes those whole
+    # blocks): a truncated file fails here. The windows stay small whatever block size the header declares.
     try:
         for bidx, last in ((1, False), (ds.count, True)):
-            bh, bw = ds.block_shapes[bidx - 1]
-            bh, bw = min(bh, ds.height), min(bw, ds.width)
+            bh, bw = block_shapes[bidx - 1]
+            bh, bw = max(1, min(bh, ds.height, _PROBE_SIDE)), max(1, min(bw, ds.width, _PROBE_SIDE))
             if last:
                 win = Window(ds.width - bw, ds.height - bh, bw, bh)
             else:
                 win = Window(0, 0, bw, bh)
             ds.read(bidx, window=win)
-    except rasterio.errors.RasterioError as exc:
+    except (*_CORRUPT_HEADER_ERRORS, MemoryError) as exc:
         raise RasterReadError(
             f"{text}: the header is readable but the pixel data are not ({exc}); the file is probably truncated "
             "or corrupt. Re-download or re-export it."
