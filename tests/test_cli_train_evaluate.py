@@ -60,7 +60,7 @@ def test_train_from_config_with_overrides(list_dataset) -> None:
     meta = json.loads((run / "model.json").read_text())
     assert meta["band_names"] == BANDS
     assert meta["training"]["data"] == {"type": "list", "path": str(list_dataset / "data" / "pairs.csv"),
-                                        "train": ["s1", "s2"], "val": ["s3"]}
+                                        "train": ["s1", "s2"], "val": ["s3"], "test": []}
     assert meta["training"]["config"]["epochs"] == 2
     assert meta["threshold"] == pytest.approx(out["threshold"])
     # a second run into the same folder needs --overwrite (exit 2, message names the folder)

@@ -8,7 +8,9 @@ Examples of specs (YAML)::
     dataset: {type: list, path: pairs.csv, val_names: [site3], change_values: [255]}
 
 For OSCD and AirChange, the training scenes default to every labelled city/pair on disk that is not in the
-validation set. Relative paths are resolved against ``base`` (the config file's folder).
+validation or test set. ``test_cities`` / ``test_pairs`` / ``test_names`` name scenes held out for a final test:
+they are never read for training or validation, only recorded (``DatasetSplit.info["test"]``) for evaluation
+scripts such as ``scripts/reproduce.py``. Relative paths are resolved against ``base`` (the config file's folder).
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from changedet.errors import InputError
 __all__ = ["DatasetSplit", "load_dataset"]
 
 _KEYS: dict[str, set[str]] = {
-    "oscd": {"root", "cities", "val_cities", "bands"},
-    "airchange": {"root", "pairs", "val_pairs", "crop", "val_crop"},
+    "oscd": {"root", "cities", "val_cities", "test_cities", "bands"},
+    "airchange": {"root", "pairs", "val_pairs", "test_pairs", "crop", "val_crop"},
     "folders": {
-        "root", "split", "names", "val_root", "val_split", "val_names", "before_dir", "after_dir", "label_dir",
-        "pixel_size", "band_names",
+        "root", "split", "names", "val_root", "val_split", "val_names", "test_names", "before_dir", "after_dir",
+        "label_dir", "pixel_size", "band_names",
     },
-    "list": {"path", "names", "val_path", "val_names", "bands", "change_values", "no_change_values", "pixel_size"},
+    "list": {
+        "path", "names", "val_path", "val_names", "test_names", "bands", "change_values", "no_change_values",
+        "pixel_size",
+    },
 }  # fmt: skip
 
 
@@ -45,7 +50,15 @@ class DatasetSplit:
 
 def _path(value: Any, base: Path | None) -> Path:
     p = Path(str(value)).expanduser()
-    return p if p.is_absolute() or base is None else base / p
+    return (p if p.is_absolute() or base is None else base / p).resolve()
+
+
+def _check_disjoint(train: list[str], val: list[str], test: list[str]) -> None:
+    for a_name, a, b_name, b in (("training", train, "validation", val), ("training", train, "test", test),
+                                 ("validation", val, "test", test)):
+        overlap = sorted(set(a) & set(b))
+        if overlap:
+            raise InputError(f"{overlap} are in both the {a_name} and the {b_name} set")
 
 
 def _names(value: Any, key: str) -> list[str] | None:
@@ -92,16 +105,15 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
             raise InputError("an oscd dataset needs 'root' (the OSCD folder)")
         on_disk = list_oscd_cities(root)
         val = _names(spec.get("val_cities"), "val_cities") or []
-        train = _names(spec.get("cities"), "cities") or [c for c in on_disk if c not in val]
-        for city in [*train, *val]:
+        test = _names(spec.get("test_cities"), "test_cities") or []
+        train = _names(spec.get("cities"), "cities") or [c for c in on_disk if c not in val and c not in test]
+        for city in [*train, *val, *test]:
             if city not in on_disk:
                 raise InputError(f"OSCD city {city!r} has no label on disk under {root}; labelled: {', '.join(on_disk)}")
-        overlap = sorted(set(train) & set(val))
-        if overlap:
-            raise InputError(f"cities {overlap} are in both the training and the validation set")
+        _check_disjoint(train, val, test)
         bands = spec.get("bands")
         bands = _names(bands, "bands") if bands is not None else None
-        info.update(root=str(root), train=train, val=val, bands=bands)
+        info.update(root=str(root), train=train, val=val, test=test, bands=bands)
         return DatasetSplit(
             [read_oscd(root, c, bands=bands) for c in train], [read_oscd(root, c, bands=bands) for c in val], info
         )
@@ -113,13 +125,15 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
         root = _path(spec["root"], base_path)
         on_disk = list_airchange_pairs(root)
         val = _names(spec.get("val_pairs"), "val_pairs") or []
-        train = _names(spec.get("pairs"), "pairs") or [p for p in on_disk if p not in val]
-        overlap = sorted(set(train) & set(val))
-        if overlap:
-            raise InputError(f"pairs {overlap} are in both the training and the validation set")
+        test = _names(spec.get("test_pairs"), "test_pairs") or []
+        train = _names(spec.get("pairs"), "pairs") or [p for p in on_disk if p not in val and p not in test]
+        for pair in [*train, *val, *test]:
+            if pair not in on_disk:
+                raise InputError(f"AirChange pair {pair!r} not found under {root}; pairs on disk: {', '.join(on_disk)}")
+        _check_disjoint(train, val, test)
         crop = tuple(spec["crop"]) if spec.get("crop") else None
         val_crop = tuple(spec["val_crop"]) if spec.get("val_crop") else None
-        info.update(root=str(root), train=train, val=val)
+        info.update(root=str(root), train=train, val=val, test=test)
         return DatasetSplit(
             [read_airchange(root, p, crop=crop) for p in train],  # type: ignore[arg-type]
             [read_airchange(root, p, crop=val_crop) for p in val],  # type: ignore[arg-type]
@@ -143,7 +157,10 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
             )
             val_set = {s.name for s in val_scenes} if val_root == root else set()
             train_scenes = [s for s in train_scenes if s.name not in val_set]
-        info.update(root=str(root), train=[s.name for s in train_scenes], val=[s.name for s in val_scenes])
+        test = _names(spec.get("test_names"), "test_names") or []
+        train_scenes = [s for s in train_scenes if s.name not in test]
+        _check_disjoint([s.name for s in train_scenes], [s.name for s in val_scenes], test)
+        info.update(root=str(root), train=[s.name for s in train_scenes], val=[s.name for s in val_scenes], test=test)
         return DatasetSplit(train_scenes, val_scenes, info)
     # list
     from changedet.data.generic import read_list
@@ -153,6 +170,7 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
     path = _path(spec["path"], base_path)
     common = {k: spec[k] for k in ("bands", "change_values", "no_change_values", "pixel_size") if k in spec}
     val_names = _names(spec.get("val_names"), "val_names")
+    test = _names(spec.get("test_names"), "test_names") or []
     if spec.get("val_path"):
         val_scenes = read_list(_path(spec["val_path"], base_path), names=val_names, **common)
         train_scenes = read_list(path, names=_names(spec.get("names"), "names"), **common)
@@ -168,5 +186,7 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
         train_scenes = [
             s for s in all_scenes if (not val_names or s.name not in val_names) and (names is None or s.name in names)
         ]
-    info.update(path=str(path), train=[s.name for s in train_scenes], val=[s.name for s in val_scenes])
+    train_scenes = [s for s in train_scenes if s.name not in test]
+    _check_disjoint([s.name for s in train_scenes], [s.name for s in val_scenes], test)
+    info.update(path=str(path), train=[s.name for s in train_scenes], val=[s.name for s in val_scenes], test=test)
     return DatasetSplit(train_scenes, val_scenes, info)
