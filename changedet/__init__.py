@@ -36,12 +36,12 @@ _LAZY = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from changedet.api import ChangeResult, detect
-    from changedet.io.alignment import align, check_pair, open_pair
-    from changedet.models import create_model, list_models
-    from changedet.models.checkpoint import load_checkpoint, save_checkpoint
-    from changedet.series import detect_series
-    from changedet.vectorize import vectorize
+    from changedet.api import ChangeResult, detect  # noqa: F401
+    from changedet.io.alignment import align, check_pair, open_pair  # noqa: F401
+    from changedet.models import create_model, list_models  # noqa: F401
+    from changedet.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
+    from changedet.series import detect_series  # noqa: F401
+    from changedet.vectorize import vectorize  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ complete; memory use is bounded by one block row of one band.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import re
 import warnings
@@ -105,6 +106,29 @@ class _Band:
     height: int
     dtype: str
     nodata: float | None
+
+
+def _dates_txt_date(folder: Path) -> _dt.date | None:
+    """The acquisition date of an OSCD-style ``imgs_1``/``imgs_2`` folder from the ``dates.txt`` beside it.
+
+    OSCD file names carry the L1C *processing* date, not the acquisition date; ``dates.txt`` (``date_1: 20150820``)
+    holds the acquisition dates of ``imgs_1`` and ``imgs_2``.
+    """
+    m = re.fullmatch(r"imgs_(\d+)", folder.name)
+    dates = folder.parent / "dates.txt"
+    if m is None or not dates.is_file():
+        return None
+    try:
+        text = dates.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    hit = re.search(rf"date_{m.group(1)}\s*[:=]\s*(\d{{8}})", text)
+    if hit is None:
+        return None
+    try:
+        return _dt.datetime.strptime(hit.group(1), "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def stack_bands(
@@ -234,7 +258,9 @@ def stack_bands(
     dtype = np.result_type(*[np.dtype(b.dtype) for b in bands])
     nodatas = {b.nodata for b in bands if b.nodata is not None}
     nodata = next(iter(nodatas)) if len(nodatas) == 1 else None
-    date = next((d for d in (date_from_name(p) for p in paths) if d is not None), None)
+    date = _dates_txt_date(Path(os.fspath(folder)))
+    if date is None:
+        date = next((d for d in (date_from_name(p) for p in paths) if d is not None), None)
     if date is None:
         date = date_from_name(Path(os.fspath(folder)).name)
     tags = {"STACK_SOURCE": Path(os.fspath(folder)).name, "STACK_BANDS": ",".join(names)}
