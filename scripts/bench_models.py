@@ -32,9 +32,12 @@ def flops_per_pixel(model: torch.nn.Module, bands: int, size: int = 256) -> floa
 
 
 def throughput(model: torch.nn.Module, bands: int, tile: int, batch: int, dtype: torch.dtype,
-               repeats: int) -> float:
+               repeats: int, fold: bool = True) -> float:
     """Output megapixels per second (best of ``repeats``)."""
-    fast = optimize_for_inference(model, dtype=dtype, channels_last=True)
+    if fold:
+        fast = optimize_for_inference(model, dtype=dtype, channels_last=True)
+    else:  # what plain ``model.eval().to(dtype, memory_format=channels_last)`` gives
+        fast = model.eval().to(dtype=dtype, memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     before = torch.randn(batch, bands, tile, tile, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     after = torch.randn(batch, bands, tile, tile, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
@@ -58,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--unfolded", action="store_true",
+                        help="add a column: fp32 at the first tile size without batch-norm folding")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     dtypes = [("fp32", torch.float32)] + ([] if args.no_bf16 else [("bf16", torch.bfloat16)])
     cols = [f"{d} {t}" for d, _ in dtypes for t in args.tiles]
+    if args.unfolded:
+        cols.append(f"fp32 {args.tiles[0]} unfolded")
     print(f"CPU inference, {args.threads} threads, torch {torch.__version__}, {platform.machine()}, "
           f"{args.pixels_per_batch} px per call, best of {args.repeats}; Mpx/s of output", file=sys.stderr)
     print("| model | bands | parameters | kFLOP/px | " + " | ".join(f"{c} Mpx/s" for c in cols) + " |")
@@ -77,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 for tile in args.tiles:
                     batch = max(1, args.pixels_per_batch // (tile * tile))
                     row.append(f"{throughput(model, bands, tile, batch, dtype, args.repeats):.2f}")
+            if args.unfolded:
+                tile = args.tiles[0]
+                batch = max(1, args.pixels_per_batch // (tile * tile))
+                row.append(f"{throughput(model, bands, tile, batch, torch.float32, args.repeats, fold=False):.2f}")
             print("| " + " | ".join(row) + " |", flush=True)
     return 0
 
