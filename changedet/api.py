@@ -36,8 +36,16 @@ from changedet.errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    import folium
     import geopandas as gpd
+    import xarray
+    from affine import Affine
     from matplotlib.figure import Figure
+    from rasterio.crs import CRS
+    from rasterio.io import DatasetReader
+
+    #: What ``detect`` accepts for BEFORE and AFTER.
+    RasterInput = str | os.PathLike[str] | DatasetReader | xarray.DataArray
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +68,87 @@ METHODS = ("model", "cva", "irmad", "dsfa")
 
 @dataclass
 class ChangeResult:
-    """The result of :func:`detect`.
+    """The result of :func:`detect`: the output files, the report, and ways to look at them.
 
     Attributes
     ----------
-    output_dir : Path
+    output_dir : pathlib.Path
         Folder holding the outputs (a temporary folder when ``detect`` was called without ``output_dir``; it lives
-        as long as this object, use :meth:`save` to keep the files).
-    paths : dict
+        as long as this object: use :meth:`save` to keep the files).
+    paths : dict of str to pathlib.Path
         Output name -> path (``probability``, ``change``, ``gpkg``, ``geojson``, ``report``, ``quicklook``,
-        ``project`` when written).
+        ``project`` when written): the rasters are Cloud-Optimised GeoTIFFs, so a scene too large for memory is
+        read window by window with rasterio from these paths.
     report : dict
         The content of ``report.json``.
-    crs, transform
-        Georeferencing of the rasters (the BEFORE grid clipped to the common extent).
+    crs : rasterio.crs.CRS or None
+        CRS of the rasters and polygons (None for inputs in pixel coordinates).
+    transform : affine.Affine
+        Transform of the rasters: the BEFORE grid clipped to the common extent.
+    before, after
+        The inputs as given (paths or datasets; an xarray input is the temporary GeoTIFF written from it), read
+        again by :meth:`plot` and :meth:`explore`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from changedet.testing import make_pair, paint_change
+    >>> before, after = make_pair(tempfile.mkdtemp(), "aligned", size=64)
+    >>> truth = paint_change(after, (10, 20, 16, 24))
+    >>> result = detect(before, after, method="cva", min_area=500, quicklook=False)
+    >>> result  # doctest: +ELLIPSIS
+    ChangeResult(1 polygon, ... % changed, 0.03... km2 changed of 0.4096 km2 compared; outputs in ...)
+    >>> result.mask.shape, result.probability.dtype.name, result.crs.to_epsg()
+    ((64, 64), 'float32', 32631)
+    >>> round(float(result.polygons.area_m2.sum()), -3)  # the painted 16 x 24 pixels of 10 m
+    38000.0
     """
 
     output_dir: Path
     paths: dict[str, Path]
     report: dict[str, Any]
-    crs: Any
-    transform: Any
+    crs: CRS | None
+    transform: Affine
     before: Any = None
     after: Any = None
     _polygons: Any = field(default=None, repr=False)
     _tmp: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, output_dir: str | os.PathLike[str]) -> ChangeResult:
+        """The result of an earlier run (``changedet detect ... -o OUTDIR`` or ``detect(output_dir=...)``).
+
+        BEFORE and AFTER are found again through the input paths in ``report.json`` (for :meth:`plot`).
+
+        Raises
+        ------
+        InputError
+            ``output_dir`` has no ``report.json`` or ``probability.tif``.
+        """
+        import rasterio
+
+        out = Path(output_dir)
+        report_path, prob_path = out / OUTPUT_NAMES["report"], out / OUTPUT_NAMES["probability"]
+        missing = [p.name for p in (report_path, prob_path) if not p.is_file()]
+        if missing:
+            raise InputError(
+                f"{out}: {', '.join(missing)} not found; give the output folder of a finished `changedet detect` run"
+            )
+        try:
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{report_path}: not a readable report ({exc}); run detect again") from exc
+        with rasterio.open(prob_path) as ds:
+            crs, transform = ds.crs, ds.transform
+        paths = {k: out / v for k, v in OUTPUT_NAMES.items() if (out / v).exists()}
+        inputs = report.get("inputs") or {}
+        sources = []
+        for which in ("before", "after"):
+            info = inputs.get(which) or {}
+            found = [Path(p) for p in (info.get("path"), info.get("source")) if p and Path(p).is_file()]
+            sources.append(found[0] if found else None)
+        return cls(output_dir=out, paths=paths, report=report, crs=crs, transform=transform, before=sources[0],
+                   after=sources[1])
 
     # -- data access --------------------------------------------------------------------------------------------
     def _read(self, key: str) -> np.ndarray:
@@ -94,77 +158,130 @@ class ChangeResult:
             if ds.width * ds.height > _IN_MEMORY_LIMIT:
                 raise InputError(
                     f"{self.paths[key]}: {ds.width} x {ds.height} pixels is too large to load into memory; "
-                    "read it window by window with rasterio instead"
+                    "read it window by window with rasterio instead (result.paths holds the file names)"
                 )
             return ds.read(1)
 
     @property
     def probability(self) -> np.ndarray:
-        """Change probability (row, col) float32 in 0..1, -1 where either date has no data."""
+        """Change probability (row, col) float32 in 0..1, -1 where either date has no data.
+
+        Read from ``probability.tif`` on each access; a scene larger than 64 Mpx raises
+        :class:`~changedet.errors.InputError`: read ``paths["probability"]`` window by window instead.
+        """
         return self._read("probability")
 
     @property
     def mask(self) -> np.ndarray:
-        """Change mask (row, col) uint8: 1 changed, 0 unchanged, 255 no data."""
+        """Change mask (row, col) uint8: 1 changed, 0 unchanged, 255 no data (from ``change.tif``)."""
         return self._read("change")
 
     @property
-    def polygons(self) -> gpd.GeoDataFrame:
-        """The change polygons as a GeoDataFrame in the raster CRS (read from ``changes.gpkg``)."""
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) of the rasters in :attr:`crs`."""
+        from rasterio.transform import array_bounds
+
+        grid = self.report.get("grid") or {}
+        west, south, east, north = array_bounds(int(grid["height"]), int(grid["width"]), self.transform)
+        return (float(west), float(south), float(east), float(north))
+
+    @property
+    def polygons(self) -> gpd.GeoDataFrame | None:
+        """The change polygons as a GeoDataFrame in the raster CRS (from ``changes.gpkg``; None when detect ran
+        with ``vectorize=False``)."""
         if self._polygons is None:
             import geopandas as gpd
 
             self._polygons = gpd.read_file(self.paths["gpkg"], layer="changes") if "gpkg" in self.paths else None
         return self._polygons
 
-    def to_geodataframe(self) -> gpd.GeoDataFrame:
+    def to_geodataframe(self) -> gpd.GeoDataFrame | None:
         """Same as :attr:`polygons`."""
         return self.polygons
 
     @property
     def changed_area_m2(self) -> float | None:
-        return self.report.get("summary", {}).get("changed_area_m2")
+        """Area of the changed pixels in square metres (None without a CRS)."""
+        value = (self.report.get("summary") or {}).get("changed_area_m2")
+        return None if value is None else float(value)
 
     @property
-    def changed_fraction(self) -> float | None:
-        return self.report.get("summary", {}).get("changed_percent")
+    def changed_percent(self) -> float:
+        """Changed pixels as a percentage of the pixels compared (valid in both dates)."""
+        return float((self.report.get("summary") or {}).get("changed_percent") or 0.0)
+
+    @property
+    def changed_fraction(self) -> float:
+        """Changed pixels as a fraction (0..1) of the pixels compared."""
+        summary = self.report.get("summary") or {}
+        valid, changed = summary.get("valid_pixels"), summary.get("changed_pixels")
+        if valid:
+            return float(changed) / float(valid)
+        return self.changed_percent / 100.0
 
     # -- outputs ------------------------------------------------------------------------------------------------
     def save(self, output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> dict[str, Path]:
-        """Copy every output into ``output_dir`` (created if needed); return the new paths."""
+        """Copy every output (rasters, vectors, report, quick-look, QGIS styles and project) into ``output_dir``.
+
+        The folder is created if needed; each file is copied under a temporary name and renamed when complete.
+
+        Returns
+        -------
+        dict of str to pathlib.Path
+            Output name -> new path, as :attr:`paths`.
+
+        Raises
+        ------
+        OutputExistsError
+            A file of the same name exists in ``output_dir`` and ``overwrite`` is False (nothing is copied).
+        """
         dest = Path(output_dir)
-        dest.mkdir(parents=True, exist_ok=True)
+        if dest.exists() and dest.resolve() == self.output_dir.resolve():
+            return dict(self.paths)
+        if dest.exists() and not dest.is_dir():
+            raise OutputError(f"{dest}: exists and is not a folder; give a folder to save the outputs into")
         names = [p.name for p in self.paths.values()] + [n for n in _SIDE_CARS if (self.output_dir / n).exists()]
         clash = [n for n in names if (dest / n).exists()]
         if clash and not overwrite:
             raise OutputExistsError(f"{dest}: {', '.join(clash)} exist(s); pass overwrite=True to replace them")
-        out: dict[str, Path] = {}
+        dest.mkdir(parents=True, exist_ok=True)
         for name in names:
             tmp = dest / f".{name}.{os.getpid()}.tmp"
-            shutil.copy2(self.output_dir / name, tmp)
-            os.replace(tmp, dest / name)
-        for key, path in self.paths.items():
-            out[key] = dest / path.name
-        return out
+            try:
+                shutil.copy2(self.output_dir / name, tmp)
+                os.replace(tmp, dest / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return {key: dest / path.name for key, path in self.paths.items()}
 
     def plot(self, **kwargs: Any) -> Figure:
-        """A matplotlib figure: BEFORE, AFTER, probability and the polygons over AFTER (see
-        :func:`changedet.plotting.plot_result`)."""
+        """A matplotlib figure: BEFORE, AFTER, probability and the polygons over AFTER, in map coordinates with a
+        scale bar (keywords: see :func:`changedet.plotting.plot_result`). ``quicklook.png`` is this figure."""
         from changedet.plotting import plot_result
 
         return plot_result(self, **kwargs)
 
-    def explore(self, **kwargs: Any) -> Any:
-        """An interactive folium map of the polygons over the change raster (needs ``folium``)."""
+    def explore(self, **kwargs: Any) -> folium.Map:
+        """An interactive folium map: AFTER and the change mask as overlays, the polygons on top (keywords: see
+        :func:`changedet.plotting.explore_result`; needs ``folium``)."""
         from changedet.plotting import explore_result
 
         return explore_result(self, **kwargs)
 
     def __repr__(self) -> str:
-        s = self.report.get("summary", {})
+        s = self.report.get("summary") or {}
+
+        def km2(v: Any) -> str:
+            return f"{v / 1e6:.4g} km2" if isinstance(v, (int, float)) else "? m2"
+
+        if s.get("changed_area_m2") is not None:
+            area = f"{km2(s.get('changed_area_m2'))} changed of {km2(s.get('valid_area_m2'))} compared"
+        else:
+            area = f"{s.get('changed_pixels')} of {s.get('valid_pixels')} pixels changed"
+        n = s.get("n_polygons")
         return (
-            f"ChangeResult({self.output_dir}, {s.get('n_polygons')} polygons, "
-            f"{s.get('changed_percent')} % changed of {s.get('valid_area_m2')} m2 compared)"
+            f"ChangeResult({n} polygon{'' if n == 1 else 's'}, {self.changed_percent:.3g} % changed, {area}; "
+            f"outputs in {self.output_dir})"
         )
 
 
@@ -325,8 +442,8 @@ def _iso(d: Any) -> str | None:
 
 
 def detect(
-    before: Any,
-    after: Any,
+    before: RasterInput,
+    after: RasterInput,
     model: str | os.PathLike[str] | None = None,
     *,
     output_dir: str | os.PathLike[str] | None = None,
@@ -359,8 +476,11 @@ def detect(
     Parameters
     ----------
     before, after
-        Paths (any GDAL raster) or open rasterio datasets of the two dates. AFTER is aligned onto the BEFORE grid,
-        clipped to the common extent (different CRS, resolution and extent work, with a warning).
+        Paths (any GDAL raster) or open rasterio datasets of the two dates, or ``xarray.DataArray`` objects of
+        (band, y, x) with a CRS (rioxarray's ``.rio`` accessor; written to temporary GeoTIFFs that live as long as
+        the result, band coordinate values become band names, a ``time`` coordinate the date). AFTER is aligned
+        onto the BEFORE grid, clipped to the common extent (different CRS, resolution and extent work, with a
+        warning).
     model
         A bundled checkpoint name (``changedet models`` lists them), a checkpoint path (``.safetensors`` with its
         ``.json``), or an architecture name together with ``checkpoint``. None picks the bundled default for the
@@ -408,12 +528,35 @@ def detect(
     -------
     ChangeResult
 
+    Raises
+    ------
+    InputError
+        Unreadable or mismatched inputs (the message names the file and the fix), an unknown ``method``.
+    CheckpointError
+        The model's bands do not match the inputs.
+    OutputExistsError
+        Outputs exist in ``output_dir`` and neither ``overwrite`` nor ``resume`` is set.
+
     Examples
     --------
-    >>> from changedet.testing import make_pair  # doctest: +SKIP
-    >>> before, after = make_pair(tmp, "aligned")  # doctest: +SKIP
-    >>> result = detect(before, after, method="cva")  # doctest: +SKIP
-    >>> result.polygons.head()  # doctest: +SKIP
+    A synthetic pair with a block of new content painted into AFTER (``changedet.testing``), detected with change
+    vector analysis; with ``output_dir=None`` the outputs live in a temporary folder as long as the result:
+
+    >>> import tempfile
+    >>> from changedet.testing import make_pair, paint_change
+    >>> before, after = make_pair(tempfile.mkdtemp(), "aligned", size=128)
+    >>> truth = paint_change(after, (40, 60, 20, 30))  # rows 40..60, cols 60..90
+    >>> result = detect(before, after, method="cva", min_area=500, quicklook=False)
+    >>> result.polygons[["area_m2", "before_date", "after_date"]]
+       area_m2 before_date  after_date
+    0  60000.0  2019-05-01  2020-05-01
+    >>> sorted(result.paths)
+    ['change', 'geojson', 'gpkg', 'probability', 'report']
+
+    With the bundled model for the inputs' bands (Sentinel-2 13-band stacks), keeping the outputs:
+
+    >>> result = detect("before.tif", "after.tif", output_dir="out", min_area=200)  # doctest: +SKIP
+    >>> result.plot()  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -433,8 +576,17 @@ def detect(
         names.append(OUTPUT_NAMES["project"])
     created = not out.exists()
     _check_outputs(out, names, overwrite, resume)
+    xr_tmp = None
     try:
-        return _detect_checked(
+        from changedet._xarray import dataarray_to_geotiff, is_xarray
+
+        if is_xarray(before) or is_xarray(after):
+            xr_tmp = tempfile.TemporaryDirectory(prefix="changedet-xarray-")
+            if is_xarray(before):
+                before = dataarray_to_geotiff(before, Path(xr_tmp.name) / "before.tif", name="before")
+            if is_xarray(after):
+                after = dataarray_to_geotiff(after, Path(xr_tmp.name) / "after.tif", name="after")
+        result = _detect_checked(
             before, after, model, out, tmp_holder, names, method=method, checkpoint=checkpoint,
             threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
             threads=threads, precision=precision, device=device, indexes=indexes, coregister=coregister,
@@ -442,7 +594,12 @@ def detect(
             vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project, quicklook=quicklook,
             resume=resume, progress=progress, t0=t0,
         )
+        if xr_tmp is not None:  # the GeoTIFFs written from xarray inputs live as long as the result
+            result._tmp = (result._tmp, xr_tmp)
+        return result
     except BaseException:
+        if xr_tmp is not None:
+            xr_tmp.cleanup()
         if created and tmp_holder is None:  # leave no empty output folder behind (a resume folder keeps it)
             with contextlib.suppress(OSError):
                 out.rmdir()

@@ -1,0 +1,187 @@
+"""xarray / rioxarray inputs: write a ``DataArray`` to a GeoTIFF that the raster path of changedet reads.
+
+:func:`changedet.detect` accepts ``xarray.DataArray`` objects (from ``rioxarray.open_rasterio``, stackstac,
+odc-stac, ...) for BEFORE and AFTER. Their CRS and transform come from the ``rio`` accessor of rioxarray; the array is
+written block by block (a dask-backed array is computed one block of rows at a time), with the band coordinate as
+band descriptions (so ``B04``/``B03``/``B02`` are matched by name) and a scalar ``time`` coordinate as the
+acquisition date.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from changedet.errors import InputError
+
+__all__ = ["dataarray_to_geotiff", "is_xarray"]
+
+_DATE_ATTRS = ("ACQUISITION_DATE", "acquisition_date", "datetime", "date", "time", "start_datetime")
+
+
+def is_xarray(obj: Any) -> bool:
+    """Whether ``obj`` is an xarray object (checked without importing xarray).
+
+    >>> is_xarray("before.tif"), is_xarray(None)
+    (False, False)
+    """
+    return type(obj).__module__.split(".")[0] == "xarray"
+
+
+def _as_date(value: Any) -> _dt.date | None:
+    if value is None:
+        return None
+    try:
+        ts = np.datetime64(value, "D")
+    except (TypeError, ValueError):
+        from changedet.io.raster import date_from_tags
+
+        return date_from_tags({"DATE": str(value)})
+    if np.isnat(ts):
+        return None
+    return _dt.date.fromisoformat(str(ts))
+
+
+def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str = "input",
+                         block_rows: int = 512) -> Path:
+    """Write an ``xarray.DataArray`` with a CRS and transform (rioxarray) to a tiled GeoTIFF at ``path``.
+
+    Parameters
+    ----------
+    data
+        A DataArray with spatial dimensions that rioxarray recognises (``y``/``x``, ``lat``/``lon``, ...), at most
+        one other dimension (the bands) and any number of length-1 dimensions (e.g. ``time``: its value becomes the
+        acquisition date).
+    path
+        Output GeoTIFF.
+    name
+        What the array is called in error messages (``"before"``, ``"after"``).
+    block_rows
+        Rows written (and computed, for dask arrays) at a time.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        A Dataset instead of a DataArray, no spatial dimensions, more than one non-spatial dimension, or rioxarray
+        is not installed.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, xarray as xr, rioxarray  # doctest: +SKIP
+    >>> da = xr.DataArray(np.zeros((3, 4, 5), "uint16"), dims=("band", "y", "x"),
+    ...                   coords={"band": ["B04", "B03", "B02"], "y": [35.5, 25.5, 15.5, 5.5],
+    ...                           "x": [0.5, 10.5, 20.5, 30.5, 40.5]}).rio.write_crs("EPSG:32631")  # doctest: +SKIP
+    >>> path = dataarray_to_geotiff(da, tempfile.mkdtemp() + "/before.tif")  # doctest: +SKIP
+    """
+    import rasterio
+    import xarray as xr
+
+    if isinstance(data, xr.Dataset):
+        raise InputError(
+            f"{name}: an xarray.Dataset was given, but changedet needs one DataArray of (band, y, x); stack the "
+            "variables, e.g. ds[['B04', 'B03', 'B02']].to_dataarray(dim='band')"
+        )
+    if not isinstance(data, xr.DataArray):
+        raise InputError(f"{name}: {type(data).__name__} is not an xarray.DataArray")
+    try:
+        import rioxarray  # noqa: F401 - registers the .rio accessor
+    except ImportError as exc:
+        raise InputError(
+            f"{name}: reading an xarray.DataArray needs rioxarray for its CRS and transform; "
+            "pip install rioxarray (or 'changedet[notebook]'), or write it to a GeoTIFF first"
+        ) from exc
+    from rioxarray.exceptions import RioXarrayError
+
+    da = data
+    try:
+        x_dim, y_dim = da.rio.x_dim, da.rio.y_dim
+    except RioXarrayError as exc:
+        raise InputError(
+            f"{name}: no spatial dimensions found in the DataArray (dims {tuple(da.dims)}); name them x/y "
+            "(or lon/lat), or call .rio.set_spatial_dims(x_dim=..., y_dim=...)"
+        ) from exc
+    date = None
+    extra = [d for d in da.dims if d not in (x_dim, y_dim)]
+    while len(extra) > 1 and any(da.sizes[d] == 1 for d in extra):
+        # drop length-1 dimensions such as time=1 (its value is the date), a band dimension last
+        dim = sorted((d for d in extra if da.sizes[d] == 1), key=lambda d: d == "band")[0]
+        if date is None and dim in da.coords:
+            date = _date_of(da[dim].values.reshape(-1)[0])
+        da = da.squeeze(dim, drop=True)
+        extra.remove(dim)
+    if len(extra) > 1:
+        raise InputError(
+            f"{name}: the DataArray has dimensions {tuple(da.dims)}; changedet needs (band, y, x): select one "
+            f"value of the other dimensions, e.g. .isel({extra[0]}=0) or .sel(time='2020-05-01')"
+        )
+    if extra:
+        band_dim = extra[0]
+        da = da.transpose(band_dim, y_dim, x_dim)
+    else:
+        band_dim = None
+        da = da.transpose(y_dim, x_dim).expand_dims("band")
+    if da.sizes[y_dim] > 1 and float(da[y_dim][1]) > float(da[y_dim][0]):  # south-up: flip to north-up
+        da = da.isel({y_dim: slice(None, None, -1)})
+    crs = da.rio.crs
+    transform = da.rio.transform(recalc=True)
+    count, height, width = (int(s) for s in da.shape)
+
+    descriptions: list[str | None] = [None] * count
+    if band_dim is not None and band_dim in da.coords:
+        values = [v.item() if hasattr(v, "item") else v for v in da[band_dim].values]
+        if all(isinstance(v, str) for v in values):
+            descriptions = list(values)
+    long_name = data.attrs.get("long_name")
+    if all(d is None for d in descriptions) and isinstance(long_name, (list, tuple)) and len(long_name) == count:
+        descriptions = [str(v) for v in long_name]
+
+    if date is None:
+        for coord in ("time", "t", "date"):
+            if coord in data.coords and data[coord].size == 1:
+                date = _date_of(data[coord].values.reshape(-1)[0])
+                break
+    if date is None:
+        for key in _DATE_ATTRS:
+            if key in data.attrs:
+                date = _date_of(data.attrs[key])
+                if date:
+                    break
+
+    dtype = np.dtype(da.dtype)
+    if dtype == np.bool_:
+        dtype = np.dtype("uint8")
+    nodata = da.rio.nodata if da.rio.nodata is not None else da.rio.encoded_nodata
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
+        "crs": crs, "transform": transform, "nodata": None if nodata is None else float(nodata),
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    out = Path(os.fspath(path))
+    with rasterio.open(out, "w", **profile) as dst:
+        for row in range(0, height, block_rows):
+            rows = min(block_rows, height - row)
+            block = np.asarray(da.isel({y_dim: slice(row, row + rows)}).values).astype(dtype, copy=False)
+            dst.write(block, window=rasterio.windows.Window(0, row, width, rows))
+        for i, desc in enumerate(descriptions, start=1):
+            if desc:
+                dst.set_band_description(i, desc)
+        if date is not None:
+            dst.update_tags(ACQUISITION_DATE=date.isoformat())
+    return out
+
+
+def _date_of(value: Any) -> _dt.date | None:
+    try:
+        return _as_date(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
