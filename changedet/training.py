@@ -121,7 +121,8 @@ class OHEMLoss(nn.Module):
     def pixel_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-pixel loss, same shape as ``logits``."""
         if self.kind == "bce":
-            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight, reduction="none")
+            pos_weight: torch.Tensor = self.pos_weight  # type: ignore[assignment]
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         loss = (1.0 - torch.exp(-bce)) ** self.gamma * bce
         if self.alpha is not None:
@@ -219,7 +220,7 @@ def _windows(n: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
         raise InputError(f"tile size {tile} must exceed twice the overlap ({overlap})")
     step = tile - 2 * overlap
     starts = [*range(0, n - tile, step), n - tile]
-    out = []
+    out: list[tuple[int, int, int]] = []
     for i, s in enumerate(starts):
         keep_from = 0 if i == 0 else s + overlap
         keep_to = n if i == len(starts) - 1 else s + tile - overlap
@@ -662,7 +663,7 @@ def train(
         if metric_loss and hasattr(net, "distance"):
             extra_loss_kwargs.setdefault("distance", net.distance)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(dev, memory_format=fmt)
+        net = net.to(dev).to(memory_format=fmt)  # type: ignore[call-overload]
 
         ds = ChipDataset(prepared_train, chip_size=chip_size, chips_per_epoch=chips_per_epoch,
                          positive_fraction=positive_fraction, augment=augmenter, seed=seed, min_valid=min_valid)
@@ -819,7 +820,7 @@ def train(
         plot_pr_curve(calibration, out / "pr_curve.png",
                       title=f"{model}: precision-recall on {calibrated_on} ({', '.join(metrics['scenes'][:4])})")
         files["pr_curve"] = str(out / "pr_curve.png")
-    net = net.to("cpu", memory_format=torch.contiguous_format)
+    net = net.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     checkpoint = save_checkpoint(net, out / name, meta, overwrite=True)
     files["checkpoint"] = str(checkpoint)
     return TrainResult(

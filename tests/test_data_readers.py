@@ -65,6 +65,7 @@ def test_oscd_abudhabi_second_date_resampled_to_first_grid() -> None:
 
 
 @pytest.mark.realdata
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # OSCD label files: no transform
 @pytest.mark.parametrize("city", ["beirut", "saclay_e", "bercy"])
 def test_oscd_city_shapes_labels_and_georeferencing(city: str) -> None:
     scene = read_oscd(OSCD, city, bands=OSCD_RGB)

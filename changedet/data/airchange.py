@@ -86,28 +86,27 @@ def read_airchange(
     missing = [f"{s}.bmp" for s, p in paths.items() if p is None]
     if missing:
         try:
-            known = ", ".join(list_airchange_pairs(root))
+            on_disk = ", ".join(list_airchange_pairs(root))
         except InputError:
-            known = "none"
-        raise InputError(f"{folder}: missing {', '.join(missing)}; AirChange pairs on disk: {known}")
+            on_disk = "none"
+        raise InputError(f"{folder}: missing {', '.join(missing)}; AirChange pairs on disk: {on_disk}")
     before, b_valid, _, _, _ = read_raster(paths["im1"])  # type: ignore[arg-type]
     after, a_valid, _, _, _ = read_raster(paths["im2"])  # type: ignore[arg-type]
-    gt, g_valid, _, _, _ = read_raster(paths["gt"])  # type: ignore[arg-type]
-    if before.shape != after.shape or gt.shape[1:] != before.shape[1:]:
+    gt_values, g_valid, _, _, _ = read_raster(paths["gt"])  # type: ignore[arg-type]
+    if before.shape != after.shape or gt_values.shape[1:] != before.shape[1:]:
         raise InputError(
-            f"{folder}: im1 {before.shape[1:]}, im2 {after.shape[1:]} and gt {gt.shape[1:]} differ in size"
+            f"{folder}: im1 {before.shape[1:]}, im2 {after.shape[1:]} and gt {gt_values.shape[1:]} differ in size"
         )
     if before.shape[0] != 3:
         raise InputError(f"{paths['im1']}: {before.shape[0]} bands, expected RGB (3)")
     # gt is a grey mask (0 / 255); a few pairs hold stray intermediate grey values (Szada/6 has one 213): threshold
-    label = (gt[0] >= 128).astype(np.uint8)
-    known = g_valid
+    label_mask = (gt_values[0] >= 128).astype(np.uint8)
     scene = Scene(
         name=pair_id,
         before=before,
         after=after,
-        label=label,
-        valid=b_valid & a_valid & known,
+        label=label_mask,
+        valid=b_valid & a_valid & g_valid,
         crs=None,
         transform=Affine.identity(),
         band_names=["red", "green", "blue"],

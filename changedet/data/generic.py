@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferencedWarning
-from rasterio.errors import RasterioIOError
 from rasterio.warp import Resampling, reproject
 
-from changedet.errors import InputError, RasterReadError
+from changedet.errors import InputError
 
 __all__ = ["Scene", "read_list", "read_pair_files"]
 
@@ -156,28 +154,18 @@ def _band_indexes(names: Sequence[str], wanted: Sequence[str], where: str) -> li
 
 
 def open_dataset(path: str | Path) -> Any:
-    """Open a raster read-only with changedet's validated opener when available (clear errors on bad files)."""
-    path = Path(path)
-    try:  # the IO layer validates (missing, empty, truncated, not a raster) with messages that name the fix
-        from changedet.io.raster import open_raster
-    except ImportError:  # pragma: no cover - io not installed/built yet
-        open_raster = None
+    """Open a raster read-only with :func:`changedet.io.raster.open_raster` (clear errors on bad files).
+
+    Missing, empty, truncated or non-raster files raise :class:`~changedet.errors.RasterReadError` naming the file;
+    the not-georeferenced warnings of the benchmark BMP/PNG files are silenced (their scenes have ``crs=None``).
+    """
+    from changedet.errors import NotGeoreferencedWarning
+    from changedet.io.raster import open_raster
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RioNotGeoreferencedWarning)
-        try:
-            from changedet.errors import NotGeoreferencedWarning
-
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        except ImportError:  # pragma: no cover
-            pass
-        if open_raster is not None:
-            return open_raster(path)
-        if not path.is_file():
-            raise RasterReadError(f"{path}: no such file; check the path")
-        try:
-            return rasterio.open(path)
-        except RasterioIOError as exc:
-            raise RasterReadError(f"{path}: cannot be read as a raster ({exc}); check the file") from exc
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return open_raster(Path(path))
 
 
 def read_raster(path: str | Path) -> tuple[np.ndarray, np.ndarray, Any, Affine, list[str]]:
@@ -192,9 +180,9 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, np.ndarray, Any, Affine, 
         transform = ds.transform if (ds.crs is not None or not ds.transform.is_identity) else Affine.identity()
         names = [d if d else f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
     values = np.ma.getdata(data).astype(np.float32, copy=False)
-    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0), dtype=bool)
     valid &= np.isfinite(values).all(axis=0)
-    return values, valid, crs, transform, names
+    return values, valid, crs, transform, [str(n) for n in names]
 
 
 def reproject_to_grid(

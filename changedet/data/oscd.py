@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.warp import Resampling
@@ -111,7 +112,7 @@ def _band_file(folder: Path, band: str) -> Path:
 
 
 def _read_date(
-    folder: Path, bands: Sequence[str], grid: tuple[tuple[int, int], object, object]
+    folder: Path, bands: Sequence[str], grid: tuple[tuple[int, int], Any, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``bands`` of one date onto ``grid`` (shape, transform, crs): (float32 (band,row,col), valid)."""
     shape, transform, crs = grid

@@ -66,19 +66,11 @@ def normalize_array(
 ) -> np.ndarray:
     """``(array - mean) / std`` per band (float32), invalid/non-finite pixels set to 0.
 
-    Uses ``changedet.io.radiometry.normalize`` when the IO layer provides it, so training and inference share one
-    function.
+    Uses ``changedet.io.radiometry.normalize``, the function the inference uses.
     """
-    mean_a = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-    std_a = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-    try:
-        from changedet.io.radiometry import normalize as _io_normalize
-    except ImportError:
-        _io_normalize = None
-    if _io_normalize is not None:
-        out = np.asarray(_io_normalize(array, mean_a.ravel(), std_a.ravel()), dtype=np.float32)
-    else:
-        out = (np.asarray(array, dtype=np.float32) - mean_a) / std_a
+    from changedet.io.radiometry import normalize
+
+    out = np.asarray(normalize(array, np.asarray(mean, np.float32), np.asarray(std, np.float32)), dtype=np.float32)
     out = np.where(np.asarray(valid, dtype=bool)[None] & np.isfinite(out), out, np.float32(0.0))
     return np.ascontiguousarray(out, dtype=np.float32)
 
