@@ -20,7 +20,7 @@ On the CPU the run is deterministic for a given ``seed`` (torch and numpy genera
 algorithms requested). Progress goes to a callback (``progress=True`` shows a tqdm bar on stderr); nothing is printed.
 
 >>> from changedet.training import train  # doctest: +SKIP
->>> result = train(out="runs/s2", dataset={"type": "oscd", "root": "data/oscd", "val_cities": ["bercy", "rennes"]},
+>>> result = train(out="out/train/s2", dataset={"type": "oscd", "root": "data/oscd", "val_cities": ["bercy", "rennes"]},
 ...                model="fc-siam-diff", epochs=30, chip_size=96, threads=2)  # doctest: +SKIP
 >>> result.checkpoint, result.threshold  # doctest: +SKIP
 """

@@ -131,7 +131,7 @@ def command(
 
     \b
     Example:
-      changedet train --config configs/s2-13band.yaml --out runs/s2 --epochs 5 --seed 1
+      changedet train --config configs/s2-13band.yaml --out out/train/s2 --epochs 5 --seed 1
       changedet train -c run.yaml --dataset.val-cities [bercy,rennes] --loss bce+dice
 
     Writes OUT/model.safetensors + model.json (with the calibrated threshold, normalisation and validation
