@@ -338,6 +338,24 @@ def vectorize(
         Shapes differ, the threshold is missing, an option is negative, or an input is not a raster.
     RasterReadError
         A file cannot be opened or read.
+
+    Examples
+    --------
+    Two blocks of change in a 10 m mask; ``min_area`` (square metres) drops the small one, ``probability`` gives
+    the statistics columns:
+
+    >>> import numpy as np
+    >>> from rasterio.transform import from_origin
+    >>> prob = np.zeros((60, 60), "float32")
+    >>> prob[5:25, 10:30] = 0.9   # 20 x 20 pixels: 40 000 m2
+    >>> prob[40:42, 40:42] = 0.7  # 2 x 2 pixels: 400 m2
+    >>> gdf = vectorize(None, prob, threshold=0.5, min_area=1000, transform=from_origin(500000, 4600000, 10, 10),
+    ...                 crs="EPSG:32631", after_date="2020-05-01")
+    >>> gdf[["id", "area_m2", "mean_prob", "after_date"]]
+       id  area_m2  mean_prob  after_date
+    0   1  40000.0        0.9  2020-05-01
+    >>> gdf.crs.to_epsg(), gdf.geometry.iloc[0].bounds
+    (32631, (500100.0, 4599750.0, 500300.0, 4599950.0))
     """
     import geopandas as gpd
     from affine import Affine

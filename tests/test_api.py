@@ -1,0 +1,235 @@
+"""The notebook API: top-level re-exports, ChangeResult (arrays, save, load, repr) and xarray inputs."""
+
+from __future__ import annotations
+
+import filecmp
+import gc
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+import changedet
+from changedet.api import ChangeResult, detect
+from changedet.errors import InputError, OutputExistsError
+from changedet.testing import make_pair, paint_change
+
+BLOCK = (20, 30, 16, 24)  # rows 20..36, cols 30..54: 384 px of 10 m
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("pair")
+    before, after = make_pair(tmp, "aligned", size=96, bands=4)
+    paint_change(after, BLOCK)
+    return Path(before), Path(after)
+
+
+@pytest.fixture(scope="module")
+def result(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> ChangeResult:
+    out = tmp_path_factory.mktemp("run") / "out"
+    return detect(*pair, method="cva", min_area=300, output_dir=out, qgis_project=True)
+
+
+# -- top level ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [("detect", "changedet.api"), ("ChangeResult", "changedet.api"), ("open_pair", "changedet.io.alignment"),
+     ("check_pair", "changedet.io.alignment"), ("vectorize", "changedet.vectorize"),
+     ("create_model", "changedet.models.registry")],
+)
+def test_top_level_reexports_are_the_real_objects(name: str, module: str) -> None:
+    obj = getattr(changedet, name)
+    assert obj.__module__ == module
+    assert name in changedet.__all__ and name in dir(changedet)
+    doc = obj.__doc__ or ""
+    assert "Examples" in doc or ">>>" in doc, f"changedet.{name} has no docstring example"
+
+
+def test_unknown_top_level_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'detekt'"):
+        changedet.detekt  # noqa: B018
+
+
+def test_import_changedet_and_vectorize_do_not_import_torch() -> None:
+    code = (
+        "import sys, changedet; changedet.vectorize; changedet.open_pair; changedet.check_pair;"
+        "assert 'torch' not in sys.modules, 'torch imported';"
+        "changedet.create_model; assert 'torch' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_public_api_is_typed() -> None:
+    import inspect
+
+    for name in ("detect", "open_pair", "check_pair", "vectorize", "create_model"):
+        fn = getattr(changedet, name)
+        sig = inspect.signature(fn)
+        assert sig.return_annotation is not inspect.Signature.empty, f"{name} has no return annotation"
+        missing = [p for p, v in sig.parameters.items() if v.annotation is inspect.Parameter.empty
+                   and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+        assert not missing, f"{name}: unannotated {missing}"
+    assert (Path(changedet.__file__).parent / "py.typed").is_file()
+
+
+# -- ChangeResult ------------------------------------------------------------------------------------------------
+def test_arrays_and_georeferencing_match_the_files(result: ChangeResult) -> None:
+    with rasterio.open(result.paths["probability"]) as p, rasterio.open(result.paths["change"]) as c:
+        np.testing.assert_array_equal(result.probability, p.read(1))
+        np.testing.assert_array_equal(result.mask, c.read(1))
+        assert result.crs == p.crs and result.transform == p.transform
+        assert result.bounds == pytest.approx(tuple(p.bounds))
+    truth = np.zeros((96, 96), bool)
+    truth[20:36, 30:54] = True
+    assert (result.mask[truth] == 1).mean() > 0.95
+    assert result.changed_fraction == pytest.approx((result.mask == 1).sum() / (result.mask != 255).sum())
+    assert result.changed_percent == pytest.approx(100 * result.changed_fraction, abs=1e-3)
+    assert result.changed_area_m2 == pytest.approx((result.mask == 1).sum() * 100)
+
+
+def test_polygons_are_a_geodataframe_in_the_raster_crs(result: ChangeResult) -> None:
+    import geopandas as gpd
+
+    polys = result.polygons
+    assert isinstance(polys, gpd.GeoDataFrame) and polys.crs == result.crs
+    assert len(polys) == 1 and polys.area_m2.iloc[0] == pytest.approx(384 * 100, rel=0.05)
+    assert result.to_geodataframe() is polys
+    assert result.report["summary"]["n_polygons"] == 1
+
+
+def test_repr_summarises_the_result(result: ChangeResult) -> None:
+    text = repr(result)
+    assert text.startswith("ChangeResult(1 polygon, ")
+    assert f"{result.changed_percent:.3g} % changed" in text
+    assert "km2 changed of 0.9216 km2 compared"  # 96 x 96 px of 10 m in text
+    assert str(result.output_dir) in text
+
+
+def test_save_copies_every_output(result: ChangeResult, tmp_path: Path) -> None:
+    dest = tmp_path / "kept"
+    new = result.save(dest)
+    expected = {p.name for p in result.output_dir.iterdir() if not p.name.startswith(".")}
+    assert {"project.qgs", "probability.qml", "change.qml", "changes.qml", "quicklook.png"} <= expected
+    assert {p.name for p in dest.iterdir()} == expected
+    for name in expected:
+        assert filecmp.cmp(result.output_dir / name, dest / name, shallow=False), name
+    assert set(new) == set(result.paths) and all(p.parent == dest for p in new.values())
+    # existing outputs: nothing copied without overwrite
+    (dest / "report.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
+        result.save(dest)
+    assert (dest / "report.json").read_text() == "{}"
+    result.save(dest, overwrite=True)
+    assert json.loads((dest / "report.json").read_text()) == result.report
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+    # saving into its own folder is a no-op
+    assert result.save(result.output_dir) == result.paths
+
+
+def test_save_refuses_a_file_as_folder(result: ChangeResult, tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(OSError, match="not a folder"):
+        result.save(target)
+
+
+def test_load_reopens_a_finished_run(result: ChangeResult) -> None:
+    again = ChangeResult.load(result.output_dir)
+    assert again.report == result.report and again.paths == result.paths
+    assert again.crs == result.crs and again.transform == result.transform
+    assert again.before == Path(result.report["inputs"]["before"]["path"])
+    np.testing.assert_array_equal(again.mask, result.mask)
+    assert len(again.polygons) == len(result.polygons)
+    assert len([ax for ax in again.plot().axes if ax.get_images()]) == 4
+
+
+def test_load_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"report\.json, probability\.tif not found"):
+        ChangeResult.load(tmp_path)
+
+
+def test_temporary_outputs_live_as_long_as_the_result(pair: tuple[Path, Path]) -> None:
+    res = detect(*pair, method="cva", quicklook=False)
+    folder = res.output_dir
+    assert (folder / "change.tif").is_file()
+    del res
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_open_datasets_give_the_same_result_as_paths(pair: tuple[Path, Path], result: ChangeResult) -> None:
+    with rasterio.open(pair[0]) as b, rasterio.open(pair[1]) as a:
+        res = detect(b, a, method="cva", min_area=300, quicklook=False)
+    np.testing.assert_array_equal(res.probability, result.probability)
+    assert res.polygons.geometry.iloc[0].equals(result.polygons.geometry.iloc[0])
+
+
+def test_vectorize_false_means_no_polygons(pair: tuple[Path, Path]) -> None:
+    res = detect(*pair, method="cva", quicklook=False, vectorize=False)
+    assert res.polygons is None and "gpkg" not in res.paths
+
+
+# -- xarray ------------------------------------------------------------------------------------------------------
+def _rioxarray() -> object:
+    return pytest.importorskip("rioxarray", reason="rioxarray is not installed (pip install 'changedet[notebook]')")
+
+
+def test_xarray_inputs_give_the_same_rasters_and_polygons(pair: tuple[Path, Path], result: ChangeResult) -> None:
+    rioxarray = _rioxarray()
+    before = rioxarray.open_rasterio(pair[0])  # type: ignore[attr-defined]
+    after = rioxarray.open_rasterio(pair[1], chunks={"y": 32})  # type: ignore[attr-defined]  # dask-backed
+    res = detect(before, after, method="cva", min_area=300, quicklook=False)
+    np.testing.assert_array_equal(res.probability, result.probability)
+    np.testing.assert_array_equal(res.mask, result.mask)
+    assert res.crs == result.crs and res.transform == result.transform
+    assert len(res.polygons) == 1 and res.polygons.geometry.iloc[0].equals(result.polygons.geometry.iloc[0])
+    assert res.report["inputs"]["after"]["date"] == "2020-05-01"  # the ACQUISITION_DATE tag travels as attrs
+    assert len([ax for ax in res.plot().axes if ax.get_images()]) == 4
+    written = Path(res.before)
+    assert written.is_file()
+    del res
+    gc.collect()
+    assert not written.exists()
+
+
+def test_xarray_band_names_time_and_south_up(pair: tuple[Path, Path], result: ChangeResult) -> None:
+    rioxarray = _rioxarray()
+    import xarray as xr
+
+    def named(path: Path, day: str) -> xr.DataArray:
+        da = rioxarray.open_rasterio(path)  # type: ignore[attr-defined]
+        da = da.assign_coords(band=["B02", "B03", "B04", "B08"]).expand_dims(time=[np.datetime64(day)])
+        da.attrs = {}
+        return da
+
+    before = named(pair[0], "2018-06-01")
+    after = named(pair[1], "2018-07-15").isel(y=slice(None, None, -1))  # y increasing: flipped back on write
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = detect(before, after, method="cva", min_area=300, quicklook=False)
+    np.testing.assert_array_equal(res.mask, result.mask)
+    inputs = res.report["inputs"]
+    assert inputs["before"]["descriptions"] == ["B02", "B03", "B04", "B08"]
+    assert (inputs["before"]["date"], inputs["after"]["date"]) == ("2018-06-01", "2018-07-15")
+    assert res.polygons.before_date.iloc[0] == "2018-06-01"
+
+
+def test_xarray_misuse_is_a_clear_input_error(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    rioxarray = _rioxarray()
+    da = rioxarray.open_rasterio(pair[0])  # type: ignore[attr-defined]
+    with pytest.raises(InputError, match=r"xarray\.Dataset was given"):
+        detect(da.to_dataset(dim="band"), pair[1], method="cva", output_dir=tmp_path / "a")
+    two = da.expand_dims(time=2)
+    with pytest.raises(InputError, match=r"needs \(band, y, x\)"):
+        detect(two, pair[1], method="cva", output_dir=tmp_path / "b")
+    nospace = da.rename({"x": "u", "y": "v"})
+    with pytest.raises(InputError, match="no spatial dimensions"):
+        detect(pair[0], nospace, method="cva", output_dir=tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
