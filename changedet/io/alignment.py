@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import rasterio
@@ -48,8 +48,8 @@ from changedet.io.raster import RasterInfo, crs_to_string, open_raster, raster_i
 
 __all__ = ["AlignedPair", "PairReport", "align", "check_pair", "open_pair", "pixel_size_m"]
 
-PathOrDataset = str | os.PathLike[str] | DatasetReader
-Indexes = Sequence[int] | tuple[Sequence[int], Sequence[int]] | None
+PathOrDataset: TypeAlias = str | os.PathLike[str] | DatasetReader
+Indexes: TypeAlias = Sequence[int] | tuple[Sequence[int], Sequence[int]] | None
 
 # A raster without georeferencing is handled in a made-up planar CRS with y up, so that GDAL's warper works.
 _PIXEL_CRS = CRS.from_epsg(3857)
@@ -272,11 +272,11 @@ def _normalize_indexes(
             )
             return None
         return list(range(1, nb + 1)), list(range(1, na + 1))
-    seq = list(indexes)
+    seq: list[Any] = list(indexes)
     if len(seq) == 2 and all(isinstance(s, Sequence) and not isinstance(s, str) for s in seq):
-        ib, ia = [int(i) for i in seq[0]], [int(i) for i in seq[1]]  # type: ignore[union-attr]
+        ib, ia = [int(i) for i in seq[0]], [int(i) for i in seq[1]]
     else:
-        ib = ia = [int(i) for i in seq]  # type: ignore[arg-type]
+        ib = ia = [int(i) for i in seq]
     ok = True
     for name, idx, count in ((_base(report.before), ib, nb), (_base(report.after), ia, na)):
         bad = [i for i in idx if not 1 <= i <= count]
