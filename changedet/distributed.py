@@ -275,7 +275,7 @@ def plan_blocks(height: int, width: int, *, block_rows: int = DEFAULT_BLOCK_ROWS
         raise InputError(f"block_rows must be at least 1, got {block_rows}")
     grid = engine_grid(height, width, multiple=multiple, tile_size=tile_size, overlap=overlap, blend=blend)
     th = grid.tiles[0].height
-    blocks = []
+    blocks: list[Block] = []
     for start in range(0, height, block_rows):
         stop = min(height, start + block_rows)
         k0, k1 = tile_rows_for(grid, start, stop)

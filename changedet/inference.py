@@ -115,7 +115,7 @@ class TorchPredictor:
         self.multiple = int(getattr(model, "required_multiple", 1))
         self.name = name
 
-        def _stat(v: Sequence[float]) -> Any:
+        def _stat(v: Sequence[float] | np.ndarray) -> Any:
             return torch.as_tensor(np.asarray(v, dtype=np.float32)).view(1, -1, 1, 1).to(self.device)
 
         std_b = np.where(np.asarray(std_before, np.float32) > 0, std_before, 1.0)

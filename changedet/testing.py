@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import rasterio
@@ -113,7 +113,7 @@ def make_geotiff(
     if crs is None:
         transform = None
     elif transform is None:
-        rx, ry = (res, res) if np.isscalar(res) else res  # type: ignore[misc]
+        rx, ry = cast("tuple[float, float]", (res, res) if np.isscalar(res) else res)
         transform = Affine(float(rx), 0.0, float(origin[0]), 0.0, -float(ry), float(origin[1]))
     profile: dict[str, Any] = {
         "driver": "GTiff",
@@ -197,7 +197,7 @@ def _grid_coords(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fractional reference-grid (row, col) of each pixel centre of a grid."""
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    xs, ys = transform @ (cols, rows)
+    xs, ys = cast("tuple[np.ndarray, np.ndarray]", transform @ (cols, rows))
     if crs is not None and ref_crs is not None and crs != ref_crs:
         from rasterio.warp import transform as warp_transform
 

@@ -170,7 +170,7 @@ class TileGrid:
     def tiles(self) -> list[Tile]:
         """All tiles in row-major order."""
         th, tw = min(self.tile_size, self.height), min(self.tile_size, self.width)
-        out = []
+        out: list[Tile] = []
         for r, r0 in enumerate(self.row_starts):
             for c, c0 in enumerate(self.col_starts):
                 out.append(Tile(len(out), r, c, r0, c0, th, tw))
