@@ -112,7 +112,7 @@ def auto_threshold(scores: np.ndarray, method: str = "otsu") -> float:
     if x.size == 0 or float(x.max()) <= float(x.min()):
         # Nothing to split: every pixel has the same score. Put the threshold just above it.
         top = float(x.max()) if x.size else 0.0
-        return max(top * (1 + 1e-6), np.finfo(np.float32).tiny) if top >= 0 else 1e-12
+        return max(top * (1 + 1e-6), float(np.finfo(np.float32).tiny)) if top >= 0 else 1e-12
     if method == "otsu":
         from skimage.filters import threshold_otsu
 
@@ -126,7 +126,7 @@ def auto_threshold(scores: np.ndarray, method: str = "otsu") -> float:
         centres, _ = kmeans2(x.reshape(-1, 1), init, minit="matrix", iter=100, missing="warn")
         c = np.sort(centres.ravel())
         t = float(c.mean())
-    return max(t, np.finfo(np.float32).tiny)
+    return max(t, float(np.finfo(np.float32).tiny))
 
 
 def _as_float_stack(array: np.ndarray, what: str) -> np.ndarray:

@@ -179,10 +179,10 @@ class IRMAD(BaseScorer):
             # The no-change weights shrink the weighted variances 2 (1 - rho) below the spread of the unchanged
             # pixels (well-fitting pixels weigh more), which would flag a large share of unchanged pixels.
             # Re-estimate each variate's no-change spread robustly (normalised median absolute deviation).
-            mad = (x - self.centre_[0]) @ self.a_ - (y - self.centre_[1]) @ self.b_
+            mad = (x - self.centre_[0]) @ self.a_ - (y - self.centre_[1]) @ self.b_  # type: ignore[index]
             med = np.median(mad, axis=0)
             spread = 1.4826 * np.median(np.abs(mad - med), axis=0)
-            self.sigma_ = np.where(spread > 1e-12, spread, self.sigma_)
+            self.sigma_ = np.where(spread > 1e-12, spread, self.sigma_)  # type: ignore[assignment]
         z = self._chi2_stat(x, y)
         self.changed_fraction_ = float((self._probability(z) >= self.threshold).mean())
         return self
