@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rasterio.io import DatasetReader
 
     #: What ``detect`` accepts for BEFORE and AFTER.
-    RasterInput = str | os.PathLike[str] | DatasetReader | xarray.DataArray
+    RasterInput: TypeAlias = str | os.PathLike[str] | DatasetReader | xarray.DataArray
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class ChangeResult:
         """Changed pixels as a fraction (0..1) of the pixels compared."""
         summary = self.report.get("summary") or {}
         valid, changed = summary.get("valid_pixels"), summary.get("changed_pixels")
-        if valid:
+        if valid and changed is not None:
             return float(changed) / float(valid)
         return self.changed_percent / 100.0
 
@@ -822,11 +822,25 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         resume_hint = (" Rerun the same command with --resume (resume=True) to continue from the finished blocks."
                        if partial_dir.is_dir() else "")
         raise OutputError(
-            f"{out}: writing the outputs failed ({exc}); no output was written. Check the free disk space and write "
-            f"permission of the output folder.{resume_hint}"
+            f"{out}: writing the outputs failed ({_root_message(exc)}); no output was written. Check the free disk "
+            f"space and write permission of the output folder.{resume_hint}"
         ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _root_message(exc: BaseException) -> str:
+    """The message of an exception and of the errors it was raised from (GDAL's real reason comes first)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = str(cur).strip()
+        if text and "See previous exception" not in text and text not in parts:
+            parts.append(text)
+        cur = cur.__cause__ or cur.__context__
+    return "; ".join(reversed(parts)) or type(exc).__name__
 
 
 def _abspath(name: str) -> str:

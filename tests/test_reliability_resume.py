@@ -1,0 +1,189 @@
+"""Atomic, resumable detect runs: interrupted runs leave only the hidden resume folder, ``resume`` continues from
+the journal of finished row blocks with a result identical to an uninterrupted run, and write failures (a full
+disk) are an OutputError with nothing half-written in the output folder."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+
+from changedet import detect
+from changedet.testing import make_geotiff
+
+HEIGHT, WIDTH, TILE = 2000, 300, 128
+RASTERS = ("probability.tif", "change.tif")
+
+
+def _make_scene(tmp: Path, height: int, width: int) -> tuple[Path, Path]:
+    """A pair with a few changed blocks spread down the rows and a nodata band across the scene."""
+    rng = np.random.default_rng(7)
+    before = rng.normal(1500, 200, (3, height, width)).clip(1, None).astype("uint16")
+    after = (before + rng.normal(0, 30, before.shape)).clip(1, None).astype("uint16")
+    for r in range(100, height - 60, 600):
+        after[:, r:r + 60, width // 4:3 * width // 4] = 5000
+    after[:, 900:940, :] = 0
+    return (make_geotiff(tmp / "before.tif", before, nodata=0),
+            make_geotiff(tmp / "after.tif", after, nodata=0))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """2000 rows x 300 columns: 124 tiles of 128 px."""
+    return _make_scene(tmp_path_factory.mktemp("scene"), HEIGHT, WIDTH)
+
+
+@pytest.fixture(scope="module")
+def narrow_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """1300 rows x 128 columns (one tile column: a network on 2 CPU cores stays within seconds)."""
+    return _make_scene(tmp_path_factory.mktemp("narrow"), 1300, 128)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from changedet.models import create_model
+    from changedet.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("ckpt")
+    return save_checkpoint(create_model("fc-siam-diff", in_channels=3), tmp / "tiny",
+                           CheckpointMeta(band_names=["B1", "B2", "B3"], pixel_size=10.0, name="tiny"))
+
+
+class Interrupt:
+    """A progress callback that presses Ctrl-C after ``after`` tiles."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.total = 0
+
+    def __call__(self, done: int, total: int, _pixels: int) -> None:
+        self.total = total
+        if done >= self.after:
+            raise KeyboardInterrupt
+
+
+def _options(method: str, checkpoint: Path) -> dict[str, Any]:
+    opts: dict[str, Any] = {"method": method, "tile_size": TILE, "quicklook": False}
+    if method == "model":
+        opts["model"] = str(checkpoint)
+    return opts
+
+
+def _read(folder: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for name in RASTERS:
+        with rasterio.open(folder / name) as ds:
+            out[name] = ds.read()
+    return out
+
+
+@pytest.mark.parametrize("method", ["cva", pytest.param("model", marks=pytest.mark.slow)])
+def test_resume_continues_an_interrupted_run_with_an_identical_result(
+    scene: tuple[Path, Path], narrow_scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path, method: str
+) -> None:
+    before, after = scene if method == "cva" else narrow_scene
+    with rasterio.open(before) as ds:
+        height = ds.height
+    opts = _options(method, checkpoint)
+    whole = detect(before, after, output_dir=tmp_path / "whole", **opts)
+
+    out = tmp_path / "resumed"
+    stop = Interrupt(after=70 if method == "cva" else 14)
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, progress=stop, **opts)
+    # only the hidden resume folder is left: no output, no staging folder, no temporary file
+    assert sorted(p.name for p in out.iterdir()) == [".changedet-partial"]
+    journal = json.loads((out / ".changedet-partial" / "journal.json").read_text())
+    assert 0 < journal["rows_done"] < height, journal  # some row blocks were finished before Ctrl-C
+
+    result = detect(before, after, output_dir=out, resume=True, **opts)
+    stats = result.report["stats"]
+    assert stats["tiles_resumed"] > 0 and stats["tiles_resumed"] + stats["tiles_predicted"] + \
+        stats["tiles_skipped"] == stats["tiles_total"] == stop.total
+    assert not (out / ".changedet-partial").exists()
+    a, b = _read(tmp_path / "whole"), _read(out)
+    for name in RASTERS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert result.report["summary"] == whole.report["summary"]
+
+
+def test_cli_resume_after_an_interrupted_api_run(scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path) -> None:
+    before, after = scene
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, progress=Interrupt(after=70), **_options("cva", checkpoint))
+    exe = Path(sys.executable).with_name("changedet")
+    res = subprocess.run([str(exe), "-q", "detect", str(before), str(after), "-o", str(out), "--method", "cva",
+                          "--tile-size", str(TILE), "--no-quicklook", "--resume", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["stats"]["tiles_resumed"] > 0
+    detect(before, after, output_dir=tmp_path / "whole", **_options("cva", checkpoint))
+    a, b = _read(tmp_path / "whole"), _read(out)
+    for name in RASTERS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_resume_with_other_settings_starts_over(scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path) -> None:
+    before, after = scene
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, progress=Interrupt(after=70), **_options("cva", checkpoint))
+    # another threshold: the journal does not apply, so everything is predicted again (and still correct)
+    result = detect(before, after, output_dir=out, resume=True, threshold=0.9, **_options("cva", checkpoint))
+    assert result.report["stats"]["tiles_resumed"] == 0
+    whole = detect(before, after, output_dir=tmp_path / "whole", threshold=0.9, **_options("cva", checkpoint))
+    assert result.report["summary"] == whole.report["summary"]
+
+
+def test_ctrl_c_after_prediction_leaves_nothing(
+    scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the polygons are built, when both rasters are complete: still no output (no half result)."""
+    before, after = scene
+    out = tmp_path / "out"
+    import changedet.vectorize
+
+    def interrupted(*_args: Any, **_kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(changedet.vectorize, "vectorize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, **_options("cva", checkpoint))
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+_FSIZE_CHILD = r"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from changedet.cli.main import cli
+sys.argv = ["changedet", *sys.argv[2:]]
+cli()
+"""
+
+
+def test_disk_full_is_an_output_error_with_nothing_half_written(scene: tuple[Path, Path], tmp_path: Path) -> None:
+    """A full disk, simulated with a file-size limit (RLIMIT_FSIZE): exit 1, OutputError, no output file."""
+    before, after = scene
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-c", _FSIZE_CHILD, "150000", "-q", "detect", str(before), str(after),
+                          "-o", str(out), "--method", "cva", "--tile-size", str(TILE), "--no-quicklook"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert f"error: {out}: writing the outputs failed (" in res.stderr, res.stderr
+    assert "See previous exception" not in res.stderr  # GDAL's reason (e.g. a write error), not a pointer to it
+    assert "Check the free disk space" in res.stderr and "Traceback" not in res.stderr
+    left = sorted(p.name for p in out.iterdir())
+    assert set(left) <= {".changedet-partial"}, left
+    assert signal.SIGXFSZ  # the platform has the signal the child ignores
