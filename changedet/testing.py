@@ -274,8 +274,9 @@ def make_pair(
     after_tags = {"ACQUISITION_DATE": dates[1] if kind != "reversed-dates" else "2018-05-01"}
 
     def render(
-        transform: Affine, width: int, height: int, g_crs: CRS | None, nb: int, *, dy=0.0, dx=0.0, ss=1
-    ):
+        transform: Affine, width: int, height: int, g_crs: CRS | None, nb: int, *, dy: float = 0.0,
+        dx: float = 0.0, ss: int = 1
+    ) -> np.ndarray:
         rr, cc = _grid_coords(transform, width, height, g_crs, ref_t, ref_crs)
         vals = field.sample(rr - dy, cc - dx, supersample=ss)[:nb]
         vals = vals + noise * rng.standard_normal(vals.shape)

@@ -53,7 +53,7 @@ def _run(pairs_csv: Path, output_dir: Path, scheduler: str | None, workers: int 
                      silence_logs=logging.INFO if verbose else logging.CRITICAL) as client:
         n_workers = len(client.scheduler_info().get("workers", {}))
         link = dashboard_link(client)
-        click.echo(f"dask: {n_workers} workers at {client.scheduler.address}; dashboard: "
+        click.echo(f"dask: {n_workers} workers at {client.scheduler.address}; dashboard: "  # type: ignore[union-attr]
                    f"{link or 'not served (install bokeh>=3.1)'}", err=True)
         finished = 0
 
