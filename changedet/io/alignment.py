@@ -322,6 +322,40 @@ def _footprint_after_in_before(ds_b: DatasetReader, ds_a: DatasetReader) -> tupl
     return transform_bounds(ds_a.crs, ds_b.crs, *ds_a.bounds, densify_pts=21)
 
 
+def _footprint_intersection(
+    ds_b: DatasetReader, ds_a: DatasetReader, before_bounds: Sequence[float], per_edge: int = 64
+) -> tuple[tuple[float, float, float, float], float, float] | None:
+    """Bounds and area of (AFTER's footprint in BEFORE's CRS) & BEFORE's bounds, and the footprint's area.
+
+    The footprint is AFTER's outline densified to ``per_edge`` points per edge and projected. None when it cannot
+    be computed reliably (projection failure, a footprint that wraps around the antimeridian, an empty result
+    although the bounding boxes overlap): the caller then keeps the bounding-box intersection, which is safe.
+    """
+    import shapely
+    from rasterio.warp import transform as warp_transform
+
+    left, bottom, right, top = ds_a.bounds
+    t = np.linspace(0.0, 1.0, per_edge, endpoint=False)
+    xs = np.concatenate([left + t * (right - left), np.full(per_edge, right), right - t * (right - left),
+                         np.full(per_edge, left)])
+    ys = np.concatenate([np.full(per_edge, top), top - t * (top - bottom), np.full(per_edge, bottom),
+                         bottom + t * (top - bottom)])
+    try:
+        px, py = warp_transform(ds_a.crs, ds_b.crs, xs.tolist(), ys.tolist())
+        ring = np.column_stack([px, py])
+        if not np.isfinite(ring).all():
+            return None
+        footprint = shapely.Polygon(ring)
+        if not footprint.is_valid:  # self-intersecting (e.g. wrapped around the antimeridian)
+            return None
+        common = footprint.intersection(shapely.box(*before_bounds))
+    except Exception:  # noqa: BLE001 - any projection/geometry failure: fall back on bounding boxes
+        return None
+    if common.is_empty or common.area <= 0:
+        return None
+    return tuple(float(v) for v in common.bounds), float(common.area), float(footprint.area)  # type: ignore[return-value]
+
+
 def _analyze(
     ds_b: DatasetReader, ds_a: DatasetReader, indexes: Indexes, resampling: str
 ) -> tuple[PairReport, _Plan | None]:
@@ -477,6 +511,12 @@ def _grid(
         )
         return None
     inter = (right - left) * (top - bottom)
+    if info_a.crs != info_b.crs:
+        # AFTER's footprint is a rotated/curved quadrilateral in BEFORE's CRS: the common grid only needs to cover
+        # its intersection with BEFORE, which can be smaller than the intersection of the two bounding boxes
+        tight = _footprint_intersection(ds_b, ds_a, bb)
+        if tight is not None:
+            (left, bottom, right, top), inter, area_a = tight
     report.overlap = float(inter / area_b) if area_b > 0 else 0.0
     report.overlap_after = float(inter / area_a) if area_a > 0 else 0.0
     report.common_bounds = (left, bottom, right, top)
