@@ -19,9 +19,12 @@ This module never imports torch: a QGIS or notebook user can vectorise without t
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import logging
 import math
 import os
+import sys
+import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -616,3 +619,20 @@ def _fill_and_absorb(
     keep = np.ones(len(geoms), dtype=bool)
     keep[list(into)] = False
     return geoms[keep], {k: v[keep] for k, v in stats.items()}
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`vectorize`.
+
+    ``changedet.vectorize`` is re-exported lazily at the top level as the function; but importing the submodule
+    ``changedet.vectorize`` (as :func:`changedet.detect` does) rebinds the package attribute to this module. Making
+    the module callable keeps ``changedet.vectorize(mask, ...)`` working either way, while ``import
+    changedet.vectorize`` and ``changedet.vectorize.vectorize`` still name the module and its function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> gpd.GeoDataFrame:
+        return vectorize(*args, **kwargs)
+
+
+__signature__ = inspect.signature(vectorize)
+sys.modules[__name__].__class__ = _CallableModule

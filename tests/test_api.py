@@ -7,6 +7,7 @@ import gc
 import json
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def result(pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) ->
 )
 def test_top_level_reexports_are_the_real_objects(name: str, module: str) -> None:
     obj = getattr(changedet, name)
+    if isinstance(obj, types.ModuleType):  # changedet.vectorize once the submodule is imported: callable too
+        assert callable(obj)
+        obj = getattr(obj, name)
     assert obj.__module__ == module
     assert name in changedet.__all__ and name in dir(changedet)
     doc = obj.__doc__ or ""
@@ -64,6 +68,21 @@ def test_import_changedet_and_vectorize_do_not_import_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_top_level_vectorize_is_callable_whatever_was_imported_first() -> None:
+    # importing the submodule changedet.vectorize (detect does) rebinds the package attribute to the module
+    code = (
+        "import numpy as np, changedet, changedet.vectorize, inspect\n"
+        "from rasterio.transform import from_origin\n"
+        "m = np.zeros((20, 20), 'uint8'); m[2:6, 3:8] = 1\n"
+        "gdf = changedet.vectorize(m, transform=from_origin(0, 200, 10, 10), crs='EPSG:32631', min_area=100)\n"
+        "print(len(gdf), float(gdf.area_m2.sum()), 'min_area' in inspect.signature(changedet.vectorize).parameters)\n"
+        "print(changedet.vectorize.vectorize.__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "2000.0", "True", "vectorize"]
 
 
 def test_public_api_is_typed() -> None:
