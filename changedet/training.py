@@ -48,6 +48,19 @@ from changedet.calibration import calibrate_threshold, plot_pr_curve
 from changedet.data.augment import Augment
 from changedet.data.generic import Scene
 from changedet.data.sampling import ChipDataset, PreparedScene, prepare_scenes
+from changedet.ddp import (
+    DEFAULT_TIMEOUT,
+    DistContext,
+    ShardedBatchSampler,
+    all_gather,
+    all_reduce_sum,
+    assign_by_size,
+    broadcast_buffers,
+    distributed_context,
+    gather_to_main,
+    run_on_main,
+    state_dict_digest,
+)
 from changedet.errors import InputError, OutputExistsError
 from changedet.evaluation import confusion_matrix, f1_optimal_threshold, pool
 
@@ -293,9 +306,10 @@ class TrainResult:
     epochs_run: int
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
+    distributed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "checkpoint": str(self.checkpoint),
             "out": str(self.out),
             "threshold": self.threshold,
@@ -305,6 +319,9 @@ class TrainResult:
             "seconds": round(self.seconds, 2),
             "files": self.files,
         }
+        if self.distributed is not None:
+            out["distributed"] = self.distributed
+        return out
 
 
 def tqdm_progress(total_epochs: int, *, disable: bool = False) -> ProgressCallback:
@@ -381,6 +398,45 @@ def _plot_curves(path: Path, history: list[dict[str, Any]], best_epoch: int) -> 
 
 
 # ------------------------------------------------------------------------------------------------------------ train
+def _validate_parts(
+    model: nn.Module,
+    val: Sequence[PreparedScene],
+    loss_fn: nn.Module | None,
+    device: torch.device,
+    tile_size: int,
+    metric: bool,
+) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """Per validation scene: (score, probability, loss x valid pixels, valid pixels; 0.0, 0.0 without a loss)."""
+    out = []
+    for s in val:
+        logits = predict_scene(model, s.before, s.after, device=device, tile_size=tile_size, output="logits")
+        prob = _sigmoid(logits)
+        score = (
+            predict_scene(model, s.before, s.after, device=device, tile_size=tile_size, output="distance")
+            if metric
+            else prob
+        )
+        loss_sum, n = 0.0, 0.0
+        if loss_fn is not None:
+            with torch.inference_mode():
+                target = torch.from_numpy(s.label.astype(np.float32))[None, None].to(device)
+                valid = torch.from_numpy(s.valid)[None, None].to(device)
+                n = float(s.valid.sum())
+                loss_sum = float(loss_fn(torch.from_numpy(logits)[None, None].to(device), target, valid)) * n
+        out.append((score, prob, loss_sum, n))
+    return out
+
+
+def _pool_parts(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, float, float]],
+) -> tuple[list[np.ndarray], list[np.ndarray], float | None]:
+    losses, weights = 0.0, 0.0
+    for _, _, loss_sum, n in parts:  # in scene order: the same sums whatever the number of processes
+        losses += loss_sum
+        weights += n
+    return [p[0] for p in parts], [p[1] for p in parts], (losses / weights if weights else None)
+
+
 def _validate(
     model: nn.Module,
     val: Sequence[PreparedScene],
@@ -394,25 +450,59 @@ def _validate(
     Scores are the probabilities, or for metric models the embedding distances (their calibration is set only at
     the end, and a threshold search on the distance is independent of it).
     """
-    scores, probs = [], []
-    losses, weights = 0.0, 0.0
-    for s in val:
-        logits = predict_scene(model, s.before, s.after, device=device, tile_size=tile_size, output="logits")
-        prob = _sigmoid(logits)
-        probs.append(prob)
-        scores.append(
-            predict_scene(model, s.before, s.after, device=device, tile_size=tile_size, output="distance")
-            if metric
-            else prob
-        )
-        if loss_fn is not None:
-            with torch.inference_mode():
-                target = torch.from_numpy(s.label.astype(np.float32))[None, None].to(device)
-                valid = torch.from_numpy(s.valid)[None, None].to(device)
-                n = float(s.valid.sum())
-                losses += float(loss_fn(torch.from_numpy(logits)[None, None].to(device), target, valid)) * n
-                weights += n
-    return scores, probs, (losses / weights if weights else None)
+    return _pool_parts(_validate_parts(model, val, loss_fn, device, tile_size, metric))
+
+
+def _validate_sharded(
+    model: nn.Module,
+    val: Sequence[PreparedScene],
+    loss_fn: nn.Module | None,
+    device: torch.device,
+    tile_size: int,
+    metric: bool,
+    ctx: DistContext | None,
+    owners: Sequence[int],
+) -> tuple[list[np.ndarray], list[np.ndarray], float | None] | None:
+    """:func:`_validate`, each rank predicting the scenes it owns; the pooled result on rank 0, None elsewhere.
+
+    Every rank holds the same weights, so a scene's prediction does not depend on the rank that makes it, and rank
+    0 pools the scenes in their order: the metrics are those of a single process.
+    """
+    if ctx is None:
+        return _validate(model, val, loss_fn, device, tile_size, metric)
+    mine = [i for i, r in enumerate(owners) if r == ctx.rank]
+    local = dict(zip(mine, _validate_parts(model, [val[i] for i in mine], loss_fn, device, tile_size, metric),
+                     strict=True))
+    gathered = gather_to_main(local, ctx)
+    if gathered is None:
+        return None
+    merged: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
+    for part in gathered:
+        merged.update(part)
+    return _pool_parts([merged[i] for i in range(len(val))])
+
+
+class _LossStep(nn.Module):
+    """Network and loss as one module, so ``DistributedDataParallel`` syncs the gradients of both.
+
+    ``forward(before, after, target, valid)`` returns the batch loss; metric losses get the embeddings
+    (``forward_with_embeddings``), which DDP could not see if it were called on the wrapped network directly.
+    """
+
+    def __init__(self, net: nn.Module, loss_fn: nn.Module, metric_loss: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+        self.metric_loss = metric_loss
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor, target: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        if self.metric_loss:
+            outputs = self.net.forward_with_embeddings(before, after)  # type: ignore[operator]
+        else:
+            outputs = self.net(before, after)
+        loss: torch.Tensor = self.loss_fn(outputs, target, valid)
+        return loss
 
 
 def _val_row(scores: list[np.ndarray], probs: list[np.ndarray], val: Sequence[PreparedScene]) -> dict[str, Any]:
@@ -504,6 +594,10 @@ def train(
     plots: bool = True,
     progress: bool | ProgressCallback | None = None,
     config_base: str | Path | None = None,
+    distributed: bool | None = None,
+    sync_bn: bool = False,
+    ddp_backend: str | None = None,
+    ddp_timeout: float = DEFAULT_TIMEOUT,
 ) -> TrainResult:
     """Train a change-detection network and write a calibrated checkpoint.
 
@@ -568,10 +662,39 @@ def train(
         ``end``).
     config_base : path, optional
         Folder against which relative dataset paths are resolved (the config file's folder).
+    distributed : bool, optional
+        Data-parallel training with ``torch.distributed`` (see Notes). ``None`` (default): when launched by
+        ``torchrun`` with more than one process (or inside a process group of several ranks the caller created);
+        ``False``: never.
+    sync_bn : bool
+        In a distributed run on CUDA devices, convert batch norm to :class:`torch.nn.SyncBatchNorm` (statistics over
+        the global batch instead of each process's share of it). Not available on the CPU.
+    ddp_backend : {"gloo", "nccl"}, optional
+        Process-group backend; default ``nccl`` on CUDA devices, ``gloo`` on the CPU.
+    ddp_timeout : float
+        Seconds a rank waits for the others in a collective operation before failing.
 
     Returns
     -------
     TrainResult
+        Identical on every rank of a distributed run, except ``seconds`` and ``distributed["rank"]``.
+
+    Notes
+    -----
+    **Distributed training.** Under ``torchrun --nproc_per_node N`` (or ``changedet train --nproc N``) every
+    process loads the data, seeds the same generators and wraps the network (with the loss) in
+    :class:`~torch.nn.parallel.DistributedDataParallel`: ``gloo`` on the CPU, ``nccl`` and ``cuda:LOCAL_RANK`` on
+    GPUs. ``batch_size`` and ``chips_per_epoch`` stay *global*: each batch of the single-process epoch is shared
+    among the processes (:class:`~changedet.ddp.ShardedBatchSampler`), every chip is seen once per epoch by exactly
+    one process, and the ranks' losses are weighted by their share so that the averaged gradient is that of the
+    whole batch. The number of steps, the learning rate and the schedule are therefore those of one process; to
+    give each process a batch of ``b`` chips, set ``batch_size`` to ``N * b``. Without ``sync_bn`` each process
+    normalises its own share of the batch (batch-norm statistics over ``batch_size / N`` chips), so results are
+    close to, not bit-identical with, a single process; the running statistics of rank 0 are copied to every rank
+    after each epoch. The training loss is averaged over the ranks; the validation scenes are spread over the
+    ranks and pooled on rank 0, whose metrics (identical to a single process's for the same weights) every rank
+    receives, so all take the same early-stopping decision. Rank 0 alone calibrates the threshold and writes
+    ``metrics.csv``, the plots and the checkpoint; the process group is destroyed at the end, also after an error.
     """
     from changedet.models import create_model
     from changedet.models.checkpoint import CheckpointMeta, checkpoint_paths, save_checkpoint
@@ -594,245 +717,350 @@ def train(
     out = Path(out)
     weights_path, json_path = checkpoint_paths(out / name)
     outputs = [weights_path, json_path, out / "metrics.csv", out / "curves.png", out / "pr_curve.png"]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{out}: holds the outputs of an earlier run ({', '.join(p.name for p in existing)}); "
-            "pass overwrite=True (--overwrite) or choose another folder"
-        )
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    if ddp_backend is not None:
+        _check_choice("ddp_backend", ddp_backend, ("gloo", "nccl"))
 
-    # ---- data
-    split_info: dict[str, Any]
-    if dataset is not None:
-        if train_scenes is not None or val_scenes is not None:
-            raise InputError("give either dataset or train_scenes/val_scenes, not both")
-        from changedet.data.spec import load_dataset
+    with distributed_context(dev, enabled=distributed, backend=ddp_backend, timeout=ddp_timeout) as dctx:
+        # In a distributed run (torchrun) every rank runs this function on the same data with the same seed; rank 0
+        # alone checks and writes the outputs (run_on_main hands its result or its error to every rank).
+        main = dctx is None or dctx.is_main
+        world = 1 if dctx is None else dctx.world_size
+        if dctx is not None:
+            dev = dctx.device
 
-        split = load_dataset(dataset, base=config_base)
-        train_list, val_list, split_info = split.train, split.val, split.info
-    elif train_scenes is not None:
-        train_list, val_list = list(train_scenes), list(val_scenes or [])
-        split_info = {"type": "scenes", "train": [s.name for s in train_list], "val": [s.name for s in val_list]}
-    else:
-        raise InputError("no training data: give dataset (a spec mapping) or train_scenes")
-    if not train_list:
-        raise InputError("the dataset holds no training scene")
-    calibrated_on = "val"
-    if not val_list:
-        log.warning("no validation scenes: no early stopping; the threshold is calibrated on the training scenes")
-        calibrated_on = "train"
-    band_names = list(train_list[0].band_names)
-    norm_arg = dict(normalization) if isinstance(normalization, Mapping) else {"mode": normalization}
-    prepared_train, norm_entry = prepare_scenes(train_list, normalization=norm_arg, chip_size=chip_size)
-    if norm_entry["mode"] == "fixed":
-        norm_arg = norm_entry  # validation uses the training statistics
-    eval_source = val_list if val_list else train_list
-    prepared_val, _ = prepare_scenes(eval_source, normalization=norm_arg)
-    for s in eval_source:
-        if [b.upper() for b in s.band_names] != [b.upper() for b in band_names]:
-            raise InputError(f"validation scene {s.name} has bands {s.band_names}, training has {band_names}")
-    pixel_sizes = [s.pixel_size for s in train_list if s.pixel_size]
-    pixel_size = float(np.median(pixel_sizes)) if pixel_sizes else None
-    augmenter = Augment.from_config(augment)  # type: ignore[arg-type]
+        def check_outputs() -> None:
+            existing = [p for p in outputs if p.exists()]
+            if existing and not overwrite:
+                raise OutputExistsError(
+                    f"{out}: holds the outputs of an earlier run ({', '.join(p.name for p in existing)}); "
+                    "pass overwrite=True (--overwrite) or choose another folder"
+                )
 
-    progress_cb: ProgressCallback | None
-    if progress is True:
-        progress_cb = tqdm_progress(epochs)
-    elif callable(progress):
-        progress_cb = progress
-    else:
-        progress_cb = None
-
-    history: list[dict[str, Any]] = []
-    with _torch_settings(threads, deterministic, dev):
-        seed_everything(seed)
-        kwargs = dict(model_kwargs or {})
-        kwargs["in_channels"] = len(band_names)
-        net = create_model(model, **kwargs)
-        is_metric = bool(getattr(net, "is_metric", False))
-        parts = [p.strip().lower() for p in loss.split("+")]
-        metric_loss = any(p in METRIC_LOSSES for p in parts)
-        if metric_loss and not is_metric:
+        run_on_main(check_outputs, dctx)
+        if sync_bn and dctx is not None and dev.type != "cuda":
             raise InputError(
-                f"the {loss} loss works on embeddings and needs a metric model (e.g. metric-siam); {model} is not one"
+                "sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation); "
+                "train on the CPU with sync_bn: false (each process normalises its own share of the batch)"
             )
-        extra_loss_kwargs = dict(loss_kwargs or {})
-        if metric_loss and hasattr(net, "distance"):
-            extra_loss_kwargs.setdefault("distance", net.distance)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(dev).to(memory_format=fmt)  # type: ignore[call-overload]
+        if sync_bn and dctx is None:
+            log.info("sync_bn has no effect in a single process")
 
-        ds = ChipDataset(prepared_train, chip_size=chip_size, chips_per_epoch=chips_per_epoch,
-                         positive_fraction=positive_fraction, augment=augmenter, seed=seed, min_valid=min_valid)
-        pw: float | None = None
-        if "bce" in parts or (ohem and "bce" in parts):
-            if pos_weight == "auto":
-                pw = _auto_pos_weight(ds, pos_weight_cap)
-            elif pos_weight is not None:
-                pw = float(pos_weight)
-        loss_fn = build_loss(loss, pos_weight=pw, ohem=ohem, ohem_min_kept=ohem_min_kept, **extra_loss_kwargs)
-        loss_fn = loss_fn.to(dev)
+        # ---- data
+        split_info: dict[str, Any]
+        if dataset is not None:
+            if train_scenes is not None or val_scenes is not None:
+                raise InputError("give either dataset or train_scenes/val_scenes, not both")
+            from changedet.data.spec import load_dataset
 
-        params = [p for p in net.parameters() if p.requires_grad] + [
-            p for p in loss_fn.parameters() if p.requires_grad
-        ]
-        if optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        elif optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            split = load_dataset(dataset, base=config_base)
+            train_list, val_list, split_info = split.train, split.val, split.info
+        elif train_scenes is not None:
+            train_list, val_list = list(train_scenes), list(val_scenes or [])
+            split_info = {"type": "scenes", "train": [s.name for s in train_list],
+                          "val": [s.name for s in val_list]}
         else:
-            opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-        if schedule == "cosine":
-            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        elif schedule == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+            raise InputError("no training data: give dataset (a spec mapping) or train_scenes")
+        if not train_list:
+            raise InputError("the dataset holds no training scene")
+        calibrated_on = "val"
+        if not val_list:
+            log.warning("no validation scenes: no early stopping; the threshold is calibrated on the training scenes")
+            calibrated_on = "train"
+        band_names = list(train_list[0].band_names)
+        norm_arg = dict(normalization) if isinstance(normalization, Mapping) else {"mode": normalization}
+        prepared_train, norm_entry = prepare_scenes(train_list, normalization=norm_arg, chip_size=chip_size)
+        if norm_entry["mode"] == "fixed":
+            norm_arg = norm_entry  # validation uses the training statistics
+        eval_source = val_list if val_list else train_list
+        prepared_val, _ = prepare_scenes(eval_source, normalization=norm_arg)
+        for s in eval_source:
+            if [b.upper() for b in s.band_names] != [b.upper() for b in band_names]:
+                raise InputError(f"validation scene {s.name} has bands {s.band_names}, training has {band_names}")
+        pixel_sizes = [s.pixel_size for s in train_list if s.pixel_size]
+        pixel_size = float(np.median(pixel_sizes)) if pixel_sizes else None
+        augmenter = Augment.from_config(augment)  # type: ignore[arg-type]
+        # whole validation scenes are spread over the ranks (each predicts its own, rank 0 pools the results)
+        owners = assign_by_size([s.valid.size for s in prepared_val], world)
+
+        progress_cb: ProgressCallback | None
+        if not main:
+            progress_cb = None  # one progress bar, on rank 0
+        elif progress is True:
+            progress_cb = tqdm_progress(epochs)
+        elif callable(progress):
+            progress_cb = progress
         else:
-            sched = None
+            progress_cb = None
 
-        generator = torch.Generator()
-        generator.manual_seed(int(seed))
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=False, drop_last=len(ds) > batch_size, num_workers=num_workers,
-            pin_memory=dev.type == "cuda", generator=generator, persistent_workers=False,
-        )
-        steps_per_epoch = len(loader)
-        if progress_cb:
-            progress_cb({"event": "start", "steps_per_epoch": steps_per_epoch, "epochs": epochs})
+        history: list[dict[str, Any]] = []
+        calibrated: dict[str, Any] = {}
+        digests: list[str] | None = None
+        chips_per_rank: list[int] | None = None
+        with _torch_settings(threads, deterministic, dev):
+            seed_everything(seed)
+            kwargs = dict(model_kwargs or {})
+            kwargs["in_channels"] = len(band_names)
+            net = create_model(model, **kwargs)
+            is_metric = bool(getattr(net, "is_metric", False))
+            parts = [p.strip().lower() for p in loss.split("+")]
+            metric_loss = any(p in METRIC_LOSSES for p in parts)
+            if metric_loss and not is_metric:
+                raise InputError(
+                    f"the {loss} loss works on embeddings and needs a metric model (e.g. metric-siam); "
+                    f"{model} is not one"
+                )
+            extra_loss_kwargs = dict(loss_kwargs or {})
+            if metric_loss and hasattr(net, "distance"):
+                extra_loss_kwargs.setdefault("distance", net.distance)
+            if dctx is not None and sync_bn:
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            net = net.to(dev).to(memory_format=fmt)  # type: ignore[call-overload]
 
-        best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(net.state_dict())
-        stale = 0
-        epoch = 0
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            for epoch in range(1, epochs + 1):
-                t0 = time.perf_counter()
-                ds.set_epoch(epoch - 1)
-                net.train()
-                total = torch.zeros((), device=dev)
-                for before, after, target, valid in loader:
-                    before = before.to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                    after = after.to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                    target = target.to(dev, non_blocking=True)
-                    valid = valid.to(dev, non_blocking=True)
-                    if metric_loss:
-                        outputs = net.forward_with_embeddings(before, after)  # type: ignore[operator]
-                    else:
-                        outputs = net(before, after)
-                    batch_loss = loss_fn(outputs, target, valid)
-                    opt.zero_grad(set_to_none=True)
-                    batch_loss.backward()
-                    opt.step()
-                    total += batch_loss.detach()
-                    if progress_cb:
-                        progress_cb({"event": "step"})
-                lr_now = opt.param_groups[0]["lr"]
-                if sched is not None:
-                    sched.step()
-                row: dict[str, Any] = {
-                    "epoch": epoch,
-                    "lr": lr_now,
-                    "train_loss": round(float(total) / max(steps_per_epoch, 1), 6),
-                    "train_seconds": round(time.perf_counter() - t0, 3),
-                }
-                improved = False
-                if val_list and (epoch % val_every == 0 or epoch == epochs):
-                    t1 = time.perf_counter()
-                    scores, probs, val_loss = _validate(
-                        net, prepared_val, None if metric_loss else loss_fn, dev, val_tile_size, is_metric
-                    )
-                    row["val_loss"] = None if val_loss is None else round(val_loss, 6)
-                    row.update(_val_row(scores, probs, prepared_val))
-                    row["val_seconds"] = round(time.perf_counter() - t1, 3)
-                    score = row["val_f1_best"] if row["val_f1_best"] is not None else -1.0
-                    if score > best_score:
-                        best_score, best_epoch, best_state = score, epoch, copy.deepcopy(net.state_dict())
-                        improved, stale = True, 0
-                    else:
-                        stale += 1
-                elif not val_list:
-                    best_epoch, best_state = epoch, copy.deepcopy(net.state_dict())
-                row["best"] = improved
-                history.append(row)
-                _write_csv(out / "metrics.csv", history)
-                if progress_cb:
-                    progress_cb({"event": "epoch", **row})
-                if patience is not None and val_list and stale >= patience and epoch >= min_epochs:
-                    log.info("early stopping at epoch %d (best %d, val F1 %.4f)", epoch, best_epoch, best_score)
-                    break
-        finally:
-            if progress_cb:
-                progress_cb({"event": "end"})
+            ds = ChipDataset(prepared_train, chip_size=chip_size, chips_per_epoch=chips_per_epoch,
+                             positive_fraction=positive_fraction, augment=augmenter, seed=seed, min_valid=min_valid)
+            pw: float | None = None
+            if "bce" in parts or (ohem and "bce" in parts):
+                if pos_weight == "auto":
+                    pw = _auto_pos_weight(ds, pos_weight_cap)  # same chips on every rank: same weight
+                elif pos_weight is not None:
+                    pw = float(pos_weight)
+            loss_fn = build_loss(loss, pos_weight=pw, ohem=ohem, ohem_min_kept=ohem_min_kept, **extra_loss_kwargs)
+            loss_fn = loss_fn.to(dev)
 
-        # ---- calibration on the best weights
-        net.load_state_dict(best_state)
-        net.eval()
-        labels = [s.label for s in prepared_val]
-        valids = [s.valid for s in prepared_val]
-        scores, probs, _ = _validate(net, prepared_val, None, dev, val_tile_size, is_metric)
-        metric_calibration = None
-        if is_metric:
-            metric_calibration = _calibrate_metric(net, scores, labels, valids)
-            probs = [
-                _sigmoid((d - metric_calibration["center"]) * metric_calibration["scale"]) for d in scores
+            params = [p for p in net.parameters() if p.requires_grad] + [
+                p for p in loss_fn.parameters() if p.requires_grad
             ]
-        calibration = calibrate_threshold(probs, labels, valids, method=threshold_method)
+            if optimizer == "adam":
+                opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+            elif optimizer == "adamw":
+                opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            else:
+                opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      nesterov=momentum > 0)
+            if schedule == "cosine":
+                sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+            elif schedule == "step":
+                sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+            else:
+                sched = None
 
-    metrics = {
-        "calibrated_on": calibrated_on,
-        "scenes": [s.name for s in prepared_val],
-        "threshold_method": calibration.method,
-        "threshold": calibration.threshold,
-        **{k: v for k, v in calibration.metrics.items()},
-        "at_0.5": calibration.reference_metrics,
-        "average_precision": calibration.to_dict()["average_precision"],
-        "best_epoch": best_epoch,
-    }
-    if metric_calibration is not None:
-        metrics["metric_calibration"] = metric_calibration
-    training = {
-        "config": _json_safe(config),
-        "data": split_info,
-        "epochs_run": epoch,
-        "best_epoch": best_epoch,
-        "pos_weight": pw,
-        "seconds": round(time.perf_counter() - started, 1),
-        "torch": torch.__version__,
-        "device": str(dev),
-    }
-    meta = CheckpointMeta(
-        band_names=band_names,
-        normalization=norm_entry,
-        pixel_size=pixel_size,
-        threshold=float(calibration.threshold),
-        metrics=_json_safe(metrics),
-        training=training,
-        name=checkpoint_name or name,
-        description=description,
-    )
-    files = {"metrics": str(out / "metrics.csv")}
-    if plots:
-        if history:
-            _plot_curves(out / "curves.png", history, best_epoch)
-            files["curves"] = str(out / "curves.png")
-        plot_pr_curve(calibration, out / "pr_curve.png",
-                      title=f"{model}: precision-recall on {calibrated_on} ({', '.join(metrics['scenes'][:4])})")
-        files["pr_curve"] = str(out / "pr_curve.png")
-    net = net.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    checkpoint = save_checkpoint(net, out / name, meta, overwrite=True)
-    files["checkpoint"] = str(checkpoint)
+            ddp_step: nn.Module | None = None
+            global_batch = min(batch_size, len(ds))
+            # the loader's own generator: drawing its base seed must not advance the global one (dropout...)
+            generator = torch.Generator()
+            generator.manual_seed(int(seed))
+            if dctx is None:
+                loader = torch.utils.data.DataLoader(
+                    ds, batch_size=batch_size, shuffle=False, drop_last=len(ds) > batch_size,
+                    num_workers=num_workers, pin_memory=dev.type == "cuda", generator=generator,
+                    persistent_workers=False,
+                )
+            else:
+                # the single-process batches, each shared among the ranks: the same steps, optimiser and
+                # learning rate as one process with batch_size, computed by world_size processes
+                sampler = ShardedBatchSampler(len(ds), batch_size=batch_size, rank=dctx.rank, world_size=world)
+                loader = torch.utils.data.DataLoader(
+                    ds, batch_sampler=sampler, num_workers=num_workers, pin_memory=dev.type == "cuda",
+                    generator=generator, persistent_workers=False,
+                )
+                from torch.nn.parallel import DistributedDataParallel
+
+                ddp_step = DistributedDataParallel(
+                    _LossStep(net, loss_fn, metric_loss),
+                    device_ids=[dev.index] if dev.type == "cuda" else None,
+                )
+                if dctx.rank:  # the same initial weights, but dropout masks of its own on each rank (rank 0 keeps
+                    # the single-process stream)
+                    seed_everything(int(np.random.SeedSequence([int(seed), dctx.rank]).generate_state(1)[0]))
+            steps_per_epoch = len(loader)
+            if progress_cb:
+                progress_cb({"event": "start", "steps_per_epoch": steps_per_epoch, "epochs": epochs})
+
+            best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(net.state_dict())
+            stale = 0
+            epoch = 0
+            chips_seen = 0
+            run_on_main(lambda: out.mkdir(parents=True, exist_ok=True), dctx)
+            try:
+                for epoch in range(1, epochs + 1):
+                    t0 = time.perf_counter()
+                    ds.set_epoch(epoch - 1)
+                    net.train()
+                    total = torch.zeros((), device=dev)
+                    for before, after, target, valid in loader:
+                        before = before.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                        after = after.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                        target = target.to(dev, non_blocking=True)
+                        valid = valid.to(dev, non_blocking=True)
+                        if ddp_step is None:
+                            if metric_loss:
+                                outputs = net.forward_with_embeddings(before, after)  # type: ignore[operator]
+                            else:
+                                outputs = net(before, after)
+                            batch_loss = loss_fn(outputs, target, valid)
+                        else:
+                            # DDP averages the ranks' gradients; weighting each rank's loss by its share of the
+                            # global batch makes that average the gradient of the chip-weighted mean loss
+                            share = before.shape[0] * world / global_batch
+                            batch_loss = ddp_step(before, after, target, valid) * share
+                            chips_seen += int(before.shape[0])
+                        opt.zero_grad(set_to_none=True)
+                        batch_loss.backward()
+                        opt.step()
+                        total += batch_loss.detach()
+                        if progress_cb:
+                            progress_cb({"event": "step"})
+                    if dctx is not None:
+                        all_reduce_sum(total, dctx)
+                        total /= world
+                        broadcast_buffers(net, dctx)  # batch-norm statistics of rank 0 on every rank
+                    lr_now = opt.param_groups[0]["lr"]
+                    if sched is not None:
+                        sched.step()
+                    row: dict[str, Any] = {
+                        "epoch": epoch,
+                        "lr": lr_now,
+                        "train_loss": round(float(total) / max(steps_per_epoch, 1), 6),
+                        "train_seconds": round(time.perf_counter() - t0, 3),
+                    }
+                    improved = False
+                    if val_list and (epoch % val_every == 0 or epoch == epochs):
+                        t1 = time.perf_counter()
+                        val_parts = _validate_sharded(
+                            net, prepared_val, None if metric_loss else loss_fn, dev, val_tile_size, is_metric,
+                            dctx, owners,
+                        )
+
+                        def val_fields(val_parts: Any = val_parts) -> dict[str, Any]:
+                            scores, probs, val_loss = val_parts
+                            fields: dict[str, Any] = {"val_loss": None if val_loss is None else round(val_loss, 6)}
+                            fields.update(_val_row(scores, probs, prepared_val))
+                            return fields
+
+                        row.update(run_on_main(val_fields, dctx))  # the same metrics, so the same decision
+                        row["val_seconds"] = round(time.perf_counter() - t1, 3)
+                        score = row["val_f1_best"] if row["val_f1_best"] is not None else -1.0
+                        if score > best_score:
+                            best_score, best_epoch, best_state = score, epoch, copy.deepcopy(net.state_dict())
+                            improved, stale = True, 0
+                        else:
+                            stale += 1
+                    elif not val_list:
+                        best_epoch, best_state = epoch, copy.deepcopy(net.state_dict())
+                    row["best"] = improved
+                    history.append(row)
+                    run_on_main(lambda: _write_csv(out / "metrics.csv", history), dctx)
+                    if progress_cb:
+                        progress_cb({"event": "epoch", **row})
+                    if patience is not None and val_list and stale >= patience and epoch >= min_epochs:
+                        log.info("early stopping at epoch %d (best %d, val F1 %.4f)", epoch, best_epoch, best_score)
+                        break
+            finally:
+                if progress_cb:
+                    progress_cb({"event": "end"})
+
+            # ---- calibration on the best weights
+            net.load_state_dict(best_state)
+            net.eval()
+            if dctx is not None:
+                digests = all_gather(state_dict_digest(net), dctx)
+                chips_per_rank = all_gather(chips_seen, dctx)
+            cal_parts = _validate_sharded(net, prepared_val, None, dev, val_tile_size, is_metric, dctx, owners)
+
+            def calibrate() -> None:
+                scores, probs, _ = cal_parts
+                labels = [s.label for s in prepared_val]
+                valids = [s.valid for s in prepared_val]
+                metric_calibration = None
+                if is_metric:
+                    metric_calibration = _calibrate_metric(net, scores, labels, valids)
+                    probs = [
+                        _sigmoid((d - metric_calibration["center"]) * metric_calibration["scale"]) for d in scores
+                    ]
+                calibrated["calibration"] = calibrate_threshold(probs, labels, valids, method=threshold_method)
+                calibrated["metric"] = metric_calibration
+
+            run_on_main(calibrate, dctx)  # kept on rank 0 (the precision-recall curve is large)
+
+        distributed_info: dict[str, Any] | None = None
+        if dctx is not None:
+            distributed_info = {**dctx.to_dict(), "sync_bn": bool(sync_bn), "global_batch_size": global_batch,
+                                "chips_per_rank": chips_per_rank, "weights_digests": digests}
+
+        def write_outputs() -> dict[str, Any]:
+            calibration = calibrated["calibration"]
+            metric_calibration = calibrated["metric"]
+            metrics = {
+                "calibrated_on": calibrated_on,
+                "scenes": [s.name for s in prepared_val],
+                "threshold_method": calibration.method,
+                "threshold": calibration.threshold,
+                **{k: v for k, v in calibration.metrics.items()},
+                "at_0.5": calibration.reference_metrics,
+                "average_precision": calibration.to_dict()["average_precision"],
+                "best_epoch": best_epoch,
+            }
+            if metric_calibration is not None:
+                metrics["metric_calibration"] = metric_calibration
+            training = {
+                "config": _json_safe(config),
+                "data": split_info,
+                "epochs_run": epoch,
+                "best_epoch": best_epoch,
+                "pos_weight": pw,
+                "seconds": round(time.perf_counter() - started, 1),
+                "torch": torch.__version__,
+                "device": str(dev),
+            }
+            if distributed_info is not None:
+                training["distributed"] = {k: distributed_info[k] for k in
+                                           ("world_size", "backend", "sync_bn", "global_batch_size")}
+                if digests is not None and len(set(digests)) > 1:
+                    log.warning("the ranks' weights differ after training (digests %s): replicas drifted apart",
+                                digests)
+            meta = CheckpointMeta(
+                band_names=band_names,
+                normalization=norm_entry,
+                pixel_size=pixel_size,
+                threshold=float(calibration.threshold),
+                metrics=_json_safe(metrics),
+                training=training,
+                name=checkpoint_name or name,
+                description=description,
+            )
+            files = {"metrics": str(out / "metrics.csv")}
+            if plots:
+                if history:
+                    _plot_curves(out / "curves.png", history, best_epoch)
+                    files["curves"] = str(out / "curves.png")
+                plot_pr_curve(calibration, out / "pr_curve.png",
+                              title=f"{model}: precision-recall on {calibrated_on} ({', '.join(metrics['scenes'][:4])})")
+                files["pr_curve"] = str(out / "pr_curve.png")
+            cpu_net = net.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+            checkpoint = save_checkpoint(cpu_net, out / name, meta, overwrite=True)
+            files["checkpoint"] = str(checkpoint)
+            summary = {"checkpoint": str(checkpoint), "out": str(out), "threshold": float(calibration.threshold),
+                       "metrics": metrics, "files": files}
+            if dctx is not None:
+                summary["history"] = history  # rank 0's, so that every rank returns the same result
+            return summary
+
+        summary = run_on_main(write_outputs, dctx)
     return TrainResult(
-        checkpoint=checkpoint,
-        out=out,
-        threshold=float(calibration.threshold),
-        metrics=metrics,
-        history=history,
+        checkpoint=Path(summary["checkpoint"]),
+        out=Path(summary["out"]),
+        threshold=summary["threshold"],
+        metrics=summary["metrics"],
+        history=summary.get("history", history),
         best_epoch=best_epoch,
         epochs_run=epoch,
         seconds=time.perf_counter() - started,
-        files=files,
+        files=summary["files"],
+        distributed=distributed_info,
     )
 
 

@@ -1,13 +1,24 @@
-"""``changedet train --config run.yaml [--key value ...]``: train a model and write a calibrated checkpoint."""
+"""``changedet train --config run.yaml [--key value ...]``: train a model and write a calibrated checkpoint.
+
+Runs unchanged under ``torchrun --nproc_per_node N`` (data-parallel training, see :func:`changedet.training.train`);
+``--nproc N`` launches that ``torchrun`` itself on this machine. ``python -m changedet.cli.train ARGS`` is
+``changedet ARGS``: the entry point that ``--nproc`` gives to ``torchrun``.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from changedet.cli._common import echo_json, quiet
+
+log = logging.getLogger(__name__)
 
 
 def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
@@ -114,6 +125,9 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str,
 @click.option("--device", default=None, help="cpu, cuda, cuda:1... (overrides 'device').")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (overrides 'threads').")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace the outputs of an earlier run in OUT.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Train with N processes on this machine (DistributedDataParallel: gloo on the CPU, one GPU per "
+                   "process with --device cuda); launches torchrun --standalone --nproc_per_node N.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.pass_context
@@ -124,6 +138,7 @@ def command(
     device: str | None,
     threads: int | None,
     overwrite: bool,
+    nproc: int | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -136,6 +151,11 @@ def command(
 
     Writes OUT/model.safetensors + model.json (with the calibrated threshold, normalisation and validation
     metrics), metrics.csv, curves.png and pr_curve.png. Progress on stderr, the summary on stdout.
+
+    \b
+    Several processes (DistributedDataParallel; rank 0 writes the outputs):
+      changedet train -c run.yaml --nproc 2 --threads 1
+      torchrun --nproc_per_node 4 $(which changedet) train -c run.yaml --device cuda
     """
     from changedet.errors import InputError
 
@@ -151,9 +171,20 @@ def command(
     if dry_run:
         echo_json({**config, "config_base": None if base is None else str(base)})
         return
+    from changedet.ddp import launched_by_torchrun
+
+    if nproc is not None and nproc > 1:
+        if launched_by_torchrun():
+            log.warning("--nproc %d ignored: this process was started by torchrun, which sets the processes", nproc)
+        else:
+            args = [*_group_args(ctx), "train", *_command_args(config_path, out, device, threads, overwrite, as_json),
+                    *ctx.args]
+            ctx.exit(launch_torchrun(nproc, args))
     from changedet.training import train
 
     result = train(**config, config_base=base, progress=not quiet(ctx))
+    if result.distributed is not None and result.distributed.get("rank", 0) != 0:
+        return  # one summary, from rank 0
     if as_json:
         echo_json(result.to_dict())
         return
@@ -170,3 +201,66 @@ def command(
         f"val F1 {pct('f1', m)}  P {pct('precision', m)}  R {pct('recall', m)}  IoU {pct('iou', m)}  "
         f"kappa {pct('kappa', m)}   (at 0.5: F1 {pct('f1', m.get('at_0.5', {}))})"
     )
+
+
+def _group_args(ctx: click.Context) -> list[str]:
+    root = ctx.find_root()
+    obj = root.obj if isinstance(root.obj, dict) else {}
+    out = ["-q"] if obj.get("quiet") else []
+    return out + ["-v"] * int(obj.get("verbose") or 0)
+
+
+def _command_args(config_path: Path | None, out: Path | None, device: str | None, threads: int | None,
+                  overwrite: bool, as_json: bool) -> list[str]:
+    args: list[str] = []
+    if config_path is not None:
+        args += ["--config", str(config_path)]
+    if out is not None:
+        args += ["--out", str(out)]
+    if device is not None:
+        args += ["--device", device]
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    if overwrite:
+        args.append("--overwrite")
+    if as_json:
+        args.append("--json")
+    return args
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """The ``torchrun`` command line that runs ``changedet ARGS`` in ``nproc`` processes on this machine.
+
+    ``--standalone`` starts a local rendezvous on a free port of the loopback interface.
+
+    Examples
+    --------
+    >>> torchrun_command(2, ["train", "-c", "run.yaml"])[1:]  # doctest: +NORMALIZE_WHITESPACE
+    ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'changedet.cli.train',
+     'train', '-c', 'run.yaml']
+    """
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(int(nproc)),
+            "-m", "changedet.cli.train", *args]
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> int:
+    """Run ``changedet ARGS`` under ``torchrun`` with ``nproc`` processes; return its exit status.
+
+    Rank 0's stdout (the summary) is echoed once the run ends; stderr (progress, logs, errors) passes through.
+    ``OMP_NUM_THREADS`` defaults to 1 per process (torchrun's own default); ``--threads`` or the config's
+    ``threads`` set torch's threads in each process.
+    """
+    cmd = torchrun_command(nproc, args)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    log.info("launching %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if proc.stdout:
+        click.echo(proc.stdout, nl=False)
+    return int(proc.returncode)
+
+
+if __name__ == "__main__":  # what `changedet train --nproc N` gives torchrun: python -m changedet.cli.train ARGS
+    from changedet.cli.main import cli
+
+    cli(prog_name="changedet")
