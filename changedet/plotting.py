@@ -109,7 +109,7 @@ def rgb_composite(
     valid: np.ndarray | None = None,
     percentiles: tuple[float, float] = (2, 98),
     *,
-    limits: tuple[Sequence[float], Sequence[float]] | None = None,
+    limits: tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray] | None = None,
 ) -> np.ndarray:
     """Stretch a (band, row, col) array of 1 or 3 bands to a float (row, col, 3) image in 0..1.
 
@@ -333,7 +333,7 @@ def plot_result(
     im = axes[1, 0].imshow(shown, extent=extent, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     cax = axes[1, 0].inset_axes((0.55, 0.07, 0.4, 0.035))
     cbar = fig.colorbar(im, cax=cax, orientation="horizontal", ticks=[0, 0.5, 1])
-    halo = [pe.withStroke(linewidth=2, foreground="black")]
+    halo: list[pe.AbstractPathEffect] = [pe.withStroke(linewidth=2, foreground="black")]
     cbar.ax.tick_params(labelsize=7, colors="white")
     for label in cbar.ax.get_xticklabels():
         label.set_path_effects(halo)
@@ -350,7 +350,7 @@ def plot_result(
         if crs is not None and polys.crs is not None and polys.crs != crs:
             polys = polys.to_crs(crs)
         polys.plot(ax=axes[1, 1], facecolor=matplotlib.colors.to_rgba(CHANGE_COLOR, 0.35),
-                   edgecolor=OUTLINE_COLOR, linewidth=1.0)
+                   edgecolor=OUTLINE_COLOR, linewidth=1.0 if len(polys) < 300 else 0.5)
     n = 0 if polys is None else len(polys)
     summary = result.report.get("summary") or {}
     area = _area_text(summary.get("changed_area_m2"))
