@@ -76,8 +76,33 @@ class TilePredictor(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 # predictors
 # ---------------------------------------------------------------------------------------------------------------
+def fuse_for_inference(model: Any) -> Any:
+    """An eval-mode copy of ``model`` with every ``Conv2d`` directly followed by a ``BatchNorm2d`` folded into one
+    convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``); the caller's model is left untouched.
+
+    The folded network computes the same function (to float rounding) and skips one pass over every activation map:
+    about 10-20 % of FC-Siam-diff's CPU inference time.
+    """
+    import copy
+
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        children = list(module._modules.items())
+        for (name_a, a), (name_b, b) in zip(children, children[1:], strict=False):
+            if (isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d) and b.track_running_stats
+                    and b.running_mean is not None):
+                module._modules[name_a] = fuse_conv_bn_eval(a, b)
+                module._modules[name_b] = torch.nn.Identity()
+    return fused
+
+
 class TorchPredictor:
-    """A Siamese network applied tile by tile.
+    """A Siamese network applied tile by tile (an eval-mode copy with batch norm folded into the convolutions).
 
     Parameters
     ----------
@@ -111,7 +136,7 @@ class TorchPredictor:
         self.torch = torch
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.model = model.eval().to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        self.model = fuse_for_inference(model).to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
         self.multiple = int(getattr(model, "required_multiple", 1))
         self.name = name
 
@@ -249,9 +274,25 @@ class StripWriter:
         h, w = array.shape
         self.ds.write(array, 1, window=Window(0, row_off - self.row_offset, w, h))
 
+    def sync(self) -> None:
+        """Flush every written block to the file (close and reopen it), so that the journal never claims rows
+        that a killed process (SIGKILL, power cut of the process) held only in GDAL's block cache."""
+        if not self.ds.closed:
+            self.ds.close()
+        self.ds = rasterio.open(self.partial, "r+")
+
     def close(self) -> None:
         if not self.ds.closed:
             self.ds.close()
+
+    @staticmethod
+    def usable_partial(path: Path, width: int, height: int, dtype: str) -> bool:
+        """Whether a partial file left by an earlier run can be continued (exists, opens, same grid and type)."""
+        try:
+            with rasterio.open(path) as ds:
+                return (ds.width, ds.height, ds.count, ds.dtypes[0]) == (width, height, 1, dtype)
+        except (rasterio.errors.RasterioError, OSError):
+            return False
 
     def finalize(self) -> Path:
         """Convert the partial file into a COG at ``final_path`` atomically; return the path.
@@ -387,6 +428,8 @@ def _writer(
             t0 = time.perf_counter()
             prob_w.write(prob, row_off)
             mask_w.write(mask, row_off)
+            prob_w.sync()  # on disk before the journal says so
+            mask_w.sync()
             journal.rows_done = row_off + prob.shape[0]
             journal.valid += n_valid
             journal.changed += n_changed
@@ -552,6 +595,13 @@ def predict_pair(
         signature["rows"] = [r_lo, r_hi]
     journal = _Journal(partial_dir / "journal.json", signature)
     resumed = resume and journal.load()
+    if resumed and not all(
+        StripWriter.usable_partial(partial_dir / f"{stem}.partial.tif", W, r_hi - r_lo, dtype)
+        for stem, dtype in (("probability", "float32"), ("change", "uint8"))
+    ):
+        log.warning("resume: the partial outputs in %s are missing or unreadable (was the run killed?); "
+                    "starting over", partial_dir)
+        resumed = False
     if not resumed:
         journal.rows_done = journal.valid = journal.changed = 0
     transform = pair.transform

@@ -164,3 +164,23 @@ def test_interrupted_run_leaves_no_output_and_resume_gives_the_same_result(tmp_p
         a, _ = _read(full / name)
         b, _ = _read(run / name)
         np.testing.assert_array_equal(a, b)
+
+
+def test_fused_model_computes_the_same_function() -> None:
+    from changedet.inference import fuse_for_inference
+    from changedet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fc-siam-diff", in_channels=4)
+    model.train()
+    x = torch.randn(2, 4, 48, 48)
+    with torch.no_grad():  # give the batch norms non-trivial running statistics
+        for _ in range(3):
+            model(x, x.flip(-1))
+    model.eval()
+    fused = fuse_for_inference(model)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        np.testing.assert_allclose(fused(x, x.flip(-2)).numpy(), model(x, x.flip(-2)).numpy(), atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the caller's model is untouched"
