@@ -187,3 +187,63 @@ def test_disk_full_is_an_output_error_with_nothing_half_written(scene: tuple[Pat
     left = sorted(p.name for p in out.iterdir())
     assert set(left) <= {".changedet-partial"}, left
     assert signal.SIGXFSZ  # the platform has the signal the child ignores
+
+
+def test_resume_after_sigkill_gives_an_identical_result(scene: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run killed without warning (SIGKILL: no cleanup at all) resumes from what reached the disk.
+
+    The journal only records row blocks once they are flushed to the partial files, so whatever the kill left,
+    --resume either continues from those blocks or, when the partial files are unusable, starts over; the result
+    is identical to an uninterrupted run either way.
+    """
+    import os
+    import time
+
+    before, after = scene
+    out = tmp_path / "out"
+    args = [str(Path(sys.executable).with_name("changedet")), "-q", "detect", str(before), str(after), "-o", str(out),
+            "--method", "cva", "--tile-size", str(TILE), "--no-quicklook", "--no-vectorize"]
+    journal = out / ".changedet-partial" / "journal.json"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(journal.read_text())["rows_done"] > 0:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert not (out / "report.json").exists() and not (out / "change.tif").exists()
+    res = subprocess.run([*args, "--resume", "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["stats"]["tiles_resumed"] > 0  # the journaled blocks were on disk
+    detect(before, after, output_dir=tmp_path / "whole", method="cva", tile_size=TILE, quicklook=False,
+           vectorize=False)
+    a, b = _read(tmp_path / "whole"), _read(out)
+    for name in RASTERS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_resume_with_a_lost_partial_file_starts_over(scene: tuple[Path, Path], checkpoint: Path,
+                                                      tmp_path: Path) -> None:
+    before, after = scene
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, progress=Interrupt(after=70), **_options("cva", checkpoint))
+    (out / ".changedet-partial" / "probability.partial.tif").unlink()  # e.g. removed by a disk clean-up
+    result = detect(before, after, output_dir=out, resume=True, **_options("cva", checkpoint))
+    assert result.report["stats"]["tiles_resumed"] == 0
+    whole = detect(before, after, output_dir=tmp_path / "whole", **_options("cva", checkpoint))
+    assert result.report["summary"] == whole.report["summary"]
+    a, b = _read(tmp_path / "whole"), _read(out)
+    for name in RASTERS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
