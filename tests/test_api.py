@@ -188,6 +188,8 @@ def test_open_datasets_give_the_same_result_as_paths(pair: tuple[Path, Path], re
         res = detect(b, a, method="cva", min_area=300, quicklook=False)
     np.testing.assert_array_equal(res.probability, result.probability)
     assert res.polygons.geometry.iloc[0].equals(result.polygons.geometry.iloc[0])
+    # the datasets are closed now: plot() opens them again by name
+    assert len([ax for ax in res.plot().axes if ax.get_images()]) == 4
 
 
 def test_vectorize_false_means_no_polygons(pair: tuple[Path, Path]) -> None:
