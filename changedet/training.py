@@ -740,6 +740,11 @@ def train(
                 )
 
         run_on_main(check_outputs, dctx)
+        if dctx is not None and dctx.is_main:
+            import socket
+
+            log.info("distributed training on %d processes; rank 0 (host %s) writes the outputs to %s",
+                     world, socket.gethostname(), out.resolve())
         if sync_bn and dctx is not None and dev.type != "cuda":
             raise InputError(
                 "sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation); "
@@ -972,6 +977,7 @@ def train(
             cal_parts = _validate_sharded(net, prepared_val, None, dev, val_tile_size, is_metric, dctx, owners)
 
             def calibrate() -> None:
+                assert cal_parts is not None  # rank 0 holds the pooled predictions
                 scores, probs, _ = cal_parts
                 labels = [s.label for s in prepared_val]
                 valids = [s.valid for s in prepared_val]
