@@ -174,9 +174,10 @@ def run_bare(ckpt: str, tile: int, precision: str, threads: int, n: int = 6) -> 
 
 
 def _child(kind: str, **kwargs: object) -> dict:
+    here = str(Path(__file__).parent)
     code = (
-        "import json, sys; sys.path.insert(0, %r); import bench_detect as b; "
-        "print('RESULT ' + json.dumps(b.run_%s(**json.loads(sys.argv[1]))))" % (str(Path(__file__).parent), kind)
+        f"import json, sys; sys.path.insert(0, {here!r}); import bench_detect as b; "
+        f"print('RESULT ' + json.dumps(b.run_{kind}(**json.loads(sys.argv[1]))))"
     )
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
