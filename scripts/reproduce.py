@@ -98,10 +98,23 @@ def _run_one(name: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[
     from changedet.cli.train import load_config
     from changedet.training import train
 
+    overrides = dict(overrides)
+    reuse = bool(overrides.pop("_reuse", False))
     config, base = load_config(CONFIGS / f"{name}.yaml", {**overrides, "seed": seed, "out": out})
     config.setdefault("overwrite", True)
     started = time.perf_counter()
-    result = train(**config, config_base=base, progress=None)
+    existing = Path(out) / f"{config.get('name', 'model')}.safetensors"
+    if reuse and existing.is_file():
+        # a finished run (e.g. trained earlier with `changedet train`): score it, do not retrain
+        from types import SimpleNamespace
+
+        done = json.loads(existing.with_suffix(".json").read_text())
+        result = SimpleNamespace(checkpoint=existing, threshold=done["threshold"], metrics=done["metrics"],
+                                 epochs_run=done["training"].get("epochs_run"),
+                                 best_epoch=done["training"].get("best_epoch"))
+        config = {**config, **{k: v for k, v in done["training"]["config"].items() if k not in ("out",)}}
+    else:
+        result = train(**config, config_base=base, progress=None)
     meta = json.loads(result.checkpoint.with_suffix(".json").read_text())
     test = evaluate_test(result.checkpoint, meta["training"]["data"], Path(out) / "test",
                          int(config.get("threads") or 1))
@@ -266,6 +279,8 @@ def main() -> None:
     parser.add_argument("--install", type=int, default=None, metavar="SEED",
                         help="copy this seed's checkpoints to the --cards folder as <name>.safetensors/.json")
     parser.add_argument("--json", type=Path, default=None, help="write all run summaries to this JSON file")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score runs that already have a checkpoint in <out>/<name>/seed<k>/ instead of retraining")
     args = parser.parse_args()
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -274,6 +289,8 @@ def main() -> None:
         if not (CONFIGS / f"{name}.yaml").is_file():
             parser.error(f"no config {CONFIGS / (name + '.yaml')}")
     overrides: dict[str, Any] = {"threads": args.threads, "plots": True}
+    if args.reuse:
+        overrides["_reuse"] = True
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     import yaml
