@@ -719,6 +719,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
     from rasterio.errors import RasterioError
 
     partial_dir = out / ".changedet-partial"
+    _remove_stale_staging(out)
     staging = out / f".changedet-staging-{os.getpid()}"
     try:
         staging.mkdir(parents=True, exist_ok=True)
@@ -827,6 +828,23 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove staging folders left in ``out`` by runs that were killed (their process no longer exists)."""
+    for item in out.glob(".changedet-staging-*"):
+        try:
+            pid = int(item.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(item, ignore_errors=True)
+        except OSError:  # alive but not ours (PermissionError), or no way to tell: leave it
+            continue
 
 
 def _root_message(exc: BaseException) -> str:

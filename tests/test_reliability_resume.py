@@ -247,3 +247,20 @@ def test_resume_with_a_lost_partial_file_starts_over(scene: tuple[Path, Path], c
     a, b = _read(tmp_path / "whole"), _read(out)
     for name in RASTERS:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_staging_left_by_a_killed_run_is_removed(scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path) -> None:
+    import os
+
+    before, after = scene
+    out = tmp_path / "out"
+    dead = 2**22 + 12345  # above Linux's pid_max: no such process
+    with pytest.raises(ProcessLookupError):
+        os.kill(dead, 0)
+    stale = out / f".changedet-staging-{dead}"
+    stale.mkdir(parents=True)
+    (stale / "probability.tif").write_bytes(b"half")
+    alive = out / f".changedet-staging-{os.getppid()}"  # a live process's staging folder is left alone
+    alive.mkdir()
+    detect(before, after, output_dir=out, **_options("cva", checkpoint))
+    assert not stale.exists() and alive.exists()
