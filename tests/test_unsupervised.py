@@ -69,9 +69,10 @@ def f1_score(mask: np.ndarray, truth: np.ndarray) -> float:
     return 2 * tp / max(2 * tp + fp + fn, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    # DSFA trains a tiny network: one thread is fastest and avoids oversubscribing a shared CI machine.
+    # DSFA trains a tiny network: one thread is fastest, and two threads on a loaded 2-core CI machine are ~10x
+    # slower (spinning). Function scope, so that it runs after conftest's per-test thread setting.
     torch = pytest.importorskip("torch")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
