@@ -166,21 +166,17 @@ def test_interrupted_run_leaves_no_output_and_resume_gives_the_same_result(tmp_p
         np.testing.assert_array_equal(a, b)
 
 
-def test_fused_model_computes_the_same_function() -> None:
-    from changedet.inference import fuse_for_inference
+def test_the_predictor_runs_a_folded_copy_and_leaves_the_model_untouched() -> None:
     from changedet.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("fc-siam-diff", in_channels=4)
-    model.train()
-    x = torch.randn(2, 4, 48, 48)
-    with torch.no_grad():  # give the batch norms non-trivial running statistics
-        for _ in range(3):
-            model(x, x.flip(-1))
-    model.eval()
-    fused = fuse_for_inference(model)
-    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert n_bn > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    model = create_model("fc-siam-diff", in_channels=4).eval()
+    predictor = _predictor(model, c=4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(1, 4, 40, 40)).astype(np.float32)
+    a = rng.normal(size=(1, 4, 40, 40)).astype(np.float32)
     with torch.no_grad():
-        np.testing.assert_allclose(fused(x, x.flip(-2)).numpy(), model(x, x.flip(-2)).numpy(), atol=1e-4)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the caller's model is untouched"
+        ref = torch.sigmoid(model(torch.from_numpy(b), torch.from_numpy(a)))[:, 0].numpy()
+    np.testing.assert_allclose(predictor.predict(b, a, np.ones((1, 40, 40), bool)), ref, atol=1e-5)
