@@ -85,4 +85,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    cli()
+    """Console entry point: a Ctrl-C before the command's own error handling starts still exits 130 quietly."""
+    try:
+        cli()
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -355,7 +355,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, in_channels: int | None = N
         names = f" ({', '.join(meta.band_names)})" if meta.band_names else ""
         raise CheckpointError(
             f"{json_path}: the model was trained on {expected} bands{names} but the input has {in_channels} bands; "
-            "select the same bands (e.g. --bands) or use/train a model for this band count"
+            "select the same bands (e.g. --indexes 4,3,2) or use/train a model for this band count"
         )
     try:
         model = create_model(meta.architecture, **meta.kwargs)
