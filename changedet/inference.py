@@ -496,7 +496,7 @@ def predict_pair(
     overlap: int = 64,
     blend: str = "cosine",
     batch_size: int = 1,
-    prefetch: int = 4,
+    prefetch: int = 2,
     progress: ProgressCallback | None = None,
     resume: bool = False,
     partial_dir: Path | None = None,
@@ -611,8 +611,8 @@ def predict_pair(
 
     timing = {"read": 0.0, "write": 0.0}
     stop = threading.Event()
-    tile_q: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
-    write_q: queue.Queue = queue.Queue(maxsize=4)
+    tile_q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    write_q: queue.Queue = queue.Queue(maxsize=2)
     write_errors: list[BaseException] = []
     reader = threading.Thread(target=_reader, args=(pair, tiles, tile_q, stop, timing), daemon=True,
                               name="changedet-read")
