@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Score every detection method on real pairs through the user's path: `changedet detect` then `changedet evaluate`.
+
+For each OSCD city (stacked with `changedet stack`, labels 1/2) and each AirChange pair (BMP triplets, labels 0/255),
+runs `changedet detect --method M` for the unsupervised baselines (cva, irmad, dsfa) and the bundled supervised
+model(s), then `changedet evaluate --json`, and prints a markdown table of the F1 (change class, in %) per pair and
+pooled over all pixels of the listed pairs (the published convention).
+
+    python scripts/compare_methods.py                                   # held-out OSCD cities + AirChange val pairs
+    python scripts/compare_methods.py --cities beirut,saclay_e --methods cva,irmad,dsfa,s2-13band,s2-rgb
+    python scripts/compare_methods.py --airchange Szada/7,Tiszadob/5 --methods cva,irmad,dsfa,aerial-rgb
+
+Outputs go under tiles/compare/ (git-ignored). Not part of CI: it takes minutes per pair on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CHANGEDET_SHARED_DATA", REPO.parent / "shared" / "data"))
+OSCD = DATA / "oscd" / "Onera Satellite Change Detection dataset - Images"
+OSCD_LABELS = DATA / "oscd" / "Onera Satellite Change Detection dataset - Train Labels"
+AIRCHANGE = DATA / "sztaki-airchange"
+WORK = REPO / "tiles" / "compare"
+UNSUPERVISED = ("cva", "irmad", "dsfa")
+
+
+def _cli() -> list[str]:
+    exe = Path(sys.executable).with_name("changedet")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "changedet.cli.main"]
+
+
+def _run(args: list[str]) -> str:
+    proc = subprocess.run([*_cli(), "-q", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"changedet {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
+    return proc.stdout
+
+
+def _georeferenced_label(city: str, before: Path) -> Path:
+    """The OSCD label with the georeferencing of imgs_1/*B02.tif (the label TIFFs carry none)."""
+    import rasterio
+
+    out = WORK / city / "label.tif"
+    if out.exists():
+        return out
+    src = next((OSCD_LABELS / city / "cm").glob("*-cm.tif"))
+    with rasterio.open(src) as lab, rasterio.open(before) as ref:
+        profile = {"driver": "GTiff", "width": lab.width, "height": lab.height, "count": 1, "dtype": "uint8",
+                   "crs": ref.crs, "transform": ref.transform}
+        data = lab.read(1)
+    with rasterio.open(out, "w", **profile) as ds:
+        ds.write(data, 1)
+    return out
+
+
+def oscd_pair(city: str) -> tuple[Path, Path, Path, list[str]]:
+    folder = WORK / city
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in (1, 2):
+        out = folder / f"{'before' if k == 1 else 'after'}.tif"
+        if not out.exists():
+            _run(["stack", str(OSCD / city / f"imgs_{k}"), "-o", str(out)])
+        paths.append(out)
+    return paths[0], paths[1], _georeferenced_label(city, paths[0]), ["--truth-values", "1,2"]
+
+
+def airchange_pair(name: str) -> tuple[Path, Path, Path, list[str]]:
+    folder = AIRCHANGE / name
+    files = {p.name.lower(): p for p in folder.iterdir()}
+    return files["im1.bmp"], files["im2.bmp"], files["gt.bmp"], ["--truth-change-value", "255"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cities", default="beirut,saclay_e", help="OSCD cities (comma-separated; '' for none)")
+    ap.add_argument("--airchange", default="", help="AirChange pairs, e.g. Szada/7,Tiszadob/5")
+    ap.add_argument("--methods", default="cva,irmad,dsfa,s2-13band,s2-rgb",
+                    help="unsupervised methods and/or bundled model names / checkpoint paths")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="also write the scores as JSON")
+    args = ap.parse_args()
+
+    pairs: list[tuple[str, tuple[Path, Path, Path, list[str]]]] = []
+    pairs += [(c, oscd_pair(c)) for c in args.cities.split(",") if c.strip()]
+    pairs += [(p, airchange_pair(p)) for p in args.airchange.split(",") if p.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    scores: dict[str, dict[str, dict]] = {}
+    for method in methods:
+        conf = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+        for name, (before, after, truth, truth_opts) in pairs:
+            out = WORK / "runs" / name.replace("/", "_") / Path(method).stem
+            opts = ["--method", method] if method in UNSUPERVISED else ["--model", method]
+            _run(["detect", str(before), str(after), "-o", str(out), *opts, "--overwrite", "--no-quicklook",
+                  "--no-vectorize", "--threads", str(args.threads)])
+            result = json.loads(_run(["evaluate", str(out / "change.tif"), str(truth), *truth_opts, "--json"]))
+            pooled = result["pooled"]
+            scores.setdefault(method, {})[name] = pooled
+            for k in conf:
+                conf[k] += int(pooled[k])
+            print(f"{method:>12} {name:>14}: F1 {100 * pooled['f1']:.2f}", file=sys.stderr, flush=True)
+        tp, fp, fn = conf["tp"], conf["fp"], conf["fn"]
+        scores[method]["pooled"] = {**conf, "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
+    names = [n for n, _ in pairs]
+    print("| method | " + " | ".join(names) + " | pooled |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for method in methods:
+        row = [f"{100 * scores[method][n]['f1']:.1f}" for n in [*names, "pooled"]]
+        print(f"| {method} | " + " | ".join(row) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=2))
+
+
+if __name__ == "__main__":
+    main()
