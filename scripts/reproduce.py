@@ -112,6 +112,7 @@ def _run_one(name: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[
         result = SimpleNamespace(checkpoint=existing, threshold=done["threshold"], metrics=done["metrics"],
                                  epochs_run=done["training"].get("epochs_run"),
                                  best_epoch=done["training"].get("best_epoch"))
+        started -= float(done["training"].get("seconds") or 0.0)  # report the training time of that run
         config = {**config, **{k: v for k, v in done["training"]["config"].items() if k not in ("out",)}}
     else:
         result = train(**config, config_base=base, progress=None)
