@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--methods", default="cva,irmad,dsfa,s2-13band,s2-rgb",
                     help="unsupervised methods and/or bundled model names / checkpoint paths")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["float32", "bf16"], default="float32", help="for the supervised models")
     ap.add_argument("--json", type=Path, default=None, help="also write the scores as JSON")
     args = ap.parse_args()
 
@@ -96,8 +97,9 @@ def main() -> None:
     for method in methods:
         conf = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
         for name, (before, after, truth, truth_opts) in pairs:
-            out = WORK / "runs" / name.replace("/", "_") / Path(method).stem
-            opts = ["--method", method] if method in UNSUPERVISED else ["--model", method]
+            out = WORK / "runs" / name.replace("/", "_") / f"{Path(method).stem}-{args.precision}"
+            opts = (["--method", method] if method in UNSUPERVISED
+                    else ["--model", method, "--precision", args.precision])
             _run(["detect", str(before), str(after), "-o", str(out), *opts, "--overwrite", "--no-quicklook",
                   "--no-vectorize", "--threads", str(args.threads)])
             result = json.loads(_run(["evaluate", str(out / "change.tif"), str(truth), *truth_opts, "--json"]))
