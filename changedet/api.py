@@ -725,6 +725,16 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         staging.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the staging folder ({exc}); choose a writable output folder") from exc
+    quiet = warnings.catch_warnings()
+    quiet.__enter__()
+    if pair.crs is None:
+        # the user was told once that the inputs have no georeferencing: not again for each output we re-open
+        from changedet.errors import NotGeoreferencedWarning
+
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+        warnings.filterwarnings("ignore", module="rasterio")
+        warnings.filterwarnings("ignore", message=".*(crs|CRS).*not provided")
+        warnings.filterwarnings("ignore", message=".*Affine.identity")
     try:
         before_date, after_date = (getattr(pair, "dates", None) or (None, None))
         tags = {"CHANGEDET_VERSION": __version__, "MODEL": str(model_report.get("name")),
@@ -827,6 +837,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             f"space and write permission of the output folder.{resume_hint}"
         ) from exc
     finally:
+        quiet.__exit__(None, None, None)
         shutil.rmtree(staging, ignore_errors=True)
 
 
