@@ -33,10 +33,17 @@ def collect(band_counts: tuple[int, ...] = (3, 13)) -> dict[str, Any]:
     return {"architectures": architectures, "bundled": bundled}
 
 
+_SHOWN = ("f1", "precision", "recall", "iou", "kappa")
+
+
 def _fmt_metrics(metrics: dict[str, Any]) -> str:
-    parts = [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-             if isinstance(v, (int, float, str))]
-    return " ".join(parts) or "-"
+    """The headline validation scores (in %), and where they were measured; `--json` has every figure."""
+    parts = [f"{k} {100 * metrics[k]:.1f}" for k in _SHOWN if isinstance(metrics.get(k), (int, float))]
+    where = metrics.get("calibrated_on") or "validation"
+    scenes = metrics.get("scenes")
+    if isinstance(scenes, list) and scenes:
+        where = f"{where}: {', '.join(map(str, scenes))}"
+    return (", ".join(parts) + f" ({where})") if parts else "-"
 
 
 @click.command("models")
