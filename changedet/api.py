@@ -62,6 +62,7 @@ OUTPUT_NAMES = {
     "project": "project.qgs",
 }
 _SIDE_CARS = ("probability.qml", "change.qml", "changes.qml")
+GDAL_CACHE_BYTES = int(os.environ.get("CHANGEDET_GDAL_CACHE_MB", "128")) * 2**20  # during prediction
 _IN_MEMORY_LIMIT = 64_000_000  # pixels: larger results stay on disk (paths only)
 METHODS = ("model", "cva", "irmad", "dsfa")
 
@@ -640,20 +641,25 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
     elif model is not None:
         raise InputError(f"--model {model} is only used with --method model, not {method}")
 
-    pair = open_pair(before, after, indexes=select, coregister=coregister, match_histograms=match_histograms,
-                     allow_empty=True)
-    try:
-        return _run(
-            pair, net, meta, method, out, tmp_holder, names,
-            threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
-            threads=threads, precision=precision, device=device, min_area=min_area, simplify=simplify,
-            fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
-            quicklook=quicklook, resume=resume, progress=progress, t0=t0,
-            sources=(before, after), source_names=(before_name, after_name), checkpoint=checkpoint,
-            predictor_classes=(TorchPredictor, ScorerPredictor), predict_pair=predict_pair,
-        )
-    finally:
-        pair.close()
+    import rasterio
+
+    # GDAL's block cache defaults to 5 % of the RAM and keeps every decoded input block (the decimated read for
+    # the scene statistics touches them all): bound it so that memory stays flat whatever the scene size
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        pair = open_pair(before, after, indexes=select, coregister=coregister, match_histograms=match_histograms,
+                         allow_empty=True)
+        try:
+            return _run(
+                pair, net, meta, method, out, tmp_holder, names,
+                threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
+                threads=threads, precision=precision, device=device, min_area=min_area, simplify=simplify,
+                fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
+                quicklook=quicklook, resume=resume, progress=progress, t0=t0,
+                sources=(before, after), source_names=(before_name, after_name), checkpoint=checkpoint,
+                predictor_classes=(TorchPredictor, ScorerPredictor), predict_pair=predict_pair,
+            )
+        finally:
+            pair.close()
 
 
 def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any, names: list[str], *,
@@ -667,15 +673,14 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
     timings: dict[str, float] = {"open_and_check": time.perf_counter() - t0}
     model_report: dict[str, Any]
     if method == "model":
-        from changedet.io.radiometry import band_stats
+        from changedet.io.radiometry import pair_band_stats
 
         if threads:
             import torch
 
             torch.set_num_threads(int(threads))
         norm = meta.normalization or {"mode": "scene"}
-        scene_b = band_stats(pair, which="before")
-        scene_a = band_stats(pair, which="after")
+        scene_b, scene_a = pair_band_stats(pair)
         if norm.get("mode") == "fixed":
             mean_b, std_b = norm["mean"], norm["std"]
             mean_a, std_a = norm["mean"], norm["std"]

@@ -898,10 +898,28 @@ class AlignedPair:
     def read_decimated(
         self, max_pixels: int = 1_000_000, *, apply_corrections: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Read the whole common grid decimated to at most ``max_pixels`` pixels per band (for statistics)."""
-        scale = max(1.0, math.sqrt(self.width * self.height / max(1, max_pixels)))
-        out_h, out_w = max(1, int(self.height / scale)), max(1, int(self.width / scale))
-        return self._read(Window(0, 0, self.width, self.height), (out_h, out_w), apply_corrections)
+        """A sample of the common grid of at most about ``max_pixels`` pixels per band (for statistics).
+
+        A grid of up to ``4 * max_pixels`` pixels is read decimated (``out_shape``). A larger one is sampled at full
+        resolution: a regular k x k grid of 256 x 256 windows spread over the scene, returned as one mosaic image.
+        Decoding the whole scene for a decimated read costs seconds to minutes on large pixel-interleaved GeoTIFFs
+        (every block is decoded once per band when GDAL's block cache cannot hold the scene), while the windows
+        touch a few dozen blocks.
+        """
+        size = 256
+        if (self.width * self.height <= 4 * max_pixels or self.width < 2 * size or self.height < 2 * size):
+            scale = max(1.0, math.sqrt(self.width * self.height / max(1, max_pixels)))
+            out_h, out_w = max(1, int(self.height / scale)), max(1, int(self.width / scale))
+            return self._read(Window(0, 0, self.width, self.height), (out_h, out_w), apply_corrections)
+        k = max(2, round(math.sqrt(max_pixels) / size))
+        rows = np.linspace(0, self.height - size, k).round().astype(int)
+        cols = np.linspace(0, self.width - size, k).round().astype(int)
+        strips = []
+        for r in rows:
+            parts = [self._read(Window(int(c), int(r), size, size), None, apply_corrections) for c in cols]
+            strips.append(tuple(np.concatenate([p[i] for p in parts], axis=-1) for i in range(3)))
+        before, after, valid = (np.concatenate([s[i] for s in strips], axis=-2) for i in range(3))
+        return before, after, valid
 
     def _read(
         self, window: Window, out_hw: tuple[int, int] | None, apply_corrections: bool

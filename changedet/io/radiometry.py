@@ -161,10 +161,26 @@ def band_stats(
         float64 arrays of one value per band (0 and 1 when no pixel is valid).
     """
     arr, valid = _sample(pair_or_ds, which, max_pixels)
+    return _stats(arr, valid)
+
+
+def _stats(arr: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not valid.any():
         return np.zeros(arr.shape[0]), np.ones(arr.shape[0])
     vals = arr[:, valid].astype(np.float64)
     return vals.mean(axis=1), vals.std(axis=1)
+
+
+def pair_band_stats(
+    pair: Any, max_pixels: int = 1_000_000
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``band_stats`` of both dates of an AlignedPair from one decimated read: ``((mean_b, std_b), (mean_a, std_a))``.
+
+    Valid pixels are those valid in both dates, as in :func:`band_stats` (the sample is
+    :meth:`~changedet.io.alignment.AlignedPair.read_decimated`'s).
+    """
+    before, after, valid = pair.read_decimated(max_pixels=max_pixels, apply_corrections=False)
+    return _stats(before, valid), _stats(after, valid)
 
 
 @dataclass
