@@ -1,9 +1,9 @@
 """``changedet detect`` with the bundled models on real pairs from ../shared/data (marked ``realdata``).
 
 The OSCD city is saclay_e and the AirChange pair Szada/7: neither is in the bundled models' training scenes (saclay_e
-is a held-out test city of s2-13band / s2-rgb; Szada/7 a validation pair of aerial-rgb). The F1 floors are set well
-below what the shipped checkpoints measured (see their model cards), so they catch a broken model, band order or
-normalisation, not a slightly different number.
+is a held-out test city of s2-13band / s2-rgb; Szada/7 a validation pair of aerial-rgb). The F1 floors sit below what
+the shipped checkpoints measured (see their model cards) and above what a model with scrambled bands or
+normalisation scores, so they catch a broken model, not a slightly different number.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def test_oscd_city_with_the_default_13_band_model(saclay: tuple[Path, Path], tmp
     assert set(polys["after_date"]) <= {"2017-08-29"}
     label = rasterio.open(next((OSCD_LABELS / "saclay_e" / "cm").glob("*-cm.tif"))).read(1)
     cm = confusion_matrix(mask == 1, label == 2, (mask != 255) & (label > 0))
-    assert cm.f1 > 0.10, f"F1 {cm.f1:.3f} on the held-out city saclay_e"
+    # the shipped model scores F1 0.075 here (mostly seasonal field change; see changedet/weights/s2-13band.md); a
+    # model with scrambled bands or normalisation falls to the change fraction (about 0.01-0.02)
+    assert cm.f1 > 0.05, f"F1 {cm.f1:.3f} on the held-out city saclay_e"
 
 
 def test_s2_rgb_picks_its_bands_by_name_from_a_13_band_stack(saclay: tuple[Path, Path], tmp_path: Path) -> None:
