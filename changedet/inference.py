@@ -179,14 +179,6 @@ class ScorerPredictor:
 # ---------------------------------------------------------------------------------------------------------------
 # writer
 # ---------------------------------------------------------------------------------------------------------------
-COG_OPTIONS = {
-    "COMPRESS": "DEFLATE",
-    "BLOCKSIZE": "512",
-    "OVERVIEW_RESAMPLING": "NEAREST",
-    "NUM_THREADS": "ALL_CPUS",
-    "BIGTIFF": "IF_SAFER",
-}
-
 
 class StripWriter:
     """Writes row blocks of a single-band raster into a temporary tiled GeoTIFF, then a COG.
@@ -276,7 +268,7 @@ class StripWriter:
 
         With ``cog=False`` the tiled GeoTIFF is renamed onto ``final_path`` as it is (for intermediate files).
         """
-        from rasterio.shutil import copy as rio_copy
+        from changedet.io.raster import to_cog
 
         self.close()
         if not self.cog:
@@ -284,10 +276,8 @@ class StripWriter:
             return self.final_path
         tmp = self.final_path.with_name(f".{self.final_path.name}.{os.getpid()}.tmp")
         try:
-            opts = dict(COG_OPTIONS, OVERVIEW_RESAMPLING=self.resampling)
-            if self.final_path.suffix.lower() in (".tif", ".tiff"):
-                opts["PREDICTOR"] = "YES" if self.resampling == "AVERAGE" else "NO"
-            rio_copy(self.partial, tmp, driver="COG", **opts)
+            to_cog(self.partial, tmp, overview_resampling=self.resampling,
+                   predictor=self.resampling == "AVERAGE", name=self.final_path)
             os.replace(tmp, self.final_path)
         except BaseException:
             tmp.unlink(missing_ok=True)

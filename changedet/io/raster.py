@@ -49,6 +49,7 @@ __all__ = [
     "open_raster",
     "raster_info",
     "read_window",
+    "to_cog",
     "write_cog",
 ]
 
@@ -796,21 +797,9 @@ class COGWriter:
         assert self._ds is not None and self._stage is not None and self._final_tmp is not None
         self._ds.close()
         self._ds = None
-        predictor = "YES"
-        cog_opts: dict[str, Any] = {
-            "driver": "COG",
-            "COMPRESS": "DEFLATE",
-            "PREDICTOR": predictor,
-            "BLOCKSIZE": self.blocksize,
-            "OVERVIEWS": "IGNORE_EXISTING",
-            "OVERVIEW_RESAMPLING": self.overview_resampling.upper(),
-            "BIGTIFF": "IF_SAFER",
-            "NUM_THREADS": str(min(2, os.cpu_count() or 1)),
-        }
         try:
-            rasterio.shutil.copy(str(self._stage), str(self._final_tmp), **cog_opts)
-        except rasterio.errors.RasterioError as exc:
-            raise OutputError(f"{self.path}: writing the Cloud-Optimised GeoTIFF failed ({exc}).") from exc
+            to_cog(self._stage, self._final_tmp, blocksize=self.blocksize,
+                   overview_resampling=self.overview_resampling, name=self.path)
         finally:
             _remove_quietly(self._stage)
 
@@ -825,6 +814,37 @@ class COGWriter:
             with contextlib.suppress(BaseException):
                 self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             self._atomic = None
+
+
+def to_cog(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    blocksize: int = 512,
+    overview_resampling: str = "nearest",
+    predictor: bool = True,
+    name: PathLike | None = None,
+) -> None:
+    """Convert a (tiled) GeoTIFF into a Cloud-Optimised GeoTIFF with GDAL's COG driver (DEFLATE, overviews).
+
+    The one COG conversion of changedet: :class:`COGWriter` and the detect engine's streamed outputs both end here.
+    ``dst`` is written as given (callers write to a temporary name and rename). GDAL errors become
+    :class:`~changedet.errors.OutputError` naming ``name`` (default ``dst``).
+    """
+    opts: dict[str, Any] = {
+        "driver": "COG",
+        "COMPRESS": "DEFLATE",
+        "PREDICTOR": "YES" if predictor else "NO",
+        "BLOCKSIZE": blocksize,
+        "OVERVIEWS": "IGNORE_EXISTING",
+        "OVERVIEW_RESAMPLING": overview_resampling.upper(),
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": str(min(2, os.cpu_count() or 1)),
+    }
+    try:
+        rasterio.shutil.copy(os.fspath(src), os.fspath(dst), **opts)
+    except rasterio.errors.RasterioError as exc:
+        raise OutputError(f"{name or dst}: writing the Cloud-Optimised GeoTIFF failed ({exc}).") from exc
 
 
 def write_cog(
