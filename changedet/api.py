@@ -34,6 +34,7 @@ from changedet.errors import (
     OutputError,
     OutputExistsError,
 )
+from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     import folium
@@ -451,8 +452,8 @@ def detect(
     method: str = "model",
     checkpoint: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
-    tile_size: int = 512,
-    overlap: int = 64,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
     blend: str = "cosine",
     batch_size: int = 1,
     threads: int | None = None,
@@ -794,7 +795,10 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "alignment": _pair_report(pair),
             "model": model_report,
             "threshold": thr,
-            "tiling": {"tile_size": tile_size, "overlap": overlap, "blend": blend, "batch_size": batch_size},
+            "tiling": {"tile_size": tile_size, "overlap": overlap, "blend": blend, "batch_size": batch_size,
+                       # what the engine used: the tile edge shrinks to cover the scene evenly (engine_grid)
+                       "tile_size_used": getattr(stats, "tile_size", tile_size) or tile_size,
+                       "overlap_used": getattr(stats, "overlap", overlap) or overlap},
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
                           "geojson_crs": geojson_crs} if vectorize else None,
             "summary": _summary(stats, px_area, polygons),

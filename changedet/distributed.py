@@ -47,6 +47,7 @@ from urllib.parse import urlparse
 
 from changedet._version import __version__
 from changedet.errors import ChangedetError, ChangedetWarning, InputError
+from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
@@ -256,8 +257,8 @@ class Block:
     read_rows: tuple[int, int]
 
 
-def plan_blocks(height: int, width: int, *, block_rows: int = DEFAULT_BLOCK_ROWS, tile_size: int = 512,
-                overlap: int = 64, blend: str = "cosine", multiple: int = 1) -> list[Block]:
+def plan_blocks(height: int, width: int, *, block_rows: int = DEFAULT_BLOCK_ROWS, tile_size: int = DEFAULT_TILE_SIZE,
+                overlap: int = DEFAULT_OVERLAP, blend: str = "cosine", multiple: int = 1) -> list[Block]:
     """Split a ``height x width`` scene into row blocks of ``block_rows`` rows for :func:`detect_blocks`.
 
     Each block lists the tile rows of the engine's grid (:func:`changedet.inference.engine_grid`, the same
@@ -396,8 +397,8 @@ class _BlockEngine:
         self.threads = threads
         self.plan: list[Block] = []
 
-    def __call__(self, pair: Any, predictor: Any, *, out_dir: Path, threshold: float, tile_size: int = 512,
-                 overlap: int = 64, blend: str = "cosine", batch_size: int = 1, progress: Any = None,
+    def __call__(self, pair: Any, predictor: Any, *, out_dir: Path, threshold: float, tile_size: int = DEFAULT_TILE_SIZE,
+                 overlap: int = DEFAULT_OVERLAP, blend: str = "cosine", batch_size: int = 1, progress: Any = None,
                  resume: bool = False, partial_dir: Path | None = None, tags: dict[str, str] | None = None,
                  **_ignored: Any) -> PredictStats:
         from changedet.inference import PredictStats, engine_grid

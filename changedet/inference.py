@@ -37,7 +37,7 @@ import rasterio
 from rasterio.windows import Window
 
 from changedet.errors import ChangedetError, InputError, OutputError
-from changedet.tiling import Tile, TileGrid
+from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, TileGrid, balanced_tile_size
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,8 @@ class PredictStats:
     seconds_write: float = 0.0
     seconds_finalize: float = 0.0
     seconds_total: float = 0.0
+    tile_size: int = 0  # the tile edge used (see engine_grid: at most the requested one)
+    overlap: int = 0
     paths: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -498,20 +500,29 @@ def use_engine(engine: Callable[..., PredictStats] | None) -> Iterator[None]:
 
 
 def engine_grid(
-    height: int, width: int, *, multiple: int = 1, tile_size: int = 512, overlap: int = 64, blend: str = "cosine"
+    height: int, width: int, *, multiple: int = 1, tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP, blend: str = "cosine", balance: bool = True,
 ) -> TileGrid:
     """The :class:`~changedet.tiling.TileGrid` that :func:`predict_pair` walks for a scene and a predictor.
 
     ``tile_size`` is rounded down to the predictor's ``multiple`` and ``overlap`` reduced below the tile size, as
     the engine does, so that callers splitting a scene (see :func:`tile_rows_for`) use exactly the engine's tiles.
+    ``tile_size`` is an upper bound: with ``balance`` (default) the tiles shrink to the smallest size that covers
+    the scene with as many tiles (:func:`~changedet.tiling.balanced_tile_size`), which saves the compute that an
+    edge tile moved far inward would repeat.
 
     >>> g = engine_grid(1000, 700, multiple=16, tile_size=250, overlap=300)
     >>> g.tile_size, g.overlap
     (240, 224)
+    >>> engine_grid(2048, 2048, multiple=16, tile_size=512, overlap=32).tile_size
+    448
     """
     multiple = max(1, int(multiple))
     tile_size = max(multiple, int(tile_size) // multiple * multiple)
     overlap = min(int(overlap), tile_size - multiple) if tile_size > multiple else 0
+    if balance:
+        tile_size = balanced_tile_size(height, width, tile_size, overlap, multiple)
+        overlap = min(overlap, tile_size - multiple) if tile_size > multiple else 0
     return TileGrid(int(height), int(width), tile_size=tile_size, overlap=overlap, multiple=multiple,
                     blend=blend)  # type: ignore[arg-type]
 
@@ -541,8 +552,8 @@ def predict_pair(
     *,
     out_dir: Path,
     threshold: float,
-    tile_size: int = 512,
-    overlap: int = 64,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
     blend: str = "cosine",
     batch_size: int = 1,
     prefetch: int = 2,
@@ -611,7 +622,7 @@ def predict_pair(
     r_lo, r_hi = (0, H) if rows is None else (int(rows[0]), int(rows[1]))
     k_lo, k_hi = tile_rows_for(grid, r_lo, r_hi)
     n_cols = len(grid.col_starts)
-    stats = PredictStats(tiles_total=(k_hi - k_lo) * n_cols)
+    stats = PredictStats(tiles_total=(k_hi - k_lo) * n_cols, tile_size=tile_size, overlap=overlap)
 
     signature = {
         "height": H, "width": W, "tile_size": tile_size, "overlap": overlap, "blend": blend,

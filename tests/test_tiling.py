@@ -93,3 +93,47 @@ def test_property_tiles_cover_every_pixel_and_weights_normalise(
     assert wsum.min() > 0, "a pixel has zero total blending weight"
     if blend != "mean":
         np.testing.assert_allclose(wsum, 1.0, atol=1e-5)
+
+
+@given(
+    h=st.integers(1, 3000),
+    w=st.integers(1, 3000),
+    tile=st.sampled_from([64, 128, 256, 512]),
+    overlap=st.integers(0, 63),
+    multiple=st.sampled_from([1, 16, 32]),
+)
+@settings(max_examples=300, deadline=None)
+def test_property_balanced_grid_never_needs_more_tiles_nor_a_larger_tile(
+    h: int, w: int, tile: int, overlap: int, multiple: int
+) -> None:
+    from changedet.inference import engine_grid
+
+    fixed = engine_grid(h, w, multiple=multiple, tile_size=tile, overlap=overlap, balance=False)
+    balanced = engine_grid(h, w, multiple=multiple, tile_size=tile, overlap=overlap)
+    assert balanced.tile_size <= fixed.tile_size
+    assert balanced.tile_size % multiple == 0
+    if max(balanced.shape) > 1:  # (a single tile has no overlap to keep)
+        assert balanced.overlap == fixed.overlap
+    assert balanced.shape[0] <= fixed.shape[0] and balanced.shape[1] <= fixed.shape[1]
+    computed = sum(t.height * t.width for t in balanced)
+    assert computed <= sum(t.height * t.width for t in fixed)
+    count, wsum = _coverage(balanced)
+    assert count.min() >= 1
+    np.testing.assert_allclose(wsum, 1.0, atol=1e-6)
+    for a, b in zip(balanced.row_starts, balanced.row_starts[1:], strict=False):
+        assert a + balanced.tiles[0].height - b >= balanced.overlap  # neighbours still overlap enough
+
+
+def test_balanced_grid_saves_the_work_of_a_far_inward_edge_tile() -> None:
+    from changedet.inference import engine_grid
+    from changedet.tiling import balanced_tile_size
+
+    # 2048 px in tiles of 512 overlapping by 32: 5 tiles per axis either way, but 448 px tiles suffice
+    assert balanced_tile_size(2048, 2048, 512, 32, 16) == 448
+    fixed = engine_grid(2048, 2048, multiple=16, tile_size=512, overlap=32, balance=False)
+    balanced = engine_grid(2048, 2048, multiple=16, tile_size=512, overlap=32)
+    assert fixed.shape == balanced.shape == (5, 5)
+    work = sum(t.height * t.width for t in balanced) / sum(t.height * t.width for t in fixed)
+    assert work == pytest.approx((448 / 512) ** 2)
+    # a Sentinel-2 tile: 23 tiles of 512 per axis already fit tightly
+    assert balanced_tile_size(10980, 10980, 512, 32, 16) == 512

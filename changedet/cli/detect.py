@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from changedet.cli._common import echo_json, quiet
+from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 
 def _indexes(
@@ -59,8 +60,8 @@ class _Progress:
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint (.safetensors + .json) for an architecture named with --model.")
 @click.option("--method", type=click.Choice(["model", "cva", "irmad", "dsfa"]), default="model", show_default=True, help="Supervised network, or an unsupervised baseline.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Probability threshold (default: the calibrated one).")
-@click.option("--tile-size", type=click.IntRange(16, 8192), default=512, show_default=True)
-@click.option("--overlap", type=click.IntRange(0, 4096), default=64, show_default=True)
+@click.option("--tile-size", type=click.IntRange(16, 8192), default=DEFAULT_TILE_SIZE, show_default=True)
+@click.option("--overlap", type=click.IntRange(0, 4096), default=DEFAULT_OVERLAP, show_default=True)
 @click.option("--blend", type=click.Choice(["cosine", "mean", "center-crop"]), default="cosine", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 512), default=None, help="torch threads (default: torch's choice).")

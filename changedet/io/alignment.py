@@ -959,8 +959,10 @@ class AlignedPair:
         valid = vb & va
         if apply_corrections and self._matcher is not None:
             after = self._matcher.apply(after, valid)
-        before[:, ~valid] = 0.0
-        after[:, ~valid] = 0.0
+        if not valid.all():
+            invalid = ~valid
+            before[:, invalid] = 0.0
+            after[:, invalid] = 0.0
         return before, after, valid
 
     # lifetime ---------------------------------------------------------------------------------------------------------
@@ -1009,7 +1011,10 @@ def _read_masked(
         raise RasterReadError(
             f"{ds.name}: cannot read window {window} ({exc}); the file may be truncated."
         ) from exc
-    valid = np.isfinite(arr).all(axis=0)
+    if all(np.issubdtype(np.dtype(ds.dtypes[i - 1]), np.integer) for i in idx):
+        valid = np.ones((h, w), bool)  # integers are always finite: skip a pass over every band
+    else:
+        valid = np.isfinite(arr).all(axis=0)
     nodata = ds.nodata
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         valid &= (arr != np.float32(nodata)).all(axis=0)

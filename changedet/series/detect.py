@@ -31,6 +31,7 @@ from changedet.series.outputs import (
     paletted_style_qml,
 )
 from changedet.series.stack import MODES, _label, open_series, order_by_date, series_pairs
+from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def detect_series(
     method: str = "model",
     checkpoint: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
-    tile_size: int = 512,
-    overlap: int = 64,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
     blend: str = "cosine",
     batch_size: int = 1,
     threads: int | None = None,

@@ -17,6 +17,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from changedet.series.stack import _zeroed
+from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ def predict_series(
     out_dir: Path,
     pair_dirs: Sequence[str],
     thresholds: Sequence[float],
-    tile_size: int = 512,
-    overlap: int = 64,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
     blend: str = "cosine",
     batch_size: int = 1,
     prefetch: int = 2,
@@ -146,8 +147,7 @@ def predict_series(
     -------
     SeriesStats
     """
-    from changedet.inference import MASK_NODATA, PROB_NODATA, StripWriter, _batches
-    from changedet.tiling import TileGrid
+    from changedet.inference import MASK_NODATA, PROB_NODATA, StripWriter, _batches, engine_grid
 
     t_start = time.perf_counter()
     n_pairs = len(pairs)
@@ -157,9 +157,8 @@ def predict_series(
     H, W = int(stack.height), int(stack.width)
     multiples = {max(1, int(p.multiple)) for p in predictors}
     multiple = max(multiples)
-    tile_size = max(multiple, int(tile_size) // multiple * multiple)
-    overlap = min(int(overlap), tile_size - multiple) if tile_size > multiple else 0
-    grid = TileGrid(H, W, tile_size=tile_size, overlap=overlap, multiple=multiple, blend=blend)  # type: ignore[arg-type]
+    grid = engine_grid(H, W, multiple=multiple, tile_size=tile_size, overlap=overlap, blend=blend)
+    tile_size, overlap = grid.tile_size, grid.overlap
     stats = SeriesStats(tiles_total=len(grid), pair_valid=[0] * n_pairs, pair_changed=[0] * n_pairs,
                         first_change_pixels=[0] * n_pairs)
     idx_dtype, idx_nodata = index_dtype(n_pairs)
