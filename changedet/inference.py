@@ -583,6 +583,8 @@ def predict_pair(
         model's multiple) for small scenes.
     batch_size
         Tiles per forward pass (1 is fastest on CPUs; larger batches help GPUs).
+    prefetch
+        Tiles read ahead by the reader thread; 0 reads each tile in the calling thread between forward passes.
     progress
         Called as ``progress(tiles_done, tiles_total, pixels_done)`` after each batch.
     resume
@@ -680,10 +682,18 @@ def predict_pair(
                               daemon=True, name="changedet-write")
     allocs = contextlib.ExitStack()
     allocs.enter_context(large_allocations())
-    reader.start()
+    if prefetch > 0:
+        reader.start()
     writer.start()
 
     def _tiles() -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray]]:
+        if prefetch <= 0:  # read in this thread, between forward passes
+            for tile in tiles:
+                t0 = time.perf_counter()
+                item = (tile, *pair.read(Window(*tile.window)))
+                timing["read"] += time.perf_counter() - t0
+                yield item
+            return
         while True:
             item = tile_q.get()
             if item is None:
@@ -783,7 +793,8 @@ def predict_pair(
         raise
     finally:
         stop.set()
-        reader.join(timeout=30)
+        if reader.is_alive():
+            reader.join(timeout=30)
         allocs.close()
     stats.valid_pixels, stats.changed_pixels = journal.valid, journal.changed
     stats.seconds_read, stats.seconds_write = timing["read"], timing["write"]

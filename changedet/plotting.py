@@ -49,6 +49,8 @@ RGB_NAMES = (("B04", "B03", "B02"), ("B4", "B3", "B2"), ("RED", "GREEN", "BLUE")
 #: Colour of the change in every figure and map: polygons' fill, the mask overlay.
 CHANGE_COLOR = "#ff2200"
 OUTLINE_COLOR = "#ffee00"
+NODATA_FACE = "#d0d0d0"  # nodata: light grey hatched with darker grey, distinct from white (saturated) pixels
+NODATA_HATCH = "#7a7a7a"
 
 
 def _out_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
@@ -114,7 +116,7 @@ def rgb_composite(
     """Stretch a (band, row, col) array of 1 or 3 bands to a float (row, col, 3) image in 0..1.
 
     Each band is stretched linearly between ``limits`` (low and high per band, e.g. from :func:`stretch_limits` over
-    both dates) or, without them, between its own ``percentiles`` over the valid pixels. Invalid pixels are white.
+    both dates) or, without them, between its own ``percentiles`` over the valid pixels. Invalid pixels are white (the quick-look figure makes them transparent over a hatch).
     """
     a = np.asarray(array, dtype=np.float32)
     if a.ndim == 2:
@@ -297,6 +299,7 @@ def plot_result(
     import matplotlib.patheffects as pe
     import rasterio
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
     from matplotlib.ticker import MaxNLocator
     from rasterio.enums import Resampling
 
@@ -321,6 +324,13 @@ def plot_result(
         date = _date(result, key)
         if date:
             titles[i] += f" ({date})"
+    # nodata is transparent over a hatched background, so that it never reads as saturated white or as black
+    imgs = [None if img is None else np.dstack([img, r[1].astype(np.float32)])
+            for img, r in zip(imgs, reads, strict=True)]
+    for ax in axes.flat:
+        ax.add_patch(Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2],
+                               facecolor=NODATA_FACE, edgecolor=NODATA_HATCH, hatch="////", linewidth=0,
+                               zorder=-1, label="nodata"))
     for ax, img in zip(axes[0], imgs, strict=True):
         if img is not None:
             ax.imshow(img, extent=extent, interpolation="nearest")
@@ -328,7 +338,7 @@ def plot_result(
             ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
 
     threshold = result.report.get("threshold")
-    cmap = matplotlib.colormaps["magma"].with_extremes(bad="white")
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     shown = np.ma.masked_where(~(prob >= 0), prob)
     im = axes[1, 0].imshow(shown, extent=extent, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     cax = axes[1, 0].inset_axes((0.55, 0.07, 0.4, 0.035))

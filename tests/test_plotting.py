@@ -107,9 +107,15 @@ def test_probability_panel_shows_the_probability_raster_and_nodata_as_blank(tmp_
     assert shown.shape == prob.shape
     assert np.array_equal(np.ma.getmaskarray(shown), prob < 0)
     np.testing.assert_array_equal(shown.compressed(), prob[prob >= 0])
-    # the BEFORE composite is white where BEFORE has no data
+    # the BEFORE composite is transparent where BEFORE has no data (over a hatched patch), opaque elsewhere
     before_img = _map_axes(fig)[0].get_images()[0].get_array()
-    assert np.all(before_img[:, :12] == 1.0)
+    assert before_img.shape[-1] == 4
+    assert np.all(before_img[:, :12, 3] == 0.0)
+    assert np.all(before_img[:, 40:, 3] == 1.0)
+    for ax in _map_axes(fig):
+        hatched = [p for p in ax.patches if p.get_hatch() and p.get_label() == "nodata"]
+        assert len(hatched) == 1
+        assert all(hatched[0].zorder < im.zorder for im in ax.get_images())
 
 
 def test_before_and_after_share_one_stretch(tmp_path: Path) -> None:
@@ -118,8 +124,8 @@ def test_before_and_after_share_one_stretch(tmp_path: Path) -> None:
     before = make_geotiff(tmp_path / "b.tif", base, dtype="uint16", tags={"ACQUISITION_DATE": "2020-01-01"})
     after = make_geotiff(tmp_path / "a.tif", base * 1.5, dtype="uint16", tags={"ACQUISITION_DATE": "2020-06-01"})
     result = detect(before, after, method="cva", quicklook=False, vectorize=False)
-    shared = [ax.get_images()[0].get_array() for ax in _map_axes(result.plot())[:2]]
-    own = [ax.get_images()[0].get_array() for ax in _map_axes(result.plot(shared_stretch=False))[:2]]
+    shared = [ax.get_images()[0].get_array()[..., :3] for ax in _map_axes(result.plot())[:2]]
+    own = [ax.get_images()[0].get_array()[..., :3] for ax in _map_axes(result.plot(shared_stretch=False))[:2]]
     # one stretch: AFTER, 1.5 x brighter everywhere, looks brighter; separate stretches hide it
     assert shared[1].mean() > shared[0].mean() + 0.3
     assert abs(own[1].mean() - own[0].mean()) < 0.02
