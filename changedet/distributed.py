@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import csv
 import datetime as _dt
 import inspect
@@ -33,13 +32,11 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -571,88 +568,14 @@ def detect_blocks(before: Any, after: Any, model: Any = None, *, output_dir: str
         return detect(before, after, model, output_dir=output_dir, **options)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# per-worker model cache
-# ---------------------------------------------------------------------------------------------------------------
-_CACHE_SCOPE: ContextVar[tuple[Any, ...] | None] = ContextVar("changedet_model_cache_scope", default=None)
-_CACHE: collections.OrderedDict[tuple[Any, ...], tuple[Any, Any]] = collections.OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_STATS = {"loads": 0, "hits": 0}
-_CACHE_SIZE = 4
-
-
-def _file_stamp(spec: Any) -> Any:
-    """Modification time of a checkpoint given by path (so a retrained file is reloaded), else None."""
-    if spec is None:
-        return None
-    from changedet.models.checkpoint import checkpoint_paths
-
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        weights, _json = checkpoint_paths(spec)
-        return weights.stat().st_mtime_ns
-    return None
-
-
-def _install_model_cache() -> None:
-    """Make ``changedet.models.bundled.resolve_model`` (which ``detect`` calls) keep loaded models in this process.
-
-    The cache applies only inside :func:`_model_cache_scope` (a batch task); elsewhere the original function runs.
-    A model is keyed by everything that chooses or transforms it (spec, checkpoint and its file time, band count,
-    pixel size, device, precision), so a cached model is exactly the one ``detect`` would load.
-    """
-    from changedet.models import bundled
-
-    if getattr(bundled.resolve_model, "_changedet_cached", False):
-        return
-    original = bundled.resolve_model
-
-    def resolve_model(spec: Any = None, **kwargs: Any) -> tuple[Any, Any]:
-        scope = _CACHE_SCOPE.get()
-        if scope is None:
-            return original(spec, **kwargs)
-        ckpt = kwargs.get("checkpoint")
-        key = (str(spec) if spec is not None else None, _file_stamp(spec),
-               str(ckpt) if ckpt is not None else None, _file_stamp(ckpt),
-               *sorted((k, str(v)) for k, v in kwargs.items() if k != "checkpoint"), scope)
-        with _CACHE_LOCK:
-            hit = _CACHE.get(key)
-            if hit is None:
-                hit = original(spec, **kwargs)
-                _CACHE[key] = hit
-                _CACHE_STATS["loads"] += 1
-                while len(_CACHE) > _CACHE_SIZE:
-                    _CACHE.popitem(last=False)
-            else:
-                _CACHE.move_to_end(key)
-                _CACHE_STATS["hits"] += 1
-        return hit[0], copy.deepcopy(hit[1])
-
-    resolve_model._changedet_cached = True  # type: ignore[attr-defined]
-    resolve_model.__wrapped__ = original  # type: ignore[attr-defined]
-    resolve_model.__doc__ = original.__doc__
-    bundled.resolve_model = resolve_model
-
-
-@contextlib.contextmanager
-def _model_cache_scope(device: str, precision: str) -> Iterator[None]:
-    _install_model_cache()
-    token = _CACHE_SCOPE.set((str(device), str(precision)))
-    try:
-        yield
-    finally:
-        _CACHE_SCOPE.reset(token)
-
-
 def model_cache_info() -> dict[str, Any]:
     """Models loaded and reused by batch tasks in this process (run it on workers with ``client.run``).
 
-    Returns
-    -------
-    dict
-        ``loads`` (models loaded), ``hits`` (tasks that reused one), ``cached`` (models held now).
+    See :func:`changedet.models.bundled.model_cache_info`.
     """
-    with _CACHE_LOCK:
-        return {**_CACHE_STATS, "cached": len(_CACHE)}
+    from changedet.models.bundled import model_cache_info as info
+
+    return info()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -677,11 +600,12 @@ def _detect_pair(before: str, after: str, output_dir: str, options: dict[str, An
     """Task: detect one pair into ``output_dir`` (block-split when larger than ``block_pixels``)."""
     from changedet.api import detect
     from changedet.io.raster import raster_info
+    from changedet.models.bundled import model_cache
 
     t0 = time.perf_counter()
     failure = None
     try:
-        with _model_cache_scope(options.get("device", "cpu"), options.get("precision", "float32")):
+        with model_cache(options.get("device", "cpu"), options.get("precision", "float32")):
             info = raster_info(before)
             big = bool(block_pixels) and info.width * info.height > block_pixels
             if big:

@@ -325,7 +325,7 @@ def plot_result(
         if date:
             titles[i] += f" ({date})"
     # nodata is transparent over a hatched background, so that it never reads as saturated white or as black
-    imgs = [None if img is None else np.dstack([img, r[1].astype(np.float32)])
+    imgs = [None if img is None or r is None else np.dstack([img, r[1].astype(np.float32)])
             for img, r in zip(imgs, reads, strict=True)]
     for ax in axes.flat:
         ax.add_patch(Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2],

@@ -165,10 +165,9 @@ def run_naive(before: str, after: str, ckpt: str, out: str, tile: int, overlap: 
 def run_bare(ckpt: str, tile: int, precision: str, threads: int, n: int = 6) -> dict:
     import torch
 
-    from changedet.models.bundled import resolve_model
-
     from changedet.inference import large_allocations
     from changedet.models import optimize_for_inference
+    from changedet.models.bundled import resolve_model
 
     torch.set_num_threads(threads)
     model, _ = resolve_model(ckpt, band_count=13)

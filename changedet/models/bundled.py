@@ -20,10 +20,17 @@ anything else                           an error naming the bundled models and h
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import copy
 import logging
 import os
+import threading
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -31,7 +38,8 @@ from changedet.errors import ChangedetWarning, CheckpointError, UnknownModelErro
 from changedet.models.checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, read_meta
 from changedet.models.registry import list_models
 
-__all__ = ["WEIGHTS_DIR", "bundled_path", "default_model_name", "list_bundled", "resolve_model"]
+__all__ = ["WEIGHTS_DIR", "bundled_path", "default_model_name", "list_bundled", "model_cache", "model_cache_info",
+           "resolve_model"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,9 @@ def resolve_model(spec: str | os.PathLike[str] | None = None, *, band_count: int
                   weights_dir: str | os.PathLike[str] | None = None) -> tuple[nn.Module, CheckpointMeta]:
     """Load the model to apply to an input of ``band_count`` bands.
 
+    Inside :func:`model_cache` the loaded model is kept and handed out again to later calls with the same arguments
+    (and the same checkpoint file modification time): one load per process for a batch of pairs.
+
     Parameters
     ----------
     spec : str or path-like, optional
@@ -143,6 +154,31 @@ def resolve_model(spec: str | os.PathLike[str] | None = None, *, band_count: int
     CheckpointError
         The checkpoint does not fit (band count...), an architecture without checkpoint, or no default bundled.
     """
+    kwargs: dict[str, Any] = {"band_count": band_count, "pixel_size": pixel_size, "checkpoint": checkpoint,
+                              "device": device, "weights_dir": weights_dir}
+    scope = _CACHE_SCOPE.get()
+    if scope is None:
+        return _resolve(spec, **kwargs)
+    key = (str(spec) if spec is not None else None, _file_stamp(spec),
+           str(checkpoint) if checkpoint is not None else None, _file_stamp(checkpoint),
+           *sorted((k, str(v)) for k, v in kwargs.items() if k != "checkpoint"), scope)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is None:
+            hit = _resolve(spec, **kwargs)
+            _CACHE[key] = hit
+            _CACHE_STATS["loads"] += 1
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        else:
+            _CACHE.move_to_end(key)
+            _CACHE_STATS["hits"] += 1
+    return hit[0], copy.deepcopy(hit[1])
+
+
+def _resolve(spec: str | os.PathLike[str] | None, *, band_count: int, pixel_size: float | None,
+             checkpoint: str | os.PathLike[str] | None, device: str,
+             weights_dir: str | os.PathLike[str] | None) -> tuple[nn.Module, CheckpointMeta]:
     folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     bundled = {m.name: m for m in list_bundled(folder)}
     if checkpoint is not None:
@@ -177,3 +213,58 @@ def resolve_model(spec: str | os.PathLike[str] | None = None, *, band_count: int
         _check_pixel_size(meta, pixel_size, spec)
         return model, meta
     raise UnknownModelError(spec, [*bundled, *list_models()], what="model")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-process model cache (batch tasks: one load per worker, not one per pair)
+# ---------------------------------------------------------------------------------------------------------------
+_CACHE_SCOPE: ContextVar[tuple[Any, ...] | None] = ContextVar("changedet_model_cache_scope", default=None)
+_CACHE: collections.OrderedDict[tuple[Any, ...], tuple[nn.Module, CheckpointMeta]] = collections.OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_STATS = {"loads": 0, "hits": 0}
+_CACHE_SIZE = 4
+
+
+def _file_stamp(spec: Any) -> Any:
+    """Modification time of a checkpoint given by path (so a retrained file is reloaded), else None."""
+    if spec is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        weights, _json = checkpoint_paths(spec)
+        return weights.stat().st_mtime_ns
+    return None
+
+
+@contextlib.contextmanager
+def model_cache(*scope: Any) -> Iterator[None]:
+    """Reuse the models that :func:`resolve_model` loads in this context (and this thread or task).
+
+    A model is keyed by everything that chooses or transforms it (spec, checkpoint and its file time, band count,
+    pixel size, device, weights folder) plus ``scope`` (e.g. the device and precision of the task), so a cached
+    model is exactly the one :func:`resolve_model` would load. Up to 4 models are kept per process, least recently
+    used first out. The models are shared: callers must not modify them (``detect`` does not: it runs an
+    optimised copy). :func:`changedet.distributed.batch` wraps each pair's task in it.
+
+    >>> with model_cache("cpu", "float32"):
+    ...     a, _ = resolve_model("s2-rgb", band_count=3)
+    ...     b, _ = resolve_model("s2-rgb", band_count=3)
+    >>> a is b, resolve_model("s2-rgb", band_count=3)[0] is a
+    (True, False)
+    """
+    token = _CACHE_SCOPE.set(tuple(str(s) for s in scope))
+    try:
+        yield
+    finally:
+        _CACHE_SCOPE.reset(token)
+
+
+def model_cache_info() -> dict[str, Any]:
+    """Models loaded and reused inside :func:`model_cache` in this process (on Dask workers: ``client.run``).
+
+    Returns
+    -------
+    dict
+        ``loads`` (models loaded), ``hits`` (calls that reused one), ``cached`` (models held now).
+    """
+    with _CACHE_LOCK:
+        return {**_CACHE_STATS, "cached": len(_CACHE)}
