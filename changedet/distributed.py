@@ -265,7 +265,7 @@ def plan_blocks(height: int, width: int, *, block_rows: int = DEFAULT_BLOCK_ROWS
     >>> [b.rows for b in plan_blocks(1000, 300, block_rows=400, tile_size=256, overlap=32)]
     [(0, 400), (400, 800), (800, 1000)]
     >>> [b.read_rows for b in plan_blocks(1000, 300, block_rows=400, tile_size=256, overlap=32)]
-    [(0, 480), (224, 1000), (672, 1000)]
+    [(0, 614), (194, 1000), (582, 1000)]
     """
     from changedet.inference import engine_grid, tile_rows_for
 

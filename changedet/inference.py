@@ -352,61 +352,151 @@ class _Journal:
         os.replace(tmp, self.path)
 
 
-def _reader(
-    pair: Any,
-    tiles: Sequence[Tile],
-    out: queue.Queue,
-    stop: threading.Event,
-    timing: dict[str, float],
-) -> None:
-    """Prefetch thread: read both dates of every tile and queue them (or the exception that stopped it)."""
-    try:
-        for tile in tiles:
-            if stop.is_set():
-                return
-            t0 = time.perf_counter()
-            before, after, valid = pair.read(Window(*tile.window))
-            timing["read"] += time.perf_counter() - t0
-            while not stop.is_set():
-                try:
-                    out.put((tile, before, after, valid), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-        out.put(None)
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-        out.put(exc)
+class TileStreams:
+    """The reader and writer threads around a streaming engine's main loop (used by :func:`predict_pair` and
+    :func:`changedet.series.engine.predict_series`).
 
+    ``read(tile)`` returns the tile's arrays; it runs in a prefetch thread that keeps up to ``prefetch`` tiles
+    ready (or, with ``prefetch=0``, in the calling thread between forward passes). :meth:`items` yields
+    ``(tile, *arrays)`` in order. :meth:`put` hands a job (a block of finished rows) to ``write(job)`` in the
+    writer thread, :meth:`finish` waits until every job is written. Errors in either thread surface in the calling
+    thread. As a context manager it starts the threads inside :func:`large_allocations` and, on the way out, stops
+    the reader and, after an error, drops pending writes; ``timing`` holds the seconds spent reading and writing.
+    """
 
-def _writer(
-    jobs: queue.Queue,
-    writers: tuple[StripWriter, StripWriter],
-    journal: _Journal,
-    timing: dict[str, float],
-    errors: list[BaseException],
-) -> None:
-    """Writer thread: write finished row blocks and advance the journal."""
-    prob_w, mask_w = writers
-    while True:
-        job = jobs.get()
-        if job is None:
-            return
-        if errors:
-            continue
-        row_off, prob, mask, n_valid, n_changed = job
+    def __init__(self, read: Callable[[Tile], tuple[Any, ...]], tiles: Sequence[Tile],
+                 write: Callable[[Any], None], *, prefetch: int = 2, name: str = "changedet") -> None:
+        self._read, self._tiles, self._write, self.prefetch = read, list(tiles), write, int(prefetch)
+        self.timing = {"read": 0.0, "write": 0.0}
+        self._stop = threading.Event()
+        self._tile_q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        self._write_q: queue.Queue = queue.Queue(maxsize=2)
+        self._errors: list[BaseException] = []
+        self._reader = threading.Thread(target=self._read_all, daemon=True, name=f"{name}-read")
+        self._writer = threading.Thread(target=self._write_all, daemon=True, name=f"{name}-write")
+        self._allocs = contextlib.ExitStack()
+
+    # threads ---------------------------------------------------------------------------------------------------
+    def _read_one(self, tile: Tile) -> tuple[Any, ...]:
+        t0 = time.perf_counter()
+        item = (tile, *self._read(tile))
+        self.timing["read"] += time.perf_counter() - t0
+        return item
+
+    def _read_all(self) -> None:
         try:
-            t0 = time.perf_counter()
-            prob_w.write(prob, row_off)
-            mask_w.write(mask, row_off)
-            prob_w.sync()  # on disk before the journal says so
-            mask_w.sync()
-            journal.rows_done = row_off + prob.shape[0]
-            journal.valid += n_valid
-            journal.changed += n_changed
-            journal.save()
-            timing["write"] += time.perf_counter() - t0
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+            for tile in self._tiles:
+                if self._stop.is_set():
+                    return
+                item = self._read_one(tile)
+                while not self._stop.is_set():
+                    try:
+                        self._tile_q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+            self._tile_q.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._tile_q.put(exc)
+
+    def _write_all(self) -> None:
+        while True:
+            job = self._write_q.get()
+            if job is None:
+                return
+            if self._errors:
+                continue
+            try:
+                t0 = time.perf_counter()
+                self._write(job)
+                self.timing["write"] += time.perf_counter() - t0
+            except BaseException as exc:  # noqa: BLE001 - raised in the main thread by put/finish
+                self._errors.append(exc)
+
+    # main thread -----------------------------------------------------------------------------------------------
+    def __enter__(self) -> TileStreams:
+        self._allocs.enter_context(large_allocations())
+        if self.prefetch > 0:
+            self._reader.start()
+        self._writer.start()
+        return self
+
+    def items(self) -> Iterator[tuple[Any, ...]]:
+        """``(tile, *arrays)`` for every tile, in order."""
+        if self.prefetch <= 0:
+            for tile in self._tiles:
+                yield self._read_one(tile)
+            return
+        while True:
+            item = self._tile_q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def put(self, job: Any) -> None:
+        """Queue a write job (raises the writer's error, if it had one)."""
+        if self._errors:
+            raise self._errors[0]
+        self._write_q.put(job)
+
+    def finish(self) -> None:
+        """Wait until every queued job is written."""
+        self._write_q.put(None)
+        self._writer.join()
+        if self._errors:
+            raise self._errors[0]
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._stop.set()
+        if exc_type is not None and self._writer.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._write_q.put_nowait(None)
+            self._writer.join(timeout=30)
+        if self._reader.is_alive():
+            self._reader.join(timeout=30)
+        self._allocs.close()
+
+
+class StripBuffers:
+    """Full-width row strips of a streaming engine: float accumulators and boolean masks, shifted up as rows finish.
+
+    ``floats`` float32 and ``masks`` bool arrays of ``rows x width``; ``top`` is the scene row of their first row.
+    """
+
+    def __init__(self, rows: int, width: int, *, floats: int, masks: int, top: int = 0) -> None:
+        self.rows, self.top = int(rows), int(top)
+        self.floats = [np.zeros((self.rows, width), np.float32) for _ in range(floats)]
+        self.masks = [np.zeros((self.rows, width), bool) for _ in range(masks)]
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in (*self.floats, *self.masks)))
+
+    def shift(self, n: int) -> None:
+        """Drop the first ``n`` rows (written out): move the rest up, zero the freed rows, advance ``top``."""
+        for buf in (*self.floats, *self.masks):
+            buf[:-n] = buf[n:].copy() if n < self.rows else buf[:0]
+            buf[-n:] = 0
+        self.top += n
+
+
+class RowCursor:
+    """Walks the tile rows of a grid and flushes every block of scene rows that no later tile row touches.
+
+    ``flush(upto)`` is called with increasing row numbers, each a multiple of ``block`` except the scene's last.
+    """
+
+    def __init__(self, grid: TileGrid, flush: Callable[[int], None], *, start_row: int = 0, block: int = 512) -> None:
+        self.grid, self.flush, self.row, self.block = grid, flush, int(start_row), int(block)
+
+    def advance(self, tile_row: int) -> None:
+        """Tile row ``tile_row`` has started: flush what the tile rows before it finished."""
+        while tile_row > self.row:
+            final = self.grid.rows_final_after(self.row)
+            self.flush(final if final >= self.grid.height else final // self.block * self.block)
+            self.row += 1
 
 
 _MALLOC_LOCK = threading.Lock()
@@ -419,8 +509,9 @@ def large_allocations() -> Iterator[None]:
 
     By default glibc serves every allocation above 128 KiB-32 MiB with a fresh ``mmap`` and returns it with
     ``munmap`` when freed, so each convolution's output (tens of MB on a 512-1024 px tile) is page-faulted in anew on
-    every forward pass: 10-30 % of the CPU time of an FC-Siam-diff forward at tile 512-1024 on a 2-core machine
-    (``python scripts/bench_detect.py`` prints the bare rate with and without). Inside this context the mmap
+    every forward pass. Measured on this project's 2-core machine (FC-Siam-diff, 13 bands, float32, 2 threads,
+    in-memory tiles): 1.27 -> 1.37 Mpx/s at tile 512, 0.93 -> 1.35 at tile 1024; bf16 at 512: 2.37 -> 2.64.
+    Set ``CHANGEDET_MALLOPT=0`` to compare. Inside this context the mmap
     threshold is raised to 1 GiB and heap trimming is disabled, so the same pages are reused; on exit the defaults
     come back and ``malloc_trim`` returns the free heap to the system, so peak RSS, not steady RSS, pays for it.
     Nested and concurrent uses are counted; outside glibc (macOS, Windows, musl) or with ``CHANGEDET_MALLOPT=0``
@@ -660,51 +751,33 @@ def predict_pair(
 
     th = grid.tiles[0].height
     block = 512
-    buf_rows = 2 * tile_size + block
-    buf_top = max(journal.rows_done, grid.row_starts[k_lo])
-    acc = np.zeros((buf_rows, W), np.float32)
-    wsum = np.zeros((buf_rows, W), np.float32)
-    vbuf = np.zeros((buf_rows, W), bool)
+    strips = StripBuffers(2 * tile_size + block, W, floats=2, masks=1,
+                          top=max(journal.rows_done, grid.row_starts[k_lo]))
+    acc, wsum = strips.floats
+    (vbuf,) = strips.masks
 
-    start_row = next((r for r, r0 in enumerate(grid.row_starts) if r0 + th > buf_top), len(grid.row_starts))
+    start_row = next((r for r, r0 in enumerate(grid.row_starts) if r0 + th > strips.top), len(grid.row_starts))
     start_row = max(start_row, k_lo)
     tiles = [t for t in grid.tiles if start_row <= t.row < k_hi]
     stats.tiles_resumed = stats.tiles_total - len(tiles)
+    prob_w, mask_w = writers
 
-    timing = {"read": 0.0, "write": 0.0}
-    stop = threading.Event()
-    tile_q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    write_q: queue.Queue = queue.Queue(maxsize=2)
-    write_errors: list[BaseException] = []
-    reader = threading.Thread(target=_reader, args=(pair, tiles, tile_q, stop, timing), daemon=True,
-                              name="changedet-read")
-    writer = threading.Thread(target=_writer, args=(write_q, writers, journal, timing, write_errors),
-                              daemon=True, name="changedet-write")
-    allocs = contextlib.ExitStack()
-    allocs.enter_context(large_allocations())
-    if prefetch > 0:
-        reader.start()
-    writer.start()
+    def _write(job: tuple[int, np.ndarray, np.ndarray, int, int]) -> None:
+        row_off, prob, mask, n_valid, n_changed = job
+        prob_w.write(prob, row_off)
+        mask_w.write(mask, row_off)
+        prob_w.sync()  # on disk before the journal says so
+        mask_w.sync()
+        journal.rows_done = row_off + prob.shape[0]
+        journal.valid += n_valid
+        journal.changed += n_changed
+        journal.save()
 
-    def _tiles() -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray]]:
-        if prefetch <= 0:  # read in this thread, between forward passes
-            for tile in tiles:
-                t0 = time.perf_counter()
-                item = (tile, *pair.read(Window(*tile.window)))
-                timing["read"] += time.perf_counter() - t0
-                yield item
-            return
-        while True:
-            item = tile_q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    streams = TileStreams(lambda tile: pair.read(Window(*tile.window)), tiles, _write, prefetch=prefetch)
 
     def _flush(upto: int) -> None:
-        nonlocal buf_top
-        n = upto - buf_top
+        top = strips.top
+        n = upto - top
         if n <= 0:
             return
         w = wsum[:n]
@@ -716,88 +789,59 @@ def predict_pair(
         changed = v & (prob >= threshold)
         mask[v] = 0
         mask[changed] = 1
-        if write_errors:
-            raise write_errors[0]
-        lo, hi = max(buf_top, r_lo), min(upto, r_hi)  # only the requested rows are written
+        lo, hi = max(top, r_lo), min(upto, r_hi)  # only the requested rows are written
         if hi > lo:
-            s = slice(lo - buf_top, hi - buf_top)
-            write_q.put((lo, prob[s], mask[s], int(v[s].sum()), int(changed[s].sum())))
-        # shift the strip buffers up by n rows
-        for buf in (acc, wsum, vbuf):
-            buf[:-n] = buf[n:].copy() if n < buf_rows else buf[:0]
-            buf[-n:] = 0
-        buf_top = upto
+            s = slice(lo - top, hi - top)
+            streams.put((lo, prob[s], mask[s], int(v[s].sum()), int(changed[s].sum())))
+        strips.shift(n)
 
+    cursor = RowCursor(grid, _flush, start_row=start_row, block=block)
     done = stats.tiles_resumed
     pixels_done = 0
-    current_row = start_row
     try:
-        for batch in _batches(_tiles(), max(1, batch_size)):
-            todo = [item for item in batch if item[3].any()]
-            stats.tiles_skipped += len(batch) - len(todo)
-            if todo:
-                t0 = time.perf_counter()
-                probs = predictor.predict(
-                    np.stack([i[1] for i in todo]), np.stack([i[2] for i in todo]), np.stack([i[3] for i in todo])
-                )
-                stats.seconds_predict += time.perf_counter() - t0
-                stats.tiles_predicted += len(todo)
-            for tile, *_rest in batch:
-                # a tile row is complete once a tile of the next row arrives: flush what is final
-                while tile.row > current_row:
-                    final = grid.rows_final_after(current_row)
-                    _flush(final if final >= H else final // block * block)
-                    current_row += 1
-            for k, (tile, _b, _a, valid) in enumerate(todo):
-                rs, cs = tile.slices
-                r0 = max(rs.start, buf_top)  # rows above buf_top are already written (resume)
-                if r0 >= rs.stop:
-                    continue
-                skip = r0 - rs.start
-                br = slice(r0 - buf_top, rs.stop - buf_top)
-                wt = grid.weights(tile)[skip:]
-                acc[br, cs] += probs[k][skip:] * wt
-                wsum[br, cs] += wt
-                vbuf[br, cs] |= valid[skip:]
-            done += len(batch)
-            pixels_done += sum(t.height * t.width for t, *_ in batch)
-            if progress is not None:
-                progress(done, stats.tiles_total, pixels_done)
-        while current_row < k_hi:
-            final = grid.rows_final_after(current_row)
-            _flush(final if final >= H else final // block * block)
-            current_row += 1
-        _flush(r_hi)
-        write_q.put(None)
-        writer.join()
-        if write_errors:
-            raise write_errors[0]
+        with streams:
+            for batch in _batches(streams.items(), max(1, batch_size)):
+                todo = [item for item in batch if item[3].any()]
+                stats.tiles_skipped += len(batch) - len(todo)
+                if todo:
+                    t0 = time.perf_counter()
+                    probs = predictor.predict(np.stack([i[1] for i in todo]), np.stack([i[2] for i in todo]),
+                                              np.stack([i[3] for i in todo]))
+                    stats.seconds_predict += time.perf_counter() - t0
+                    stats.tiles_predicted += len(todo)
+                for tile, *_rest in batch:  # a tile row is complete once a tile of the next row arrives
+                    cursor.advance(tile.row)
+                for k, (tile, _b, _a, valid) in enumerate(todo):
+                    rs, cs = tile.slices
+                    r0 = max(rs.start, strips.top)  # rows above the strips' top are already written (resume)
+                    if r0 >= rs.stop:
+                        continue
+                    skip = r0 - rs.start
+                    br = slice(r0 - strips.top, rs.stop - strips.top)
+                    wt = grid.weights(tile)[skip:]
+                    acc[br, cs] += probs[k][skip:] * wt
+                    wsum[br, cs] += wt
+                    vbuf[br, cs] |= valid[skip:]
+                done += len(batch)
+                pixels_done += sum(t.height * t.width for t, *_ in batch)
+                if progress is not None:
+                    progress(done, stats.tiles_total, pixels_done)
+            cursor.advance(k_hi)
+            _flush(r_hi)
+            streams.finish()
         t0 = time.perf_counter()
         for w in writers:
             stats.paths[w.final_path.stem] = str(w.finalize())
         stats.seconds_finalize = time.perf_counter() - t0
         (partial_dir / "journal.json").unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             partial_dir.rmdir()
-        except OSError:
-            pass
     except BaseException:
-        stop.set()
-        try:
-            write_q.put_nowait(None)
-        except queue.Full:
-            pass
-        writer.join(timeout=30)
         for w in writers:
             w.close()
         raise
-    finally:
-        stop.set()
-        if reader.is_alive():
-            reader.join(timeout=30)
-        allocs.close()
+    stats.seconds_read, stats.seconds_write = streams.timing["read"], streams.timing["write"]
     stats.valid_pixels, stats.changed_pixels = journal.valid, journal.changed
-    stats.seconds_read, stats.seconds_write = timing["read"], timing["write"]
     stats.seconds_total = time.perf_counter() - t_start
     stats._pixels = (r_hi - r_lo) * W
     return stats

@@ -54,7 +54,11 @@ def qgis_env(tmp_path) -> dict[str, str]:
     home = tmp_path / "qgis_home"
     home.mkdir()
     home.chmod(0o700)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QGIS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QGIS_") and k != "VIRTUAL_ENV"}
+    # QGIS's embedded Python looks for "python3" on PATH to find its prefix: an activated venv's python3 (built on
+    # another interpreter) would give it that interpreter's standard library, and qgis_process then crashes
+    venv_bins = {str(Path(sys.prefix) / "bin"), str(Path(os.environ.get("VIRTUAL_ENV", sys.prefix)) / "bin")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p not in venv_bins)
     env.update(
         QT_QPA_PLATFORM="offscreen",
         XDG_RUNTIME_DIR=str(home),

@@ -60,15 +60,15 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Interrupt:
-    """A progress callback that presses Ctrl-C after ``after`` tiles."""
+    """A progress callback that presses Ctrl-C after ``after`` tiles (a fraction below 1: of all tiles)."""
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, after: float) -> None:
         self.after = after
         self.total = 0
 
     def __call__(self, done: int, total: int, _pixels: int) -> None:
         self.total = total
-        if done >= self.after:
+        if done >= (self.after * total if self.after < 1 else self.after):
             raise KeyboardInterrupt
 
 
@@ -98,7 +98,7 @@ def test_resume_continues_an_interrupted_run_with_an_identical_result(
     whole = detect(before, after, output_dir=tmp_path / "whole", **opts)
 
     out = tmp_path / "resumed"
-    stop = Interrupt(after=70 if method == "cva" else 14)
+    stop = Interrupt(after=0.55)
     with pytest.raises(KeyboardInterrupt):
         detect(before, after, output_dir=out, progress=stop, **opts)
     # only the hidden resume folder is left: no output, no staging folder, no temporary file
@@ -121,7 +121,7 @@ def test_cli_resume_after_an_interrupted_api_run(scene: tuple[Path, Path], check
     before, after = scene
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        detect(before, after, output_dir=out, progress=Interrupt(after=70), **_options("cva", checkpoint))
+        detect(before, after, output_dir=out, progress=Interrupt(after=0.55), **_options("cva", checkpoint))
     exe = Path(sys.executable).with_name("changedet")
     res = subprocess.run([str(exe), "-q", "detect", str(before), str(after), "-o", str(out), "--method", "cva",
                           "--tile-size", str(TILE), "--no-quicklook", "--resume", "--json"],
@@ -138,7 +138,7 @@ def test_resume_with_other_settings_starts_over(scene: tuple[Path, Path], checkp
     before, after = scene
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        detect(before, after, output_dir=out, progress=Interrupt(after=70), **_options("cva", checkpoint))
+        detect(before, after, output_dir=out, progress=Interrupt(after=0.55), **_options("cva", checkpoint))
     # another threshold: the journal does not apply, so everything is predicted again (and still correct)
     result = detect(before, after, output_dir=out, resume=True, threshold=0.9, **_options("cva", checkpoint))
     assert result.report["stats"]["tiles_resumed"] == 0
@@ -238,7 +238,7 @@ def test_resume_with_a_lost_partial_file_starts_over(scene: tuple[Path, Path], c
     before, after = scene
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        detect(before, after, output_dir=out, progress=Interrupt(after=70), **_options("cva", checkpoint))
+        detect(before, after, output_dir=out, progress=Interrupt(after=0.55), **_options("cva", checkpoint))
     (out / ".changedet-partial" / "probability.partial.tif").unlink()  # e.g. removed by a disk clean-up
     result = detect(before, after, output_dir=out, resume=True, **_options("cva", checkpoint))
     assert result.report["stats"]["tiles_resumed"] == 0

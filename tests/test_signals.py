@@ -91,7 +91,7 @@ def test_sigint_exits_130_with_no_output_and_resume_finishes(job: tuple[Path, Pa
     res = subprocess.run([EXE, "-q", *args[1:], "--resume", "--json"], capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
-    assert report["stats"]["tiles_total"] == 64  # 8 x 8 tiles of 256 px, 64 px overlap
+    assert report["stats"]["tiles_total"] == 49  # 7 x 7 tiles of at most 256 px, 32 px overlap (the default)
     assert report["summary"]["valid_pixels"] == 1536 * 1536
     assert {p.name for p in out.iterdir()} >= {"probability.tif", "change.tif", "changes.gpkg", "report.json"}
     assert not (out / ".changedet-partial").exists()

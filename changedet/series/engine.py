@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,45 +58,6 @@ def index_dtype(n_pairs: int) -> tuple[str, int]:
     return ("uint8", 255) if n_pairs <= 254 else ("uint16", 65535)
 
 
-def _series_reader(stack: Any, tiles: Sequence[Any], out: queue.Queue, stop: threading.Event,
-                   timing: dict[str, float]) -> None:
-    """Prefetch thread: read every date of each tile once and queue it (or the exception that stopped it)."""
-    try:
-        for tile in tiles:
-            if stop.is_set():
-                return
-            t0 = time.perf_counter()
-            values, valid = stack.read(Window(*tile.window))
-            timing["read"] += time.perf_counter() - t0
-            while not stop.is_set():
-                try:
-                    out.put((tile, values, valid), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-        out.put(None)
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-        out.put(exc)
-
-
-def _series_writer(jobs: queue.Queue, writers: list[Any], timing: dict[str, float],
-                   errors: list[BaseException]) -> None:
-    while True:
-        job = jobs.get()
-        if job is None:
-            return
-        if errors:
-            continue
-        row_off, arrays = job
-        try:
-            t0 = time.perf_counter()
-            for w, a in zip(writers, arrays, strict=True):
-                w.write(a, row_off)
-            timing["write"] += time.perf_counter() - t0
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-
 def predict_series(
     stack: Any,
     pairs: Sequence[tuple[int, int]],
@@ -147,7 +105,16 @@ def predict_series(
     -------
     SeriesStats
     """
-    from changedet.inference import MASK_NODATA, PROB_NODATA, StripWriter, _batches, engine_grid
+    from changedet.inference import (
+        MASK_NODATA,
+        PROB_NODATA,
+        RowCursor,
+        StripBuffers,
+        StripWriter,
+        TileStreams,
+        _batches,
+        engine_grid,
+    )
 
     t_start = time.perf_counter()
     n_pairs = len(pairs)
@@ -190,38 +157,23 @@ def predict_series(
         raise
 
     block = 512
-    buf_rows = 2 * tile_size + block
-    buf_top = 0
-    acc = [np.zeros((buf_rows, W), np.float32) for _ in range(n_pairs)]
-    vbuf = [np.zeros((buf_rows, W), bool) for _ in range(n_pairs)]
-    wsum = np.zeros((buf_rows, W), np.float32)
-    stats.strip_buffer_bytes = int(sum(a.nbytes for a in acc) + sum(v.nbytes for v in vbuf) + wsum.nbytes)
+    strips = StripBuffers(2 * tile_size + block, W, floats=n_pairs + 1, masks=n_pairs)
+    acc, wsum, vbuf = strips.floats[:n_pairs], strips.floats[n_pairs], strips.masks
+    stats.strip_buffer_bytes = strips.nbytes
 
-    timing = {"read": 0.0, "write": 0.0}
-    stop = threading.Event()
-    tile_q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    write_q: queue.Queue = queue.Queue(maxsize=2)
-    write_errors: list[BaseException] = []
-    reader = threading.Thread(target=_series_reader, args=(stack, grid.tiles, tile_q, stop, timing), daemon=True,
-                              name="changedet-series-read")
-    writer = threading.Thread(target=_series_writer, args=(write_q, writers, timing, write_errors), daemon=True,
-                              name="changedet-series-write")
-    reader.start()
-    writer.start()
+    def _read(tile: Any) -> tuple[np.ndarray, np.ndarray]:
+        stats.tiles_read += 1
+        return stack.read(Window(*tile.window))
 
-    def _tiles() -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
-        while True:
-            item = tile_q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            stats.tiles_read += 1
-            yield item
+    def _write(job: tuple[int, list[np.ndarray]]) -> None:
+        row_off, arrays = job
+        for w, a in zip(writers, arrays, strict=True):
+            w.write(a, row_off)
+
+    streams = TileStreams(_read, grid.tiles, _write, prefetch=prefetch, name="changedet-series")
 
     def _flush(upto: int) -> None:
-        nonlocal buf_top
-        n = upto - buf_top
+        n = upto - strips.top
         if n <= 0:
             return
         w = wsum[:n]
@@ -254,64 +206,51 @@ def predict_series(
             out = a.astype(idx_dtype)
             out[~any_valid] = idx_nodata
             arrays.append(out)
-        if write_errors:
-            raise write_errors[0]
-        write_q.put((buf_top, arrays))
-        for buf in (*acc, *vbuf, wsum):
-            buf[:-n] = buf[n:].copy() if n < buf_rows else buf[:0]
-            buf[-n:] = 0
-        buf_top = upto
+        streams.put((strips.top, arrays))
+        strips.shift(n)
 
+    cursor = RowCursor(grid, _flush, block=block)
     done = 0
     pixels_done = 0
-    current_row = 0
     try:
-        for batch in _batches(_tiles(), max(1, batch_size)):
-            pvalid = [[it[2][i] & it[2][j] for it in batch] for (i, j) in pairs]
-            used = [any(pvalid[p][k].any() for p in range(n_pairs)) for k in range(len(batch))]
-            stats.tiles_skipped += used.count(False)
-            probs: list[dict[int, np.ndarray]] = []
-            for p, (i, j) in enumerate(pairs):
-                todo = [k for k in range(len(batch)) if pvalid[p][k].any()]
-                out: dict[int, np.ndarray] = {}
-                if todo:
-                    parts = [_zeroed(batch[k][1][i], batch[k][1][j], pvalid[p][k]) for k in todo]
-                    t0 = time.perf_counter()
-                    pr = predictors[p].predict(np.stack([x[0] for x in parts]), np.stack([x[1] for x in parts]),
-                                               np.stack([x[2] for x in parts]))
-                    stats.seconds_predict += time.perf_counter() - t0
-                    stats.predictions += len(todo)
-                    out = dict(zip(todo, pr, strict=True))
-                probs.append(out)
-            for tile, *_rest in batch:
-                while tile.row > current_row:
-                    final = grid.rows_final_after(current_row)
-                    _flush(final if final >= H else final // block * block)
-                    current_row += 1
-            for k, (tile, _values, _valid) in enumerate(batch):
-                if not used[k]:
-                    continue
-                rs, cs = tile.slices
-                br = slice(rs.start - buf_top, rs.stop - buf_top)
-                wt = grid.weights(tile)
-                wsum[br, cs] += wt
-                for p in range(n_pairs):
-                    if k in probs[p]:
-                        acc[p][br, cs] += probs[p][k] * wt
-                        vbuf[p][br, cs] |= pvalid[p][k]
-            done += len(batch)
-            pixels_done += sum(t.height * t.width for t, *_ in batch)
-            if progress is not None:
-                progress(done, len(grid), pixels_done)
-        while current_row < len(grid.row_starts):
-            final = grid.rows_final_after(current_row)
-            _flush(final if final >= H else final // block * block)
-            current_row += 1
-        _flush(H)
-        write_q.put(None)
-        writer.join()
-        if write_errors:
-            raise write_errors[0]
+        with streams:
+            for batch in _batches(streams.items(), max(1, batch_size)):
+                pvalid = [[it[2][i] & it[2][j] for it in batch] for (i, j) in pairs]
+                used = [any(pvalid[p][k].any() for p in range(n_pairs)) for k in range(len(batch))]
+                stats.tiles_skipped += used.count(False)
+                probs: list[dict[int, np.ndarray]] = []
+                for p, (i, j) in enumerate(pairs):
+                    todo = [k for k in range(len(batch)) if pvalid[p][k].any()]
+                    out: dict[int, np.ndarray] = {}
+                    if todo:
+                        parts = [_zeroed(batch[k][1][i], batch[k][1][j], pvalid[p][k]) for k in todo]
+                        t0 = time.perf_counter()
+                        pr = predictors[p].predict(np.stack([x[0] for x in parts]),
+                                                   np.stack([x[1] for x in parts]), np.stack([x[2] for x in parts]))
+                        stats.seconds_predict += time.perf_counter() - t0
+                        stats.predictions += len(todo)
+                        out = dict(zip(todo, pr, strict=True))
+                    probs.append(out)
+                for tile, *_rest in batch:
+                    cursor.advance(tile.row)
+                for k, (tile, _values, _valid) in enumerate(batch):
+                    if not used[k]:
+                        continue
+                    rs, cs = tile.slices
+                    br = slice(rs.start - strips.top, rs.stop - strips.top)
+                    wt = grid.weights(tile)
+                    wsum[br, cs] += wt
+                    for p in range(n_pairs):
+                        if k in probs[p]:
+                            acc[p][br, cs] += probs[p][k] * wt
+                            vbuf[p][br, cs] |= pvalid[p][k]
+                done += len(batch)
+                pixels_done += sum(t.height * t.width for t, *_ in batch)
+                if progress is not None:
+                    progress(done, len(grid), pixels_done)
+            cursor.advance(len(grid.row_starts))
+            _flush(H)
+            streams.finish()
         t0 = time.perf_counter()
         for w in writers:
             rel = w.final_path.relative_to(out_dir)
@@ -319,17 +258,10 @@ def predict_series(
         stats.seconds_finalize = time.perf_counter() - t0
         shutil.rmtree(partial_root, ignore_errors=True)
     except BaseException:
-        stop.set()
-        with contextlib.suppress(queue.Full):
-            write_q.put_nowait(None)
-        writer.join(timeout=30)
         for w in writers:
             w.discard()
         shutil.rmtree(partial_root, ignore_errors=True)
         raise
-    finally:
-        stop.set()
-        reader.join(timeout=30)
-    stats.seconds_read, stats.seconds_write = timing["read"], timing["write"]
+    stats.seconds_read, stats.seconds_write = streams.timing["read"], streams.timing["write"]
     stats.seconds_total = time.perf_counter() - t_start
     return stats
