@@ -167,8 +167,11 @@ def band_stats(
 def _stats(arr: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not valid.any():
         return np.zeros(arr.shape[0]), np.ones(arr.shape[0])
-    vals = arr[:, valid].astype(np.float64)
-    return vals.mean(axis=1), vals.std(axis=1)
+    vals = arr.reshape(arr.shape[0], -1)
+    if not valid.all():
+        vals = vals[:, valid.ravel()]
+    # float64 accumulation without a float64 copy of the sample
+    return vals.mean(axis=1, dtype=np.float64), vals.std(axis=1, dtype=np.float64)
 
 
 def pair_band_stats(
