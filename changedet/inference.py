@@ -394,6 +394,7 @@ class TileStreams:
         self._read, self._tiles, self._write, self.prefetch = read, list(tiles), write, int(prefetch)
         self.timing = {"read": 0.0, "write": 0.0}
         self._stop = threading.Event()
+        self._abort = False  # set after an error in the main thread: drop the writes still queued
         self._tile_q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         self._write_q: queue.Queue = queue.Queue(maxsize=2)
         self._errors: list[BaseException] = []
@@ -426,8 +427,13 @@ class TileStreams:
 
     def _write_all(self) -> None:
         while True:
-            job = self._write_q.get()
-            if job is None:
+            try:
+                job = self._write_q.get(timeout=0.2)
+            except queue.Empty:
+                if self._abort:
+                    return
+                continue
+            if job is None or self._abort:
                 return
             if self._errors:
                 continue
@@ -476,9 +482,8 @@ class TileStreams:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._stop.set()
         if exc_type is not None and self._writer.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._write_q.put_nowait(None)
-            self._writer.join(timeout=30)
+            self._abort = True  # the block being written is finished (journal consistent), the rest dropped
+            self._writer.join(timeout=60)
         if self._reader.is_alive():
             self._reader.join(timeout=30)
         self._allocs.close()
