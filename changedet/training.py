@@ -365,36 +365,44 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _curves_figure(history: list[dict[str, Any]], best_epoch: int) -> Any:
+    """The training-curve figure: losses per epoch, validation scores at the epochs that were validated."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        # only the validated epochs (val_every > 1 leaves gaps): a line through them, one marker each
+        pts = [(h["epoch"], float(h[key])) for h in history if h.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    ax1.plot(*series("train_loss"), label="train loss")
+    if any(h.get("val_loss") is not None for h in history):
+        ax1.plot(*series("val_loss"), marker="o", ms=3, label="validation loss")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax1.legend()
+    for key, name in (("val_f1", "val F1 @0.5"), ("val_f1_best", "val F1 @best threshold"), ("val_iou", "val IoU @0.5")):
+        if any(h.get(key) is not None for h in history):
+            ax2.plot(*series(key), marker="o", ms=3, label=name)
+    if best_epoch > 0:
+        ax2.axvline(best_epoch, color="0.6", ls="--", lw=1, label=f"best epoch {best_epoch}")
+    ax2.set(xlabel="epoch", ylabel="score", ylim=(0, 1), title="Validation")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def _plot_curves(path: Path, history: list[dict[str, Any]], best_epoch: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig = _curves_figure(history, best_epoch)
+    tmp = path.with_name(f".{path.name}.partial")
     try:
-        ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-        if any(h.get("val_loss") is not None for h in history):
-            ax1.plot(epochs, [h.get("val_loss") for h in history], label="validation loss")
-        ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-        ax1.legend()
-        for key, name in (("val_f1", "val F1 @0.5"), ("val_f1_best", "val F1 @best threshold"), ("val_iou", "val IoU @0.5")):
-            values = [h.get(key) for h in history]
-            if any(v is not None for v in values):
-                ax2.plot(epochs, [np.nan if v is None else v for v in values], label=name)
-        if best_epoch > 0:
-            ax2.axvline(best_epoch, color="0.6", ls="--", lw=1, label=f"best epoch {best_epoch}")
-        ax2.set(xlabel="epoch", ylabel="score", ylim=(0, 1), title="Validation")
-        ax2.legend()
-        for ax in (ax1, ax2):
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.partial")
         fig.savefig(tmp, format="png")
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------------------ train

@@ -213,3 +213,23 @@ def test_checkpoint_round_trip_through_detect(trained, tmp_path) -> None:
     cm = confusion_matrix(change == 1, scene.label, change != 255)
     assert cm.f1 > 0.85, cm.to_dict()
     assert result is not None
+
+
+def test_training_curves_draw_validation_scores_validated_every_other_epoch() -> None:
+    from changedet.training import _curves_figure
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, **({"val_loss": 0.5, "val_f1": 0.1 * e, "val_f1_best": 0.12 * e,
+                                                       "val_iou": 0.05 * e} if e % 2 == 0 else
+                                                      {"val_loss": None, "val_f1": None, "val_f1_best": None,
+                                                       "val_iou": None})}
+               for e in range(1, 9)]
+    fig = _curves_figure(history, best_epoch=6)
+    losses, scores = fig.axes
+    lines = {ln.get_label(): ln for ln in scores.get_lines()}
+    # every validated epoch is a visible point: no NaN gaps that would leave nothing drawn
+    assert list(lines["val F1 @0.5"].get_xdata()) == [2, 4, 6, 8]
+    np.testing.assert_allclose(lines["val F1 @best threshold"].get_ydata(), [0.24, 0.48, 0.72, 0.96])
+    assert lines["val F1 @0.5"].get_marker() == "o"
+    assert list(lines["best epoch 6"].get_xdata()) == [6, 6]
+    train = {ln.get_label(): ln for ln in losses.get_lines()}
+    assert len(train["train loss"].get_xdata()) == 8 and len(train["validation loss"].get_xdata()) == 4
