@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import geopandas as gpd
 import numpy as np
@@ -179,3 +180,16 @@ def test_report_records_the_balanced_tile_edge_the_engine_used(tmp_path: Path) -
     assert result.report["stats"]["tiles_predicted"] == 4
     defaults = detect(before, after, model=ckpt, output_dir=tmp_path / "default", quicklook=False, vectorize=False)
     assert (defaults.report["tiling"]["tile_size"], defaults.report["tiling"]["overlap"]) == (512, 32)
+
+
+def test_progress_rate_counts_from_the_first_finished_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import changedet.cli.detect as cli_detect
+
+    clock = iter([100.0, 102.0, 104.0])  # first tile at t=100 (after a long set-up), then one tile every 2 s
+    monkeypatch.setattr(cli_detect, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    progress = cli_detect._Progress(enabled=True)
+    for done in (1, 2, 3):
+        progress(done, 3, done * 1_000_000)  # 1 Mpx per tile
+    assert progress.bar.n == 3
+    assert progress.bar.postfix == "0.50 Mpx/s"  # 2 Mpx in 4 s; the set-up before t=100 does not count
+    progress.close()

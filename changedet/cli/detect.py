@@ -33,7 +33,8 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar: Any = None
-        self.t0 = time.perf_counter()
+        self.t0 = 0.0
+        self.p0 = 0
 
     def __call__(self, done: int, total: int, pixels: int) -> None:
         if not self.enabled:
@@ -43,9 +44,12 @@ class _Progress:
 
             self.bar = tqdm(total=total, unit="tile", desc="detect", leave=False, dynamic_ncols=True)
             self.bar.update(done - 1 if done > 1 else 0)
+            # the rate counts from the first finished tile: opening, statistics and the model load are not in it
+            self.t0, self.p0 = time.perf_counter(), pixels
         self.bar.update(done - self.bar.n)
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix_str(f"{pixels / 1e6 / dt:.2f} Mpx/s")
+        dt = time.perf_counter() - self.t0
+        if dt > 0 and pixels > self.p0:
+            self.bar.set_postfix_str(f"{(pixels - self.p0) / 1e6 / dt:.2f} Mpx/s")
 
     def close(self) -> None:
         if self.bar is not None:
