@@ -39,15 +39,16 @@ class _Progress:
     def __call__(self, done: int, total: int, pixels: int) -> None:
         if not self.enabled:
             return
+        now = time.perf_counter()
         if self.bar is None:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="tile", desc="detect", leave=False, dynamic_ncols=True)
             self.bar.update(done - 1 if done > 1 else 0)
             # the rate counts from the first finished tile: opening, statistics and the model load are not in it
-            self.t0, self.p0 = time.perf_counter(), pixels
+            self.t0, self.p0 = now, pixels
         self.bar.update(done - self.bar.n)
-        dt = time.perf_counter() - self.t0
+        dt = now - self.t0
         if dt > 0 and pixels > self.p0:
             self.bar.set_postfix_str(f"{(pixels - self.p0) / 1e6 / dt:.2f} Mpx/s")
 
