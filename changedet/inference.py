@@ -1,7 +1,8 @@
 """Streamed, tiled, batched prediction over an aligned pair.
 
-The engine walks a :class:`~changedet.tiling.TileGrid` in row-major order. A prefetch thread reads the windows of
-both dates from the :class:`~changedet.io.alignment.AlignedPair` (GDAL releases the GIL while it decodes), the main
+The engine walks a :class:`~changedet.tiling.TileGrid` in row-major order. A prefetch thread (or, when torch's
+threads already occupy every core, the main thread between forward passes: :func:`auto_prefetch`) reads the windows
+of both dates from the :class:`~changedet.io.alignment.AlignedPair` (GDAL releases the GIL while it decodes), the main
 thread runs the predictor, blends each tile's probabilities into a strip accumulator, and a writer thread writes
 every block of rows that no later tile touches. Memory is bounded by a few tiles plus one strip of
 ``~2 x tile_size`` rows, whatever the scene size.
@@ -50,6 +51,7 @@ __all__ = [
     "StripWriter",
     "TilePredictor",
     "TorchPredictor",
+    "auto_prefetch",
     "engine_grid",
     "large_allocations",
     "predict_pair",
@@ -489,6 +491,26 @@ class TileStreams:
         self._allocs.close()
 
 
+def auto_prefetch(predictor: Any) -> int:
+    """How many tiles to read ahead in a thread for ``predictor``: 0 when its CPU threads already use every core.
+
+    A reader thread competes with torch's intra-op threads for the cores; when torch uses all of them, each
+    preempted worker stalls the others at the end of every parallel region. On this project's 2-core machine (2
+    torch threads, 4096 x 4096 x 13 bands) reading in a thread made the forward passes 38 % (float32) and 49 %
+    (bf16) slower, and the whole prediction slower than reading between forward passes. With spare cores, a GPU,
+    or an unsupervised scorer (numpy, mostly one thread), reading ahead is free: 2.
+    """
+    torch_mod = getattr(predictor, "torch", None)
+    device = getattr(predictor, "device", None)
+    if torch_mod is None or (device is not None and getattr(device, "type", "cpu") != "cpu"):
+        return 2
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 0 if torch_mod.get_num_threads() >= cores else 2
+
+
 class StripBuffers:
     """Full-width row strips of a streaming engine: float accumulators and boolean masks, shifted up as rows finish.
 
@@ -677,7 +699,7 @@ def predict_pair(
     overlap: int = DEFAULT_OVERLAP,
     blend: str = "cosine",
     batch_size: int = 1,
-    prefetch: int = 2,
+    prefetch: int | None = None,
     progress: ProgressCallback | None = None,
     resume: bool = False,
     partial_dir: Path | None = None,
@@ -706,6 +728,7 @@ def predict_pair(
         Tiles per forward pass (1 is fastest on CPUs; larger batches help GPUs).
     prefetch
         Tiles read ahead by the reader thread; 0 reads each tile in the calling thread between forward passes.
+        None (default): :func:`auto_prefetch`, i.e. 0 when the model's CPU threads already occupy every core.
     progress
         Called as ``progress(tiles_done, tiles_total, pixels_done)`` after each batch.
     resume
@@ -803,7 +826,8 @@ def predict_pair(
         journal.changed += n_changed
         journal.save()
 
-    streams = TileStreams(lambda tile: pair.read(Window(*tile.window)), tiles, _write, prefetch=prefetch)
+    streams = TileStreams(lambda tile: pair.read(Window(*tile.window)), tiles, _write,
+                          prefetch=auto_prefetch(predictor) if prefetch is None else prefetch)
 
     def _flush(upto: int) -> None:
         top = strips.top

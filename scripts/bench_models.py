@@ -2,7 +2,8 @@
 
 For each model at 13 and 3 bands: parameter count, forward FLOPs per output pixel (``torch.utils.flop_counter``,
 one multiply-add = 2 FLOPs, counted on a 256 x 256 pair), and CPU inference megapixels per second at tiles of 256 and
-512 in float32 (channels-last, batch norm folded by ``optimize_for_inference``) and in bfloat16. Times are the best of
+512 in float32 (channels-last, batch norm folded by ``optimize_for_inference``, inside
+``changedet.inference.large_allocations`` as the detect engine runs it) and in bfloat16. Times are the best of
 ``--repeats`` runs after a warm-up, so other processes on the machine inflate them less. Prints a markdown table.
 
 Usage::
@@ -21,6 +22,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from changedet.inference import large_allocations
 from changedet.models import count_parameters, create_model, list_models, optimize_for_inference
 
 
@@ -42,7 +44,7 @@ def throughput(model: torch.nn.Module, bands: int, tile: int, batch: int, dtype:
     before = torch.randn(batch, bands, tile, tile, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     after = torch.randn(batch, bands, tile, tile, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     best = float("inf")
-    with torch.inference_mode():
+    with torch.inference_mode(), large_allocations():  # as the detect engine runs it
         fast(before, after)  # warm-up (oneDNN primitive creation)
         for _ in range(repeats):
             t0 = time.perf_counter()

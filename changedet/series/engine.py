@@ -70,7 +70,7 @@ def predict_series(
     overlap: int = DEFAULT_OVERLAP,
     blend: str = "cosine",
     batch_size: int = 1,
-    prefetch: int = 2,
+    prefetch: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     pair_tags: Sequence[dict[str, str]] | None = None,
     index_tags: dict[str, str] | None = None,
@@ -113,6 +113,7 @@ def predict_series(
         StripWriter,
         TileStreams,
         _batches,
+        auto_prefetch,
         engine_grid,
     )
 
@@ -170,6 +171,8 @@ def predict_series(
         for w, a in zip(writers, arrays, strict=True):
             w.write(a, row_off)
 
+    if prefetch is None:
+        prefetch = min(auto_prefetch(p) for p in predictors)
     streams = TileStreams(_read, grid.tiles, _write, prefetch=prefetch, name="changedet-series")
 
     def _flush(upto: int) -> None:
