@@ -411,21 +411,24 @@ class TileStreams:
         self.timing["read"] += time.perf_counter() - t0
         return item
 
+    def _offer(self, item: Any) -> None:
+        """Queue ``item`` for the main thread unless it has stopped listening (then drop it)."""
+        while not self._stop.is_set():
+            try:
+                self._tile_q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
     def _read_all(self) -> None:
         try:
             for tile in self._tiles:
                 if self._stop.is_set():
                     return
-                item = self._read_one(tile)
-                while not self._stop.is_set():
-                    try:
-                        self._tile_q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-            self._tile_q.put(None)
+                self._offer(self._read_one(tile))
+            self._offer(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self._tile_q.put(exc)
+            self._offer(exc)
 
     def _write_all(self) -> None:
         while True:

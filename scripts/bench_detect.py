@@ -246,7 +246,7 @@ def main() -> None:
         if "predict_s" in s:
             print(f"<!-- {size}: import torch {s['import_s']:.1f} s (not counted); stream seconds {s['seconds']:.1f}: "
                   f"open/check/statistics {s['setup_s']:.1f}, predict {s['predict_s']:.1f}, read "
-                  f"{s['read_s']:.1f} (thread), write {s['write_s']:.1f} (thread), finalize {s['finalize_s']:.1f} -->")
+                  f"{s['read_s']:.1f}, write {s['write_s']:.1f} (thread), finalize {s['finalize_s']:.1f} -->")
 
 
 if __name__ == "__main__":
