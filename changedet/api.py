@@ -797,8 +797,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "threshold": thr,
             "tiling": {"tile_size": tile_size, "overlap": overlap, "blend": blend, "batch_size": batch_size,
                        # what the engine used: the tile edge shrinks to cover the scene evenly (engine_grid)
-                       "tile_size_used": getattr(stats, "tile_size", tile_size) or tile_size,
-                       "overlap_used": getattr(stats, "overlap", overlap) or overlap},
+                       "tile_size_used": stats.tile_size, "overlap_used": stats.overlap},
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
                           "geojson_crs": geojson_crs} if vectorize else None,
             "summary": _summary(stats, px_area, polygons),

@@ -435,6 +435,8 @@ class _BlockEngine:
             partial_dir.rmdir()
         stats = PredictStats(
             tiles_total=len(grid),
+            tile_size=grid.tile_size,
+            overlap=grid.overlap,
             tiles_predicted=sum(r["tiles_predicted"] for r in results),
             tiles_skipped=sum(r["tiles_skipped"] for r in results),
             valid_pixels=sum(r["valid_pixels"] for r in results),

@@ -176,6 +176,7 @@ def test_detect_blocks_without_a_cluster_equals_detect(tmp_path: Path) -> None:
     _assert_same_rasters(tmp_path / "blocks", tmp_path / "single")
     assert [b["rows"] for b in blocks.report["stats"]["blocks"]] == [[0, 40], [40, 80], [80, 96]]
     assert blocks.report["summary"] == single.report["summary"]
+    assert blocks.report["tiling"] == single.report["tiling"]  # the same (balanced) tiles were used
     assert not any(p.name.startswith(".changedet") for p in (tmp_path / "blocks").iterdir())
 
 
