@@ -21,6 +21,7 @@ Usage::
     python scripts/bench_detect.py                       # 2048 4096 8192, fp32, FC-Siam-diff, 2 threads
     python scripts/bench_detect.py --sizes 2048 --precision bf16
     python scripts/bench_detect.py --naive-max 4096      # skip the naive baseline above 4096 (it needs ~5 GiB)
+    python scripts/bench_detect.py --model s2-13band     # the bundled default 13-band model instead of --arch
 """
 
 from __future__ import annotations
@@ -206,7 +207,9 @@ def _child(kind: str, **kwargs: object) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
-    ap.add_argument("--arch", default="fc-siam-diff")
+    ap.add_argument("--arch", default="fc-siam-diff", help="architecture, run with random weights")
+    ap.add_argument("--model", default=None,
+                    help="a bundled model name or checkpoint file instead of --arch (e.g. s2-13band, the default)")
     ap.add_argument("--tile-size", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--precision", choices=["float32", "bf16"], default="float32")
@@ -215,10 +218,10 @@ def main() -> None:
     args = ap.parse_args()
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    ckpt = str(_checkpoint(BENCH_DIR, args.arch))
+    ckpt = args.model or str(_checkpoint(BENCH_DIR, args.arch))
     common = {"tile": args.tile_size, "precision": args.precision, "threads": args.threads}
     bare = _child("bare", ckpt=ckpt, **common)
-    print(f"# bench_detect: {args.arch}, 13 bands uint16, tile {args.tile_size}, overlap {args.overlap}, "
+    print(f"# bench_detect: {args.model or args.arch}, 13 bands uint16, tile {args.tile_size}, overlap {args.overlap}, "
           f"{args.precision}, {args.threads} torch threads")
     print(f"bare compute on in-memory {args.tile_size}px tiles: {bare.get('mpx_s', float('nan')):.3f} Mpx/s\n")
     print("| size | stream Mpx/s | stream peak RSS MB | naive Mpx/s | naive peak RSS MB | stream/naive speed "

@@ -207,6 +207,17 @@ def _hand_written_limitations(card: Path) -> str:
     return text[start + 1 : end if end >= 0 else len(text)].rstrip() + "\n"
 
 
+def _description(name: str, run: dict[str, Any]) -> str:
+    """The config's current description when it names the run's architecture (a run trained with ``--set
+    model=...`` before the config switched to it carries the old text), else the run's own."""
+    import yaml
+
+    current = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+    if current.get("model") == run["model"] and current.get("description"):
+        return str(current["description"]).strip()
+    return str(run["config"].get("description") or "").strip()
+
+
 def model_card(name: str, groups: dict[tuple[str, str], list[dict[str, Any]]], installed_seed: int | None) -> str:
     """The markdown model card of one bundled model (its own runs plus any comparison architecture)."""
     own = [(key, runs) for key, runs in groups.items() if key[0] == name]
@@ -218,7 +229,7 @@ def model_card(name: str, groups: dict[tuple[str, str], list[dict[str, Any]]], i
     lines = [
         f"# {name}",
         "",
-        f"{cfg.get('description') or ''}".strip(),
+        _description(name, first),
         "",
         "## Data",
         f"- Dataset: `{data.get('type')}` from `{_display(data.get('root') or data.get('path'))}`"
@@ -322,7 +333,7 @@ def main() -> None:
                 tag = name
                 if arch is not None:
                     extra["model"] = arch
-                    extra["model_kwargs"] = {}
+                    # model_kwargs are merged into the config's (load_config), so e.g. dropout carries over
                     tag = f"{name}-{arch}"
                 jobs.append((name, arch, seed, str(args.out / tag / f"seed{seed}"), extra))
 
@@ -363,6 +374,10 @@ def main() -> None:
                 for suffix in (".safetensors", ".json"):
                     tmp = args.cards / f".{name}{suffix}.partial"
                     shutil.copyfile(src.with_suffix(suffix), tmp)
+                    if suffix == ".json":  # the listing (`changedet models`) shows the card's description
+                        meta = json.loads(tmp.read_text(encoding="utf-8"))
+                        meta["description"] = _description(name, run)
+                        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
                     tmp.replace(args.cards / f"{name}{suffix}")
         print(f"model cards written to {args.cards}", file=sys.stderr)
 
