@@ -64,6 +64,25 @@ OUTPUT_NAMES = {
 }
 _SIDE_CARS = ("probability.qml", "change.qml", "changes.qml")
 GDAL_CACHE_BYTES = int(os.environ.get("CHANGEDET_GDAL_CACHE_MB", "128")) * 2**20  # during prediction
+
+
+def gdal_read_threads() -> int:
+    """Threads GDAL may use to decode the blocks of one read (``GDAL_NUM_THREADS`` during a detect run).
+
+    The engine reads a tile between forward passes (see :func:`changedet.inference.auto_prefetch`), while torch's
+    threads wait, so the decoding may use every core: a 512-pixel tile touches 4 blocks of 512, decoded in
+    parallel. On this project's 2-core machine, two threads read the 81 tiles of a 4096 x 4096 x 13-band uint16
+    DEFLATE pair 1.2-1.4x faster (4.5-5.9 s against 3.8-4.2 s over two runs). ``CHANGEDET_GDAL_THREADS``
+    overrides it.
+    """
+    env = os.environ.get("CHANGEDET_GDAL_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 _IN_MEMORY_LIMIT = 64_000_000  # pixels: larger results stay on disk (paths only)
 METHODS = ("model", "cva", "irmad", "dsfa")
 
@@ -645,8 +664,9 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
     import rasterio
 
     # GDAL's block cache defaults to 5 % of the RAM and keeps every decoded input block (the decimated read for
-    # the scene statistics touches them all): bound it so that memory stays flat whatever the scene size
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+    # the scene statistics touches them all): bound it so that memory stays flat whatever the scene size; decode
+    # the blocks of one read in parallel (gdal_read_threads)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS=str(gdal_read_threads())):
         pair = open_pair(before, after, indexes=select, coregister=coregister, match_histograms=match_histograms,
                          allow_empty=True)
         try:

@@ -193,3 +193,24 @@ def test_progress_rate_counts_from_the_first_finished_tile(monkeypatch: pytest.M
     assert progress.bar.n == 3
     assert progress.bar.postfix == "0.50 Mpx/s"  # 2 Mpx in 4 s; the set-up before t=100 does not count
     progress.close()
+
+
+def test_reads_decode_blocks_with_the_configured_gdal_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import changedet.api as api
+    import changedet.io.alignment as alignment
+
+    seen: list[str | None] = []
+    real_open_pair = alignment.open_pair
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(rasterio.env.getenv().get("GDAL_NUM_THREADS"))
+        return real_open_pair(*args, **kwargs)
+
+    monkeypatch.setattr(alignment, "open_pair", spy)
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    monkeypatch.setenv("CHANGEDET_GDAL_THREADS", "3")
+    assert api.gdal_read_threads() == 3
+    detect(before, after, method="cva", output_dir=tmp_path / "out", quicklook=False, vectorize=False)
+    assert seen == ["3"]
+    monkeypatch.delenv("CHANGEDET_GDAL_THREADS")
+    assert 1 <= api.gdal_read_threads() <= 4
