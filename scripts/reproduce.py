@@ -299,6 +299,8 @@ def main() -> None:
                         help="override any config key (YAML value), e.g. --set chips_per_epoch=64")
     parser.add_argument("--compare-model", default=None,
                         help="also train this architecture with the same config (e.g. fc-siam-diff as the baseline)")
+    parser.add_argument("--compare-seeds", default=None,
+                        help="seeds of the --compare-model runs (default: --seeds), e.g. fewer on a small budget")
     parser.add_argument("--cards", type=Path, default=None, help="write <name>.md model cards into this folder")
     parser.add_argument("--install", type=int, default=None, metavar="SEED",
                         help="copy this seed's checkpoints to the --cards folder as <name>.safetensors/.json")
@@ -309,6 +311,8 @@ def main() -> None:
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    compare_seeds = seeds if args.compare_seeds is None else [
+        int(s) for s in args.compare_seeds.split(",") if s.strip()]
     for name in names:
         if not (CONFIGS / f"{name}.yaml").is_file():
             parser.error(f"no config {CONFIGS / (name + '.yaml')}")
@@ -328,7 +332,7 @@ def main() -> None:
     for name in names:
         archs = [None] + ([args.compare_model] if args.compare_model else [])
         for arch in archs:
-            for seed in seeds:
+            for seed in (seeds if arch is None else compare_seeds):
                 extra = dict(overrides)
                 tag = name
                 if arch is not None:
