@@ -742,6 +742,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         model_report = {"method": method, "name": method, "fitted": scorer.to_dict() if fitted else None,
                         "calibrated_threshold": own}
 
+    from rasterio._err import (
+        CPLE_BaseError,  # GDAL's own errors (e.g. reopening a truncated file) are not RasterioError
+    )
     from rasterio.errors import RasterioError
 
     partial_dir = out / ".changedet-partial"
@@ -854,7 +857,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         result.paths = final
         result.output_dir = out
         return result
-    except (OSError, RasterioError) as exc:
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
         if isinstance(exc, ChangedetError):
             raise
         # a write failure (disk full, permissions changed, file system gone): no output was moved into place

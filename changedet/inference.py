@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError  # GDAL errors that are not RasterioError (e.g. a truncated file)
 from rasterio.windows import Window
 
 from changedet.errors import ChangedetError, InputError, OutputError
@@ -288,7 +289,7 @@ class StripWriter:
         try:
             with rasterio.open(path) as ds:
                 return (ds.width, ds.height, ds.count, ds.dtypes[0]) == (width, height, 1, dtype)
-        except (rasterio.errors.RasterioError, OSError):
+        except (rasterio.errors.RasterioError, CPLE_BaseError, OSError):
             return False
 
     def finalize(self) -> Path:

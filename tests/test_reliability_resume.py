@@ -189,6 +189,29 @@ def test_disk_full_is_an_output_error_with_nothing_half_written(scene: tuple[Pat
     assert signal.SIGXFSZ  # the platform has the signal the child ignores
 
 
+def test_gdal_error_reopening_a_partial_file_is_an_output_error(
+    scene: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GDAL's own errors (CPLE_*, not RasterioError), as when a partial file truncated by a full disk cannot be
+    reopened after a flush, are an OutputError with nothing half-written, like any other write failure."""
+    from rasterio._err import CPLE_AppDefinedError
+
+    from changedet.errors import OutputError
+    from changedet.inference import StripWriter
+
+    def truncated(self: StripWriter) -> None:
+        self.ds.close()
+        raise CPLE_AppDefinedError(1, 1, f"{self.partial.name}: TIFFReadDirectory:Failed to read directory at offset 150000")
+
+    monkeypatch.setattr(StripWriter, "sync", truncated)
+    before, after = scene
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match=r"writing the outputs failed \(probability.partial.tif: TIFFReadDirectory"):
+        detect(before, after, output_dir=out, **_options("cva", None))
+    left = sorted(p.name for p in out.iterdir())
+    assert set(left) <= {".changedet-partial"}, left
+
+
 def test_resume_after_sigkill_gives_an_identical_result(scene: tuple[Path, Path], tmp_path: Path) -> None:
     """A run killed without warning (SIGKILL: no cleanup at all) resumes from what reached the disk.
 
