@@ -3,10 +3,11 @@
     python scripts/seam_check.py --city beirut                       # OSCD city from ../shared/data, s2-13band
     python scripts/seam_check.py before.tif after.tif --model s2-rgb --tile-size 256 --overlaps 16,32,64
 
-The whole-image reference is one tile covering the scene (``--tile-size`` >= the scene's larger side). For each
-overlap, the tiled run's ``probability.tif`` is compared with it on the pixels that are valid in both, excluding a
-``--margin`` along the scene border (where the whole-image pass sees the same zero padding as the tiled one only at
-the border itself): maximum and mean absolute difference, and how many pixels of the change mask flip.
+The whole-image reference is one tile covering the scene (a tile size >= the scene's larger side). For each
+overlap, the tiled run's ``probability.tif`` is compared with it on the pixels that are valid in both, leaving out a
+``--margin`` along the scene border (edge tiles are moved inward, so near the border the two runs see different
+context for another reason than the overlap): maximum and mean absolute difference, and how many pixels of the
+change mask flip. ``--city`` reuses the stacked pair of ``compare_methods.py`` (``tiles/compare/<city>/``).
 A translation-equivariant model with a small receptive field gives zero (the tiling tests assert 1e-5); a real
 network's receptive field is wider than ``overlap/4``, which is what this measures.
 """
@@ -20,9 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-
-OSCD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "oscd" / (
-    "Onera Satellite Change Detection dataset - Images")
 
 
 def _read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -46,14 +44,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
+    from compare_methods import oscd_pair  # the same folder: stacks the city once, with `changedet stack`
+
     from changedet import detect
-    from changedet.io.stack import stack_bands
 
     with tempfile.TemporaryDirectory(prefix="seam-") as tmp_name:
         tmp = Path(tmp_name)
         if args.city:
-            before = stack_bands(OSCD / args.city / "imgs_1", tmp / "before.tif")
-            after = stack_bands(OSCD / args.city / "imgs_2", tmp / "after.tif")
+            before, after = oscd_pair(args.city)[:2]
         elif args.before and args.after:
             before, after = args.before, args.after
         else:
@@ -61,7 +59,7 @@ def main() -> None:
         with rasterio.open(before) as ds:
             side = max(ds.width, ds.height)
         common = {"model": args.model, "threads": args.threads, "vectorize": False, "quicklook": False}
-        whole_tile = -(-side // 64) * 64
+        whole_tile = -(-side // 64) * 64  # a multiple of any model's stride
         detect(before, after, output_dir=tmp / "whole", tile_size=whole_tile, overlap=0, **common)
         ref_p, ref_c = _read(tmp / "whole")
         m = args.margin
