@@ -7,6 +7,13 @@ No torch here: the training loop hands over probabilities (or distances) of whol
 - ``method="otsu"``: Otsu's threshold of the score histogram (needs no labels; metrics are still reported);
 - ``method="fixed"``: keep ``fixed`` (0.5 by default).
 
+Probability calibration (:func:`calibrate_probabilities`, Platt scaling): a network trained with a weighted loss on
+rare change ranks pixels well but its sigmoid outputs are not probabilities (after weighted BCE on uniform chips
+they stay low; with heavy weights they run high). A logistic regression of the validation labels on the logits,
+``p = sigmoid(scale * logit + bias)``, makes them probabilities (measured by :func:`probability_metrics`: expected
+calibration error, Brier score, log loss) without changing their order, so the F1 at the calibrated threshold is
+unchanged. :func:`changedet.training.train` fits it after the threshold and folds it into the network's last layer.
+
 >>> import numpy as np
 >>> scores = np.array([[0.9, 0.8], [0.3, 0.1]])
 >>> truth = np.array([[1, 0], [1, 0]])
@@ -35,7 +42,15 @@ from changedet.evaluation import (
     precision_recall_curve,
 )
 
-__all__ = ["Calibration", "calibrate_threshold", "plot_pr_curve"]
+__all__ = [
+    "Calibration",
+    "ProbabilityCalibration",
+    "calibrate_probabilities",
+    "calibrate_threshold",
+    "fit_logistic",
+    "plot_pr_curve",
+    "probability_metrics",
+]
 
 
 @dataclass
@@ -118,6 +133,183 @@ def calibrate_threshold(
         reference_metrics=_pooled_metrics(scores, truth, valid_list, reference),
         curve=curve,
     )
+
+
+# ---------------------------------------------------------------------------------------- probability calibration
+_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before taking logits (float32 sigmoids saturate)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return np.log(q) - np.log1p(-q)
+
+
+def _sigmoid64(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, iterations: int = 100,
+                 smooth_targets: bool = False) -> tuple[float, float]:
+    """Fit ``P(y = 1 | x) = sigmoid(slope * x + intercept)`` by maximum likelihood (Newton's method).
+
+    The problem is convex in the two parameters; ``x`` is standardised internally for conditioning and a tiny ridge
+    keeps perfectly separable data finite. ``smooth_targets`` replaces the 0/1 targets by Platt's (1999)
+    ``1 / (N- + 2)`` and ``(N+ + 1) / (N+ + 2)``, which keeps the fit finite and stable on (nearly) separable data
+    and changes nothing measurable on millions of pixels.
+
+    >>> x = np.array([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0]); y = np.array([0, 0, 1, 0, 1, 1])
+    >>> slope, intercept = fit_logistic(x, y)
+    >>> slope > 0, round(intercept, 6) == 0.0
+    (True, True)
+
+    Raises
+    ------
+    InputError
+        No samples, or only one class among them.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    keep = np.isfinite(x)
+    x, y = x[keep], y[keep]
+    if x.size == 0 or bool((y == 0).all()) or bool((y == 1).all()):
+        raise InputError("logistic calibration needs both changed and unchanged labelled pixels")
+    if smooth_targets:
+        n_pos = float(y.sum())
+        n_neg = float(y.size) - n_pos
+        y = np.where(y > 0.5, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    mu, sd = float(x.mean()), float(x.std()) or 1.0
+    design = np.stack(((x - mu) / sd, np.ones_like(x)), axis=1)
+    w = np.zeros(2)
+    ridge = 1e-6 * np.eye(2)
+    for _ in range(iterations):
+        p = _sigmoid64(design @ w)
+        grad = design.T @ (p - y) + 1e-6 * w
+        hess = (design.T * (p * (1.0 - p))) @ design + ridge
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    slope = float(w[0]) / sd
+    return slope, float(w[1]) - slope * mu
+
+
+def _pixels(values: Sequence[np.ndarray], truth: Sequence[np.ndarray], valid: Sequence[np.ndarray] | None,
+            max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Valid, finite pixels of all scenes as flat (values, 0/1 truth), evenly subsampled to ``max_pixels``."""
+    valids: Sequence[np.ndarray | None] = valid if valid is not None else [None] * len(values)
+    xs, ys = [], []
+    for v, t, m in zip(values, truth, valids, strict=True):
+        v = np.asarray(v)
+        t = np.asarray(t)
+        keep = np.isfinite(v) & (t <= 1)
+        if m is not None:
+            keep &= np.asarray(m, dtype=bool)
+        xs.append(v[keep])
+        ys.append(t[keep] == 1)
+    x, y = np.concatenate(xs) if xs else np.empty(0), np.concatenate(ys) if ys else np.empty(0, bool)
+    if max_pixels is not None and x.size > max_pixels:
+        step = math.ceil(x.size / max_pixels)
+        x, y = x[::step], y[::step]
+    return x, y
+
+
+def probability_metrics(
+    probabilities: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray],
+    valid: Sequence[np.ndarray] | None = None,
+    *,
+    bins: int = 15,
+) -> dict[str, float]:
+    """How well probabilities match observed change frequencies, pooled over valid pixels.
+
+    Returns ``ece`` (expected calibration error: the pixel-weighted mean of ``|mean probability - change
+    frequency|`` over ``bins`` equal-width bins), ``brier`` (mean squared error), ``nll`` (log loss, probabilities
+    clipped to [1e-7, 1 - 1e-7]), ``mean_probability`` and ``change_fraction``. A calibrated model has a small ECE
+    and ``mean_probability`` close to ``change_fraction``.
+
+    >>> p = [np.array([0.1, 0.1, 0.9, 0.9])]; t = [np.array([0, 0, 1, 1])]
+    >>> {k: round(v, 3) for k, v in probability_metrics(p, t, bins=10).items()}["ece"]
+    0.1
+    """
+    p, y = _pixels(probabilities, truth, valid)
+    if p.size == 0:
+        raise InputError("no valid labelled pixels to measure probability calibration on")
+    p = np.clip(p.astype(np.float64), 0.0, 1.0)
+    yf = y.astype(np.float64)
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    conf = np.bincount(idx, weights=p, minlength=bins)
+    freq = np.bincount(idx, weights=yf, minlength=bins)
+    ece = float(np.abs(conf - freq).sum() / p.size)
+    q = np.clip(p, _EPS, 1.0 - _EPS)
+    nll = float(-(yf * np.log(q) + (1.0 - yf) * np.log1p(-q)).mean())
+    return {"ece": ece, "brier": float(((p - yf) ** 2).mean()), "nll": nll,
+            "mean_probability": float(p.mean()), "change_fraction": float(yf.mean())}
+
+
+@dataclass
+class ProbabilityCalibration:
+    """Platt scaling ``p' = sigmoid(scale * logit(p) + bias)`` and the calibration metrics before and after."""
+
+    method: str
+    scale: float
+    bias: float
+    before: dict[str, float]
+    after: dict[str, float]
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        """Calibrated float32 probabilities of the same shape (NaN stays NaN)."""
+        p = np.asarray(probabilities)
+        out = _sigmoid64(self.scale * _logit(p) + self.bias).astype(np.float32)
+        return np.where(np.isnan(p), np.float32(np.nan), out)
+
+    def apply_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated logits ``scale * logits + bias``."""
+        return self.scale * np.asarray(logits) + self.bias
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "scale": self.scale, "bias": self.bias, "before": self.before,
+                "after": self.after}
+
+
+def calibrate_probabilities(
+    probabilities: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray],
+    valid: Sequence[np.ndarray] | None = None,
+    *,
+    method: str = "platt",
+    max_pixels: int = 4_000_000,
+    bins: int = 15,
+) -> ProbabilityCalibration:
+    """Fit Platt scaling of probabilities on labelled validation scenes.
+
+    Parameters
+    ----------
+    probabilities, truth, valid : sequences of numpy.ndarray
+        Per-scene sigmoid outputs of the network, binary truths (values above 1 are ignored) and valid masks.
+    method : {"platt"}
+        Logistic regression of the labels on the logits, with Platt's smoothed targets (two parameters; keeps the
+        order of the pixels).
+    max_pixels : int
+        Fit on at most this many pixels (an even subsample); the metrics use all of them.
+
+    Raises
+    ------
+    InputError
+        Unknown method, only one class in the labels, or a fit that would reverse the order of the scores
+        (a network that is not trained yet).
+    """
+    if method != "platt":
+        raise InputError(f"unknown probability calibration {method!r}; choose platt (or none to skip it)")
+    probabilities, truth = list(probabilities), list(truth)
+    x, y = _pixels(probabilities, truth, valid, max_pixels)
+    scale, bias = fit_logistic(_logit(x), y, smooth_targets=True)
+    if not (math.isfinite(scale) and math.isfinite(bias) and scale > 0):
+        raise InputError(f"Platt scaling found scale {scale:.4g}: higher scores are not more often changed in the "
+                         "validation data (is the network trained?)")
+    result = ProbabilityCalibration(method=method, scale=scale, bias=bias,
+                                    before=probability_metrics(probabilities, truth, valid, bins=bins), after={})
+    result.after = probability_metrics([result.apply(p) for p in probabilities], truth, valid, bins=bins)
+    return result
 
 
 def plot_pr_curve(calibration: Calibration, path: str | Path, *, title: str = "Validation precision-recall") -> Path:

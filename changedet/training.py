@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -44,7 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from changedet.calibration import calibrate_threshold, plot_pr_curve
+from changedet.calibration import (
+    ProbabilityCalibration,
+    calibrate_probabilities,
+    calibrate_threshold,
+    plot_pr_curve,
+)
 from changedet.data.augment import Augment
 from changedet.data.generic import Scene
 from changedet.data.sampling import ChipDataset, PreparedScene, prepare_scenes
@@ -71,6 +77,7 @@ __all__ = [
     "OHEMLoss",
     "TrainResult",
     "build_loss",
+    "calibrate_checkpoint",
     "predict_scene",
     "seed_everything",
     "train",
@@ -589,6 +596,7 @@ def train(
     val_every: int = 1,
     val_tile_size: int = 1024,
     threshold_method: str = "f1",
+    probability_calibration: str = "platt",
     seed: int = 0,
     device: str = "cpu",
     threads: int | None = None,
@@ -646,6 +654,14 @@ def train(
     min_epochs, val_every, val_tile_size : validation schedule and the tile size of whole-scene prediction.
     threshold_method : {"f1", "otsu", "fixed"}
         How the final decision threshold is calibrated on the validation scenes.
+    probability_calibration : {"platt", "none"}
+        Before the threshold is chosen, fit Platt scaling (``sigmoid(a * logit + b)``, a logistic regression of the
+        validation labels on the logits) and fold it into the network's last convolution, so that
+        ``probability.tif`` holds probabilities (pixels at 0.3 are changed about 30 % of the time on the validation
+        data) and not just scores. The order of the pixels does not change, so neither does the F1 at the
+        calibrated threshold; the threshold is searched on the calibrated probabilities. The expected calibration error, Brier score and log loss before
+        and after go into ``metrics["probability_calibration"]``. Metric models are calibrated by their own
+        ``center``/``scale`` fit and skip this.
     seed : int
     device : str
         ``cpu``, ``cuda``, ``cuda:1``...
@@ -704,18 +720,19 @@ def train(
     receives, so all take the same early-stopping decision. Rank 0 alone calibrates the threshold and writes
     ``metrics.csv``, the plots and the checkpoint; the process group is destroyed at the end, also after an error.
     """
-    from changedet.models import create_model
+    from changedet.models import create_model, fold_logit_affine
     from changedet.models.checkpoint import CheckpointMeta, checkpoint_paths, save_checkpoint
 
     started = time.perf_counter()
     config = {k: v for k, v in locals().items() if k not in ("train_scenes", "val_scenes", "progress", "started",
                                                              "create_model", "CheckpointMeta", "checkpoint_paths",
-                                                             "save_checkpoint")}
+                                                             "save_checkpoint", "fold_logit_affine")}
     if not isinstance(loss, str) or not loss:
         raise InputError(f"loss must be a name such as 'bce' or 'bce+dice', got {loss!r}")
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     _check_choice("schedule", schedule, SCHEDULES)
     _check_choice("threshold_method", threshold_method, ("f1", "otsu", "fixed"))
+    _check_choice("probability_calibration", probability_calibration, ("platt", "none"))
     for key, value, low in (("epochs", epochs, 1), ("chips_per_epoch", chips_per_epoch, 1),
                             ("batch_size", batch_size, 1), ("chip_size", chip_size, 8), ("val_every", val_every, 1)):
         if not isinstance(value, int) or value < low:
@@ -995,6 +1012,9 @@ def train(
                     probs = [
                         _sigmoid((d - metric_calibration["center"]) * metric_calibration["scale"]) for d in scores
                     ]
+                calibrated["platt"] = None
+                if not is_metric and probability_calibration == "platt":
+                    calibrated["platt"], probs = _fit_platt(probs, labels, valids)
                 calibrated["calibration"] = calibrate_threshold(probs, labels, valids, method=threshold_method)
                 calibrated["metric"] = metric_calibration
 
@@ -1020,6 +1040,10 @@ def train(
             }
             if metric_calibration is not None:
                 metrics["metric_calibration"] = metric_calibration
+            platt = calibrated["platt"]
+            if platt is not None:
+                fold_logit_affine(net, platt.scale, platt.bias)  # the checkpoint's outputs are calibrated
+                metrics["probability_calibration"] = platt.to_dict()
             training = {
                 "config": _json_safe(config),
                 "data": split_info,
@@ -1076,6 +1100,110 @@ def train(
         files=summary["files"],
         distributed=distributed_info,
     )
+
+
+def _fit_platt(
+    probs: list[np.ndarray], labels: list[np.ndarray], valids: list[np.ndarray]
+) -> tuple[ProbabilityCalibration | None, list[np.ndarray]]:
+    """Platt scaling of validation probabilities: (the fit or None when it is impossible, the probabilities after)."""
+    try:
+        platt = calibrate_probabilities(probs, labels, valids)
+    except InputError as exc:
+        log.warning("probability calibration skipped: %s", exc)
+        return None, probs
+    log.info("Platt scaling: scale %.4f, bias %.4f; validation ECE %.4f -> %.4f", platt.scale, platt.bias,
+             platt.before["ece"], platt.after["ece"])
+    return platt, [platt.apply(p) for p in probs]
+
+
+def calibrate_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    val_scenes: Sequence[Scene] | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Add probability calibration (Platt scaling) to a trained checkpoint and write it to ``out``.
+
+    For checkpoints trained before :func:`train` calibrated probabilities, or to recalibrate on other labelled
+    scenes. The network is run on the validation scenes (by default the ones its training config names, read
+    again with :func:`changedet.data.load_dataset`), Platt scaling is fitted to its probabilities and folded into
+    its last convolution, and the threshold is searched again (same method as in training) on the calibrated
+    probabilities: the F1 there equals the F1 before, the threshold moves with the probabilities.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A changedet checkpoint (``.safetensors`` with its ``.json``) of a logit model.
+    out : path
+        Where to write the calibrated checkpoint (may equal ``checkpoint`` with ``overwrite=True``).
+    val_scenes : sequence of Scene, optional
+        Labelled scenes to calibrate on, instead of the checkpoint's validation split.
+
+    Returns
+    -------
+    dict
+        ``checkpoint`` (the written path), ``threshold_before``/``threshold``, ``f1_before``/``f1``,
+        ``recorded_f1`` (the F1 the checkpoint recorded, to check that the data are the same),
+        ``probability_calibration`` (scale, bias, metrics before and after) and ``scenes``.
+
+    Raises
+    ------
+    InputError
+        A metric model (its distances are calibrated during training), no validation scenes, or a fit that is
+        impossible (one class only, or scores that do not rank change first).
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is false.
+    """
+    from changedet.data import load_dataset
+    from changedet.models import fold_logit_affine
+    from changedet.models.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+
+    weights_out, json_out = checkpoint_paths(out)
+    existing = [p for p in (weights_out, json_out) if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite) to replace it")
+    net, meta = load_checkpoint(checkpoint)
+    if getattr(net, "is_metric", False):
+        raise InputError(f"{checkpoint}: a metric model; its distances are calibrated (center/scale) in training")
+    config = meta.training.get("config") or {}
+    if val_scenes is None:
+        spec = config.get("dataset")
+        if not spec:
+            raise InputError(f"{checkpoint}: its training config names no dataset; pass labelled val_scenes")
+        val_scenes = load_dataset(spec, base=config.get("config_base")).val
+    val_scenes = list(val_scenes)
+    if not val_scenes:
+        raise InputError(f"{checkpoint}: no validation scenes to calibrate on; pass labelled val_scenes")
+    method = str(config.get("threshold_method") or "f1")
+    dev = torch.device(device)
+    prepared, _ = prepare_scenes(val_scenes, normalization=meta.normalization)
+    labels = [s.label for s in prepared]
+    valids = [s.valid for s in prepared]
+    with _torch_settings(threads, True, dev):
+        net = net.to(dev)
+        _, probs, _ = _validate(net, prepared, None, dev, int(config.get("val_tile_size") or 1024), False)
+        before = calibrate_threshold(probs, labels, valids, method=method)
+        platt = calibrate_probabilities(probs, labels, valids)
+        after = calibrate_threshold([platt.apply(p) for p in probs], labels, valids, method=method)
+        fold_logit_affine(net, platt.scale, platt.bias)
+    metrics = {**meta.metrics, "threshold": after.threshold, **after.metrics, "at_0.5": after.reference_metrics,
+               "scenes": [s.name for s in prepared], "probability_calibration": platt.to_dict()}
+    new_meta = dataclasses.replace(meta, threshold=float(after.threshold), metrics=_json_safe(metrics))
+    cpu_net = net.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    written = save_checkpoint(cpu_net, out, new_meta, overwrite=True)
+    return {
+        "checkpoint": str(written),
+        "scenes": [s.name for s in prepared],
+        "threshold_before": before.threshold,
+        "threshold": after.threshold,
+        "f1_before": before.metrics["f1"],
+        "f1": after.metrics["f1"],
+        "recorded_f1": meta.metrics.get("f1"),
+        "probability_calibration": platt.to_dict(),
+    }
 
 
 def _calibrate_metric(

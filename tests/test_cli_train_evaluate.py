@@ -115,3 +115,31 @@ def test_evaluate_bad_input_exit_code(tmp_path) -> None:
     assert res.exit_code == 2 and "no such file or folder" in res.output
     res = runner.invoke(cli, ["evaluate", str(pred), str(truth), "--truth-values", "1"])
     assert res.exit_code == 2 and "two numbers" in res.output
+
+
+def test_calibrate_adds_platt_scaling_to_an_uncalibrated_checkpoint(list_dataset) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-q", "train", "-c", str(list_dataset / "run.yaml"), "--chips-per-epoch", "32",
+                              "--probability-calibration", "none", "--json"])
+    assert res.exit_code == 0, res.output
+    raw = list_dataset / "run" / "model.safetensors"
+    raw_meta = json.loads(raw.with_suffix(".json").read_text())
+    assert "probability_calibration" not in raw_meta["metrics"]
+    out = list_dataset / "cal" / "model.safetensors"
+    res = runner.invoke(cli, ["calibrate", str(raw), "-o", str(out), "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["scenes"] == ["s3"]  # the checkpoint's own validation split, read again from its config
+    assert got["f1_before"] == pytest.approx(raw_meta["metrics"]["f1"], abs=1e-6)  # same data, same network
+    assert got["f1"] == pytest.approx(got["f1_before"], abs=1e-6)  # a monotone map keeps the ranking
+    meta = json.loads(out.with_suffix(".json").read_text())
+    platt = meta["metrics"]["probability_calibration"]
+    assert meta["threshold"] == pytest.approx(got["threshold"]) and platt["scale"] > 0
+    assert platt["after"]["nll"] <= platt["before"]["nll"]
+    # the weights changed (the calibration is folded in), the architecture did not
+    assert meta["architecture"] == raw_meta["architecture"] and meta["weights_sha256"] != raw_meta["weights_sha256"]
+    text = runner.invoke(cli, ["calibrate", str(raw), "-o", str(out)])
+    assert text.exit_code == 2 and "overwrite" in text.output
+    again = runner.invoke(cli, ["calibrate", str(raw), "-o", str(out), "--overwrite", "--threads", "1"])
+    assert again.exit_code == 0, again.output
+    assert "ECE" in again.stdout and "threshold" in again.stdout

@@ -93,6 +93,39 @@ def test_checkpoint_holds_threshold_normalisation_and_metrics(trained) -> None:
         assert (trained.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_checkpoint_probabilities_are_platt_calibrated_and_match_the_threshold(trained) -> None:
+    from changedet.calibration import probability_metrics
+    from changedet.models.checkpoint import load_checkpoint
+
+    m = trained.metrics
+    platt = m["probability_calibration"]
+    assert platt["method"] == "platt" and platt["scale"] > 0
+    assert platt["after"]["ece"] <= platt["before"]["ece"] and platt["after"]["nll"] <= platt["before"]["nll"]
+    # the calibration is folded into the weights: the shipped network's own outputs on the validation scene give
+    # the calibration metrics recorded "after", and its threshold gives the recorded F1
+    model, meta = load_checkpoint(trained.checkpoint, in_channels=3)
+    val = synthetic_scene(10)
+    before, after = _normalise(val)
+    prob = predict_scene(model, before, after, tile_size=1024)
+    got = probability_metrics([prob], [val.label], [val.valid])
+    assert got["ece"] == pytest.approx(platt["after"]["ece"], abs=1e-3)
+    cm = confusion_matrix(prob >= meta.threshold, val.label, val.valid)
+    assert cm.f1 == pytest.approx(m["f1"], abs=1e-3)
+
+
+def test_calibrating_a_calibrated_checkpoint_again_changes_nothing(trained, tmp_path) -> None:
+    from changedet.training import calibrate_checkpoint
+
+    with pytest.raises(InputError, match="names no dataset"):  # trained from scenes in memory, not a dataset spec
+        calibrate_checkpoint(trained.checkpoint, tmp_path / "a")
+    got = calibrate_checkpoint(trained.checkpoint, tmp_path / "b", val_scenes=[synthetic_scene(10)])
+    platt = got["probability_calibration"]
+    assert platt["scale"] == pytest.approx(1.0, abs=0.05) and platt["bias"] == pytest.approx(0.0, abs=0.05)
+    assert got["f1"] == pytest.approx(trained.metrics["f1"], abs=1e-6)
+    with pytest.raises(OutputExistsError):
+        calibrate_checkpoint(trained.checkpoint, tmp_path / "b", val_scenes=[synthetic_scene(10)])
+
+
 def test_same_seed_gives_identical_weights(tmp_path) -> None:
     from safetensors.torch import load_file
 
@@ -140,6 +173,8 @@ def test_bad_options_are_input_errors(tmp_path) -> None:
     scenes = [synthetic_scene(1)]
     with pytest.raises(InputError, match="optimizer"):
         train(out=tmp_path, train_scenes=scenes, optimizer="lbfgs")
+    with pytest.raises(InputError, match="probability_calibration"):
+        train(out=tmp_path, train_scenes=scenes, probability_calibration="isotonic")
     with pytest.raises(InputError, match="metric model"):
         train(out=tmp_path, train_scenes=scenes, loss="triplet", **{**FAST, "epochs": 1})
     with pytest.raises(InputError, match="no training data"):

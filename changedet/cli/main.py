@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "evaluate": "evaluate",
     "batch": "batch",
+    "calibrate": "calibrate",
 }
 
 

@@ -201,6 +201,10 @@ def command(
         f"val F1 {pct('f1', m)}  P {pct('precision', m)}  R {pct('recall', m)}  IoU {pct('iou', m)}  "
         f"kappa {pct('kappa', m)}   (at 0.5: F1 {pct('f1', m.get('at_0.5', {}))})"
     )
+    platt = m.get("probability_calibration")
+    if platt:
+        click.echo(f"calibration  Platt scale {platt['scale']:.3f} bias {platt['bias']:.3f}: validation ECE "
+                   f"{100 * platt['before']['ece']:.2f} % -> {100 * platt['after']['ece']:.2f} %")
 
 
 def _group_args(ctx: click.Context) -> list[str]:

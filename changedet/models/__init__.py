@@ -14,9 +14,18 @@ from changedet.models.registry import (
     ChangeModel,
     count_parameters,
     create_model,
+    fold_logit_affine,
     list_models,
     model_class,
     optimize_for_inference,
 )
 
-__all__ = ["ChangeModel", "count_parameters", "create_model", "list_models", "model_class", "optimize_for_inference"]
+__all__ = [
+    "ChangeModel",
+    "count_parameters",
+    "create_model",
+    "fold_logit_affine",
+    "list_models",
+    "model_class",
+    "optimize_for_inference",
+]

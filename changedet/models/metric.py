@@ -147,31 +147,22 @@ class MetricSiam(ChangeModel):
         ModelError
             If the labels lack either class or the distances do not separate them in the right direction.
         """
+        from changedet.calibration import fit_logistic
+        from changedet.errors import InputError
+
         d = distance.detach().reshape(-1).to(torch.float64)
         t = target.detach().reshape(-1)
         mask = (t != ignore_index) & torch.isfinite(d)
         if valid is not None:
             mask &= valid.detach().reshape(-1).bool()
-        d, y = d[mask], t[mask].to(torch.float64)
-        if d.numel() == 0 or bool((y == 0).all()) or bool((y == 1).all()):
-            raise ModelError(f"{self.name}: calibration needs changed and unchanged labelled pixels")
-        mu, sd = d.mean(), d.std().clamp_min(1e-12)
-        x = (d - mu) / sd
-        w = torch.zeros(2, dtype=torch.float64)  # slope, intercept on standardised distances
-        design = torch.stack((x, torch.ones_like(x)), dim=1)
-        for _ in range(iterations):
-            p = torch.sigmoid(design @ w)
-            grad = design.T @ (p - y) + 1e-6 * w
-            hess = (design.T * (p * (1 - p))) @ design + 1e-6 * torch.eye(2, dtype=torch.float64)
-            step = torch.linalg.solve(hess, grad)
-            w -= step
-            if float(step.abs().max()) < 1e-10:
-                break
-        slope, intercept = float(w[0]), float(w[1])
+        try:
+            slope, intercept = fit_logistic(d[mask].cpu().numpy(), t[mask].cpu().numpy(), iterations=iterations)
+        except InputError as exc:
+            raise ModelError(f"{self.name}: calibration needs changed and unchanged labelled pixels") from exc
         if not slope > 0:
             raise ModelError(f"{self.name}: calibration found changed pixels at smaller distances than unchanged "
                              "ones; the embeddings are not trained yet")
-        scale = slope / float(sd)
-        center = float(mu) - intercept / slope * float(sd)
+        scale = slope
+        center = -intercept / slope
         self.set_calibration(center, scale)
         return center, scale

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +32,15 @@ from torch import nn
 
 from changedet.errors import ModelError, UnknownModelError
 
-__all__ = ["ChangeModel", "count_parameters", "create_model", "list_models", "model_class", "optimize_for_inference"]
+__all__ = [
+    "ChangeModel",
+    "count_parameters",
+    "create_model",
+    "fold_logit_affine",
+    "list_models",
+    "model_class",
+    "optimize_for_inference",
+]
 
 # name -> "module:Class" (imported on first use)
 _MODELS: dict[str, str] = {
@@ -273,3 +282,69 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
     for p in fast.parameters():
         p.requires_grad_(False)
     return fast
+
+
+@torch.no_grad()
+def fold_logit_affine(model: nn.Module, scale: float, bias: float, *, example_size: int = 64) -> nn.Module:
+    """Make ``model(before, after)`` return ``scale * logits + bias`` by rescaling its last convolution, in place.
+
+    This is how a probability calibration (Platt scaling, :func:`changedet.calibration.calibrate_probabilities`)
+    travels inside a checkpoint: the weights change, the architecture and the checkpoint format do not, so every
+    consumer of the model (``detect``, Dask workers, other changedet versions) gets calibrated probabilities.
+
+    The last layer is found by running the model once on random inputs of ``example_size`` pixels: it must be a
+    ``Conv2d`` with one output channel and a bias whose output is the model's output (or reaches it through
+    cropping or interpolation, which commute with an affine map); the result is checked numerically.
+
+    >>> import torch
+    >>> model = create_model("fc-ef", in_channels=3).eval()
+    >>> x, y = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    >>> before = model(x, y)
+    >>> _ = fold_logit_affine(model, 0.5, -1.0)
+    >>> bool(torch.allclose(model(x, y), 0.5 * before - 1.0, atol=1e-5))
+    True
+
+    Raises
+    ------
+    ModelError
+        A metric model (calibrate it with its own ``calibrate``), no suitable last layer, or a check that fails.
+    """
+    from changedet.errors import ModelError
+
+    if getattr(model, "is_metric", False):
+        raise ModelError("metric models calibrate their distances with model.calibrate(); nothing to fold")
+    if not (math.isfinite(scale) and math.isfinite(bias) and scale > 0):
+        raise ModelError(f"a logit calibration needs a finite scale > 0 and a finite bias, got {scale!r}, {bias!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        c = int(getattr(model, "in_channels", 0)) or int(param.shape[1])
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(1, c, example_size, example_size, generator=gen).to(param)
+        y = torch.randn(1, c, example_size, example_size, generator=gen).to(param)
+        seen: list[nn.Module] = []
+        hooks = [m.register_forward_hook(lambda mod, _i, _o: seen.append(mod))
+                 for m in model.modules() if isinstance(m, nn.Conv2d)]
+        try:
+            reference = model(x, y).clone()
+        finally:
+            for h in hooks:
+                h.remove()
+        last = seen[-1] if seen else None
+        if last is None or not isinstance(last, nn.Conv2d) or last.out_channels != 1 or last.bias is None:
+            raise ModelError(f"{getattr(model, 'name', type(model).__name__)}: the last layer is not a one-channel "
+                             "Conv2d with a bias; cannot fold a logit calibration into it")
+        last.weight.mul_(float(scale))
+        last.bias.mul_(float(scale)).add_(float(bias))
+        folded = model(x, y)
+        expected = float(scale) * reference + float(bias)
+        tol = 1e-4 * (1.0 + float(expected.abs().max()))
+        if not bool(torch.allclose(folded, expected, atol=tol)):
+            last.bias.sub_(float(bias)).div_(float(scale))  # undo
+            last.weight.div_(float(scale))
+            raise ModelError(f"{getattr(model, 'name', type(model).__name__)}: the output is not an affine image of "
+                             "its last convolution; cannot fold a logit calibration into it")
+    finally:
+        model.train(was_training)
+    return model

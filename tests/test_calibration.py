@@ -1,0 +1,105 @@
+"""Probability calibration: logistic fit, calibration metrics, Platt scaling, and folding it into a network."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from changedet.calibration import calibrate_probabilities, fit_logistic, probability_metrics
+from changedet.errors import InputError, ModelError
+from changedet.models import create_model, fold_logit_affine
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_logistic_fit_recovers_the_generating_parameters() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 2.0, 400_000)
+    y = rng.random(x.size) < _sigmoid(1.5 * x - 2.0)
+    slope, intercept = fit_logistic(x, y)
+    assert slope == pytest.approx(1.5, abs=0.03)
+    assert intercept == pytest.approx(-2.0, abs=0.03)
+
+
+def test_logistic_fit_needs_both_classes() -> None:
+    with pytest.raises(InputError, match="both changed and unchanged"):
+        fit_logistic(np.arange(5.0), np.zeros(5))
+
+
+def test_probability_metrics_by_hand() -> None:
+    p = np.array([[0.2, 0.2], [0.7, 0.7]])
+    t = np.array([[0, 1], [1, 1]])
+    m = probability_metrics([p], [t], bins=10)
+    # bin [0.2, 0.3): mean p 0.2, frequency 0.5; bin [0.7, 0.8): mean p 0.7, frequency 1.0; half the pixels each
+    assert m["ece"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.3)
+    assert m["brier"] == pytest.approx((0.04 + 0.64 + 0.09 + 0.09) / 4)
+    assert m["nll"] == pytest.approx(-(math.log(0.8) + math.log(0.2) + 2 * math.log(0.7)) / 4)
+    assert m["mean_probability"] == pytest.approx(0.45) and m["change_fraction"] == pytest.approx(0.75)
+
+
+def test_probability_metrics_ignore_invalid_and_ignored_pixels() -> None:
+    p = np.array([0.9, 0.1, 0.5, 0.5])
+    t = np.array([1, 0, 255, 1])
+    valid = np.array([True, True, True, False])
+    m = probability_metrics([p], [t], [valid])
+    assert m["change_fraction"] == 0.5 and m["mean_probability"] == pytest.approx(0.5)
+
+
+def test_platt_scaling_turns_low_scores_into_probabilities_without_reordering() -> None:
+    rng = np.random.default_rng(1)
+    z = rng.normal(-3.0, 2.0, (400, 500))  # true logits: about 10 % change
+    truth = (rng.random(z.shape) < _sigmoid(z)).astype(np.uint8)
+    scores = _sigmoid(0.5 * z - 3.0).astype(np.float32)  # a network whose outputs stay far too low
+    valid = np.ones(z.shape, bool)
+    valid[:10] = False
+    cal = calibrate_probabilities([scores], [truth], [valid], max_pixels=50_000)
+    assert cal.scale == pytest.approx(2.0, rel=0.05) and cal.bias == pytest.approx(6.0, rel=0.05)
+    assert cal.before["ece"] > 0.05 and cal.after["ece"] < 0.01
+    assert cal.after["nll"] < cal.before["nll"] and cal.after["brier"] < cal.before["brier"]
+    assert cal.after["mean_probability"] == pytest.approx(cal.after["change_fraction"], abs=0.005)
+    out = cal.apply(scores)
+    order = np.argsort(scores[10:].ravel(), kind="stable")
+    assert (np.diff(out[10:].ravel()[order]) >= 0).all()  # same ranking, so the same precision-recall curve
+    nan = cal.apply(np.array([np.nan, 0.5], np.float32))
+    assert np.isnan(nan[0]) and np.isfinite(nan[1])
+    assert cal.to_dict()["method"] == "platt"
+
+
+def test_platt_scaling_refuses_reversed_scores() -> None:
+    rng = np.random.default_rng(2)
+    truth = (rng.random(10_000) < 0.3).astype(np.uint8)
+    scores = np.where(truth == 1, 0.2, 0.8) + rng.normal(0, 0.05, truth.size)
+    with pytest.raises(InputError, match="not more often changed"):
+        calibrate_probabilities([np.clip(scores, 0.01, 0.99)], [truth])
+    with pytest.raises(InputError, match="unknown probability calibration"):
+        calibrate_probabilities([scores], [truth], method="isotonic")
+
+
+@pytest.mark.parametrize("name", ["fc-ef", "fc-siam-diff", "fc-siam-conc", "siam-unet", "bit"])
+def test_fold_logit_affine_rescales_the_output_of_every_logit_architecture(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=4).train()
+    x, y = torch.randn(2, 4, 40, 56), torch.randn(2, 4, 40, 56)
+    model.eval()
+    with torch.no_grad():
+        reference = model(x, y)
+    model.train()
+    running = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    fold_logit_affine(model, 1.7, -2.3)
+    assert model.training  # mode restored
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in running.items())  # no batch-norm update
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, y), 1.7 * reference - 2.3, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_logit_affine_refuses_metric_models_and_bad_parameters() -> None:
+    with pytest.raises(ModelError, match="metric models"):
+        fold_logit_affine(create_model("metric-siam", in_channels=3), 1.0, 0.0)
+    with pytest.raises(ModelError, match="scale > 0"):
+        fold_logit_affine(create_model("fc-ef", in_channels=3), -1.0, 0.0)
