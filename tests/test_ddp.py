@@ -198,6 +198,7 @@ WORKER = textwrap.dedent(
         val_scenes=[synthetic_scene(5, 48), synthetic_scene(6, 64)],
         model="fc-siam-diff", chip_size=32, batch_size=4, chips_per_epoch=12, epochs=2, threads=1, seed=3,
         plots=True, ddp_timeout=60,
+        probability_calibration="none",  # the checkpoint must hold the replicas' weights bit for bit (digests)
     )
     (base / f"result{rank}.json").write_text(json.dumps(result.to_dict(), default=str))
     """
