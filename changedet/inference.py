@@ -861,15 +861,20 @@ def predict_pair(
             for batch in _batches(streams.items(), max(1, batch_size)):
                 todo = [item for item in batch if item[3].any()]
                 stats.tiles_skipped += len(batch) - len(todo)
+                probs: dict[int, np.ndarray] = {}
                 if todo:
                     t0 = time.perf_counter()
-                    probs = predictor.predict(np.stack([i[1] for i in todo]), np.stack([i[2] for i in todo]),
-                                              np.stack([i[3] for i in todo]))
+                    out = predictor.predict(np.stack([i[1] for i in todo]), np.stack([i[2] for i in todo]),
+                                            np.stack([i[3] for i in todo]))
                     stats.seconds_predict += time.perf_counter() - t0
                     stats.tiles_predicted += len(todo)
-                for tile, *_rest in batch:  # a tile row is complete once a tile of the next row arrives
+                    probs = {item[0].index: p for item, p in zip(todo, out, strict=True)}
+                for tile, _b, _a, valid in batch:
+                    # a tile row is complete once a tile of the next row arrives: flush in tile order, so that the
+                    # tiles of the previous row that share this batch are blended in before their rows are written
                     cursor.advance(tile.row)
-                for k, (tile, _b, _a, valid) in enumerate(todo):
+                    if tile.index not in probs:
+                        continue
                     rs, cs = tile.slices
                     r0 = max(rs.start, strips.top)  # rows above the strips' top are already written (resume)
                     if r0 >= rs.stop:
@@ -877,7 +882,7 @@ def predict_pair(
                     skip = r0 - rs.start
                     br = slice(r0 - strips.top, rs.stop - strips.top)
                     wt = grid.weights(tile)[skip:]
-                    acc[br, cs] += probs[k][skip:] * wt
+                    acc[br, cs] += probs[tile.index][skip:] * wt
                     wsum[br, cs] += wt
                     vbuf[br, cs] |= valid[skip:]
                 done += len(batch)

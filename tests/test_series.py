@@ -322,6 +322,43 @@ def test_one_pass_reads_each_tile_of_each_date_once_whatever_the_number_of_dates
     assert per_n == {n: row * (4 + 5 * (n - 1)) for n in (2, 3, 4)}
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batches_that_span_two_tile_rows_blend_every_tile(tmp_path: Path, batch_size: int) -> None:
+    """A tall scene (row blocks written while tiles are predicted) in batches that cross tile rows: every pair's
+    probability equals the whole-image prediction (a regression: rows were written before the last tiles of the
+    previous tile row were blended in)."""
+    import torch
+    from rasterio.crs import CRS
+
+    from changedet.inference import TorchPredictor
+    from changedet.series import predict_series
+    from tests.test_inference import ConvDiff
+
+    class Stack:
+        height, width = 1100, 90
+        crs, transform = CRS.from_epsg(32631), rasterio.Affine(10, 0, 500000, 0, -10, 5700000)
+
+        def __init__(self) -> None:
+            self.values = np.random.default_rng(5).normal(size=(3, 3, self.height, self.width)).astype(np.float32)
+
+        def read(self, window: object) -> tuple[np.ndarray, np.ndarray]:
+            r, c, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+            v = self.values[:, :, r : r + h, c : c + w]
+            return v, np.ones((3, h, w), bool)
+
+    stack, model = Stack(), ConvDiff()
+    pairs = [(0, 1), (1, 2)]
+    predictors = [TorchPredictor(model, [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3) for _ in pairs]
+    predict_series(stack, pairs, predictors, out_dir=tmp_path, pair_dirs=["p1", "p2"], thresholds=[0.5, 0.5],
+                   tile_size=64, overlap=16, batch_size=batch_size)
+    for (i, j), name in zip(pairs, ["p1", "p2"], strict=True):
+        with torch.no_grad():
+            whole = torch.sigmoid(model(torch.from_numpy(stack.values[i][None]),
+                                        torch.from_numpy(stack.values[j][None])))[0, 0].numpy()
+        with rasterio.open(tmp_path / name / "probability.tif") as ds:
+            np.testing.assert_allclose(ds.read(1), whole, atol=1e-5)
+
+
 def test_two_dates_give_exactly_the_two_date_detect(series_files: list[Path], tmp_path: Path) -> None:
     from changedet.api import detect
 

@@ -234,9 +234,9 @@ def predict_series(
                         stats.predictions += len(todo)
                         out = dict(zip(todo, pr, strict=True))
                     probs.append(out)
-                for tile, *_rest in batch:
-                    cursor.advance(tile.row)
                 for k, (tile, _values, _valid) in enumerate(batch):
+                    # flush in tile order: the tiles of the previous row in this batch are blended in first
+                    cursor.advance(tile.row)
                     if not used[k]:
                         continue
                     rs, cs = tile.slices
