@@ -363,6 +363,9 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
         return [names.index(w.upper()) + 1 for w in want]
     if info.count == n_model:
         return None
+    by_colour = _bands_by_colour(info, want)
+    if by_colour is not None:
+        return by_colour
     raise CheckpointError(
         f"{source}: has {info.count} bands but the model {meta.name or meta.architecture} expects {n_model} "
         f"({', '.join(want) or 'unnamed'}); pass --indexes with {n_model} 1-based band numbers, or choose a model "
@@ -370,7 +373,50 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
     )
 
 
-def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None) -> Any:
+#: Band names of a model that stand for a colour (Sentinel-2's true-colour bands, or plain names).
+_COLOUR_OF = {"RED": "red", "GREEN": "green", "BLUE": "blue", "R": "red", "G": "green", "B": "blue",
+              "B04": "red", "B03": "green", "B02": "blue"}
+
+
+def _bands_by_colour(info: Any, want: Sequence[str]) -> list[int] | None:
+    """1-based bands of ``info`` whose colour interpretation (red, green, blue) matches a model's colour bands.
+
+    For an RGBA drone orthomosaic or an RGB + near-infrared raster fed to a 3-band RGB model: the bands GDAL marks
+    red, green and blue (each once), in the model's order. None when the model's bands are not colours or the
+    input does not mark each of them exactly once.
+    """
+    found = [_COLOUR_OF.get(str(w).strip().upper()) for w in want]
+    colours = [c for c in found if c is not None]
+    have = [str(c).lower() for c in (getattr(info, "colorinterp", None) or ())]
+    if not colours or len(colours) != len(found) or any(have.count(c) != 1 for c in colours):
+        return None
+    return [have.index(c) + 1 for c in colours]
+
+
+def _resolve_for_input(model: Any, checkpoint: Any, info: Any, select: Any, source: str) -> tuple[Any, Any, Any]:
+    """Load the model for an input and pick its bands: ``(net, meta, indexes)``.
+
+    Without ``model`` and ``checkpoint`` the default bundled model is chosen from the band count, pixel size, band
+    names and colour interpretation of ``info`` (:func:`~changedet.models.bundled.default_model_name`); the
+    checkpoint's bands are then matched by name, else by count, else by colour (:func:`_select_bands`).
+    """
+    from changedet.models.bundled import resolve_model
+
+    pixel = abs(info.transform.a) if info.georeferenced else None
+    if pixel is not None and info.crs is not None and info.crs.is_geographic:
+        pixel = pixel * 111_320.0  # degrees -> metres at the equator, good enough to pick a default
+    n_in = _n_selected(select) if select else info.count
+    peek = _peek_meta(model, checkpoint, n_in, pixel, None if select else info)
+    if peek is not None:  # match the checkpoint's bands by name before loading it
+        select = _select_bands(info, peek, select, source)
+        n_in = _n_selected(select) if select else info.count
+        if model is None and checkpoint is None and peek.name:
+            model = peek.name  # the default chosen from the whole input, now applied to the selected bands
+    net, meta = resolve_model(model, band_count=n_in, pixel_size=pixel, checkpoint=checkpoint)
+    return net, meta, _select_bands(info, meta, select, source)
+
+
+def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None, info: Any = None) -> Any:
     """The checkpoint metadata that ``resolve_model`` would load, without loading weights (None if unknown)."""
     from changedet.errors import ChangedetError
     from changedet.models.bundled import default_model_name, list_bundled
@@ -380,7 +426,9 @@ def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None
         if checkpoint is not None:
             return read_meta(checkpoint)
         bundled = {m.name: m for m in list_bundled()}
-        name = str(model) if model is not None else default_model_name(band_count, pixel)
+        name = str(model) if model is not None else default_model_name(
+            band_count, pixel, band_names=getattr(info, "descriptions", None),
+            colors=getattr(info, "colorinterp", None))
         if name in bundled:
             return bundled[name]
         if Path(name).suffix in (".json", ".safetensors") or Path(name).with_suffix(".json").exists():
@@ -646,18 +694,7 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
     net = None
     select: Any = ([list(i) for i in indexes] if _is_pair_form(indexes) else list(indexes)) if indexes else None
     if method == "model":
-        from changedet.models.bundled import resolve_model
-
-        pixel = abs(before_info.transform.a) if before_info.georeferenced else None
-        if pixel is not None and before_info.crs is not None and before_info.crs.is_geographic:
-            pixel = pixel * 111_320.0  # degrees -> metres at the equator, good enough to pick a default
-        n_in = _n_selected(select) if select else before_info.count
-        peek = _peek_meta(model, checkpoint, n_in, pixel)
-        if peek is not None:  # match the checkpoint's bands by name before loading it
-            select = _select_bands(before_info, peek, select, before_name)
-            n_in = _n_selected(select) if select else before_info.count
-        net, meta = resolve_model(model, band_count=n_in, pixel_size=pixel, checkpoint=checkpoint)
-        select = _select_bands(before_info, meta, select, before_name)
+        net, meta, select = _resolve_for_input(model, checkpoint, before_info, select, before_name)
     elif model is not None:
         raise InputError(f"--model {model} is only used with --method model, not {method}")
 

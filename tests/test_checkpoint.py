@@ -225,6 +225,14 @@ def test_default_model_names() -> None:
     assert default_model_name(3, None) == "aerial-rgb"
     with pytest.raises(CheckpointError, match=r"no bundled model takes 4 bands.*changedet train"):
         default_model_name(4, 10.0)
+    # other band counts: by band name, else by colour interpretation
+    s2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    assert default_model_name(15, 10.0, band_names=[*s2, "QA", "SCL"]) == "s2-13band"
+    assert default_model_name(4, 10.0, band_names=["B02", "B03", "B04", "B08"]) == "s2-rgb"
+    assert default_model_name(4, 0.3, colors=["red", "green", "blue", "alpha"]) == "aerial-rgb"
+    assert default_model_name(4, 10.0, colors=["red", "green", "blue", "undefined"]) == "s2-rgb"
+    with pytest.raises(CheckpointError):
+        default_model_name(4, 10.0, band_names=["B02", "B03", "B08", None], colors=["gray"] * 4)
 
 
 def test_list_bundled(weights_dir) -> None:

@@ -138,6 +138,62 @@ def test_band_count_mismatch_names_both_numbers(tmp_path: Path) -> None:
     assert result.report["summary"]["valid_pixels"] == 64 * 64
 
 
+def _rgba(path: Path, rgb: np.ndarray, alpha: np.ndarray, res: float = 0.1) -> Path:
+    """An RGBA GeoTIFF as drone orthomosaics come (colour interpretation R, G, B + alpha band)."""
+    from affine import Affine
+
+    with rasterio.open(path, "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=4, dtype="uint8",
+                       crs="EPSG:32631", transform=Affine(res, 0, 500000, 0, -res, 5700000), photometric="RGB",
+                       alpha="YES", tiled=True, blockxsize=64, blockysize=64) as ds:
+        ds.write(np.concatenate([rgb, alpha[None]]).astype("uint8"))
+    return path
+
+
+def test_rgba_orthomosaics_run_the_rgb_default_on_their_colour_bands(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((3, 128, 160)) * 200 + 20).astype("uint8")
+    alpha = np.full((128, 160), 255, "uint8")
+    alpha[:, :24] = 0  # outside the flight: transparent
+    before = _rgba(tmp_path / "before.tif", rgb, alpha)
+    after_rgb = rgb.copy()
+    after_rgb[:, 40:80, 60:110] = [[[250]], [[30]], [[30]]]
+    after = _rgba(tmp_path / "after.tif", after_rgb, alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trained at 1.5 m, the input has 0.1 m: a warning, not the subject here
+        result = detect(before, after, output_dir=tmp_path / "out", quicklook=False, vectorize=False)
+    assert result.report["model"]["name"] == "aerial-rgb"
+    assert result.report["grid"]["bands"] == ["B1", "B2", "B3"]  # bands 1-3 (red, green, blue); not alpha
+    assert result.report["summary"]["valid_pixels"] == 128 * (160 - 24)  # the alpha band is the validity mask
+    assert (result.mask[:, :24] == 255).all() and set(np.unique(result.mask[:, 24:])) <= {0, 1}
+
+
+def test_colour_bands_are_matched_in_the_model_order() -> None:
+    from changedet.api import _bands_by_colour
+
+    bgra = SimpleNamespace(colorinterp=("blue", "green", "red", "alpha"))
+    assert _bands_by_colour(bgra, ["red", "green", "blue"]) == [3, 2, 1]
+    assert _bands_by_colour(bgra, ["B04", "B03", "B02"]) == [3, 2, 1]
+    assert _bands_by_colour(bgra, ["B08", "B04", "B03"]) is None  # near-infrared has no colour
+    assert _bands_by_colour(SimpleNamespace(colorinterp=("gray", "undefined")), ["red", "green", "blue"]) is None
+    assert _bands_by_colour(SimpleNamespace(colorinterp=("red", "red", "green", "blue")), ["red", "green", "blue"]) is None
+
+
+def test_named_sentinel2_stacks_of_other_band_counts_pick_the_rgb_model_by_name(tmp_path: Path) -> None:
+    l2a = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]  # no B10
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=12, descriptions=l2a)
+    result = detect(before, after, output_dir=tmp_path / "out", quicklook=False, vectorize=False)
+    assert result.report["model"]["name"] == "s2-rgb"
+    assert result.report["grid"]["bands"] == ["B04", "B03", "B02"]
+
+
+def test_unnamed_uncoloured_band_counts_without_a_default_are_a_clear_error(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=4)
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert "no bundled model takes 4 bands" in res.output and "--indexes" in res.output
+    assert not (tmp_path / "out" / "probability.tif").exists()
+
+
 def test_cli_and_api_give_identical_rasters_and_polygons(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=160, bands=3)
     paint_change(after, (30, 40, 20, 30))

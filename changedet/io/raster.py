@@ -188,6 +188,7 @@ class RasterInfo:
     compression: str | None = None
     overviews: tuple[int, ...] = ()
     date_source: str | None = None
+    colorinterp: tuple[str, ...] = ()  # GDAL colour interpretation per band: "red", "green", "blue", "alpha"...
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -479,6 +480,9 @@ def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
     with contextlib.suppress(Exception):
         overviews = tuple(ds.overviews(1))
     nodata = ds.nodata
+    colorinterp: tuple[str, ...] = ()
+    with contextlib.suppress(Exception):
+        colorinterp = tuple(ci.name for ci in ds.colorinterp)
     return RasterInfo(
         path=name,
         driver=ds.driver,
@@ -498,6 +502,7 @@ def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
         block_shapes=tuple((int(h), int(w)) for h, w in ds.block_shapes),
         compression=compression,
         overviews=overviews,
+        colorinterp=colorinterp,
         date_source=date_source,
     )
 

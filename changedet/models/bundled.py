@@ -7,15 +7,24 @@ with a checkpoint) into a ready model and its :class:`~changedet.models.checkpoi
 ======================================  ===============
 input                                   default
 ======================================  ===============
-13 bands (Sentinel-2 L1C/L2A stack)     ``s2-13band``
+13 bands (Sentinel-2 L1C stack)         ``s2-13band``
 3 bands, pixel size >= 5 m              ``s2-rgb``
 3 bands, finer or unknown pixel size    ``aerial-rgb``
+other counts, bands named B01..B12,B8A  ``s2-13band`` (those 13 bands picked by name)
+other counts, bands named B04,B03,B02   ``s2-rgb`` (e.g. a 12-band Sentinel-2 L2A stack, or B02,B03,B04,B08)
+other counts, red/green/blue colours    the 3-band default by pixel size, on the bands whose colour
+                                        interpretation is red, green, blue (RGBA drone orthomosaics, RGBN)
 anything else                           an error naming the bundled models and how to train one
 ======================================  ===============
 
 >>> from changedet.models.bundled import default_model_name
 >>> default_model_name(13), default_model_name(3, 10.0), default_model_name(3, 0.5)
 ('s2-13band', 's2-rgb', 'aerial-rgb')
+>>> default_model_name(12, 10.0, band_names=["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
+...                                          "B09", "B11", "B12"])  # Sentinel-2 L2A: no B10
+'s2-rgb'
+>>> default_model_name(4, 0.05, colors=["red", "green", "blue", "alpha"])  # an RGBA drone orthomosaic
+'aerial-rgb'
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -38,7 +47,7 @@ from changedet.errors import ChangedetWarning, CheckpointError, UnknownModelErro
 from changedet.models.checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, read_meta
 from changedet.models.registry import list_models
 
-__all__ = ["WEIGHTS_DIR", "bundled_path", "default_model_name", "list_bundled", "model_cache", "model_cache_info",
+__all__ = ["S2_BANDS", "S2_RGB", "WEIGHTS_DIR", "bundled_path", "default_model_name", "list_bundled", "model_cache", "model_cache_info",
            "resolve_model"]
 
 log = logging.getLogger(__name__)
@@ -81,22 +90,41 @@ def bundled_path(name: str, weights_dir: str | os.PathLike[str] | None = None) -
     return folder / f"{name}.safetensors"
 
 
-def default_model_name(band_count: int, pixel_size: float | None = None) -> str:
+#: Sentinel-2 L1C band names in sensor order (the bands of ``s2-13band``) and the true-colour ones of ``s2-rgb``.
+S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+S2_RGB = ("B04", "B03", "B02")
+
+
+def default_model_name(band_count: int, pixel_size: float | None = None, *,
+                       band_names: Sequence[str | None] | None = None,
+                       colors: Sequence[str] | None = None) -> str:
     """Name of the default bundled model for an input of ``band_count`` bands and ``pixel_size`` metres.
+
+    ``band_names`` (the band descriptions) and ``colors`` (GDAL colour interpretations such as ``"red"``) let an
+    input of another band count use a bundled model on some of its bands (see the table above).
 
     Raises
     ------
     CheckpointError
         When no default fits the band count (the message lists the bundled models and how to train one).
     """
+    rgb_default = "s2-rgb" if pixel_size is not None and pixel_size >= 5.0 else "aerial-rgb"
     if band_count == 13:
         return "s2-13band"
     if band_count == 3:
-        return "s2-rgb" if pixel_size is not None and pixel_size >= 5.0 else "aerial-rgb"
+        return rgb_default
+    names = {str(n).strip().upper() for n in (band_names or ()) if n}
+    if names >= set(S2_BANDS):
+        return "s2-13band"
+    if names >= set(S2_RGB):
+        return "s2-rgb"
+    if {"red", "green", "blue"} <= {str(c).lower() for c in (colors or ())}:
+        return rgb_default
     bundled = ", ".join(f"{m.name} ({m.in_channels} bands)" for m in list_bundled()) or "none"
     raise CheckpointError(
-        f"no bundled model takes {band_count} bands (defaults exist for 13-band Sentinel-2 and 3-band RGB; "
-        f"bundled: {bundled}); select 3 or 13 bands, or {_TRAIN_HINT}"
+        f"no bundled model takes {band_count} bands (defaults exist for 13-band Sentinel-2 and 3-band RGB, and for "
+        f"bands named B04, B03, B02 or with a red/green/blue colour interpretation; bundled: {bundled}); select 3 "
+        f"or 13 bands (e.g. --indexes 1,2,3 with --model aerial-rgb or s2-rgb), or {_TRAIN_HINT}"
     )
 
 

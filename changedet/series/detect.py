@@ -123,7 +123,7 @@ def detect_series(
     >>> [p.label for p in series.pairs]  # doctest: +SKIP
     ['2019-05-01/2020-05-01', '2020-05-01/2021-05-01']
     """
-    from changedet.api import METHODS, _check_outputs, _peek_meta, _sample_for_fit, _select_bands
+    from changedet.api import METHODS, _check_outputs, _resolve_for_input, _sample_for_fit
     from changedet.inference import ScorerPredictor, TorchPredictor
 
     t0 = time.perf_counter()
@@ -163,19 +163,7 @@ def detect_series(
     meta = net = None
     select = list(indexes) if indexes else None
     if method == "model":
-        from changedet.models.bundled import resolve_model
-
-        first = infos[0]
-        pixel = abs(first.transform.a) if first.georeferenced else None
-        if pixel is not None and first.crs is not None and first.crs.is_geographic:
-            pixel = pixel * 111_320.0
-        n_in = len(select) if select else first.count
-        peek = _peek_meta(model, checkpoint, n_in, pixel)
-        if peek is not None:
-            select = _select_bands(first, peek, select, source_names[0])
-            n_in = len(select) if select else first.count
-        net, meta = resolve_model(model, band_count=n_in, pixel_size=pixel, checkpoint=checkpoint)
-        select = _select_bands(first, meta, select, source_names[0])
+        net, meta, select = _resolve_for_input(model, checkpoint, infos[0], select, source_names[0])
         if threads:
             import torch
 
