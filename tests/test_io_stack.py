@@ -61,6 +61,62 @@ def test_sentinel2_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs_1", "stack.tif"]
 
 
+def _jp2(path: Path, array: np.ndarray, res: int) -> None:
+    from affine import Affine
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="JP2OpenJPEG", width=array.shape[1], height=array.shape[0], count=1,
+                       dtype="uint16", crs="EPSG:32631", transform=Affine(res, 0, 600000, 0, -res, 5000000),
+                       QUALITY=100, REVERSIBLE="YES") as ds:
+        ds.write(array[None])
+
+
+@pytest.mark.parametrize("level", ["L1C", "L2A"])
+def test_sentinel2_safe_products(tmp_path: Path, level: str) -> None:
+    """A .SAFE product as ESA delivers it: JP2 per band under GRANULE/*/IMG_DATA (L2A: R10m/R20m/R60m, each band
+    at several resolutions, no B10), plus true-colour and auxiliary layers that must be left out."""
+    safe = tmp_path / f"S2B_MSI{level}_20190501T105029_N0207_R051_T31UDQ_20190501T130520.SAFE"
+    img = safe / "GRANULE" / f"{level}_T31UDQ_A011332_20190501T105031" / "IMG_DATA"
+    native = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20,
+              "B12": 20, "B01": 60, "B09": 60, "B10": 60}  # fmt: skip
+    rng = np.random.default_rng(0)
+    b02 = rng.integers(1, 5000, (48, 48)).astype("uint16")
+    b02[:, :6] = 0  # outside the swath
+    for band, res in native.items():
+        n = 480 // res
+        arr = b02 if band == "B02" else rng.integers(1, 5000, (n, n)).astype("uint16")
+        if level == "L1C":
+            _jp2(img / f"T31UDQ_20190501T105031_{band}.jp2", arr, res)
+        elif band != "B10":
+            _jp2(img / f"R{res}m" / f"T31UDQ_20190501T105031_{band}_{res}m.jp2", arr, res)
+            if res < 60:  # the coarser copies ESA adds: never the ones stacked
+                _jp2(img / "R60m" / f"T31UDQ_20190501T105031_{band}_60m.jp2", arr[:: 60 // res, :: 60 // res], 60)
+    for extra in ("TCI", "AOT", "WVP", "SCL") if level == "L2A" else ("TCI",):
+        _jp2(img / ("R20m" if level == "L2A" else "") / f"T31UDQ_20190501T105031_{extra}.jp2",
+             np.ones((24, 24), "uint16"), 20)
+    want = [b for b in SENTINEL2_BANDS if level == "L1C" or b != "B10"]
+    for given in (safe, img.parent, img):  # the product, its granule, or IMG_DATA
+        out = stack_bands(given, tmp_path / f"{level}.tif", overwrite=True)
+        info = raster_info(out)
+        assert info.descriptions == tuple(want)
+        assert (info.width, info.height) == (48, 48) and info.res == (10.0, 10.0) and info.nodata == 0
+        assert info.date == dt.date(2019, 5, 1)
+        with rasterio.open(out) as ds:
+            np.testing.assert_array_equal(ds.read(2), b02)  # B02 from its 10 m file, not a coarser copy
+    # the .zip as downloaded, read in place
+    import shutil
+
+    archive = Path(shutil.make_archive(str(tmp_path / safe.stem), "zip", tmp_path, safe.name))
+    out = stack_bands(archive, tmp_path / f"{level}-zip.tif")
+    assert raster_info(out).descriptions == tuple(want)
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(2), b02)
+    # a product with two granules: ask for one of them
+    (safe / "GRANULE" / "L1C_T31UDR_A011332_20190501T105031" / "IMG_DATA").mkdir(parents=True)
+    with pytest.raises(InputError, match="2 granules"):
+        stack_bands(safe, tmp_path / "two.tif")
+
+
 def test_generic_folder_natural_order(tmp_path: Path) -> None:
     for i in (10, 2, 1):
         make_geotiff(tmp_path / "in" / f"scene_band{i}_v1.tif", np.full((20, 20), i, "uint8"))

@@ -28,6 +28,9 @@ def command(folder: Path, out: Path, resampling: str, overwrite: bool, as_json: 
     the sensor (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12); other files are ordered naturally and named
     after their file names. Band names become band descriptions, the date found in the file names becomes the
     ACQUISITION_DATE tag. OUT is a tiled, compressed Cloud-Optimised GeoTIFF written atomically.
+
+    FOLDER may also be a Sentinel-2 .SAFE product (L1C: 13 bands; L2A: 12, no B10), one of its GRANULE/<name>
+    folders or its IMG_DATA folder: the finest file of each band is stacked and 0 is the nodata value.
     """
     from changedet.io.raster import raster_info
     from changedet.io.stack import stack_bands

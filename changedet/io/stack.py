@@ -31,7 +31,8 @@ from rasterio.windows import Window
 from changedet.errors import InputError, NotGeoreferencedWarning
 from changedet.io.raster import COGWriter, date_from_name, open_raster
 
-__all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "list_band_files", "stack_bands"]
+__all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "list_band_files", "safe_band_files",
+           "stack_bands"]
 
 #: Sentinel-2 MSI bands in sensor (wavelength) order.
 SENTINEL2_BANDS: tuple[str, ...] = (
@@ -62,6 +63,72 @@ def band_name_from_file(path: str | os.PathLike[str]) -> str | None:
         return None
     tok = matches[-1].upper()
     return "B8A" if tok == "8A" else f"B{int(tok):02d}"
+
+
+_RES_SUFFIX = re.compile(r"_(\d+)m$", re.IGNORECASE)
+
+
+def safe_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
+    """The band files of a Sentinel-2 SAFE product (L1C or L2A), finest resolution per band, in sensor order.
+
+    ``folder`` is the ``.SAFE`` folder, one of its ``GRANULE/<granule>`` folders, an ``IMG_DATA`` folder, or the
+    product's ``.zip`` as downloaded (its files are then read in place through GDAL's ``/vsizip/``). L1C products
+    keep one JP2 per band in ``IMG_DATA``; L2A products keep each band at several resolutions in ``IMG_DATA/R10m``,
+    ``R20m`` and ``R60m`` (``..._B02_10m.jp2``) and have no B10: the finest file of each band is taken. Other
+    layers (``TCI``, ``AOT``, ``WVP``, ``SCL``) are skipped. Returns None when ``folder`` does not look like a
+    SAFE product.
+
+    Raises
+    ------
+    InputError
+        A product with several granules (older multi-tile L1C products): give one ``GRANULE/<granule>`` folder.
+    """
+    d = Path(os.fspath(folder))
+    if d.is_file() and d.suffix.lower() == ".zip":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(d) as z:
+                members = [m for m in z.namelist() if not m.endswith("/")]
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{d}: not a readable ZIP archive ({exc}); download the product again.") from exc
+        root = f"/vsizip/{{{d.resolve().as_posix()}}}"  # braces: an absolute path that survives pathlib
+        files = [Path(f"{root}/{m}") for m in members]
+        granules = sorted({m.split("/IMG_DATA/")[0] for m in members if "/IMG_DATA/" in m})
+        in_img = [(f, m) for f, m in zip(files, members, strict=True) if "/IMG_DATA/" in m]
+        return _safe_pick(d, granules, [f for f, _ in in_img])
+    if (d / "IMG_DATA").is_dir():
+        img_dirs = [d / "IMG_DATA"]
+    elif d.name == "IMG_DATA":
+        img_dirs = [d]
+    else:
+        img_dirs = sorted(p for p in d.glob("GRANULE/*/IMG_DATA") if p.is_dir())
+    if not img_dirs:
+        return None
+    return _safe_pick(d, [str(p.parent) for p in img_dirs], sorted(f for f in img_dirs[0].rglob("*") if f.is_file()))
+
+
+def _safe_pick(source: Path, granules: Sequence[str], files: Sequence[Path]) -> list[Path] | None:
+    """The finest file of each Sentinel-2 band among ``files`` (of one granule), in sensor order."""
+    if len(granules) > 1:
+        raise InputError(
+            f"{source}: a Sentinel-2 product with {len(granules)} granules "
+            f"({', '.join(Path(g).name for g in granules)}); stack one of them: give its GRANULE/<name> folder."
+        )
+    best: dict[str, tuple[int, Path]] = {}
+    for f in files:
+        if f.suffix.lower() not in RASTER_SUFFIXES:
+            continue
+        band = band_name_from_file(f)
+        if band is None:
+            continue  # TCI, AOT, WVP, SCL, ...
+        m = _RES_SUFFIX.search(f.stem)
+        res = int(m.group(1)) if m else 0
+        if band not in best or res < best[band][0]:
+            best[band] = (res, f)
+    if not best:
+        return None
+    return [best[b][1] for b in SENTINEL2_BANDS if b in best]
 
 
 def list_band_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -146,7 +213,8 @@ def stack_bands(
     Parameters
     ----------
     folder
-        Folder of single-band rasters (``.tif``, ``.jp2``, ...). Ignored when ``files`` is given.
+        Folder of single-band rasters (``.tif``, ``.jp2``, ...), or a Sentinel-2 ``.SAFE`` product (L1C or L2A; see
+        :func:`safe_band_files`: the finest file of each band, 0 as nodata). Ignored when ``files`` is given.
     out
         Output GeoTIFF.
     overwrite
@@ -175,12 +243,16 @@ def stack_bands(
     OutputExistsError
         ``out`` exists and ``overwrite`` is False.
     """
+    safe: list[Path] | None = None
     if files is None:
         d = Path(os.fspath(folder))
-        if not d.is_dir():
+        if not d.is_dir() and not (d.is_file() and d.suffix.lower() == ".zip"):
             raise InputError(f"{d}: not a folder; give the folder that holds one file per band.")
         out_resolved = Path(os.fspath(out)).resolve()
-        paths = [p for p in list_band_files(d) if p.resolve() != out_resolved]
+        safe = safe_band_files(d)
+        if safe is None and not d.is_dir():
+            raise InputError(f"{d}: a ZIP archive without Sentinel-2 band files; extract it and stack the folder.")
+        paths = [p for p in (safe or list_band_files(d)) if str(p).startswith("/vsi") or p.resolve() != out_resolved]
         if not paths:
             raise InputError(
                 f"{d}: no raster files ({', '.join(RASTER_SUFFIXES)}) found; give the folder that holds one file per band."
@@ -258,6 +330,9 @@ def stack_bands(
     dtype = np.result_type(*[np.dtype(b.dtype) for b in bands])
     nodatas = {b.nodata for b in bands if b.nodata is not None}
     nodata = next(iter(nodatas)) if len(nodatas) == 1 else None
+    if files is None and safe and not nodatas:
+        nodata = 0  # ESA's L1C/L2A products mark pixels outside the swath with 0 (NO_DATA) without a nodata tag
+        bands = [_Band(b.path, b.name, b.crs, b.transform, b.width, b.height, b.dtype, 0) for b in bands]
     date = _dates_txt_date(Path(os.fspath(folder)))
     if date is None:
         date = next((d for d in (date_from_name(p) for p in paths) if d is not None), None)
