@@ -5,7 +5,7 @@ threads already occupy every core, the main thread between forward passes: :func
 of both dates from the :class:`~changedet.io.alignment.AlignedPair` (GDAL releases the GIL while it decodes), the main
 thread runs the predictor, blends each tile's probabilities into a strip accumulator, and a writer thread writes
 every block of rows that no later tile touches. Memory is bounded by a few tiles plus one strip of
-``~2 x tile_size`` rows, whatever the scene size.
+``tile_size + 512`` rows, whatever the scene size.
 
 Predictors turn a batch of tiles into change probabilities:
 
@@ -808,9 +808,12 @@ def predict_pair(
 
     th = grid.tiles[0].height
     block = 512
-    strips = StripBuffers(2 * tile_size + block, W, floats=2, masks=1,
+    # rows from the last written block boundary to the bottom of the current tile row: < block + tile height.
+    # Only the weighted sum of predictions is kept; the sum of the weights is the grid's (TileGrid.weight_sums).
+    strips = StripBuffers(tile_size + block, W, floats=1, masks=1,
                           top=max(journal.rows_done, grid.row_starts[k_lo]))
-    acc, wsum = strips.floats
+    (acc,) = strips.floats
+    row_wsum, col_wsum = grid.weight_sums
     (vbuf,) = strips.masks
 
     start_row = next((r for r, r0 in enumerate(grid.row_starts) if r0 + th > strips.top), len(grid.row_starts))
@@ -838,10 +841,10 @@ def predict_pair(
         n = upto - top
         if n <= 0:
             return
-        w = wsum[:n]
-        v = vbuf[:n] & (w > 0)
+        v = vbuf[:n]
         prob = np.full((n, W), PROB_NODATA, np.float32)
-        np.divide(acc[:n], w, out=prob, where=v)
+        np.divide(acc[:n], row_wsum[top:upto, None], out=prob, where=v)
+        np.divide(prob, col_wsum[None, :], out=prob, where=v)
         np.clip(prob, 0.0, 1.0, out=prob, where=v)
         mask = np.full((n, W), MASK_NODATA, np.uint8)
         changed = v & (prob >= threshold)
@@ -883,7 +886,6 @@ def predict_pair(
                     br = slice(r0 - strips.top, rs.stop - strips.top)
                     wt = grid.weights(tile)[skip:]
                     acc[br, cs] += probs[tile.index][skip:] * wt
-                    wsum[br, cs] += wt
                     vbuf[br, cs] |= valid[skip:]
                 done += len(batch)
                 pixels_done += sum(t.height * t.width for t, *_ in batch)

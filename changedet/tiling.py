@@ -266,6 +266,29 @@ class TileGrid:
         wc = self._cached_axis("col", self.col_starts, tile.col, tile.width, self.width)
         return np.outer(wr, wc).astype(np.float32)
 
+    @cached_property
+    def weight_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row and per-column sums of the tiles' 1-D weights, float32 ``(height,)`` and ``(width,)``.
+
+        The weights are separable (:meth:`weights` is an outer product) and the tiles form a full grid, so the sum
+        of every tile's weight at pixel ``(r, c)`` is ``rows[r] * cols[c]``: 1 for ``cosine`` and ``center-crop``,
+        the number of tiles covering the pixel for ``mean``. A stitching engine divides its weighted sum of
+        predictions by it instead of accumulating the weights of every tile in a second full-width buffer.
+
+        >>> g = TileGrid(100, 70, tile_size=40, overlap=8, blend="mean")
+        >>> rows, cols = g.weight_sums
+        >>> rows[:3].tolist(), rows[35:38].tolist(), float(TileGrid(100, 70, tile_size=40, overlap=8).weight_sums[0].max())
+        ([1.0, 1.0, 1.0], [2.0, 2.0, 2.0], 1.0)
+        """
+        def total(axis: str, starts: list[int], size: int, length: int) -> np.ndarray:
+            out = np.zeros(length, dtype=np.float64)
+            for k, s0 in enumerate(starts):
+                out[s0 : s0 + size] += self._cached_axis(axis, starts, k, size, length)
+            return out.astype(np.float32)
+
+        th, tw = min(self.tile_size, self.height), min(self.tile_size, self.width)
+        return (total("row", self.row_starts, th, self.height), total("col", self.col_starts, tw, self.width))
+
     def _cached_axis(self, axis: str, starts: list[int], k: int, size: int, length: int) -> np.ndarray:
         key = (axis, k)
         w = self._cache.get(key)

@@ -94,15 +94,17 @@ def test_tiled_equals_whole_image(tmp_path: Path, size: tuple[int, int], tile: i
     assert not (tmp_path / ".changedet-partial").exists()
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 4])
-def test_batches_that_span_two_tile_rows_blend_every_tile(tmp_path: Path, batch_size: int) -> None:
+@pytest.mark.parametrize(("batch_size", "tile", "overlap"), [(1, 64, 16), (3, 64, 16), (4, 64, 16), (1, 300, 40),
+                                                           (2, 300, 40)])
+def test_batches_that_span_two_tile_rows_blend_every_tile(tmp_path: Path, batch_size: int, tile: int,
+                                                          overlap: int) -> None:
     # 1100 rows: row blocks are written (flushed) while tiles are still predicted; 90 columns in tiles of 64 give two
     # tiles per tile row, so batches of 3 or 4 hold the end of one tile row and the start of the next. The rows of
     # the first must be blended before they are written (a regression: they came out as nodata or half-weighted).
     rng = np.random.default_rng(4)
     pair = ArrayPair(rng.normal(size=(3, 1100, 90)), rng.normal(size=(3, 1100, 90)))
     model = ConvDiff()
-    stats = predict_pair(pair, _predictor(model), out_dir=tmp_path, threshold=0.5, tile_size=64, overlap=16,
+    stats = predict_pair(pair, _predictor(model), out_dir=tmp_path, threshold=0.5, tile_size=tile, overlap=overlap,
                          batch_size=batch_size)
     prob, _ = _read(tmp_path / "probability.tif")
     assert (prob != PROB_NODATA).all()

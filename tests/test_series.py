@@ -317,9 +317,9 @@ def test_one_pass_reads_each_tile_of_each_date_once_whatever_the_number_of_dates
         assert stats["tiles_read"] == len(grid)
         assert stats["predictions"] == len(grid) * (n - 1)  # each pair predicted on each tile
         per_n[n] = stats["strip_buffer_bytes"]
-    # strip buffers: one shared weight strip (4 B/px) + one accumulator (4 B) and validity (1 B) per pair
-    row = (2 * 32 + 512) * 160
-    assert per_n == {n: row * (4 + 5 * (n - 1)) for n in (2, 3, 4)}
+    # strip buffers (a tile plus a row block high): one accumulator (4 B/px) and validity (1 B) per pair
+    row = (32 + 512) * 160
+    assert per_n == {n: row * 5 * (n - 1) for n in (2, 3, 4)}
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

@@ -12,7 +12,7 @@ aligns every date onto the FIRST date's grid clipped to the extent that all date
 One streamed pass over the tiles computes every pair (:func:`predict_series`): for each tile all N dates are read
 once (a :class:`SeriesStack` read), the model or unsupervised method runs on each pair, and the probabilities are
 blended into per-pair strip accumulators that are written as soon as no later tile touches them. Memory is the tile
-stack (N tiles) plus one strip of ``~2 x tile_size`` rows per pair, whatever the scene size.
+stack (N tiles) plus one strip of ``tile_size + 512`` rows per pair, whatever the scene size.
 
 Outputs in the output folder (every file is written into a staging folder and moved into place when all are
 complete, ``report.json`` last, as :func:`changedet.api.detect` does):

@@ -158,8 +158,11 @@ def predict_series(
         raise
 
     block = 512
-    strips = StripBuffers(2 * tile_size + block, W, floats=n_pairs + 1, masks=n_pairs)
-    acc, wsum, vbuf = strips.floats[:n_pairs], strips.floats[n_pairs], strips.masks
+    # as in predict_pair: rows from the last written block to the bottom of the current tile row, one weighted sum
+    # of predictions per pair; the sum of the weights is the grid's (TileGrid.weight_sums)
+    strips = StripBuffers(tile_size + block, W, floats=n_pairs, masks=n_pairs)
+    acc, vbuf = strips.floats, strips.masks
+    row_wsum, col_wsum = grid.weight_sums
     stats.strip_buffer_bytes = strips.nbytes
 
     def _read(tile: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -179,16 +182,16 @@ def predict_series(
         n = upto - strips.top
         if n <= 0:
             return
-        w = wsum[:n]
         count = np.zeros((n, W), np.int32)
         first = np.zeros((n, W), np.int32)
         last = np.zeros((n, W), np.int32)
         any_valid = np.zeros((n, W), bool)
         arrays: list[np.ndarray] = []
         for p in range(n_pairs):
-            v = vbuf[p][:n] & (w > 0)
+            v = vbuf[p][:n]
             prob = np.full((n, W), PROB_NODATA, np.float32)
-            np.divide(acc[p][:n], w, out=prob, where=v)
+            np.divide(acc[p][:n], row_wsum[strips.top : upto, None], out=prob, where=v)
+            np.divide(prob, col_wsum[None, :], out=prob, where=v)
             np.clip(prob, 0.0, 1.0, out=prob, where=v)
             mask = np.full((n, W), MASK_NODATA, np.uint8)
             changed = v & (prob >= thresholds[p])
@@ -242,7 +245,6 @@ def predict_series(
                     rs, cs = tile.slices
                     br = slice(rs.start - strips.top, rs.stop - strips.top)
                     wt = grid.weights(tile)
-                    wsum[br, cs] += wt
                     for p in range(n_pairs):
                         if k in probs[p]:
                             acc[p][br, cs] += probs[p][k] * wt
