@@ -93,6 +93,9 @@ def test_property_tiles_cover_every_pixel_and_weights_normalise(
     assert wsum.min() > 0, "a pixel has zero total blending weight"
     if blend != "mean":
         np.testing.assert_allclose(wsum, 1.0, atol=1e-5)
+    # the engines divide by the grid's separable weight sums instead of accumulating every tile's weights
+    rows, cols = grid.weight_sums
+    np.testing.assert_allclose(np.outer(rows, cols), wsum, rtol=1e-5)
 
 
 @given(
