@@ -12,7 +12,7 @@ from tests.conftest import OSCD_IMAGES, SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
-CITY = "saclay_e"
+CITY = "rennes"
 
 
 def _load() -> dict:
