@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CD := $(VENV)/bin/changedet
 SHARED ?= ../shared
 OSCD := $(SHARED)/data/oscd/Onera Satellite Change Detection dataset - Images
-CITY ?= beirut
+CITY ?= brasilia
 OUT ?= out/demo
 
 .PHONY: setup demo test lint typecheck bench clean
