@@ -6,8 +6,8 @@ runs `changedet detect --method M` for the unsupervised baselines (cva, irmad, d
 model(s), then `changedet evaluate --json`, and prints a markdown table of the F1 (change class, in %) per pair and
 pooled over all pixels of the listed pairs (the published convention).
 
-    python scripts/compare_methods.py                                   # held-out OSCD cities + AirChange val pairs
-    python scripts/compare_methods.py --cities beirut,saclay_e --methods cva,irmad,dsfa,s2-13band,s2-rgb
+    python scripts/compare_methods.py                  # the validation cities of the bundled Sentinel-2 models
+    python scripts/compare_methods.py --cities pisa,rennes --methods cva,irmad,dsfa,s2-13band,s2-rgb
     python scripts/compare_methods.py --airchange Szada/7,Tiszadob/5 --methods cva,irmad,dsfa,aerial-rgb
 
 Outputs go under tiles/compare/ (git-ignored). Not part of CI: it takes minutes per pair on a laptop CPU.
@@ -80,7 +80,7 @@ def airchange_pair(name: str) -> tuple[Path, Path, Path, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cities", default="beirut,saclay_e", help="OSCD cities (comma-separated; '' for none)")
+    ap.add_argument("--cities", default="pisa,rennes", help="OSCD cities (comma-separated; '' for none)")
     ap.add_argument("--airchange", default="", help="AirChange pairs, e.g. Szada/7,Tiszadob/5")
     ap.add_argument("--methods", default="cva,irmad,dsfa,s2-13band,s2-rgb",
                     help="unsupervised methods and/or bundled model names / checkpoint paths")
