@@ -361,11 +361,11 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
     names = [str(d).upper() if d else "" for d in (info.descriptions or ())]
     if want and all(w.upper() in names for w in want) and (info.count != n_model or names[: len(want)] != want):
         return [names.index(w.upper()) + 1 for w in want]
+    by_colour = _bands_by_colour(info, want)
+    if by_colour is not None and (info.count != n_model or by_colour != list(range(1, n_model + 1))):
+        return by_colour  # e.g. RGBA, RGB + NIR, or a raster whose bands are marked blue, green, red
     if info.count == n_model:
         return None
-    by_colour = _bands_by_colour(info, want)
-    if by_colour is not None:
-        return by_colour
     raise CheckpointError(
         f"{source}: has {info.count} bands but the model {meta.name or meta.architecture} expects {n_model} "
         f"({', '.join(want) or 'unnamed'}); pass --indexes with {n_model} 1-based band numbers, or choose a model "
@@ -398,7 +398,7 @@ def _resolve_for_input(model: Any, checkpoint: Any, info: Any, select: Any, sour
 
     Without ``model`` and ``checkpoint`` the default bundled model is chosen from the band count, pixel size, band
     names and colour interpretation of ``info`` (:func:`~changedet.models.bundled.default_model_name`); the
-    checkpoint's bands are then matched by name, else by count, else by colour (:func:`_select_bands`).
+    checkpoint's bands are then matched by name, else by colour, else by count (:func:`_select_bands`).
     """
     from changedet.models.bundled import resolve_model
 

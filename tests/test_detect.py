@@ -178,6 +178,23 @@ def test_colour_bands_are_matched_in_the_model_order() -> None:
     assert _bands_by_colour(SimpleNamespace(colorinterp=("red", "red", "green", "blue")), ["red", "green", "blue"]) is None
 
 
+def test_a_raster_marked_blue_green_red_feeds_the_rgb_model_red_green_blue(tmp_path: Path) -> None:
+    from rasterio.enums import ColorInterp
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in ("before.tif", "after.tif"):
+        p = make_geotiff(tmp_path / name, (rng.random((3, 64, 64)) * 200).astype("uint8"), res=0.5)
+        with rasterio.open(p, "r+") as ds:
+            ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+        paths.append(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = detect(*paths, output_dir=tmp_path / "out", quicklook=False, vectorize=False)
+    assert result.report["model"]["name"] == "aerial-rgb"
+    assert result.report["grid"]["bands"] == ["B3", "B2", "B1"]  # red, green, blue
+
+
 def test_named_sentinel2_stacks_of_other_band_counts_pick_the_rgb_model_by_name(tmp_path: Path) -> None:
     l2a = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]  # no B10
     before, after = make_pair(tmp_path, "aligned", size=64, bands=12, descriptions=l2a)
