@@ -200,6 +200,26 @@ def test_the_predictor_runs_a_folded_copy_and_leaves_the_model_untouched() -> No
     np.testing.assert_allclose(predictor.predict(b, a, np.ones((1, 40, 40), bool)), ref, atol=1e-5)
 
 
+def test_the_predictor_normalises_each_date_with_its_statistics() -> None:
+    """(x - mean) / std per band and date (fused into one pass), non-finite values to 0, in float32 and bf16."""
+    model = ConvDiff(in_channels=3).eval()
+    rng = np.random.default_rng(1)
+    b = rng.normal(1500, 300, size=(2, 3, 24, 40)).astype(np.float32)
+    a = rng.normal(900, 100, size=(2, 3, 24, 40)).astype(np.float32)
+    b[0, 1, 3, 4] = np.inf
+    mb, sb, ma, sa = [1400.0, 1500.0, 1600.0], [250.0, 300.0, 0.0], [900.0, 950.0, 850.0], [90.0, 100.0, 110.0]
+    nb = (b - np.reshape(mb, (1, 3, 1, 1))) / np.reshape([250.0, 300.0, 1.0], (1, 3, 1, 1))  # std 0 -> 1
+    na = (a - np.reshape(ma, (1, 3, 1, 1))) / np.reshape(sa, (1, 3, 1, 1))
+    nb[~np.isfinite(nb)] = 0.0
+    with torch.no_grad():
+        ref = torch.sigmoid(model(torch.from_numpy(nb.astype(np.float32)), torch.from_numpy(na.astype(np.float32))))[:, 0].numpy()
+    valid = np.ones((2, 24, 40), bool)
+    got = TorchPredictor(model, mb, sb, ma, sa).predict(b, a, valid)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    got16 = TorchPredictor(model, mb, sb, ma, sa, precision="bf16").predict(b, a, valid)
+    np.testing.assert_allclose(got16, ref, atol=0.05)
+
+
 _MALLOC_PROBE = r"""
 import ctypes, os, sys
 import numpy as np
