@@ -30,6 +30,7 @@ from changedet.errors import (
     ChangedetError,
     CheckpointError,
     InputError,
+    NotGeoreferencedWarning,
     NothingToCompareWarning,
     OutputError,
     OutputExistsError,
@@ -686,7 +687,9 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
     from changedet.io.alignment import open_pair
     from changedet.io.raster import raster_info
 
-    before_info = raster_info(before)
+    with warnings.catch_warnings():  # open_pair below reports a raster in pixel coordinates, once
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        before_info = raster_info(before)
     before_name, after_name = _source_name(before), _source_name(after)
 
     # -- model or method ---------------------------------------------------------------------------------------

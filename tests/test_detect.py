@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -287,3 +288,30 @@ def test_reads_decode_blocks_with_the_configured_gdal_threads(tmp_path: Path, mo
     assert seen == ["3"]
     monkeypatch.delenv("CHANGEDET_GDAL_THREADS")
     assert 1 <= api.gdal_read_threads() <= 4
+
+
+@pytest.mark.parametrize("where", ["group", "command"])
+def test_quiet_and_verbose_work_before_or_after_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             where: str) -> None:
+    """``changedet -q detect ...`` and ``changedet detect ... -q`` both turn the progress bar off."""
+    import changedet.cli.detect as cli_detect
+
+    made: list[bool] = []
+    real = cli_detect._Progress
+
+    def spy(enabled: bool) -> object:
+        made.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(cli_detect, "_Progress", spy)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)  # -q / -v set it: restored after the test
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    args = ["detect", str(before), str(after), "-o", str(tmp_path / "out"), "--method", "cva", "--no-quicklook"]
+    res = CliRunner().invoke(cli, ["-q", *args] if where == "group" else [*args, "-q"])
+    assert res.exit_code == 0, res.output
+    assert made == [False]
+    res = CliRunner().invoke(cli, [*args, "--overwrite", "-vv"])
+    assert res.exit_code == 0, res.output
+    assert made == [False, True]
+    assert root.level == logging.DEBUG  # -vv after the command raises the log level

@@ -45,12 +45,49 @@ class LazyGroup(click.Group):
             return None
         mod = importlib.import_module(f"changedet.cli.{module}")
         cmd: click.Command = mod.command
+        _add_log_options(cmd)
         return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
         from changedet.cli._common import run_guarded
 
         return run_guarded(lambda: super(LazyGroup, self).invoke(ctx))
+
+
+_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+def _root_obj(ctx: click.Context) -> dict[str, Any]:
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    obj: dict[str, Any] = root.obj
+    return obj
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        _root_obj(ctx)["quiet"] = True
+        logging.getLogger().setLevel(logging.ERROR)
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value and not ctx.resilient_parsing:
+        obj = _root_obj(ctx)
+        obj["verbose"] = int(obj.get("verbose") or 0) + value
+        if not obj.get("quiet"):
+            logging.getLogger().setLevel(_LEVELS[min(obj["verbose"], 2)])
+
+
+def _add_log_options(cmd: click.Command) -> None:
+    """Accept the group's ``-q``/``-v`` after the sub-command too (``changedet detect a.tif b.tif -o out -q``)."""
+    if any(p.name == "quiet" for p in cmd.params):
+        return
+    cmd.params += [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_set_verbose,
+                     help="More log output on stderr (-vv for debug); same as 'changedet -v'."),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_set_quiet,
+                     help="No progress bars or log messages on stderr (warnings about the inputs and errors still); same as 'changedet -q'."),
+    ]
 
 
 def _show_versions(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -74,11 +111,12 @@ def _show_versions(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Print the versions of changedet and its geospatial/ML stack, then exit.",
 )
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress bars.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bars or log messages on stderr (warnings about the inputs and errors still).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Find what changed between a BEFORE and an AFTER raster."""
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    level = logging.ERROR if quiet else _LEVELS[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
