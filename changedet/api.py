@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -379,16 +380,52 @@ _COLOUR_OF = {"RED": "red", "GREEN": "green", "BLUE": "blue", "R": "red", "G": "
               "B04": "red", "B03": "green", "B02": "blue"}
 
 
-def _bands_by_colour(info: Any, want: Sequence[str]) -> list[int] | None:
-    """1-based bands of ``info`` whose colour interpretation (red, green, blue) matches a model's colour bands.
+#: Landsat Collection 2 surface-reflectance band names of the visible bands: Landsat 8/9 (which has SR_B6, SWIR 1)
+#: and Landsat 4-7 (SR_B1-SR_B5 and SR_B7; band 6 is thermal, ST_B6).
+_LANDSAT_89 = {"SR_B2": "blue", "SR_B3": "green", "SR_B4": "red"}
+_LANDSAT_47 = {"SR_B1": "blue", "SR_B2": "green", "SR_B3": "red"}
 
-    For an RGBA drone orthomosaic or an RGB + near-infrared raster fed to a 3-band RGB model: the bands GDAL marks
-    red, green and blue (each once), in the model's order. None when the model's bands are not colours or the
-    input does not mark each of them exactly once.
+
+def band_colours(info: Any) -> list[str]:
+    """The colour each band of ``info`` stands for: ``"red"``, ``"green"``, ``"blue"``, ``"alpha"`` or ``""``.
+
+    GDAL's colour interpretation where it marks one of those, else the band description: ``Red``, ``Green``,
+    ``Blue`` (any case; also ``R``, ``G``, ``B``), Sentinel-2's ``B04``, ``B03``, ``B02``, or Landsat Collection 2
+    ``SR_B4``, ``SR_B3``, ``SR_B2`` (Landsat 8/9, recognised by its SR_B6) and ``SR_B3``, ``SR_B2``, ``SR_B1``
+    (Landsat 4-7); the same for a Level-1 stack named ``B1`` .. ``B7`` (all of B1-B5 and B7 present).
+
+    >>> from types import SimpleNamespace as NS
+    >>> band_colours(NS(colorinterp=("gray",) * 4, descriptions=("Blue", "Green", "Red", "NIR")))
+    ['blue', 'green', 'red', '']
+    >>> band_colours(NS(colorinterp=(), descriptions=tuple(f"SR_B{i}" for i in range(1, 8))))
+    ['', 'blue', 'green', 'red', '', '', '']
+    """
+    interp = [str(c).lower() for c in (getattr(info, "colorinterp", None) or ())]
+    names = [str(d).strip().upper() if d else "" for d in (getattr(info, "descriptions", None) or ())]
+    if {"B1", "B2", "B3", "B4", "B5", "B7"} <= set(names):  # a Landsat Level-1 stack (`changedet stack`): B1..B7
+        names = [f"SR_{n}" if re.fullmatch(r"B[1-9]", n) else n for n in names]
+    landsat = _LANDSAT_89 if "SR_B6" in names else _LANDSAT_47
+    out = []
+    for i in range(max(len(interp), len(names))):
+        ci = interp[i] if i < len(interp) else ""
+        if ci in ("red", "green", "blue", "alpha"):
+            out.append(ci)
+            continue
+        name = names[i] if i < len(names) else ""
+        out.append(_COLOUR_OF.get(name) or landsat.get(name) or "")
+    return out
+
+
+def _bands_by_colour(info: Any, want: Sequence[str]) -> list[int] | None:
+    """1-based bands of ``info`` whose colour (:func:`band_colours`) matches a model's colour bands.
+
+    For an RGBA drone orthomosaic, an RGB + near-infrared raster or a Landsat stack fed to a 3-band RGB model: the
+    bands marked or named red, green and blue (each once), in the model's order. None when the model's bands are
+    not colours or the input does not mark each of them exactly once.
     """
     found = [_COLOUR_OF.get(str(w).strip().upper()) for w in want]
     colours = [c for c in found if c is not None]
-    have = [str(c).lower() for c in (getattr(info, "colorinterp", None) or ())]
+    have = band_colours(info)
     if not colours or len(colours) != len(found) or any(have.count(c) != 1 for c in colours):
         return None
     return [have.index(c) + 1 for c in colours]
@@ -429,7 +466,7 @@ def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None
         bundled = {m.name: m for m in list_bundled()}
         name = str(model) if model is not None else default_model_name(
             band_count, pixel, band_names=getattr(info, "descriptions", None),
-            colors=getattr(info, "colorinterp", None))
+            colors=band_colours(info) if info is not None else None)
         if name in bundled:
             return bundled[name]
         if Path(name).suffix in (".json", ".safetensors") or Path(name).with_suffix(".json").exists():

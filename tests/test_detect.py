@@ -204,6 +204,32 @@ def test_named_sentinel2_stacks_of_other_band_counts_pick_the_rgb_model_by_name(
     assert result.report["grid"]["bands"] == ["B04", "B03", "B02"]
 
 
+@pytest.mark.parametrize(("names", "res", "model", "bands"), [
+    (["Blue", "Green", "Red", "NIR"], 10.0, "s2-rgb", ["Red", "Green", "Blue"]),  # a stack with colour names
+    (["red", "green", "blue", "nir"], 0.5, "aerial-rgb", ["red", "green", "blue"]),
+    ([f"SR_B{i}" for i in range(1, 8)], 30.0, "s2-rgb", ["SR_B4", "SR_B3", "SR_B2"]),  # Landsat 8/9 Collection 2
+    (["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"], 30.0, "s2-rgb", ["SR_B3", "SR_B2", "SR_B1"]),  # 4-7
+])
+def test_bands_named_after_colours_or_landsat_bands_pick_the_rgb_default(tmp_path: Path, names: list[str], res: float,
+                                                                          model: str, bands: list[str]) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=len(names), descriptions=names, res=res)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bundled RGB models were trained at 10 m and 1.5 m: a pixel-size warning
+        result = detect(before, after, output_dir=tmp_path / "out", quicklook=False, vectorize=False)
+    assert result.report["model"]["name"] == model
+    assert result.report["grid"]["bands"] == bands
+
+
+def test_band_colours_prefer_the_colour_interpretation_to_names() -> None:
+    from changedet.api import band_colours
+
+    marked = SimpleNamespace(colorinterp=("red", "green", "blue"), descriptions=("Blue", "Green", "Red"))
+    assert band_colours(marked) == ["red", "green", "blue"]
+    plain = SimpleNamespace(colorinterp=("gray", "undefined", "undefined"), descriptions=("Blue", None, "R"))
+    assert band_colours(plain) == ["blue", "", "red"]
+    assert band_colours(SimpleNamespace(colorinterp=("gray",), descriptions=("SR_B2",))) == ["green"]  # 4-7 numbering
+
+
 def test_unnamed_uncoloured_band_counts_without_a_default_are_a_clear_error(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=64, bands=4)
     res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "out")])

@@ -171,3 +171,37 @@ def test_oscd_abudhabi_stack_check_and_align(oscd_images: Path, tmp_path: Path) 
         assert 90 < pair.pixel_area_m2() < 110  # ~10 m pixels at 24 N
         i = pair.band_names.index("B04")
         assert np.corrcoef(b[i][valid], a[i][valid])[0, 1] > 0.6
+
+
+@pytest.mark.parametrize(("mission", "level", "files", "names", "rgb"), [
+    ("LC09", "L2SP", [f"SR_B{i}" for i in range(1, 8)] + ["ST_B10", "QA_PIXEL", "QA_RADSAT", "SR_QA_AEROSOL"],
+     [f"SR_B{i}" for i in range(1, 8)], ["SR_B4", "SR_B3", "SR_B2"]),
+    ("LE07", "L2SP", ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7", "ST_B6", "QA_PIXEL"],
+     ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"], ["SR_B3", "SR_B2", "SR_B1"]),
+    ("LC08", "L1TP", [f"B{i}" for i in range(1, 12)] + ["QA_PIXEL"],
+     ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9"], ["B4", "B3", "B2"]),
+])
+def test_landsat_collection2_scene_folders(tmp_path: Path, mission: str, level: str, files: list[str],
+                                           names: list[str], rgb: list[str]) -> None:
+    """A USGS scene folder: the reflective 30 m bands in band order with Landsat's own names and 0 as nodata; no
+    panchromatic, thermal or QA layer; detect then feeds the RGB model the red, green and blue bands."""
+    from changedet.api import band_colours
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for date in ("20200612", "20210615"):
+        d = tmp_path / date
+        d.mkdir()
+        for f in files:
+            pan = f == "B8"
+            size = 128 if pan else 64
+            arr = rng.integers(7000, 20000, (size, size)).astype("uint16")
+            arr[:4] = 0  # fill outside the swath
+            make_geotiff(d / f"{mission}_{level}_196025_{date}_20200824_02_T1_{f}.TIF", arr, res=15 if pan else 30)
+        (d / f"{mission}_{level}_196025_{date}_20200824_02_T1_MTL.txt").write_text("GROUP = LANDSAT_METADATA_FILE\n")
+        paths[date] = stack_bands(d, tmp_path / f"{date}.tif")
+    info = raster_info(paths["20200612"])
+    assert list(info.descriptions) == names
+    assert info.res == (30.0, 30.0) and info.nodata == 0 and info.date == dt.date(2020, 6, 12)
+    colours = band_colours(info)
+    assert [names[colours.index(c)] for c in ("red", "green", "blue")] == rgb

@@ -31,8 +31,8 @@ from rasterio.windows import Window
 from changedet.errors import InputError, NotGeoreferencedWarning
 from changedet.io.raster import COGWriter, date_from_name, open_raster
 
-__all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "list_band_files", "safe_band_files",
-           "stack_bands"]
+__all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "landsat_band_files", "list_band_files",
+           "safe_band_files", "stack_bands"]
 
 #: Sentinel-2 MSI bands in sensor (wavelength) order.
 SENTINEL2_BANDS: tuple[str, ...] = (
@@ -106,6 +106,46 @@ def safe_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
     if not img_dirs:
         return None
     return _safe_pick(d, [str(p.parent) for p in img_dirs], sorted(f for f in img_dirs[0].rglob("*") if f.is_file()))
+
+
+_LANDSAT = re.compile(
+    r"^L[COTEM]0[4-9]_(?P<level>L1TP|L1GT|L1GS|L2SP|L2SR)_\d{6}_\d{8}_\d{8}_\d{2}_(?:T1|T2|RT)_(?P<band>.+)$",
+    re.IGNORECASE,
+)
+
+
+def landsat_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
+    """The reflective 30 m band files of a Landsat Collection 2 scene folder, in band order, or None.
+
+    Level-2 (``..._L2SP_...``): the surface-reflectance bands ``SR_B1`` .. ``SR_B7`` (Landsat 8/9) or ``SR_B1`` ..
+    ``SR_B5``, ``SR_B7`` (Landsat 4-7). Level-1 (``..._L1TP_...``): ``B1`` .. ``B7`` and ``B9`` (Landsat 8/9
+    cirrus). Skipped: the 15 m panchromatic ``B8`` (it would put every band on a 15 m grid), the thermal bands
+    (``ST_B10``, ``B10``, ``B11``, ``ST_B6``, ``B6``; other units and resolution), the ``QA`` layers and
+    angle/metadata files. None when the folder does not hold a Landsat Collection 2 scene (one scene: if it holds
+    several, the first in name order that has bands is used and a stack of mixed scenes is avoided).
+    """
+    d = Path(os.fspath(folder))
+    if not d.is_dir():
+        return None
+    scenes: dict[str, list[tuple[int, Path]]] = {}
+    for f in sorted(d.iterdir()):
+        m = _LANDSAT.match(f.stem)
+        if m is None or not f.is_file() or f.suffix.lower() not in (".tif", ".tiff"):
+            continue
+        band = m.group("band").upper()
+        scene = f.stem[: m.start("band")]
+        if m.group("level").upper().startswith("L2"):
+            num = re.fullmatch(r"SR_B([1-7])", band)
+            keep = num is not None
+        else:
+            num = re.fullmatch(r"B([1-79])", band)
+            keep = num is not None and not (num.group(1) == "6" and f.stem.upper().startswith(("LT0", "LE0", "LM0")))
+        if keep and num is not None:
+            scenes.setdefault(scene, []).append((int(num.group(1)), f))
+    if not scenes:
+        return None
+    first = sorted(scenes)[0]
+    return [f for _n, f in sorted(scenes[first])]
 
 
 def _safe_pick(source: Path, granules: Sequence[str], files: Sequence[Path]) -> list[Path] | None:
@@ -213,8 +253,9 @@ def stack_bands(
     Parameters
     ----------
     folder
-        Folder of single-band rasters (``.tif``, ``.jp2``, ...), or a Sentinel-2 ``.SAFE`` product (L1C or L2A; see
-        :func:`safe_band_files`: the finest file of each band, 0 as nodata). Ignored when ``files`` is given.
+        Folder of single-band rasters (``.tif``, ``.jp2``, ...), a Sentinel-2 ``.SAFE`` product (L1C or L2A; see
+        :func:`safe_band_files`: the finest file of each band, 0 as nodata) or a Landsat Collection 2 scene folder
+        (:func:`landsat_band_files`: the reflective 30 m bands, 0 as nodata). Ignored when ``files`` is given.
     out
         Output GeoTIFF.
     overwrite
@@ -244,15 +285,17 @@ def stack_bands(
         ``out`` exists and ``overwrite`` is False.
     """
     safe: list[Path] | None = None
+    landsat: list[Path] | None = None
     if files is None:
         d = Path(os.fspath(folder))
         if not d.is_dir() and not (d.is_file() and d.suffix.lower() == ".zip"):
             raise InputError(f"{d}: not a folder; give the folder that holds one file per band.")
         out_resolved = Path(os.fspath(out)).resolve()
         safe = safe_band_files(d)
+        landsat = landsat_band_files(d) if safe is None else None
         if safe is None and not d.is_dir():
             raise InputError(f"{d}: a ZIP archive without Sentinel-2 band files; extract it and stack the folder.")
-        paths = [p for p in (safe or list_band_files(d)) if str(p).startswith("/vsi") or p.resolve() != out_resolved]
+        paths = [p for p in (safe or landsat or list_band_files(d)) if str(p).startswith("/vsi") or p.resolve() != out_resolved]
         if not paths:
             raise InputError(
                 f"{d}: no raster files ({', '.join(RASTER_SUFFIXES)}) found; give the folder that holds one file per band."
@@ -269,7 +312,9 @@ def stack_bands(
         ) from None
 
     s2 = [band_name_from_file(p) for p in paths]
-    if all(s2) and len(set(s2)) == len(s2):
+    if landsat:  # Landsat's own band names: its B2 is Sentinel-2's B02 on Landsat 8/9 but not on Landsat 4-7
+        names = [_LANDSAT.match(p.stem).group("band").upper() for p in paths]  # type: ignore[union-attr]
+    elif all(s2) and len(set(s2)) == len(s2):
         order = sorted(range(len(paths)), key=lambda i: SENTINEL2_BANDS.index(s2[i]))  # type: ignore[arg-type]
         paths = [paths[i] for i in order]
         names = [str(s2[i]) for i in order]
@@ -330,8 +375,10 @@ def stack_bands(
     dtype = np.result_type(*[np.dtype(b.dtype) for b in bands])
     nodatas = {b.nodata for b in bands if b.nodata is not None}
     nodata = next(iter(nodatas)) if len(nodatas) == 1 else None
-    if files is None and safe and not nodatas:
-        nodata = 0  # ESA's L1C/L2A products mark pixels outside the swath with 0 (NO_DATA) without a nodata tag
+    if files is None and (safe or landsat) and not nodatas:
+        # ESA's L1C/L2A products and USGS's Landsat Collection 2 bands mark pixels outside the swath with 0 (fill)
+        # without a nodata tag
+        nodata = 0
         bands = [_Band(b.path, b.name, b.crs, b.transform, b.width, b.height, b.dtype, 0) for b in bands]
     date = _dates_txt_date(Path(os.fspath(folder)))
     if date is None:

@@ -100,8 +100,10 @@ def default_model_name(band_count: int, pixel_size: float | None = None, *,
                        colors: Sequence[str] | None = None) -> str:
     """Name of the default bundled model for an input of ``band_count`` bands and ``pixel_size`` metres.
 
-    ``band_names`` (the band descriptions) and ``colors`` (GDAL colour interpretations such as ``"red"``) let an
-    input of another band count use a bundled model on some of its bands (see the table above).
+    ``band_names`` (the band descriptions) and ``colors`` (the colour each band stands for, ``"red"``...: GDAL's
+    colour interpretation or a band name such as ``Red`` or Landsat's ``SR_B4``, see
+    :func:`changedet.api.band_colours`) let an input of another band count use a bundled model on some of its
+    bands (see the table above).
 
     Raises
     ------
@@ -123,7 +125,8 @@ def default_model_name(band_count: int, pixel_size: float | None = None, *,
     bundled = ", ".join(f"{m.name} ({m.in_channels} bands)" for m in list_bundled()) or "none"
     raise CheckpointError(
         f"no bundled model takes {band_count} bands (defaults exist for 13-band Sentinel-2 and 3-band RGB, and for "
-        f"bands named B04, B03, B02 or with a red/green/blue colour interpretation; bundled: {bundled}); select 3 "
+        f"bands named B04, B03, B02, Red, Green, Blue or Landsat SR_B* or with a red/green/blue colour "
+        f"interpretation; bundled: {bundled}); select 3 "
         f"or 13 bands (e.g. --indexes 1,2,3 with --model aerial-rgb or s2-rgb), or {_TRAIN_HINT}"
     )
 
