@@ -205,3 +205,13 @@ def test_landsat_collection2_scene_folders(tmp_path: Path, mission: str, level: 
     assert info.res == (30.0, 30.0) and info.nodata == 0 and info.date == dt.date(2020, 6, 12)
     colours = band_colours(info)
     assert [names[colours.index(c)] for c in ("red", "green", "blue")] == rgb
+
+
+def test_a_folder_with_two_landsat_scenes_is_refused(tmp_path: Path) -> None:
+    for date in ("20200612", "20210615"):
+        for b in (2, 3, 4):
+            make_geotiff(tmp_path / f"LC08_L2SP_196025_{date}_20200824_02_T1_SR_B{b}.TIF",
+                         np.ones((16, 16), "uint16"), res=30)
+    with pytest.raises(InputError, match=r"2 Landsat scenes.*own folder"):
+        stack_bands(tmp_path, tmp_path / "out.tif")
+    assert not (tmp_path / "out.tif").exists()

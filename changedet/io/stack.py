@@ -121,8 +121,12 @@ def landsat_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
     ``SR_B5``, ``SR_B7`` (Landsat 4-7). Level-1 (``..._L1TP_...``): ``B1`` .. ``B7`` and ``B9`` (Landsat 8/9
     cirrus). Skipped: the 15 m panchromatic ``B8`` (it would put every band on a 15 m grid), the thermal bands
     (``ST_B10``, ``B10``, ``B11``, ``ST_B6``, ``B6``; other units and resolution), the ``QA`` layers and
-    angle/metadata files. None when the folder does not hold a Landsat Collection 2 scene (one scene: if it holds
-    several, the first in name order that has bands is used and a stack of mixed scenes is avoided).
+    angle/metadata files. None when the folder does not hold a Landsat Collection 2 scene.
+
+    Raises
+    ------
+    InputError
+        The folder holds the bands of several scenes: stack each scene from its own folder.
     """
     d = Path(os.fspath(folder))
     if not d.is_dir():
@@ -144,8 +148,12 @@ def landsat_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
             scenes.setdefault(scene, []).append((int(num.group(1)), f))
     if not scenes:
         return None
-    first = sorted(scenes)[0]
-    return [f for _n, f in sorted(scenes[first])]
+    if len(scenes) > 1:
+        raise InputError(
+            f"{d}: holds the bands of {len(scenes)} Landsat scenes ({', '.join(s.rstrip('_') for s in sorted(scenes))});"
+            " stack one scene at a time: put each scene's files in its own folder."
+        )
+    return [f for _n, f in sorted(next(iter(scenes.values())))]
 
 
 def _safe_pick(source: Path, granules: Sequence[str], files: Sequence[Path]) -> list[Path] | None:
