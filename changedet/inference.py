@@ -116,7 +116,9 @@ class TorchPredictor:
         self.torch = torch
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        from changedet.models import optimize_for_inference
+        from changedet.models import flush_denormals, optimize_for_inference
+
+        self._flush_denormals = flush_denormals
 
         self.model = optimize_for_inference(model, dtype=self.dtype, channels_last=True).to(self.device)
         self.multiple = int(getattr(model, "required_multiple", 1))
@@ -159,7 +161,7 @@ class TorchPredictor:
     def predict(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
         torch = self.torch
         _n, _c, h, w = before.shape
-        with torch.inference_mode():
+        with torch.inference_mode(), self._flush_denormals():
             tb = self._prep(before, self._norm_b)
             ta = self._prep(after, self._norm_a)
             ph, pw = (-h) % self.multiple, (-w) % self.multiple

@@ -284,3 +284,24 @@ def test_models_and_losses_do_not_import_rasterio() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rasterio', 'osgeo', 'geopandas')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _flushed() -> bool:
+    """Whether the CPU currently treats a subnormal float32 as zero (what flush_denormals switches on)."""
+    tiny = torch.full((8,), 1e-39, dtype=torch.float32)
+    return bool((tiny * 1.0 == 0).all())
+
+
+def test_flush_denormals_switches_flushing_on_inside_nested_blocks_and_off_after() -> None:
+    from changedet.models import flush_denormals
+
+    supported = torch.set_flush_denormal(False)
+    assert not _flushed()  # torch's default: subnormals are kept
+    with flush_denormals():
+        with flush_denormals():
+            assert _flushed() == supported
+        assert _flushed() == supported  # the inner block does not switch it off for the outer one
+    assert not _flushed()
+    with pytest.raises(RuntimeError), flush_denormals():
+        raise RuntimeError("boom")
+    assert not _flushed()  # restored on errors too

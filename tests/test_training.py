@@ -268,3 +268,31 @@ def test_training_curves_draw_validation_scores_validated_every_other_epoch() ->
     assert list(lines["best epoch 6"].get_xdata()) == [6, 6]
     train = {ln.get_label(): ln for ln in losses.get_lines()}
     assert len(train["train loss"].get_xdata()) == 8 and len(train["validation loss"].get_xdata()) == 4
+
+
+def test_training_and_prediction_flush_subnormal_floats(tmp_path, monkeypatch) -> None:
+    """Subnormal gradients slow convolution backward passes many times over: train() and detect flush them."""
+    import changedet.models as models
+    from changedet.inference import TorchPredictor
+
+    supported = torch.set_flush_denormal(False)
+    seen: list[bool] = []
+    real_create = models.create_model
+
+    def create_spying(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        model.register_forward_pre_hook(lambda *_: seen.append(bool(torch.tensor([1e-39]) * 1.0 == 0)))
+        return model
+
+    monkeypatch.setattr(models, "create_model", create_spying)
+    train(out=tmp_path / "run", train_scenes=[synthetic_scene(1)], val_scenes=[synthetic_scene(5)], seed=0,
+          **{**FAST, "epochs": 1, "chips_per_epoch": 16})
+    assert seen and all(s == supported for s in seen)
+    assert not bool(torch.tensor([1e-39]) * 1.0 == 0)  # switched off again after the run
+
+    seen.clear()
+    net = create_spying("fc-siam-diff", in_channels=3)
+    predictor = TorchPredictor(net, [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    predictor.predict(x, x, np.ones((1, 32, 32), bool))
+    assert seen == [supported]
