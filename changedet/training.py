@@ -214,7 +214,7 @@ def _torch_settings(threads: int | None, deterministic: bool, device: torch.devi
     """Set threads and determinism for the run, restore the caller's settings afterwards.
 
     The run also flushes subnormal floats to zero (:func:`changedet.models.flush_denormals`): without it, epochs
-    slowed down 2.4 times once some gradients became subnormal.
+    slowed down up to 5 times once some gradients became subnormal.
     """
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()

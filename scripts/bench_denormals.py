@@ -2,8 +2,8 @@
 """What subnormal gradients cost a convolution's backward pass on the CPU, with and without flushing them to zero.
 
 Late in training some gradients fall below float32's normal range (about 1.2e-38); the CPU's vector units then take
-a slow path. One 13-band FC-EF training seed on this project's machine slowed from 52 to 128 seconds per epoch from
-epoch 24 on (profiled: the oneDNN convolution backward kernels took 62 % of its time, against 30 % in a seed on the
+a slow path. One 13-band FC-EF training seed on this project's machine slowed from 53 to 129-264 seconds per epoch
+after epoch 32 (profiled: the oneDNN convolution backward kernels took 62 % of its time, against 30 % in a seed on the
 same machine at normal speed), which is why :func:`changedet.training.train` and the detect engine run inside
 :func:`changedet.models.flush_denormals`.
 

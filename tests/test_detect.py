@@ -341,3 +341,14 @@ def test_quiet_and_verbose_work_before_or_after_the_command(tmp_path: Path, monk
     assert res.exit_code == 0, res.output
     assert made == [False, True]
     assert root.level == logging.DEBUG  # -vv after the command raises the log level
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_cli_summary_counts_polygons_only_when_it_vectorised(tmp_path: Path, vectorize: bool) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    args = ["detect", str(before), str(after), "-o", str(tmp_path / "out"), "--method", "cva", "--no-quicklook"]
+    res = CliRunner().invoke(cli, args if vectorize else [*args, "--no-vectorize"])
+    assert res.exit_code == 0, res.output
+    summary = next(line for line in res.output.splitlines() if line.startswith("changed: "))
+    assert ("polygons; threshold" in summary) == vectorize
+    assert "None" not in summary

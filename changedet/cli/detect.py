@@ -131,7 +131,9 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
     if "changed_percent" in s:
         area = s.get("changed_area_m2")
         area_txt = f", {area / 1e6:.4f} km2" if area else ""
+        n_polygons = s.get("n_polygons")
+        poly_txt = f"{n_polygons} polygons; " if n_polygons is not None else ""  # None with --no-vectorize
         click.echo(
             f"changed: {s['changed_percent']:.3f} % of the compared pixels{area_txt}; "
-            f"{s.get('n_polygons')} polygons; threshold {report.get('threshold'):.3f}"
+            f"{poly_txt}threshold {report.get('threshold'):.3f}"
         )

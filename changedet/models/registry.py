@@ -256,8 +256,8 @@ def flush_denormals() -> Iterator[None]:
 
     Subnormal numbers (below about 1.2e-38 in float32) take a slow path in the CPU's vector units. Late in training,
     some gradients reach that range, and the convolution backward passes then slow down many times over (one
-    13-band FC-EF seed trained 2.4 times slower per epoch from epoch 24 on, while two other seeds on the same machine
-    did not; ``python scripts/bench_denormals.py`` measures the effect on one convolution). Flushing them to zero
+    13-band FC-EF seed went from 53 to 129-264 seconds per epoch after epoch 32, while two other seeds on the same
+    machine did not; ``python scripts/bench_denormals.py`` measures the effect on one convolution). Flushing them to zero
     changes results only by values below that range. :func:`changedet.training.train` and the detect engine's
     :class:`~changedet.inference.TorchPredictor` run inside this block.
 
