@@ -602,6 +602,7 @@ def train(
     min_epochs: int = 1,
     val_every: int = 1,
     val_tile_size: int = 1024,
+    ema: float | None = None,
     threshold_method: str = "f1",
     probability_calibration: str = "platt",
     seed: int = 0,
@@ -659,6 +660,11 @@ def train(
     patience : int, optional
         Stop after this many validations without a better validation F1 (None: never).
     min_epochs, val_every, val_tile_size : validation schedule and the tile size of whole-scene prediction.
+    ema : float, optional
+        Decay of an exponential moving average of the weights (e.g. ``0.99``: a horizon of about 100 optimiser
+        steps), updated after every step (:class:`torch.optim.swa_utils.AveragedModel`, batch-norm statistics
+        averaged too). When set, validation, the threshold calibration and the checkpoint use the averaged
+        weights instead of the last step's. ``None`` (default): no averaging.
     threshold_method : {"f1", "otsu", "fixed"}
         How the final decision threshold is calibrated on the validation scenes.
     probability_calibration : {"platt", "none"}
@@ -746,6 +752,8 @@ def train(
             raise InputError(f"{key} must be an integer >= {low}, got {value!r}")
     if lr <= 0:
         raise InputError(f"lr must be > 0, got {lr}")
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 < ema < 1.0):
+        raise InputError(f"ema must be a decay between 0 and 1 (e.g. 0.99) or null, got {ema!r}")
     out = Path(out)
     weights_path, json_path = checkpoint_paths(out / name)
     outputs = [weights_path, json_path, out / "metrics.csv", out / "curves.png", out / "pr_curve.png"]
@@ -917,7 +925,14 @@ def train(
             if progress_cb:
                 progress_cb({"event": "start", "steps_per_epoch": steps_per_epoch, "epochs": epochs})
 
-            best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(net.state_dict())
+            ema_net: nn.Module | None = None
+            if ema is not None:
+                from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+                ema_net = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(ema)), use_buffers=True)
+            # the weights that are validated, calibrated and saved: the moving average's copy, or the network's
+            eval_net: nn.Module = ema_net.module if ema_net is not None else net  # type: ignore[assignment]
+            best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(eval_net.state_dict())
             stale = 0
             epoch = 0
             chips_seen = 0
@@ -948,6 +963,8 @@ def train(
                         opt.zero_grad(set_to_none=True)
                         batch_loss.backward()
                         opt.step()
+                        if ema_net is not None:
+                            ema_net.update_parameters(net)
                         total += batch_loss.detach()
                         if progress_cb:
                             progress_cb({"event": "step"})
@@ -955,6 +972,7 @@ def train(
                         all_reduce_sum(total, dctx)
                         total /= world
                         broadcast_buffers(net, dctx)  # batch-norm statistics of rank 0 on every rank
+                        broadcast_buffers(eval_net, dctx)  # and of the moving average (each rank averaged its own)
                     lr_now = opt.param_groups[0]["lr"]
                     if sched is not None:
                         sched.step()
@@ -968,7 +986,7 @@ def train(
                     if val_list and (epoch % val_every == 0 or epoch == epochs):
                         t1 = time.perf_counter()
                         val_parts = _validate_sharded(
-                            net, prepared_val, None if metric_loss else loss_fn, dev, val_tile_size, is_metric,
+                            eval_net, prepared_val, None if metric_loss else loss_fn, dev, val_tile_size, is_metric,
                             dctx, owners,
                         )
 
@@ -982,12 +1000,12 @@ def train(
                         row["val_seconds"] = round(time.perf_counter() - t1, 3)
                         score = row["val_f1_best"] if row["val_f1_best"] is not None else -1.0
                         if score > best_score:
-                            best_score, best_epoch, best_state = score, epoch, copy.deepcopy(net.state_dict())
+                            best_score, best_epoch, best_state = score, epoch, copy.deepcopy(eval_net.state_dict())
                             improved, stale = True, 0
                         else:
                             stale += 1
                     elif not val_list:
-                        best_epoch, best_state = epoch, copy.deepcopy(net.state_dict())
+                        best_epoch, best_state = epoch, copy.deepcopy(eval_net.state_dict())
                     row["best"] = improved
                     history.append(row)
                     run_on_main(lambda: _write_csv(out / "metrics.csv", history), dctx)

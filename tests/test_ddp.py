@@ -150,7 +150,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.distributed
-def test_one_rank_ddp_path_gives_the_single_process_weights(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("ema", [None, 0.8])
+def test_one_rank_ddp_path_gives_the_single_process_weights(tmp_path, monkeypatch, ema) -> None:
     """distributed=True with one rank runs the DDP code path (sampler, loss weighting, rank-0 outputs, buffer
     broadcasts, sharded validation) in this process: it must train exactly what a single process trains."""
     import torch.distributed as dist
@@ -164,7 +165,7 @@ def test_one_rank_ddp_path_gives_the_single_process_weights(tmp_path, monkeypatc
     kwargs = {"train_scenes": [synthetic_scene(1, 64), synthetic_scene(2, 64)],
               "val_scenes": [synthetic_scene(5, 48), synthetic_scene(6, 48)], "model": "fc-siam-diff",
               "chip_size": 32, "batch_size": 4, "chips_per_epoch": 8, "epochs": 2, "threads": 1, "seed": 4,
-              "plots": False, "ddp_timeout": 30}
+              "plots": False, "ddp_timeout": 30, "ema": ema}
     with pytest.raises(InputError, match="sync_bn needs CUDA"):
         train(out=tmp_path / "syncbn", distributed=True, sync_bn=True, **kwargs)
     assert not dist.is_initialized(), "the process group must be destroyed after an error"
@@ -190,6 +191,7 @@ WORKER = textwrap.dedent(
     from tests.test_training import synthetic_scene
 
     base = Path(sys.argv[1])
+    ema = float(sys.argv[2]) if len(sys.argv) > 2 else None
     rank = int(os.environ["RANK"])
     # each rank gets its own output folder (as on machines without a shared disk): only rank 0 may write to its own
     result = train(
@@ -197,7 +199,7 @@ WORKER = textwrap.dedent(
         train_scenes=[synthetic_scene(1, 64), synthetic_scene(2, 64)],
         val_scenes=[synthetic_scene(5, 48), synthetic_scene(6, 64)],
         model="fc-siam-diff", chip_size=32, batch_size=4, chips_per_epoch=12, epochs=2, threads=1, seed=3,
-        plots=True, ddp_timeout=60,
+        plots=True, ddp_timeout=60, ema=ema,
         probability_calibration="none",  # the checkpoint must hold the replicas' weights bit for bit (digests)
     )
     (base / f"result{rank}.json").write_text(json.dumps(result.to_dict(), default=str))
@@ -206,7 +208,8 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.distributed
-def test_two_process_ddp_training_gives_identical_replicas(tmp_path) -> None:
+@pytest.mark.parametrize("ema", [None, 0.8])
+def test_two_process_ddp_training_gives_identical_replicas(tmp_path, ema) -> None:
     from safetensors.torch import load_file
 
     from changedet.calibration import calibrate_threshold
@@ -217,7 +220,7 @@ def test_two_process_ddp_training_gives_identical_replicas(tmp_path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     res = _run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script), str(tmp_path)])
+                        str(script), str(tmp_path), *([] if ema is None else [str(ema)])])
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
 

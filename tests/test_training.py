@@ -169,6 +169,36 @@ def test_metric_model_with_contrastive_loss_is_calibrated(tmp_path) -> None:
     assert 0.0 <= meta["threshold"] <= 1.0
 
 
+def test_ema_validates_calibrates_and_saves_the_averaged_weights(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    scenes = [synthetic_scene(i) for i in range(3)]
+    kwargs = {**FAST, "epochs": 4, "seed": 5, "probability_calibration": "none"}
+    # the average does not steer training: without validation scenes the checkpoint holds the last step's weights,
+    # or their moving average, and a decay near 0 averages nothing away
+    raw = train(out=tmp_path / "raw", train_scenes=scenes, **kwargs)
+    near = train(out=tmp_path / "near", train_scenes=scenes, ema=1e-9, **kwargs)
+    avg = train(out=tmp_path / "avg", train_scenes=scenes, ema=0.9, **kwargs)
+    w_raw, w_near, w_avg = (load_file(str(r.checkpoint)) for r in (raw, near, avg))
+    floats = [k for k in w_raw if w_raw[k].is_floating_point()]
+    assert w_raw.keys() == w_avg.keys() and floats
+    assert all(torch.allclose(w_raw[k], w_near[k], atol=1e-6) for k in floats)
+    changed = [k for k in floats if not torch.allclose(w_raw[k], w_avg[k], atol=1e-4)]
+    assert len(changed) > len(floats) // 2  # weights and batch-norm statistics are both averaged
+    config = [json.loads(r.checkpoint.with_suffix(".json").read_text())["training"]["config"] for r in (raw, avg)]
+    assert config[0]["ema"] is None and config[1]["ema"] == 0.9
+    # the averaged network is the one validated and shipped, and it has learnt the change
+    learnt = train(out=tmp_path / "val", train_scenes=scenes, val_scenes=[synthetic_scene(10)], ema=0.9,
+                   **{**kwargs, "epochs": 5, "seed": 3})
+    from changedet.models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(learnt.checkpoint, in_channels=3)
+    test = synthetic_scene(99)
+    before, after = _normalise(test)
+    cm = confusion_matrix(predict_scene(model, before, after) >= meta.threshold, test.label, test.valid)
+    assert cm.f1 > 0.9, cm.to_dict()
+
+
 def test_bad_options_are_input_errors(tmp_path) -> None:
     scenes = [synthetic_scene(1)]
     with pytest.raises(InputError, match="optimizer"):
@@ -179,6 +209,9 @@ def test_bad_options_are_input_errors(tmp_path) -> None:
         train(out=tmp_path, train_scenes=scenes, loss="triplet", **{**FAST, "epochs": 1})
     with pytest.raises(InputError, match="no training data"):
         train(out=tmp_path)
+    for bad in (1.0, 0, -0.5, "0.99", True):
+        with pytest.raises(InputError, match="ema must be a decay"):
+            train(out=tmp_path, train_scenes=scenes, ema=bad)
     with pytest.raises(InputError, match="ohem"):
         build_loss("dice", ohem=0.5)
 
