@@ -44,11 +44,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from changedet.calibration import (
     ProbabilityCalibration,
     calibrate_probabilities,
     calibrate_threshold,
+    cross_calibrate,
     plot_pr_curve,
 )
 from changedet.data.augment import Augment
@@ -666,7 +668,10 @@ def train(
         averaged too). When set, validation, the threshold calibration and the checkpoint use the averaged
         weights instead of the last step's. ``None`` (default): no averaging.
     threshold_method : {"f1", "otsu", "fixed"}
-        How the final decision threshold is calibrated on the validation scenes.
+        How the final decision threshold is calibrated on the validation scenes. With two or more validation
+        scenes, ``metrics["cross_calibrated"]`` also records each scene scored at the threshold calibrated on the
+        others (:func:`changedet.calibration.cross_calibrate`): a less optimistic F1 than the one at the threshold
+        fitted to all of them.
     probability_calibration : {"platt", "none"}
         Before the threshold is chosen, fit Platt scaling (``sigmoid(a * logit + b)``, a logistic regression of the
         validation labels on the logits) and fold it into the network's last convolution, so that
@@ -925,10 +930,8 @@ def train(
             if progress_cb:
                 progress_cb({"event": "start", "steps_per_epoch": steps_per_epoch, "epochs": epochs})
 
-            ema_net: nn.Module | None = None
+            ema_net: AveragedModel | None = None
             if ema is not None:
-                from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
                 ema_net = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(ema)), use_buffers=True)
             # the weights that are validated, calibrated and saved: the moving average's copy, or the network's
             eval_net: nn.Module = ema_net.module if ema_net is not None else net  # type: ignore[assignment]
@@ -1042,6 +1045,11 @@ def train(
                     calibrated["platt"], probs = _fit_platt(probs, labels, valids)
                 calibrated["calibration"] = calibrate_threshold(probs, labels, valids, method=threshold_method)
                 calibrated["metric"] = metric_calibration
+                calibrated["cross"] = None
+                if len(probs) >= 2 and threshold_method != "fixed":
+                    # each validation scene at the threshold of the others: what the calibration gives unseen data
+                    calibrated["cross"] = cross_calibrate(probs, labels, valids, method=threshold_method,
+                                                          names=[s.name for s in prepared_val])
 
             run_on_main(calibrate, dctx)  # kept on rank 0 (the precision-recall curve is large)
 
@@ -1065,6 +1073,8 @@ def train(
             }
             if metric_calibration is not None:
                 metrics["metric_calibration"] = metric_calibration
+            if calibrated["cross"] is not None:
+                metrics["cross_calibrated"] = calibrated["cross"]
             platt = calibrated["platt"]
             if platt is not None:
                 fold_logit_affine(net, platt.scale, platt.bias)  # the checkpoint's outputs are calibrated
@@ -1183,7 +1193,6 @@ def calibrate_checkpoint(
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
     """
-    from changedet.data import load_dataset
     from changedet.models import fold_logit_affine
     from changedet.models.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 
@@ -1194,29 +1203,23 @@ def calibrate_checkpoint(
     net, meta = load_checkpoint(checkpoint)
     if getattr(net, "is_metric", False):
         raise InputError(f"{checkpoint}: a metric model; its distances are calibrated (center/scale) in training")
-    config = meta.training.get("config") or {}
-    if val_scenes is None:
-        spec = config.get("dataset")
-        if not spec:
-            raise InputError(f"{checkpoint}: its training config names no dataset; pass labelled val_scenes")
-        val_scenes = load_dataset(spec, base=config.get("config_base")).val
-    val_scenes = list(val_scenes)
-    if not val_scenes:
-        raise InputError(f"{checkpoint}: no validation scenes to calibrate on; pass labelled val_scenes")
-    method = str(config.get("threshold_method") or "f1")
     dev = torch.device(device)
-    prepared, _ = prepare_scenes(val_scenes, normalization=meta.normalization)
+    prepared, probs = _checkpoint_probabilities(checkpoint, net, meta, val_scenes, dev, threads)
     labels = [s.label for s in prepared]
     valids = [s.valid for s in prepared]
+    method = str((meta.training.get("config") or {}).get("threshold_method") or "f1")
     with _torch_settings(threads, True, dev):
-        net = net.to(dev)
-        _, probs, _ = _validate(net, prepared, None, dev, int(config.get("val_tile_size") or 1024), False)
         before = calibrate_threshold(probs, labels, valids, method=method)
         platt = calibrate_probabilities(probs, labels, valids)
-        after = calibrate_threshold([platt.apply(p) for p in probs], labels, valids, method=method)
+        calibrated = [platt.apply(p) for p in probs]
+        after = calibrate_threshold(calibrated, labels, valids, method=method)
         fold_logit_affine(net, platt.scale, platt.bias)
     metrics = {**meta.metrics, "threshold": after.threshold, **after.metrics, "at_0.5": after.reference_metrics,
                "scenes": [s.name for s in prepared], "probability_calibration": platt.to_dict()}
+    metrics.pop("cross_calibrated", None)
+    if len(prepared) >= 2 and method != "fixed":
+        metrics["cross_calibrated"] = cross_calibrate(calibrated, labels, valids, method=method,
+                                                      names=[s.name for s in prepared])
     new_meta = dataclasses.replace(meta, threshold=float(after.threshold), metrics=_json_safe(metrics))
     cpu_net = net.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     written = save_checkpoint(cpu_net, out, new_meta, overwrite=True)
@@ -1230,6 +1233,57 @@ def calibrate_checkpoint(
         "recorded_f1": meta.metrics.get("f1"),
         "probability_calibration": platt.to_dict(),
     }
+
+
+def _checkpoint_probabilities(
+    checkpoint: str | Path,
+    net: nn.Module,
+    meta: Any,
+    val_scenes: Sequence[Scene] | None,
+    dev: torch.device,
+    threads: int | None,
+) -> tuple[list[PreparedScene], list[np.ndarray]]:
+    """A loaded checkpoint's probabilities on labelled scenes (by default its config's validation split)."""
+    from changedet.data import load_dataset
+
+    config = meta.training.get("config") or {}
+    if val_scenes is None:
+        spec = config.get("dataset")
+        if not spec:
+            raise InputError(f"{checkpoint}: its training config names no dataset; pass labelled val_scenes")
+        val_scenes = load_dataset(spec, base=config.get("config_base")).val
+    val_scenes = list(val_scenes)
+    if not val_scenes:
+        raise InputError(f"{checkpoint}: no validation scenes to calibrate on; pass labelled val_scenes")
+    prepared, _ = prepare_scenes(val_scenes, normalization=meta.normalization)
+    with _torch_settings(threads, True, dev):
+        net = net.to(dev)
+        _, probs, _ = _validate(net, prepared, None, dev, int(config.get("val_tile_size") or 1024), False)
+    return prepared, probs
+
+
+def cross_calibrate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    val_scenes: Sequence[Scene] | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Score a checkpoint's validation scenes, each at the threshold calibrated on the others.
+
+    :func:`changedet.calibration.cross_calibrate` on the checkpoint's probabilities over ``val_scenes`` (by default
+    the validation split its training config names), with the threshold method of its training. :func:`train`
+    records the same in ``metrics["cross_calibrated"]``; this recomputes it for checkpoints trained before that.
+    """
+    from changedet.models.checkpoint import load_checkpoint
+
+    net, meta = load_checkpoint(checkpoint)
+    if getattr(net, "is_metric", False):
+        raise InputError(f"{checkpoint}: a metric model; its cross-calibration is recorded in training")
+    prepared, probs = _checkpoint_probabilities(checkpoint, net, meta, val_scenes, torch.device(device), threads)
+    method = str((meta.training.get("config") or {}).get("threshold_method") or "f1")
+    return cross_calibrate(probs, [s.label for s in prepared], [s.valid for s in prepared], method=method,
+                           names=[s.name for s in prepared])
 
 
 def _calibrate_metric(

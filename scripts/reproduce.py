@@ -11,7 +11,8 @@ held-out validation cities/pairs, and writes ``<out>/<name>/seed<k>/``. The tabl
 and standard deviation of the pooled validation precision, recall, F1, IoU and kappa at the calibrated threshold,
 the F1 at a fixed 0.5, the threshold and the epochs. The threshold is calibrated on the same validation scenes the
 scores are computed on, so "F1" is an optimistic estimate of what a calibrated model reaches; "F1@0.5" does not
-depend on that choice. The published test cities/pairs (OSCD test labels, AirChange Szada/1 and Tiszadob/3) are
+depend on that choice, and "F1, others' threshold" scores each validation scene at the threshold calibrated on the
+other ones (``changedet.calibration.cross_calibrate``). The published test cities/pairs (OSCD test labels, AirChange Szada/1 and Tiszadob/3) are
 not in ../shared/data, so these are validation figures, not test figures.
 
 Runs are independent processes (``--jobs``), each with ``threads`` torch threads (1 by default): on a small shared
@@ -125,10 +126,18 @@ def _run_one(name: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[
     else:
         result = train(**config, config_base=base, progress=None)
     meta = json.loads(result.checkpoint.with_suffix(".json").read_text())
+    cross = result.metrics.get("cross_calibrated")
+    if cross is None and len(meta["training"]["data"].get("val") or []) >= 2 and \
+            not meta["metrics"].get("metric_calibration"):
+        # a checkpoint trained before train() recorded it: predict the validation scenes again
+        from changedet.training import cross_calibrate_checkpoint
+
+        cross = cross_calibrate_checkpoint(result.checkpoint, threads=int(config.get("threads") or 1))
     test = evaluate_test(result.checkpoint, meta["training"]["data"], Path(out) / "test",
                          int(config.get("threads") or 1))
     return {
         "test": test,
+        "cross": cross,
         "name": name,
         "seed": seed,
         "model": config.get("model", "fc-siam-diff"),
@@ -175,6 +184,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "n": len(runs)}
     for key in COLUMNS:
         out[key] = _mean_std([r["metrics"].get(key) for r in runs])
+    out["f1_cross"] = _mean_std([((r.get("cross") or {}).get("pooled") or {}).get("f1") for r in runs])
     out["f1@0.5"] = _mean_std([r["metrics"].get("at_0.5", {}).get("f1") for r in runs])
     out["test_f1"] = _mean_std([(r.get("test") or {}).get("pooled", {}).get("f1") for r in runs])
     out["test_iou"] = _mean_std([(r.get("test") or {}).get("pooled", {}).get("iou") for r in runs])
@@ -186,7 +196,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
     """Markdown table, one row per (config, architecture)."""
-    head = ("| model | architecture | bands | validation | seeds | F1 | precision | recall | IoU | kappa | F1 @0.5 "
+    head = ("| model | architecture | bands | validation | seeds | F1 | F1, others' threshold | precision | recall "
+            "| IoU | kappa | F1 @0.5 "
             "| threshold | best epoch | minutes/run | test | test F1 | test IoU |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for (name, arch), runs in groups.items():
@@ -194,7 +205,7 @@ def table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
         first = runs[0]
         val = ", ".join(first["data"].get("val", [])) or "-"
         lines.append(
-            f"| {name} | {arch} | {len(first['band_names'])} | {val} | {s['n']} | {_fmt(s['f1'])} | "
+            f"| {name} | {arch} | {len(first['band_names'])} | {val} | {s['n']} | {_fmt(s['f1'])} | {_fmt(s['f1_cross'])} | "
             f"{_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['iou'])} | {_fmt(s['kappa'])} | "
             f"{_fmt(s['f1@0.5'])} | {_fmt(s['threshold'], 1.0, 3)} | {_fmt(s['epochs'], 1.0, 1)} | "
             f"{_fmt(s['minutes'], 1.0, 1)} | {', '.join(first['data'].get('test') or []) or '-'} | "
@@ -268,7 +279,9 @@ def model_card(name: str, groups: dict[tuple[str, str], list[dict[str, Any]]], i
         table(dict(own)),
         "",
         "The threshold is calibrated on the same validation scenes, so F1 at the calibrated threshold is optimistic;"
-        " F1 at 0.5 does not depend on that choice. *test* scenes (when the config names any) were seen neither in"
+        " F1 at 0.5 does not depend on that choice. *F1, others' threshold* scores each validation scene at the"
+        " threshold calibrated on the other validation scenes (pooled): what a threshold chosen elsewhere gives on"
+        " a scene it was not fitted to (the epoch was still chosen on all of them). *test* scenes (when the config names any) were seen neither in"
         " training nor in calibration: they are run through `changedet detect` with the checkpoint as shipped and"
         " scored pooled over their pixels. The published test cities/pairs are not in ../shared/data, so none of"
         " these figures is directly comparable with published numbers.",
@@ -291,6 +304,13 @@ def model_card(name: str, groups: dict[tuple[str, str], list[dict[str, Any]]], i
             pooled = installed["test"]["pooled"]
             lines.append(f"- Test pooled: F1 {100 * (pooled.get('f1') or 0):.2f}, IoU {100 * (pooled.get('iou') or 0):.2f},"
                          f" kappa {100 * (pooled.get('kappa') or 0):.2f}")
+        cross = installed.get("cross")
+        if cross:
+            per = "; ".join(f"{scene} F1 {100 * (c.get('f1') or 0):.2f} at {c['threshold']:.3f}"
+                            for scene, c in cross["scenes"].items())
+            lines.append(f"- Each validation scene at the threshold calibrated on the other(s): {per}; pooled F1 "
+                         f"{100 * (cross['pooled'].get('f1') or 0):.2f} (against {100 * m['f1']:.2f} at the threshold "
+                         "fitted to all of them).")
         platt = m.get("probability_calibration")
         if platt:
             b, a = platt["before"], platt["after"]

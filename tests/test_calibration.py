@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from changedet.calibration import calibrate_probabilities, fit_logistic, probability_metrics
+from changedet.calibration import (
+    calibrate_probabilities,
+    calibrate_threshold,
+    cross_calibrate,
+    fit_logistic,
+    probability_metrics,
+)
 from changedet.errors import InputError, ModelError
 from changedet.models import create_model, fold_logit_affine
 
@@ -103,3 +109,33 @@ def test_fold_logit_affine_refuses_metric_models_and_bad_parameters() -> None:
         fold_logit_affine(create_model("metric-siam", in_channels=3), 1.0, 0.0)
     with pytest.raises(ModelError, match="scale > 0"):
         fold_logit_affine(create_model("fc-ef", in_channels=3), -1.0, 0.0)
+
+
+def test_cross_calibration_scores_each_scene_at_the_other_scenes_threshold() -> None:
+    # three scenes whose own best thresholds differ; each is scored at the threshold fitted on the other two
+    a = np.array([[0.95, 0.85, 0.80, 0.10]])
+    b = np.array([[0.60, 0.55, 0.30, 0.20]])
+    c = np.array([[0.40, 0.35, 0.05, np.nan]])  # NaN: no score (outside the scene), never counted
+    truth = [np.array([[1, 1, 0, 0]]), np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 1]])]
+    valid = [np.ones((1, 4), bool), np.array([[True, True, True, False]]), np.ones((1, 4), bool)]
+    out = cross_calibrate([a, b, c], truth, valid, names=["a", "b", "c"])
+    assert out["method"] == "f1" and list(out["scenes"]) == ["a", "b", "c"]
+    tp = fp = fn = 0
+    for i, name in enumerate("abc"):
+        rest = [k for k in range(3) if k != i]
+        cal = calibrate_threshold([[a, b, c][k] for k in rest], [truth[k] for k in rest], [valid[k] for k in rest])
+        got = out["scenes"][name]
+        assert got["threshold"] == pytest.approx(cal.threshold)
+        score = [a, b, c][i][0]
+        keep = valid[i][0] & np.isfinite(score)
+        pred = (np.nan_to_num(score, nan=-1) >= cal.threshold) & keep
+        t = truth[i][0].astype(bool) & keep
+        assert (got["tp"], got["fp"], got["fn"]) == (int((pred & t).sum()), int((pred & ~t).sum()),
+                                                    int((~pred & t).sum()))
+        tp, fp, fn = tp + got["tp"], fp + got["fp"], fn + got["fn"]
+    assert out["pooled"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    # each scene alone is separable, but the transferred thresholds are not all right
+    assert out["pooled"]["f1"] < 1.0
+    assert calibrate_threshold([a], [truth[0]]).metrics["f1"] == 1.0
+    with pytest.raises(InputError, match="at least two scenes"):
+        cross_calibrate([a], [truth[0]])

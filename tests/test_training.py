@@ -14,7 +14,14 @@ from changedet.calibration import calibrate_threshold
 from changedet.data import Scene
 from changedet.errors import InputError, OutputExistsError
 from changedet.evaluation import confusion_matrix
-from changedet.training import OHEMLoss, _windows, build_loss, predict_scene, train
+from changedet.training import (
+    OHEMLoss,
+    _windows,
+    build_loss,
+    cross_calibrate_checkpoint,
+    predict_scene,
+    train,
+)
 
 BANDS = ["red", "green", "blue"]
 
@@ -197,6 +204,34 @@ def test_ema_validates_calibrates_and_saves_the_averaged_weights(tmp_path) -> No
     before, after = _normalise(test)
     cm = confusion_matrix(predict_scene(model, before, after) >= meta.threshold, test.label, test.valid)
     assert cm.f1 > 0.9, cm.to_dict()
+
+
+def test_two_validation_scenes_are_also_scored_at_each_others_threshold(trained, tmp_path) -> None:
+    from changedet.models.checkpoint import load_checkpoint
+
+    assert "cross_calibrated" not in trained.metrics  # one validation scene: nothing to transfer a threshold from
+    val = [synthetic_scene(10), synthetic_scene(11)]
+    result = train(out=tmp_path, train_scenes=[synthetic_scene(i) for i in range(3)], val_scenes=val,
+                   epochs=2, seed=3, **FAST)
+    cross = json.loads(result.checkpoint.with_suffix(".json").read_text())["metrics"]["cross_calibrated"]
+    assert cross["method"] == "f1" and list(cross["scenes"]) == ["synthetic10", "synthetic11"]
+    # the shipped network's probabilities on one scene give the threshold the other scene was scored at
+    model, _ = load_checkpoint(result.checkpoint, in_channels=3)
+    probs = [predict_scene(model, *_normalise(s), tile_size=1024) for s in val]
+    for i, j in ((0, 1), (1, 0)):
+        other = calibrate_threshold([probs[j]], [val[j].label], [val[j].valid])
+        got = cross["scenes"][val[i].name]
+        assert got["threshold"] == pytest.approx(other.threshold, abs=1e-4)
+        cm = confusion_matrix(probs[i] >= got["threshold"], val[i].label, val[i].valid)
+        assert cm.f1 == pytest.approx(got["f1"], abs=1e-3)
+    assert 0.0 <= cross["pooled"]["f1"] <= 1.0
+    # recomputed from the checkpoint alone (for checkpoints trained before train() recorded it): the same figures
+    again = cross_calibrate_checkpoint(result.checkpoint, val_scenes=val)
+    for name in cross["scenes"]:
+        assert again["scenes"][name]["threshold"] == pytest.approx(cross["scenes"][name]["threshold"], abs=1e-4)
+    assert again["pooled"]["f1"] == pytest.approx(cross["pooled"]["f1"], abs=1e-3)
+    with pytest.raises(InputError, match="names no dataset"):
+        cross_calibrate_checkpoint(result.checkpoint)
 
 
 def test_bad_options_are_input_errors(tmp_path) -> None:
