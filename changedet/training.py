@@ -1183,13 +1183,16 @@ def calibrate_checkpoint(
     dict
         ``checkpoint`` (the written path), ``threshold_before``/``threshold``, ``f1_before``/``f1``,
         ``recorded_f1`` (the F1 the checkpoint recorded, to check that the data are the same),
-        ``probability_calibration`` (scale, bias, metrics before and after) and ``scenes``.
+        ``recorded_threshold`` and ``recorded_f1_here`` (the checkpoint's own threshold and the F1 it gives on
+        these scenes), ``probability_calibration`` (scale, bias, metrics before and after), ``cross_calibrated``
+        (with two or more scenes: each at the threshold calibrated on the others, else None) and ``scenes``.
 
     Raises
     ------
     InputError
-        A metric model (its distances are calibrated during training), no validation scenes, or a fit that is
-        impossible (one class only, or scores that do not rank change first).
+        A metric model (its distances are calibrated during training), no validation scenes, scenes without a
+        label or with another band count than the checkpoint's, or a fit that is impossible (one class only, or
+        scores that do not rank change first).
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
     """
@@ -1210,6 +1213,7 @@ def calibrate_checkpoint(
     method = str((meta.training.get("config") or {}).get("threshold_method") or "f1")
     with _torch_settings(threads, True, dev):
         before = calibrate_threshold(probs, labels, valids, method=method)
+        as_shipped = calibrate_threshold(probs, labels, valids, method="fixed", fixed=float(meta.threshold))
         platt = calibrate_probabilities(probs, labels, valids)
         calibrated = [platt.apply(p) for p in probs]
         after = calibrate_threshold(calibrated, labels, valids, method=method)
@@ -1231,7 +1235,10 @@ def calibrate_checkpoint(
         "f1_before": before.metrics["f1"],
         "f1": after.metrics["f1"],
         "recorded_f1": meta.metrics.get("f1"),
+        "recorded_threshold": float(meta.threshold),
+        "recorded_f1_here": as_shipped.metrics["f1"],
         "probability_calibration": platt.to_dict(),
+        "cross_calibrated": metrics.get("cross_calibrated"),
     }
 
 
@@ -1255,6 +1262,14 @@ def _checkpoint_probabilities(
     val_scenes = list(val_scenes)
     if not val_scenes:
         raise InputError(f"{checkpoint}: no validation scenes to calibrate on; pass labelled val_scenes")
+    for scene in val_scenes:
+        if len(scene.band_names) != len(meta.band_names):
+            raise InputError(
+                f"{scene.meta.get('before') or scene.name}: {len(scene.band_names)} bands, but {checkpoint} was "
+                f"trained on {len(meta.band_names)} ({', '.join(meta.band_names)}); give scenes with those bands"
+            )
+        if scene.label is None:
+            raise InputError(f"{scene.meta.get('before') or scene.name}: no label; calibration needs labelled scenes")
     prepared, _ = prepare_scenes(val_scenes, normalization=meta.normalization)
     with _torch_settings(threads, True, dev):
         net = net.to(dev)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
+import changedet
 from changedet.cli.main import cli
 from changedet.cli.train import parse_overrides
 from changedet.testing import make_geotiff
@@ -143,3 +145,28 @@ def test_calibrate_adds_platt_scaling_to_an_uncalibrated_checkpoint(list_dataset
     again = runner.invoke(cli, ["calibrate", str(raw), "-o", str(out), "--overwrite", "--threads", "1"])
     assert again.exit_code == 0, again.output
     assert "ECE" in again.stdout and "threshold" in again.stdout
+
+
+def test_calibrate_on_your_own_labelled_scenes_and_a_bundled_model_by_name(list_dataset) -> None:
+    runner = CliRunner()
+    pairs = list_dataset / "data" / "pairs.csv"
+    out = list_dataset / "mine" / "s2-rgb-here.safetensors"
+    res = runner.invoke(cli, ["calibrate", "s2-rgb", "--scenes", str(pairs), "-o", str(out), "--threads", "1",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["scenes"] == ["s1", "s2", "s3"]
+    shipped = json.loads((Path(changedet.__file__).parent / "weights" / "s2-rgb.json").read_text())
+    assert got["recorded_threshold"] == pytest.approx(shipped["threshold"])
+    assert 0.0 <= got["recorded_f1_here"] <= 1.0
+    assert got["f1"] >= got["recorded_f1_here"] - 1e-9  # the F1-optimal threshold on these scenes
+    cross = got["cross_calibrated"]
+    assert sorted(cross["scenes"]) == ["s1", "s2", "s3"] and 0.0 <= cross["pooled"]["f1"] <= 1.0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["architecture"] == shipped["architecture"] and meta["band_names"] == shipped["band_names"]
+    assert meta["threshold"] == pytest.approx(got["threshold"])
+    assert meta["metrics"]["scenes"] == ["s1", "s2", "s3"] and "cross_calibrated" in meta["metrics"]
+    # 3-band scenes cannot calibrate the 13-band model: exit 2, the file and the fix named, nothing written
+    bad = runner.invoke(cli, ["calibrate", "s2-13band", "--scenes", str(pairs), "-o", str(list_dataset / "x.safetensors")])
+    assert bad.exit_code == 2 and "s1_before.tif" in bad.output and "trained on 13" in bad.output
+    assert not (list_dataset / "x.safetensors").exists()

@@ -13,21 +13,38 @@ from changedet.cli._common import echo_json
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True,
               help="Where to write the calibrated checkpoint (.safetensors; its .json is written beside it).")
+@click.option("--scenes", "scenes", type=click.Path(path_type=Path), default=None,
+              help="Calibrate on these labelled scenes instead of the checkpoint's validation split: a CSV or YAML "
+                   "list with columns name, before, after, label (paths relative to the list; binary labels 0/1, "
+                   "0/255 or OSCD's 1/2, their nodata ignored): the `list` dataset of `changedet train`.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (OUT may be CHECKPOINT itself).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, default=None, help="Torch threads (default: torch's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(checkpoint: Path, out: Path, overwrite: bool, device: str, threads: int | None, as_json: bool) -> None:
-    """Fit Platt scaling of CHECKPOINT's probabilities on its validation scenes and write OUT.
+def command(checkpoint: Path, out: Path, scenes: Path | None, overwrite: bool, device: str, threads: int | None,
+            as_json: bool) -> None:
+    """Fit Platt scaling of CHECKPOINT's probabilities and its threshold on labelled scenes, and write OUT.
 
-    The validation scenes are those of the checkpoint's training config (read again from disk). The calibration
-    is folded into the network's last layer, so `changedet detect --model OUT` writes probabilities that match
-    observed change frequencies on those scenes; the threshold is recalibrated and the F1 does not change.
-    `changedet train` does this itself (probability_calibration: platt); this command is for older checkpoints.
+    CHECKPOINT is a checkpoint file or a bundled model's name (`s2-13band`...). By default the scenes are the
+    validation scenes of the checkpoint's training config (read again from disk); with `--scenes LIST` they are
+    your own labelled pairs, e.g. to fit a bundled model's threshold to your area (the best threshold of these
+    models differs between scenes by a factor of 2-10, see the README). The calibration is folded into the
+    network's last layer, so `changedet detect --model OUT` writes probabilities that match observed change
+    frequencies on those scenes, and the threshold is searched again (F1-optimal); the ranking of the pixels does
+    not change. With two or more scenes, each is also scored at the threshold calibrated on the others.
     """
+    from changedet.models.bundled import bundled_path, list_bundled
     from changedet.training import calibrate_checkpoint
 
-    result = calibrate_checkpoint(checkpoint, out, overwrite=overwrite, device=device, threads=threads)
+    if not checkpoint.exists() and checkpoint.name in {m.name for m in list_bundled()}:
+        checkpoint = bundled_path(checkpoint.name)
+    val_scenes = None
+    if scenes is not None:
+        from changedet.data import read_list
+
+        val_scenes = read_list(scenes)
+    result = calibrate_checkpoint(checkpoint, out, val_scenes=val_scenes, overwrite=overwrite, device=device,
+                                  threads=threads)
     if as_json:
         echo_json(result)
         return
@@ -42,3 +59,10 @@ def command(checkpoint: Path, out: Path, overwrite: bool, device: str, threads: 
     click.echo(f"log loss     {b['nll']:.4f} -> {a['nll']:.4f}   Brier {b['brier']:.4f} -> {a['brier']:.4f}")
     click.echo(f"threshold    {result['threshold_before']:.4f} -> {result['threshold']:.4f}   "
                f"F1 {100 * result['f1_before']:.2f} -> {100 * result['f1']:.2f}")
+    recorded = result.get("recorded_threshold")
+    if recorded is not None and result.get("recorded_f1_here") is not None:
+        click.echo(f"at the checkpoint's own threshold {recorded:.4f}: F1 {100 * result['recorded_f1_here']:.2f}")
+    cross = result.get("cross_calibrated")
+    if cross:
+        click.echo(f"others' threshold  pooled F1 {100 * (cross['pooled'].get('f1') or 0):.2f}   (each scene at the "
+                   "threshold calibrated on the others)")
