@@ -1220,6 +1220,8 @@ def calibrate_checkpoint(
         fold_logit_affine(net, platt.scale, platt.bias)
     metrics = {**meta.metrics, "threshold": after.threshold, **after.metrics, "at_0.5": after.reference_metrics,
                "scenes": [s.name for s in prepared], "probability_calibration": platt.to_dict()}
+    if val_scenes is not None:
+        metrics["calibrated_on"] = "given scenes"  # not the validation split of the training config
     metrics.pop("cross_calibrated", None)
     if len(prepared) >= 2 and method != "fixed":
         metrics["cross_calibrated"] = cross_calibrate(calibrated, labels, valids, method=method,

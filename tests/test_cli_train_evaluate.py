@@ -166,6 +166,7 @@ def test_calibrate_on_your_own_labelled_scenes_and_a_bundled_model_by_name(list_
     assert meta["architecture"] == shipped["architecture"] and meta["band_names"] == shipped["band_names"]
     assert meta["threshold"] == pytest.approx(got["threshold"])
     assert meta["metrics"]["scenes"] == ["s1", "s2", "s3"] and "cross_calibrated" in meta["metrics"]
+    assert meta["metrics"]["calibrated_on"] == "given scenes" and shipped["metrics"]["calibrated_on"] == "val"
     # 3-band scenes cannot calibrate the 13-band model: exit 2, the file and the fix named, nothing written
     bad = runner.invoke(cli, ["calibrate", "s2-13band", "--scenes", str(pairs), "-o", str(list_dataset / "x.safetensors")])
     assert bad.exit_code == 2 and "s1_before.tif" in bad.output and "trained on 13" in bad.output
