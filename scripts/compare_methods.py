@@ -9,6 +9,10 @@ pooled over all pixels of the listed pairs (the published convention).
     python scripts/compare_methods.py                  # the validation cities of the bundled Sentinel-2 models
     python scripts/compare_methods.py --cities pisa,rennes --methods cva,irmad,dsfa,s2-13band,s2-rgb
     python scripts/compare_methods.py --airchange Szada/7,Tiszadob/5 --methods cva,irmad,dsfa,aerial-rgb
+    python scripts/compare_methods.py --cities "" --folders levir-cd-samples,dsifn-samples --methods cva,aerial-rgb
+
+``--folders`` scores the A/B/label crops of ../shared/data/<name> (LEVIR-CD / DSIFN-CD layout, labels 0/255) as one
+column per folder, pooled over its crops; the crops are not georeferenced, so detect warns and works in pixels.
 
 Outputs go under tiles/compare/ (git-ignored). Not part of CI: it takes minutes per pair on a laptop CPU.
 """
@@ -78,10 +82,25 @@ def airchange_pair(name: str) -> tuple[Path, Path, Path, list[str]]:
     return files["im1.bmp"], files["im2.bmp"], files["gt.bmp"], ["--truth-change-value", "255"]
 
 
+def _f1(conf: dict[str, int]) -> float:
+    return 2 * conf["tp"] / max(1, 2 * conf["tp"] + conf["fp"] + conf["fn"])
+
+
+def folder_pairs(name: str) -> list[tuple[str, tuple[Path, Path, Path, list[str]]]]:
+    """The (A, B, label) crops of a LEVIR-CD / DSIFN-CD style folder under ../shared/data."""
+    root = DATA / name
+    crops = sorted(p.name for p in (root / "A").iterdir() if (root / "B" / p.name).exists())
+    if not crops:
+        raise SystemExit(f"{root}: no A/B crops")
+    return [(f"{name}/{c}", (root / "A" / c, root / "B" / c, root / "label" / c, ["--truth-change-value", "255"]))
+            for c in crops]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cities", default="pisa,rennes", help="OSCD cities (comma-separated; '' for none)")
     ap.add_argument("--airchange", default="", help="AirChange pairs, e.g. Szada/7,Tiszadob/5")
+    ap.add_argument("--folders", default="", help="A/B/label folders under ../shared/data, one pooled column each")
     ap.add_argument("--methods", default="cva,irmad,dsfa,s2-13band,s2-rgb",
                     help="unsupervised methods and/or bundled model names / checkpoint paths")
     ap.add_argument("--threads", type=int, default=2)
@@ -89,28 +108,35 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the scores as JSON")
     args = ap.parse_args()
 
-    pairs: list[tuple[str, tuple[Path, Path, Path, list[str]]]] = []
-    pairs += [(c, oscd_pair(c)) for c in args.cities.split(",") if c.strip()]
-    pairs += [(p, airchange_pair(p)) for p in args.airchange.split(",") if p.strip()]
+    # columns: one per OSCD city or AirChange pair, one per folder (pooled over its crops)
+    groups: list[tuple[str, list[tuple[str, tuple[Path, Path, Path, list[str]]]]]] = []
+    groups += [(c, [(c, oscd_pair(c))]) for c in args.cities.split(",") if c.strip()]
+    groups += [(p, [(p, airchange_pair(p))]) for p in args.airchange.split(",") if p.strip()]
+    groups += [(f"{f} ({len(fp)} crops)", fp) for f in args.folders.split(",") if f.strip()
+               for fp in [folder_pairs(f.strip())]]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     scores: dict[str, dict[str, dict]] = {}
+    keys = ("tp", "fp", "fn", "tn")
     for method in methods:
-        conf = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-        for name, (before, after, truth, truth_opts) in pairs:
-            out = WORK / "runs" / name.replace("/", "_") / f"{Path(method).stem}-{args.precision}"
-            opts = (["--method", method] if method in UNSUPERVISED
-                    else ["--model", method, "--precision", args.precision])
-            _run(["detect", str(before), str(after), "-o", str(out), *opts, "--overwrite", "--no-quicklook",
-                  "--no-vectorize", "--threads", str(args.threads)])
-            result = json.loads(_run(["evaluate", str(out / "change.tif"), str(truth), *truth_opts, "--json"]))
-            pooled = result["pooled"]
-            scores.setdefault(method, {})[name] = pooled
-            for k in conf:
-                conf[k] += int(pooled[k])
-            print(f"{method:>12} {name:>14}: F1 {100 * pooled['f1']:.2f}", file=sys.stderr, flush=True)
-        tp, fp, fn = conf["tp"], conf["fp"], conf["fn"]
-        scores[method]["pooled"] = {**conf, "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
-    names = [n for n, _ in pairs]
+        conf = dict.fromkeys(keys, 0)
+        for column, pairs in groups:
+            group = dict.fromkeys(keys, 0)
+            for name, (before, after, truth, truth_opts) in pairs:
+                out = WORK / "runs" / name.replace("/", "_") / f"{Path(method).stem}-{args.precision}"
+                opts = (["--method", method] if method in UNSUPERVISED
+                        else ["--model", method, "--precision", args.precision])
+                _run(["detect", str(before), str(after), "-o", str(out), *opts, "--overwrite", "--no-quicklook",
+                      "--no-vectorize", "--threads", str(args.threads)])
+                result = json.loads(_run(["evaluate", str(out / "change.tif"), str(truth), *truth_opts, "--json"]))
+                pooled = result["pooled"]
+                for k in keys:
+                    group[k] += int(pooled[k])
+                print(f"{method:>12} {name:>14}: F1 {100 * pooled['f1']:.2f}", file=sys.stderr, flush=True)
+            scores.setdefault(method, {})[column] = {**group, "f1": _f1(group)}
+            for k in keys:
+                conf[k] += group[k]
+        scores[method]["pooled"] = {**conf, "f1": _f1(conf)}
+    names = [n for n, _ in groups]
     print("| method | " + " | ".join(names) + " | pooled |")
     print("|---|" + "---|" * (len(names) + 1))
     for method in methods:
