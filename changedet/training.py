@@ -1046,7 +1046,7 @@ def train(
                 calibrated["calibration"] = calibrate_threshold(probs, labels, valids, method=threshold_method)
                 calibrated["metric"] = metric_calibration
                 calibrated["cross"] = None
-                if len(probs) >= 2 and threshold_method != "fixed":
+                if val_list and len(probs) >= 2 and threshold_method != "fixed":
                     # each validation scene at the threshold of the others: what the calibration gives unseen data
                     calibrated["cross"] = cross_calibrate(probs, labels, valids, method=threshold_method,
                                                           names=[s.name for s in prepared_val])

@@ -194,6 +194,8 @@ def test_ema_validates_calibrates_and_saves_the_averaged_weights(tmp_path) -> No
     assert len(changed) > len(floats) // 2  # weights and batch-norm statistics are both averaged
     config = [json.loads(r.checkpoint.with_suffix(".json").read_text())["training"]["config"] for r in (raw, avg)]
     assert config[0]["ema"] is None and config[1]["ema"] == 0.9
+    # calibrated on the (three) training scenes: no cross-calibration of scenes the network was trained on
+    assert raw.metrics["calibrated_on"] == "train" and "cross_calibrated" not in raw.metrics
     # the averaged network is the one validated and shipped, and it has learnt the change
     learnt = train(out=tmp_path / "val", train_scenes=scenes, val_scenes=[synthetic_scene(10)], ema=0.9,
                    **{**kwargs, "epochs": 5, "seed": 3})
