@@ -12,8 +12,8 @@ and standard deviation of the pooled validation precision, recall, F1, IoU and k
 the F1 at a fixed 0.5, the threshold and the epochs. The threshold is calibrated on the same validation scenes the
 scores are computed on, so "F1" is an optimistic estimate of what a calibrated model reaches; "F1@0.5" does not
 depend on that choice, and "F1, others' threshold" scores each validation scene at the threshold calibrated on the
-other ones (``changedet.calibration.cross_calibrate``). The published test cities/pairs (OSCD test labels, AirChange Szada/1 and Tiszadob/3) are
-not in ../shared/data, so these are validation figures, not test figures.
+other ones (``changedet.calibration.cross_calibrate``). The published test cities/pairs (OSCD test labels,
+AirChange Szada/1 and Tiszadob/3) are not in ../shared/data, so these are validation figures, not test figures.
 
 Runs are independent processes (``--jobs``), each with ``threads`` torch threads (1 by default): on a small shared
 machine several single-thread runs finish sooner than one multi-thread run. This takes hours; it is not part of CI.
@@ -205,7 +205,8 @@ def table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
         first = runs[0]
         val = ", ".join(first["data"].get("val", [])) or "-"
         lines.append(
-            f"| {name} | {arch} | {len(first['band_names'])} | {val} | {s['n']} | {_fmt(s['f1'])} | {_fmt(s['f1_cross'])} | "
+            f"| {name} | {arch} | {len(first['band_names'])} | {val} | {s['n']} | {_fmt(s['f1'])} | "
+            f"{_fmt(s['f1_cross'])} | "
             f"{_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['iou'])} | {_fmt(s['kappa'])} | "
             f"{_fmt(s['f1@0.5'])} | {_fmt(s['threshold'], 1.0, 3)} | {_fmt(s['epochs'], 1.0, 1)} | "
             f"{_fmt(s['minutes'], 1.0, 1)} | {', '.join(first['data'].get('test') or []) or '-'} | "
@@ -281,8 +282,8 @@ def model_card(name: str, groups: dict[tuple[str, str], list[dict[str, Any]]], i
         "The threshold is calibrated on the same validation scenes, so F1 at the calibrated threshold is optimistic;"
         " F1 at 0.5 does not depend on that choice. *F1, others' threshold* scores each validation scene at the"
         " threshold calibrated on the other validation scenes (pooled): what a threshold chosen elsewhere gives on"
-        " a scene it was not fitted to (the epoch was still chosen on all of them). *test* scenes (when the config names any) were seen neither in"
-        " training nor in calibration: they are run through `changedet detect` with the checkpoint as shipped and"
+        " a scene it was not fitted to (the epoch was still chosen on all of them). *test* scenes (when the config"
+        " names any) were seen neither in training nor in calibration: they are run through `changedet detect` with the checkpoint as shipped and"
         " scored pooled over their pixels. The published test cities/pairs are not in ../shared/data, so none of"
         " these figures is directly comparable with published numbers.",
     ]
