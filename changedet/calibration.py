@@ -34,6 +34,7 @@ import numpy as np
 
 from changedet.errors import InputError
 from changedet.evaluation import (
+    ConfusionMatrix,
     PRCurve,
     confusion_matrix,
     f1_optimal_threshold,
@@ -78,16 +79,18 @@ class Calibration:
         }
 
 
+def _scene_confusion(scores: np.ndarray, truth: np.ndarray, valid: np.ndarray | None, threshold: float) -> ConfusionMatrix:
+    """Confusion matrix of one scene at ``threshold``; NaN scores (no prediction) and invalid pixels not counted."""
+    s = np.asarray(scores)
+    keep = np.isfinite(s) if valid is None else (np.isfinite(s) & np.asarray(valid, dtype=bool))
+    return confusion_matrix(np.nan_to_num(s, nan=-np.inf) >= threshold, truth, keep)
+
+
 def _pooled_metrics(
     scores: Sequence[np.ndarray], truth: Sequence[np.ndarray], valid: Sequence[np.ndarray] | None, threshold: float
 ) -> dict[str, Any]:
     valids: Sequence[np.ndarray | None] = valid if valid is not None else [None] * len(scores)
-    cms = []
-    for s, t, v in zip(scores, truth, valids, strict=True):
-        s = np.asarray(s)
-        keep = np.isfinite(s) if v is None else (np.isfinite(s) & np.asarray(v, dtype=bool))
-        cms.append(confusion_matrix(np.nan_to_num(s, nan=-np.inf) >= threshold, t, keep))
-    return pool(cms).to_dict()
+    return pool(_scene_confusion(s, t, v, threshold) for s, t, v in zip(scores, truth, valids, strict=True)).to_dict()
 
 
 def calibrate_threshold(
@@ -171,10 +174,7 @@ def cross_calibrate(
         rest = [k for k in range(len(scores)) if k != i]
         rest_valid = None if valid is None else [np.asarray(valids[k]) for k in rest]
         cal = calibrate_threshold([scores[k] for k in rest], [truth[k] for k in rest], rest_valid, method=method)
-        s = np.asarray(scores[i])
-        v = valids[i]
-        keep = np.isfinite(s) if v is None else (np.isfinite(s) & np.asarray(v, dtype=bool))
-        cm = confusion_matrix(np.nan_to_num(s, nan=-np.inf) >= cal.threshold, truth[i], keep)
+        cm = _scene_confusion(scores[i], truth[i], valids[i], cal.threshold)
         matrices.append(cm)
         per_scene[labels[i]] = {"threshold": cal.threshold, **cm.to_dict()}
     return {"method": method, "pooled": pool(matrices).to_dict(), "scenes": per_scene}

@@ -48,6 +48,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from changedet.calibration import (
     ProbabilityCalibration,
+    _pooled_metrics,
     calibrate_probabilities,
     calibrate_threshold,
     cross_calibrate,
@@ -1211,13 +1212,12 @@ def calibrate_checkpoint(
     labels = [s.label for s in prepared]
     valids = [s.valid for s in prepared]
     method = str((meta.training.get("config") or {}).get("threshold_method") or "f1")
-    with _torch_settings(threads, True, dev):
-        before = calibrate_threshold(probs, labels, valids, method=method)
-        as_shipped = calibrate_threshold(probs, labels, valids, method="fixed", fixed=float(meta.threshold))
-        platt = calibrate_probabilities(probs, labels, valids)
-        calibrated = [platt.apply(p) for p in probs]
-        after = calibrate_threshold(calibrated, labels, valids, method=method)
-        fold_logit_affine(net, platt.scale, platt.bias)
+    before = calibrate_threshold(probs, labels, valids, method=method)
+    as_shipped = _pooled_metrics(probs, labels, valids, float(meta.threshold))
+    platt = calibrate_probabilities(probs, labels, valids)
+    calibrated = [platt.apply(p) for p in probs]
+    after = calibrate_threshold(calibrated, labels, valids, method=method)
+    fold_logit_affine(net, platt.scale, platt.bias)
     metrics = {**meta.metrics, "threshold": after.threshold, **after.metrics, "at_0.5": after.reference_metrics,
                "scenes": [s.name for s in prepared], "probability_calibration": platt.to_dict()}
     if val_scenes is not None:
@@ -1238,7 +1238,7 @@ def calibrate_checkpoint(
         "f1": after.metrics["f1"],
         "recorded_f1": meta.metrics.get("f1"),
         "recorded_threshold": float(meta.threshold),
-        "recorded_f1_here": as_shipped.metrics["f1"],
+        "recorded_f1_here": as_shipped["f1"],
         "probability_calibration": platt.to_dict(),
         "cross_calibrated": metrics.get("cross_calibrated"),
     }
