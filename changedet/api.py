@@ -548,6 +548,16 @@ def _iso(d: Any) -> str | None:
     return d.isoformat() if isinstance(d, (_dt.date, _dt.datetime)) else (str(d) if d else None)
 
 
+def _checked_tta(tta: str | None, method: str) -> str:
+    """The canonical test-time augmentation mode; an :class:`InputError` for an unknown one or a non-network method."""
+    from changedet.inference import parse_tta
+
+    tta = parse_tta(tta)
+    if tta != "none" and method != "model":
+        raise InputError(f"--tta {tta} augments a network's predictions; --method {method} has none (drop --tta)")
+    return tta
+
+
 def detect(
     before: RasterInput,
     after: RasterInput,
@@ -563,6 +573,7 @@ def detect(
     batch_size: int = 1,
     threads: int | None = None,
     precision: str = "float32",
+    tta: str = "none",
     device: str = "cpu",
     indexes: Sequence[int] | tuple[Sequence[int], Sequence[int]] | None = None,
     coregister: bool = False,
@@ -607,6 +618,11 @@ def detect(
         torch intra-op threads (default: torch's choice).
     precision
         ``"float32"`` or ``"bf16"`` (whole model in bfloat16).
+    tta
+        Test-time augmentation of the network (``"none"``, ``"flip"``, ``"d4"``, ``"swap"``, ``"flip+swap"``,
+        ``"d4+swap"``; see :func:`changedet.inference.tta_transforms`): the probability is the mean over flipped,
+        rotated and/or date-swapped views of each tile, at one forward pass per view. The calibrated threshold was
+        fitted without it (the README measures what it changes).
     indexes
         1-based band numbers of the inputs to feed the model (default: matched by band name, else all bands), or
         ``([...], [...])`` for BEFORE and AFTER separately (CLI: ``--indexes 1,2,3:3,2,1``).
@@ -668,6 +684,7 @@ def detect(
     t0 = time.perf_counter()
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    tta = _checked_tta(tta, method)
     tmp_holder = None
     if output_dir is None:
         tmp_holder = tempfile.TemporaryDirectory(prefix="changedet-")
@@ -696,8 +713,8 @@ def detect(
         result = _detect_checked(
             before, after, model, out, tmp_holder, names, method=method, checkpoint=checkpoint,
             threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
-            threads=threads, precision=precision, device=device, indexes=indexes, coregister=coregister,
-            match_histograms=match_histograms, min_area=min_area, simplify=simplify, fill_holes=fill_holes,
+            threads=threads, precision=precision, tta=tta, device=device, indexes=indexes,
+            coregister=coregister, match_histograms=match_histograms, min_area=min_area, simplify=simplify, fill_holes=fill_holes,
             vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project, quicklook=quicklook,
             resume=resume, progress=progress, t0=t0,
         )
@@ -715,7 +732,7 @@ def detect(
 
 def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: Any, names: list[str], *,
                     method: str, checkpoint: Any, threshold: float | None, tile_size: int, overlap: int, blend: str,
-                    batch_size: int, threads: int | None, precision: str, device: str, indexes: Any,
+                    batch_size: int, threads: int | None, precision: str, tta: str, device: str, indexes: Any,
                     coregister: bool, match_histograms: bool, min_area: float, simplify: float, fill_holes: float,
                     vectorize: bool, geojson_crs: str | None, qgis_project: bool, quicklook: bool, resume: bool,
                     progress: Callable[[int, int, int], None] | None, t0: float) -> ChangeResult:
@@ -750,7 +767,7 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
             return _run(
                 pair, net, meta, method, out, tmp_holder, names,
                 threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
-                threads=threads, precision=precision, device=device, min_area=min_area, simplify=simplify,
+                threads=threads, precision=precision, tta=tta, device=device, min_area=min_area, simplify=simplify,
                 fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
                 quicklook=quicklook, resume=resume, progress=progress, t0=t0,
                 sources=(before, after), source_names=(before_name, after_name), checkpoint=checkpoint,
@@ -762,7 +779,7 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
 
 def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any, names: list[str], *,
          threshold: float | None, tile_size: int, overlap: int, blend: str, batch_size: int, threads: int | None,
-         precision: str, device: str, min_area: float, simplify: float, fill_holes: float, vectorize: bool,
+         precision: str, tta: str, device: str, min_area: float, simplify: float, fill_holes: float, vectorize: bool,
          geojson_crs: str | None, qgis_project: bool, quicklook: bool, resume: bool,
          progress: Callable[[int, int, int], None] | None, t0: float, sources: tuple[Any, Any],
          source_names: tuple[str, str], checkpoint: Any, predictor_classes: tuple[Any, Any],
@@ -787,13 +804,13 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             (mean_b, std_b), (mean_a, std_a) = scene_b, scene_a
             out_of_range = {}
         predictor = TorchPredictor(net, mean_b, std_b, mean_a, std_a, device=device, precision=precision,
-                                   name=meta.name or meta.architecture)
+                                   name=meta.name or meta.architecture, tta=tta)
         thr = float(meta.threshold if threshold is None else threshold)
         model_report = {
             "method": "model", "name": meta.name or None, "architecture": meta.architecture,
             "checkpoint": str(checkpoint) if checkpoint else (meta.name or None), "band_names": meta.band_names,
             "normalization": norm.get("mode"), "calibrated_threshold": meta.threshold,
-            "metrics": meta.metrics, "precision": precision, "device": device,
+            "metrics": meta.metrics, "precision": precision, "tta": predictor.tta, "device": device,
         }
         model_report["scene_stats"] = {
             "before_mean": [round(float(x), 4) for x in scene_b[0]],

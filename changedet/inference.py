@@ -10,7 +10,8 @@ every block of rows that no later tile touches. Memory is bounded by a few tiles
 Predictors turn a batch of tiles into change probabilities:
 
 * :class:`TorchPredictor` wraps a Siamese network with its checkpoint's band normalisation, ``torch.inference_mode``,
-  channels-last memory format, optional bf16 and reflection padding up to the model's ``required_multiple``;
+  channels-last memory format, optional bf16, reflection padding up to the model's ``required_multiple`` and optional
+  test-time augmentation (``tta``: the mean probability over flips, rotations and/or the swapped dates);
 * :class:`ScorerPredictor` wraps a fitted unsupervised scorer (CVA, IR-MAD, DSFA; see :mod:`changedet.unsupervised`).
 
 Outputs (float32 probability 0..1 with nodata -1, uint8 change 0/1 with nodata 255) are written to temporary tiled
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MASK_NODATA",
     "PROB_NODATA",
+    "TTA_MODES",
     "PredictStats",
     "ScorerPredictor",
     "StripWriter",
@@ -55,8 +57,10 @@ __all__ = [
     "auto_prefetch",
     "engine_grid",
     "large_allocations",
+    "parse_tta",
     "predict_pair",
     "tile_rows_for",
+    "tta_transforms",
     "use_engine",
 ]
 
@@ -81,6 +85,44 @@ class TilePredictor(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 # predictors
 # ---------------------------------------------------------------------------------------------------------------
+#: Test-time augmentation modes of :class:`TorchPredictor` (``--tta``), with the number of forward passes per tile.
+TTA_MODES = {"none": 1, "flip": 4, "d4": 8, "swap": 2, "flip+swap": 8, "d4+swap": 16}
+
+
+def parse_tta(mode: str | None) -> str:
+    """The canonical name of a test-time augmentation mode (``"swap+flip"`` -> ``"flip+swap"``; None -> ``"none"``).
+
+    Raises :class:`~changedet.errors.InputError` for anything not in :data:`TTA_MODES`.
+    """
+    key = "none" if mode is None else str(mode).lower().replace(" ", "")
+    parts = key.split("+")
+    canonical = "+".join(p for p in ("flip", "d4", "swap") if p in parts)
+    if key != "none" and (canonical not in TTA_MODES or len(parts) != len(set(parts))
+                          or set(parts) - {"flip", "d4", "swap"}):
+        raise InputError(f"unknown test-time augmentation {mode!r}; choose one of {', '.join(TTA_MODES)}")
+    return canonical or "none"
+
+
+def tta_transforms(mode: str) -> list[tuple[int, bool, bool]]:
+    """The views of a test-time augmentation mode, as ``(quarter turns, mirrored, dates swapped)``.
+
+    ``"flip"``: the tile, mirrored left-right, turned 180 degrees, and mirrored top-bottom (the four symmetries that
+    keep a rectangle's shape); ``"d4"``: all eight rotations and reflections of the square; ``"swap"``: each view
+    also with BEFORE and AFTER exchanged (change is symmetric in time; the bundled models are trained with date
+    swaps). ``"none"`` is the identity alone.
+
+    >>> tta_transforms("flip+swap")[:3]
+    [(0, False, False), (0, False, True), (0, True, False)]
+    >>> len(tta_transforms("d4"))
+    8
+    """
+    parts = parse_tta(mode).split("+")
+    geometry = ([(k, m) for k in range(4) for m in (False, True)] if "d4" in parts
+                else [(0, False), (0, True), (2, False), (2, True)] if "flip" in parts else [(0, False)])
+    swaps = (False, True) if "swap" in parts else (False,)
+    return [(k, m, s) for k, m in geometry for s in swaps]
+
+
 class TorchPredictor:
     """A Siamese network applied tile by tile (an eval-mode copy with batch norm folded into the convolutions).
 
@@ -95,6 +137,9 @@ class TorchPredictor:
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     precision
         ``"float32"`` or ``"bf16"`` (the whole model in bfloat16; faster on CPUs with AVX-512 bf16 and on GPUs).
+    tta
+        Test-time augmentation (:data:`TTA_MODES`, :func:`tta_transforms`): the probability is the mean over the
+        views of each tile, each mapped back onto the tile; costs one forward pass per view. ``"none"`` (default).
     """
 
     def __init__(
@@ -108,6 +153,7 @@ class TorchPredictor:
         device: str = "cpu",
         precision: str = "float32",
         name: str = "model",
+        tta: str = "none",
     ) -> None:
         import torch
 
@@ -123,6 +169,8 @@ class TorchPredictor:
         self.model = optimize_for_inference(model, dtype=self.dtype, channels_last=True).to(self.device)
         self.multiple = int(getattr(model, "required_multiple", 1))
         self.name = name
+        self.tta = parse_tta(tta)
+        self._views = tta_transforms(self.tta)
 
         def _stat(v: Sequence[float] | np.ndarray) -> Any:
             return torch.as_tensor(np.asarray(v, dtype=np.float32)).view(1, -1, 1, 1).to(self.device)
@@ -143,11 +191,12 @@ class TorchPredictor:
             "device": str(self.device),
             "precision": "bf16" if self.dtype == self.torch.bfloat16 else "float32",
             "name": self.name,
+            "tta": self.tta,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["model"], *state["stats"], device=state["device"],  # type: ignore[misc]
-                      precision=state["precision"], name=state["name"])
+                      precision=state["precision"], name=state["name"], tta=state.get("tta", "none"))
 
     def _prep(self, x: np.ndarray, norm: tuple[Any, Any]) -> Any:
         torch = self.torch
@@ -169,9 +218,27 @@ class TorchPredictor:
                 mode = "reflect" if ph < h and pw < w else "replicate"
                 tb = torch.nn.functional.pad(tb, (0, pw, 0, ph), mode=mode)
                 ta = torch.nn.functional.pad(ta, (0, pw, 0, ph), mode=mode)
-            logits = self.model(tb, ta)
-            prob = torch.sigmoid(logits.float())[:, 0, :h, :w]
-            return prob.cpu().numpy()
+            if len(self._views) == 1:
+                prob = torch.sigmoid(self.model(tb, ta).float())
+            else:
+                prob = self._augmented(tb, ta)
+            return prob[:, 0, :h, :w].cpu().numpy()
+
+    def _augmented(self, tb: Any, ta: Any) -> Any:
+        """Mean probability over the test-time augmentation views, each mapped back onto the tile."""
+        torch = self.torch
+        total: Any = None
+        for turns, mirrored, swapped in self._views:
+            views = []
+            for t in (ta, tb) if swapped else (tb, ta):
+                v = t.flip(-1) if mirrored else t
+                v = torch.rot90(v, turns, (-2, -1)) if turns else v
+                views.append(v.contiguous(memory_format=torch.channels_last))
+            p = torch.sigmoid(self.model(*views).float())
+            p = torch.rot90(p, -turns, (-2, -1)) if turns else p
+            p = p.flip(-1) if mirrored else p
+            total = p if total is None else total.add_(p)
+        return total / len(self._views)
 
 
 class ScorerPredictor:
@@ -784,7 +851,7 @@ def predict_pair(
 
     signature = {
         "height": H, "width": W, "tile_size": tile_size, "overlap": overlap, "blend": blend,
-        "threshold": float(threshold), "predictor": predictor.name,
+        "threshold": float(threshold), "predictor": predictor.name, "tta": getattr(predictor, "tta", "none"),
     }
     if rows is not None:
         signature["rows"] = [r_lo, r_hi]

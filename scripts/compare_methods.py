@@ -10,6 +10,7 @@ pooled over all pixels of the listed pairs (the published convention).
     python scripts/compare_methods.py --cities pisa,rennes --methods cva,irmad,dsfa,s2-13band,s2-rgb
     python scripts/compare_methods.py --airchange Szada/7,Tiszadob/5 --methods cva,irmad,dsfa,aerial-rgb
     python scripts/compare_methods.py --cities "" --folders levir-cd-samples,dsifn-samples --methods cva,aerial-rgb
+    python scripts/compare_methods.py --methods s2-13band,s2-rgb --tta flip   # test-time augmentation
 
 ``--folders`` scores the A/B/label crops of ../shared/data/<name> (LEVIR-CD / DSIFN-CD layout, labels 0/255) as one
 column per folder, pooled over its crops; the crops are not georeferenced, so detect warns and works in pixels.
@@ -105,6 +106,7 @@ def main() -> None:
                     help="unsupervised methods and/or bundled model names / checkpoint paths")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["float32", "bf16"], default="float32", help="for the supervised models")
+    ap.add_argument("--tta", default="none", help="test-time augmentation of the supervised models (detect --tta)")
     ap.add_argument("--json", type=Path, default=None, help="also write the scores as JSON")
     args = ap.parse_args()
 
@@ -122,9 +124,10 @@ def main() -> None:
         for column, pairs in groups:
             group = dict.fromkeys(keys, 0)
             for name, (before, after, truth, truth_opts) in pairs:
-                out = WORK / "runs" / name.replace("/", "_") / f"{Path(method).stem}-{args.precision}"
+                tag = args.precision + ("" if args.tta == "none" else f"-tta-{args.tta}")
+                out = WORK / "runs" / name.replace("/", "_") / f"{Path(method).stem}-{tag}"
                 opts = (["--method", method] if method in UNSUPERVISED
-                        else ["--model", method, "--precision", args.precision])
+                        else ["--model", method, "--precision", args.precision, "--tta", args.tta])
                 _run(["detect", str(before), str(after), "-o", str(out), *opts, "--overwrite", "--no-quicklook",
                       "--no-vectorize", "--threads", str(args.threads)])
                 result = json.loads(_run(["evaluate", str(out / "change.tif"), str(truth), *truth_opts, "--json"]))

@@ -256,6 +256,23 @@ def test_cli_and_api_give_identical_rasters_and_polygons(tmp_path: Path) -> None
     assert pa.geometry.geom_equals(pc.geometry).all()
 
 
+def test_tta_is_recorded_and_refused_for_unsupervised_methods(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=96, bands=3)
+    ckpt = _checkpoint(tmp_path, ["red", "green", "blue"])
+    plain = detect(before, after, model=str(ckpt), output_dir=tmp_path / "plain", quicklook=False, vectorize=False)
+    flipped = detect(before, after, model=str(ckpt), output_dir=tmp_path / "flip", tta="flip", quicklook=False,
+                     vectorize=False)
+    assert plain.report["model"]["tta"] == "none" and flipped.report["model"]["tta"] == "flip"
+    with rasterio.open(tmp_path / "plain" / "probability.tif") as p, rasterio.open(tmp_path / "flip" / "probability.tif") as f:
+        assert not np.allclose(p.read(1), f.read(1), atol=1e-6)  # the untrained network is not flip-invariant
+    out = tmp_path / "cva"
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(out), "--method", "cva", "--tta", "d4"])
+    assert res.exit_code == 2 and "--tta d4" in res.output and "--method cva" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(out), "--tta", "rot"])
+    assert res.exit_code == 2 and "rot" in res.output and not out.exists()
+
+
 def test_non_georeferenced_pair_works_in_pixel_coordinates(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "no-crs-both", size=64)
     with warnings.catch_warnings(record=True) as caught:

@@ -220,6 +220,104 @@ def test_the_predictor_normalises_each_date_with_its_statistics() -> None:
     np.testing.assert_allclose(got16, ref, atol=0.05)
 
 
+class _Pointwise(torch.nn.Module):
+    """1x1 convolutions only: equivariant to every flip and rotation, so test-time augmentation must not change it."""
+
+    required_multiple = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+        self.head = torch.nn.Conv2d(4, 1, 1)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.a(before) + self.b(after)))
+
+
+class _Skewed(torch.nn.Module):
+    """An asymmetric 3x3 kernel on AFTER - BEFORE: neither flip-, rotation- nor date-swap-invariant."""
+
+    required_multiple = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.arange(27, dtype=torch.float32).reshape(1, 3, 3, 3) / 27 - 0.3)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        return self.conv(after - before)
+
+
+def _views_by_hand(model: torch.nn.Module, b: np.ndarray, a: np.ndarray, views: list) -> np.ndarray:
+    """Test-time augmentation written independently with numpy: transform, predict, transform back, average."""
+    total = np.zeros((b.shape[0], b.shape[2], b.shape[3]), np.float64)
+    for turns, mirrored, swapped in views:
+        x, y = (a, b) if swapped else (b, a)
+        x, y = (np.flip(v, -1) if mirrored else v for v in (x, y))
+        x, y = (np.ascontiguousarray(np.rot90(v, turns, axes=(-2, -1))) for v in (x, y))
+        with torch.no_grad():
+            p = torch.sigmoid(model(torch.from_numpy(x), torch.from_numpy(y)))[:, 0].numpy()
+        p = np.rot90(p, -turns, axes=(-2, -1))
+        total += np.flip(p, -1) if mirrored else p
+    return (total / len(views)).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["flip", "d4", "swap", "flip+swap", "d4+swap"])
+def test_test_time_augmentation_maps_every_view_back_onto_the_tile(mode: str) -> None:
+    from changedet.inference import TTA_MODES, tta_transforms
+
+    rng = np.random.default_rng(5)
+    b = rng.normal(size=(2, 3, 24, 40)).astype(np.float32)  # not square: rotated views are 40 x 24
+    a = rng.normal(size=(2, 3, 24, 40)).astype(np.float32)
+    valid = np.ones((2, 24, 40), bool)
+    views = tta_transforms(mode)
+    assert len(views) == len(set(views)) == TTA_MODES[mode]
+    skewed = _Skewed().eval()
+    got = TorchPredictor(skewed, [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3, tta=mode).predict(b, a, valid)
+    np.testing.assert_allclose(got, _views_by_hand(skewed, b, a, views), atol=1e-5)
+    plain = TorchPredictor(skewed, [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3).predict(b, a, valid)
+    assert np.abs(got - plain).max() > 0.05  # the views differ for this model: the average is not the identity
+    if "swap" in mode:  # sigmoid(x) and sigmoid(-x) average to one half
+        np.testing.assert_allclose(got, 0.5, atol=1e-6)
+    pointwise = _Pointwise().eval()
+    np.testing.assert_allclose(_predictor(pointwise).predict(b, a, valid) if "swap" in mode else
+                               TorchPredictor(pointwise, [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3,
+                                              tta=mode).predict(b, a, valid),
+                               _views_by_hand(pointwise, b, a, [(0, False, False)]), atol=1e-5)
+
+
+def test_tiled_equals_whole_image_with_test_time_augmentation(tmp_path: Path) -> None:
+    """The augmented model is still translation-equivariant: tiles blend into the whole-image result."""
+    rng = np.random.default_rng(2)
+    before = rng.normal(size=(3, 97, 131)).astype(np.float32)
+    after = before + (rng.random((3, 97, 131)) > 0.9) * 2
+    pair = ArrayPair(before, after)
+    model = ConvDiff(depth=2).eval()
+    predictor = TorchPredictor(model, [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3, tta="d4")
+    predict_pair(pair, predictor, out_dir=tmp_path, threshold=0.5, tile_size=48, overlap=16)
+    from changedet.inference import tta_transforms
+
+    whole = _views_by_hand(model, pair.before[None], pair.after[None], tta_transforms("d4"))[0]
+    np.testing.assert_allclose(_read(tmp_path / "probability.tif")[0], whole, atol=1e-5)
+
+
+def test_test_time_augmentation_names_are_checked_and_survive_pickling() -> None:
+    import pickle
+
+    from changedet.errors import InputError
+    from changedet.inference import parse_tta
+
+    assert parse_tta("swap+flip") == parse_tta("FLIP+SWAP") == "flip+swap" and parse_tta(None) == "none"
+    for bad in ("rot", "flip+d4", "flip+flip", "", "none+swap"):
+        with pytest.raises(InputError, match="unknown test-time augmentation"):
+            parse_tta(bad)
+    predictor = TorchPredictor(_Skewed(), [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3, tta="swap+d4")
+    assert predictor.tta == "d4+swap"
+    assert pickle.loads(pickle.dumps(predictor)).tta == "d4+swap"
+
+
 _MALLOC_PROBE = r"""
 import ctypes, os, sys
 import numpy as np

@@ -57,6 +57,7 @@ def detect_series(
     batch_size: int = 1,
     threads: int | None = None,
     precision: str = "float32",
+    tta: str = "none",
     device: str = "cpu",
     indexes: Sequence[int] | None = None,
     coregister: bool = False,
@@ -91,7 +92,7 @@ def detect_series(
         ``"consecutive"`` (each date against the previous one) or ``"reference"`` (each date against the first).
     keep_order
         Keep the order given instead of sorting by acquisition date (needed when dates are unknown).
-    tile_size, overlap, blend, batch_size, threads, precision, device, indexes, coregister, match_histograms
+    tile_size, overlap, blend, batch_size, threads, precision, tta, device, indexes, coregister, match_histograms
         As in :func:`changedet.api.detect`; every later date is aligned (and co-registered, histogram-matched)
         onto the first date.
     min_area, simplify, fill_holes, vectorize, geojson_crs
@@ -123,7 +124,7 @@ def detect_series(
     >>> [p.label for p in series.pairs]  # doctest: +SKIP
     ['2019-05-01/2020-05-01', '2020-05-01/2021-05-01']
     """
-    from changedet.api import METHODS, _check_outputs, _resolve_for_input, _sample_for_fit
+    from changedet.api import METHODS, _check_outputs, _checked_tta, _resolve_for_input, _sample_for_fit
     from changedet.inference import ScorerPredictor, TorchPredictor
 
     t0 = time.perf_counter()
@@ -131,6 +132,7 @@ def detect_series(
         raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    tta = _checked_tta(tta, method)
     if resume:
         raise InputError("--resume is not supported with more than two dates; rerun the series (with --overwrite)")
     if method != "model" and model is not None:
@@ -192,7 +194,8 @@ def detect_series(
                     mb, sb = band_stats(view, which="before")
                     ma, sa = band_stats(view, which="after")
                 predictors.append(TorchPredictor(net, mb, sb, ma, sa, device=device, precision=precision,
-                                                 name=meta.name or meta.architecture))  # type: ignore[union-attr]
+                                                 name=meta.name or meta.architecture,  # type: ignore[union-attr]
+                                                 tta=tta))
                 thresholds.append(float(meta.threshold if threshold is None else threshold))  # type: ignore[union-attr]
                 methods.append({"normalization": norm.get("mode"),
                                 "before_mean": [round(float(x), 4) for x in mb],
@@ -212,7 +215,8 @@ def detect_series(
                 "method": "model", "name": meta.name or None, "architecture": meta.architecture,  # type: ignore[union-attr]
                 "checkpoint": str(checkpoint) if checkpoint else (meta.name or None),  # type: ignore[union-attr]
                 "band_names": meta.band_names, "calibrated_threshold": meta.threshold,  # type: ignore[union-attr]
-                "metrics": meta.metrics, "precision": precision, "device": device,  # type: ignore[union-attr]
+                "metrics": meta.metrics, "precision": precision, "tta": tta,  # type: ignore[union-attr]
+                "device": device,
             }
         else:
             model_report = {"method": method, "name": method, "calibrated_threshold": thresholds[0]}
