@@ -274,6 +274,36 @@ def test_optimize_for_inference_folds_batch_norm_and_keeps_the_function(name: st
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["fc-ef", "fc-siam-diff", "fc-siam-conc"])
+def test_inference_copies_fuse_every_convolution_with_its_relu(name: str) -> None:
+    from changedet.models import ConvReLU2d, optimize_for_inference
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=4).train()
+    with torch.no_grad():
+        model(*_pair(4, 64, 64, seed=7))
+    model.eval()
+    n_relu = sum(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    x, y = (t.contiguous(memory_format=torch.channels_last) for t in _pair(4, 45, 67, n=1))
+    with torch.no_grad():
+        ref = model(x, y)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 0.1)):
+        fast = optimize_for_inference(model, dtype=dtype)
+        assert sum(isinstance(m, ConvReLU2d) for m in fast.modules()) == n_relu > 0
+        assert not any(isinstance(m, torch.nn.ReLU) for m in fast.modules())
+        with torch.inference_mode():
+            out = fast(x.to(dtype), y.to(dtype)).float()
+        assert torch.allclose(out, ref, atol=tol, rtol=tol)
+    # the unfused path (gradients, other devices) computes the same function
+    conv = next(m for m in optimize_for_inference(model).modules() if isinstance(m, ConvReLU2d))
+    z = torch.randn(1, conv.in_channels, 20, 24).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fused = conv(z)
+    unfused = conv(z.clone().requires_grad_(True))
+    assert unfused.requires_grad and torch.allclose(fused, unfused.detach(), atol=1e-5)
+    assert (fused >= 0).all() and (fused == 0).any()
+
+
 def test_models_and_losses_do_not_import_rasterio() -> None:
     import subprocess
     import sys

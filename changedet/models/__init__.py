@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from changedet.models.registry import (
     ChangeModel,
+    ConvReLU2d,
     count_parameters,
     create_model,
     flush_denormals,
@@ -23,6 +24,7 @@ from changedet.models.registry import (
 
 __all__ = [
     "ChangeModel",
+    "ConvReLU2d",
     "count_parameters",
     "create_model",
     "flush_denormals",
