@@ -10,6 +10,7 @@ Usage::
 
     python scripts/bench_models.py                      # all models, 2 threads
     python scripts/bench_models.py --models fc-siam-diff --bands 13 --threads 2 --repeats 5
+    python scripts/bench_models.py --models fc-ef fc-siam-diff --bands 13 --tiles 512 --unfused   # Conv2d+ReLU fusion
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ def flops_per_pixel(model: torch.nn.Module, bands: int, size: int = 256) -> floa
 
 
 def throughput(model: torch.nn.Module, bands: int, tile: int, batch: int, dtype: torch.dtype,
-               repeats: int, fold: bool = True) -> float:
+               repeats: int, fold: bool = True, fuse: bool = True) -> float:
     """Output megapixels per second (best of ``repeats``)."""
     if fold:
-        fast = optimize_for_inference(model, dtype=dtype, channels_last=True)
+        fast = optimize_for_inference(model, dtype=dtype, channels_last=True, fuse_relu=fuse)
     else:  # what plain ``model.eval().to(dtype, memory_format=channels_last)`` gives
         fast = model.eval().to(dtype=dtype, memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--unfolded", action="store_true",
                         help="add a column: fp32 at the first tile size without batch-norm folding")
+    parser.add_argument("--unfused", action="store_true",
+                        help="add columns: each precision at the first tile size without the Conv2d+ReLU fusion, "
+                             "and the fused/unfused speed ratio")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -73,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     cols = [f"{d} {t}" for d, _ in dtypes for t in args.tiles]
     if args.unfolded:
         cols.append(f"fp32 {args.tiles[0]} unfolded")
+    if args.unfused:
+        cols += [f"{d} {args.tiles[0]} {what}" for d, _ in dtypes for what in ("unfused", "fused/unfused")]
     print(f"CPU inference, {args.threads} threads, torch {torch.__version__}, {platform.machine()}, "
           f"{args.pixels_per_batch} px per call, best of {args.repeats}; Mpx/s of output", file=sys.stderr)
-    print("| model | bands | parameters | kFLOP/px | " + " | ".join(f"{c} Mpx/s" for c in cols) + " |")
+    print("| model | bands | parameters | kFLOP/px | " + " | ".join(c if c.endswith("/unfused") else f"{c} Mpx/s" for c in cols) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(cols))
     for name in args.models:
         for bands in args.bands:
@@ -90,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
                 tile = args.tiles[0]
                 batch = max(1, args.pixels_per_batch // (tile * tile))
                 row.append(f"{throughput(model, bands, tile, batch, torch.float32, args.repeats, fold=False):.2f}")
+            if args.unfused:
+                tile = args.tiles[0]
+                batch = max(1, args.pixels_per_batch // (tile * tile))
+                for d, (_, dtype) in enumerate(dtypes):
+                    fused = float(row[4 + d * len(args.tiles)])
+                    plain = throughput(model, bands, tile, batch, dtype, args.repeats, fuse=False)
+                    row += [f"{plain:.2f}", f"{fused / plain:.2f}"]
             print("| " + " | ".join(row) + " |", flush=True)
     return 0
 

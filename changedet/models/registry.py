@@ -326,7 +326,7 @@ def flush_denormals() -> Iterator[None]:
 
 
 def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float32,
-                           channels_last: bool = True) -> nn.Module:
+                           channels_last: bool = True, fuse_relu: bool = True) -> nn.Module:
     """Return an inference copy of ``model``: eval mode, batch norm folded into convolutions, dtype, memory format.
 
     Folding removes one full pass over every feature map per normalised convolution (about 15-20 % of the FC
@@ -344,6 +344,8 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
         ``torch.float32`` or ``torch.bfloat16``.
     channels_last : bool
         Convert the weights to channels-last memory format (give the inputs the same format).
+    fuse_relu : bool
+        Turn ``Conv2d`` + ``ReLU`` into :class:`ConvReLU2d` (False keeps them apart, for comparison).
 
     Examples
     --------
@@ -359,8 +361,9 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
     fast = copy.deepcopy(model).eval()
     for module in list(fast.modules()):
         _fold_pairs(module)
-    for module in list(fast.modules()):
-        _fuse_conv_relu(module)
+    if fuse_relu:
+        for module in list(fast.modules()):
+            _fuse_conv_relu(module)
     fast = fast.to(dtype=dtype)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
