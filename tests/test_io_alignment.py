@@ -244,6 +244,58 @@ def test_read_is_thread_safe(tmp_path: Path) -> None:
             np.testing.assert_array_equal(x, y)
 
 
+def _helper_threads() -> set:
+    import threading
+
+    return {t for t in threading.enumerate() if t.name.startswith("changedet-read-after")}
+
+
+@pytest.mark.parametrize("kind", ["aligned", "other-crs", "nodata-border"])
+def test_large_windows_read_after_on_a_helper_thread_with_the_same_result(tmp_path: Path, kind: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows of 256 x 256 px or more read AFTER on a second thread: same arrays as one thread, thread closed."""
+    from changedet.io import alignment
+
+    before, after = make_pair(tmp_path, kind, size=300, bands=4)
+    windows = [Window(0, 0, 290, 290), Window(10, 20, 260, 255), Window(5, 5, 40, 40)]
+    others = _helper_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_pair(before, after) as pair:
+            parallel = [pair.read(w) for w in windows]
+            mine = _helper_threads() - others
+            assert len(mine) == 1
+            monkeypatch.setattr(alignment, "_PARALLEL_READ_PIXELS", 10**12)
+            serial = [pair.read(w) for w in windows]
+    assert not any(t.is_alive() for t in mine)  # close() stops it
+    for got, ref in zip(parallel, serial, strict=True):
+        for x, y in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert (~parallel[0][2]).any() == (kind == "nodata-border")
+
+
+def test_a_failed_parallel_read_raises_and_leaves_the_pair_usable(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet.io import alignment
+
+    before, after = make_pair(tmp_path, "aligned", size=300, bands=2)
+    real = alignment._read_masked
+    calls = {"n": 0}
+
+    def flaky(ds, *args, **kwargs):  # the first BEFORE read fails, AFTER's (on the helper) succeeds
+        if ds.name.endswith("before.tif") and calls["n"] == 0:
+            calls["n"] += 1
+            raise RasterReadError(f"{ds.name}: cannot read window (simulated)")
+        return real(ds, *args, **kwargs)
+
+    with open_pair(before, after) as pair:
+        monkeypatch.setattr(alignment, "_read_masked", flaky)
+        with pytest.raises(RasterReadError, match="simulated"):
+            pair.read(Window(0, 0, 300, 300))
+        b, a, v = pair.read(Window(0, 0, 300, 300))
+        assert b.shape == a.shape == (2, 300, 300) and v.all()
+
+
 def test_read_window_outside_grid(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=64)
     with open_pair(before, after) as pair, pytest.raises(ValueError, match=r"outside the common grid"):

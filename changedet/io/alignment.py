@@ -20,6 +20,7 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -736,6 +737,9 @@ def _assess_shift(pair: AlignedPair, report: PairReport) -> None:
         )
 
 
+_PARALLEL_READ_PIXELS = 256 * 256  # windows at least this large read the two dates on two threads
+
+
 class AlignedPair:
     """BEFORE and AFTER on one grid (BEFORE's, clipped to the common extent), read window by window.
 
@@ -745,6 +749,8 @@ class AlignedPair:
 
     Thread safety: :meth:`read` takes an internal lock, so one pair may be read from any thread (e.g. a prefetch
     thread feeding a model), but reads are serialised; for parallel reads open one pair per thread or process.
+    Within one read of a window of 256 x 256 pixels or more, AFTER is read on a helper thread while the caller
+    reads BEFORE (when they are two datasets); :meth:`close` stops that thread.
     """
 
     def __init__(
@@ -762,6 +768,9 @@ class AlignedPair:
         self._plan = plan
         self._owned = list(owned)
         self._lock = threading.Lock()
+        self._pool: futures.ThreadPoolExecutor | None = None  # reads AFTER beside BEFORE (_after_reader)
+        self._pool_pid = 0
+        self._closed = False
         self._resampling = _resampling(resampling)
         self.report = report
         self.crs: CRS | None = plan.crs
@@ -942,9 +951,8 @@ class AlignedPair:
             window.width,
             window.height,
         )
-        with self._lock:
-            before, vb = _read_masked(self._ds_b, p.idx_b, bwin, (h, w), self._mask_b)
-            vrt = self._vrt if apply_corrections else self._vrt_plain
+
+        def read_after(vrt: WarpedVRT | None) -> tuple[np.ndarray, np.ndarray]:
             if vrt is None:
                 assert p.after_window is not None
                 awin = Window(
@@ -953,9 +961,23 @@ class AlignedPair:
                     window.width,
                     window.height,
                 )
-                after, va = _read_masked(self._ds_a, p.idx_a, awin, (h, w), self._mask_a)
-            else:
-                after, va = _read_masked(vrt, p.idx_a, window, (h, w), False)
+                return _read_masked(self._ds_a, p.idx_a, awin, (h, w), self._mask_a)
+            return _read_masked(vrt, p.idx_a, window, (h, w), False)
+
+        with self._lock:
+            vrt = self._vrt if apply_corrections else self._vrt_plain
+            pool = self._after_reader() if h * w >= _PARALLEL_READ_PIXELS else None
+            if pool is None:
+                before, vb = _read_masked(self._ds_b, p.idx_b, bwin, (h, w), self._mask_b)
+                after, va = read_after(vrt)
+            else:  # AFTER on the helper thread while this one reads BEFORE: two datasets, never one from two threads
+                pending = pool.submit(read_after, vrt)
+                try:
+                    before, vb = _read_masked(self._ds_b, p.idx_b, bwin, (h, w), self._mask_b)
+                except BaseException:
+                    futures.wait([pending])  # the helper is done with AFTER before the lock is released
+                    raise
+                after, va = pending.result()
         valid = vb & va
         if apply_corrections and self._matcher is not None:
             after = self._matcher.apply(after, valid)
@@ -965,10 +987,28 @@ class AlignedPair:
             after[:, invalid] = 0.0
         return before, after, valid
 
+    def _after_reader(self) -> futures.ThreadPoolExecutor | None:
+        """The helper thread that reads AFTER while the caller reads BEFORE (None when both are one dataset).
+
+        GDAL releases the GIL while it decodes and converts, so the two dates' windows are read on two cores: the
+        decoding of a read already uses ``GDAL_NUM_THREADS``, but the conversion to float32 and the copy out of
+        pixel-interleaved blocks run on the calling thread. Called with the lock held.
+        """
+        if self._ds_b is self._ds_a or self._closed:
+            return None
+        if self._pool is None or self._pool_pid != os.getpid():  # a forked child does not inherit the thread
+            self._pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-read-after")
+            self._pool_pid = os.getpid()
+        return self._pool
+
     # lifetime ---------------------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the warped view and the datasets this pair opened (not datasets passed in open)."""
         with self._lock:
+            self._closed = True
+            if self._pool is not None and self._pool_pid == os.getpid():
+                self._pool.shutdown(wait=True)
+            self._pool = None
             for vrt in {id(v): v for v in (self._vrt, self._vrt_plain) if v is not None}.values():
                 with contextlib.suppress(Exception):
                     vrt.close()
