@@ -714,8 +714,8 @@ def detect(
             before, after, model, out, tmp_holder, names, method=method, checkpoint=checkpoint,
             threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
             threads=threads, precision=precision, tta=tta, device=device, indexes=indexes,
-            coregister=coregister, match_histograms=match_histograms, min_area=min_area, simplify=simplify, fill_holes=fill_holes,
-            vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project, quicklook=quicklook,
+            coregister=coregister, match_histograms=match_histograms, min_area=min_area, simplify=simplify,
+            fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project, quicklook=quicklook,
             resume=resume, progress=progress, t0=t0,
         )
         if xr_tmp is not None:  # the GeoTIFFs written from xarray inputs live as long as the result

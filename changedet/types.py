@@ -13,3 +13,4 @@ Method = Literal["model", "cva", "irmad", "dsfa"]
 ThresholdMethod = Literal["f1", "otsu", "fixed"]
 Scaling = Literal["auto", "none", "dtype", "percentile"]
 SeriesMode = Literal["consecutive", "reference"]
+TTA = Literal["none", "flip", "d4", "swap", "flip+swap", "d4+swap"]  # changedet.inference.TTA_MODES

@@ -305,10 +305,13 @@ def test_tiled_equals_whole_image_with_test_time_augmentation(tmp_path: Path) ->
 
 def test_test_time_augmentation_names_are_checked_and_survive_pickling() -> None:
     import pickle
+    from typing import get_args
 
     from changedet.errors import InputError
-    from changedet.inference import parse_tta
+    from changedet.inference import TTA_MODES, parse_tta
+    from changedet.types import TTA
 
+    assert list(get_args(TTA)) == list(TTA_MODES)  # the CLI's choices (changedet.types, no rasterio import)
     assert parse_tta("swap+flip") == parse_tta("FLIP+SWAP") == "flip+swap" and parse_tta(None) == "none"
     for bad in ("rot", "flip+d4", "flip+flip", "", "none+swap"):
         with pytest.raises(InputError, match="unknown test-time augmentation"):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from changedet.cli._common import echo_json, quiet
-from changedet.inference import TTA_MODES
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+from changedet.types import TTA
 
 
 def _indexes(
@@ -72,7 +72,7 @@ class _Progress:
 @click.option("--batch-size", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 512), default=None, help="torch threads (default: torch's choice).")
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True)
-@click.option("--tta", type=click.Choice(list(TTA_MODES)), default="none", show_default=True, help="Test-time augmentation: mean probability over flipped/rotated (d4: 8 views) and/or date-swapped views of each tile; one forward pass per view.")
+@click.option("--tta", type=click.Choice(get_args(TTA)), default="none", show_default=True, help="Test-time augmentation: mean probability over flipped/rotated (d4: 8 views) and/or date-swapped views of each tile; one forward pass per view.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--indexes", callback=_indexes, default=None, help="1-based bands to use, e.g. 4,3,2, or BEFORE:AFTER such as 1,2,3:3,2,1 (default: by band name, else all).")
 @click.option("--coregister", is_flag=True, help="Estimate and correct a global sub-pixel shift of AFTER.")
