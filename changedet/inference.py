@@ -168,6 +168,8 @@ class TorchPredictor:
 
         self.model = optimize_for_inference(model, dtype=self.dtype, channels_last=True).to(self.device)
         self.multiple = int(getattr(model, "required_multiple", 1))
+        pair_dim = getattr(model, "pair_dim", None)
+        self._pair_dim = pair_dim if pair_dim in (0, 1) else None
         self.name = name
         self.tta = parse_tta(tta)
         self._views = tta_transforms(self.tta)
@@ -207,12 +209,30 @@ class TorchPredictor:
         out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         return out.to(self.dtype)  # keeps channels-last
 
+    def _prep_pair(self, before: np.ndarray, after: np.ndarray, dim: int) -> tuple[Any, Any]:
+        """Both dates normalised into one channels-last buffer, AFTER right after BEFORE along ``dim`` (the model's
+        ``pair_dim``): the model then joins them without a copy (:func:`changedet.models.cat_pair`)."""
+        torch = self.torch
+        n, c, h, w = before.shape
+        shape = (2 * n, c, h, w) if dim == 0 else (n, 2 * c, h, w)
+        buf = torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=torch.channels_last)
+        for i, (x, (scale, shift)) in enumerate(((before, self._norm_b), (after, self._norm_a))):
+            part = buf[i * n:(i + 1) * n] if dim == 0 else buf[:, i * c:(i + 1) * c]
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            torch.addcmul(shift, t, scale, out=part)
+        buf.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        buf = buf.to(self.dtype)  # keeps channels-last
+        return (buf[:n], buf[n:]) if dim == 0 else (buf[:, :c], buf[:, c:])
+
     def predict(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
         torch = self.torch
         _n, _c, h, w = before.shape
         with torch.inference_mode(), self._flush_denormals():
-            tb = self._prep(before, self._norm_b)
-            ta = self._prep(after, self._norm_a)
+            if self._pair_dim is not None and len(self._views) == 1:
+                tb, ta = self._prep_pair(before, after, self._pair_dim)
+            else:
+                tb = self._prep(before, self._norm_b)
+                ta = self._prep(after, self._norm_a)
             ph, pw = (-h) % self.multiple, (-w) % self.multiple
             if ph or pw:
                 mode = "reflect" if ph < h and pw < w else "replicate"

@@ -220,6 +220,46 @@ def test_the_predictor_normalises_each_date_with_its_statistics() -> None:
     np.testing.assert_allclose(got16, ref, atol=0.05)
 
 
+@pytest.mark.parametrize("name", ["fc-ef", "fc-siam-diff", "metric-siam"])
+def test_the_predictor_lays_both_dates_out_as_the_model_joins_them(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two normalised dates go into one buffer (channels for FC-EF, batch for the shared encoders): the model
+    joins them without a copy, and the probabilities equal those of separately prepared dates."""
+    import changedet.models.fcn as fcn
+    import changedet.models.metric as metric
+    from changedet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=3).eval()
+    rng = np.random.default_rng(2)
+    b = rng.normal(1500, 300, size=(2, 3, 32, 48)).astype(np.float32)
+    a = rng.normal(900, 100, size=(2, 3, 32, 48)).astype(np.float32)
+    b[1, 2, 5, 6], a[0, 0, 1, 1] = np.nan, -np.inf
+    stats = ([1400.0, 1500.0, 1600.0], [250.0, 300.0, 0.0], [900.0, 950.0, 850.0], [90.0, 100.0, 110.0])
+    joined: list[bool] = []
+    real = fcn.cat_pair
+
+    def spy(x: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
+        out = real(x, y, dim)
+        joined.append(out.data_ptr() == x.data_ptr())
+        return out
+
+    monkeypatch.setattr(fcn, "cat_pair", spy)
+    monkeypatch.setattr(metric, "cat_pair", spy)
+    valid = np.ones((2, 32, 48), bool)
+    for precision, tol in (("float32", 1e-6), ("bf16", 1e-6)):
+        predictor = TorchPredictor(model, *stats, precision=precision)
+        assert predictor._pair_dim == model.pair_dim
+        joined.clear()
+        got = predictor.predict(b, a, valid)
+        assert joined == [True]
+        predictor._pair_dim = None  # the two dates prepared apart, joined by torch.cat
+        joined.clear()
+        ref = predictor.predict(b, a, valid)
+        assert joined == [False]
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, ref, atol=tol)
+
+
 class _Pointwise(torch.nn.Module):
     """1x1 convolutions only: equivariant to every flip and rotation, so test-time augmentation must not change it."""
 

@@ -304,6 +304,31 @@ def test_inference_copies_fuse_every_convolution_with_its_relu(name: str) -> Non
     assert (fused >= 0).all() and (fused == 0).any()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cat_pair_is_a_view_only_where_the_dates_already_lie_side_by_side(channels_last: bool) -> None:
+    from changedet.models import cat_pair
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(5)
+    for dim, shape in ((0, (4, 3, 6, 5)), (1, (2, 6, 6, 5))):
+        buf = torch.randn(shape, generator=g).contiguous(memory_format=fmt)
+        half = shape[dim] // 2
+        b, a = buf.narrow(dim, 0, half), buf.narrow(dim, half, half)
+        joined = cat_pair(b, a, dim)
+        assert torch.equal(joined, torch.cat((b, a), dim=dim))
+        assert joined.data_ptr() == buf.data_ptr()  # no copy
+        # separate tensors, the reverse order, a gap between them or another dimension: a real concatenation
+        for x, y, d in ((b.clone(), a.clone(), dim), (a, b, dim), (buf.narrow(dim, 0, 1), a, dim), (b, a, 1 - dim)):
+            out = cat_pair(x, y, d)
+            assert torch.equal(out, torch.cat((x, y), dim=d))
+            assert out.data_ptr() not in (x.data_ptr(), y.data_ptr())
+    # with gradients it is torch.cat, and both inputs get theirs
+    buf = torch.randn(2, 3, 4, 4, requires_grad=True)
+    b, a = buf[:1], buf[1:]
+    cat_pair(b, a, 0).square().sum().backward()
+    assert buf.grad is not None and torch.allclose(buf.grad, 2 * buf.detach())
+
+
 def test_models_and_losses_do_not_import_rasterio() -> None:
     import subprocess
     import sys

@@ -13,6 +13,7 @@ from __future__ import annotations
 from changedet.models.registry import (
     ChangeModel,
     ConvReLU2d,
+    cat_pair,
     count_parameters,
     create_model,
     flush_denormals,
@@ -25,6 +26,7 @@ from changedet.models.registry import (
 __all__ = [
     "ChangeModel",
     "ConvReLU2d",
+    "cat_pair",
     "count_parameters",
     "create_model",
     "flush_denormals",

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from changedet.errors import ModelError
-from changedet.models.registry import ChangeModel
+from changedet.models.registry import ChangeModel, cat_pair
 from changedet.models.siamese import build_encoder, encoder_channels
 
 __all__ = ["BIT"]
@@ -125,6 +125,7 @@ class BIT(ChangeModel):
 
     name = "bit"
     pad_multiple = 8
+    pair_dim = 0
 
     def __init__(self, in_channels: int = 3, encoder_name: str = "resnet18", encoder_depth: int = 4,
                  encoder_weights: None = None, dim: int = 32, token_len: int = 4, enc_depth: int = 1,
@@ -172,7 +173,7 @@ class BIT(ChangeModel):
 
     def _forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         n, _, h, w = before.shape
-        f = self.features(torch.cat((before, after), dim=0))  # (2N, dim, h/4, w/4)
+        f = self.features(cat_pair(before, after, 0))  # (2N, dim, h/4, w/4)
         tokens = self.tokenize(f)  # (2N, L, dim)
         tokens = torch.cat((tokens[:n], tokens[n:]), dim=1) + self.pos_embedding  # (N, 2L, dim)
         for layer in self.transformer:

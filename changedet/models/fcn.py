@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from changedet.errors import ModelError
-from changedet.models.registry import ChangeModel
+from changedet.models.registry import ChangeModel, cat_pair
 
 __all__ = ["FCEF", "FCSiamConc", "FCSiamDiff"]
 
@@ -134,6 +134,7 @@ class FCEF(ChangeModel):
 
     name = "fc-ef"
     pad_multiple = 16
+    pair_dim = 1
 
     def __init__(self, in_channels: int = 3, dropout: float = 0.2) -> None:
         super().__init__(in_channels)
@@ -143,12 +144,13 @@ class FCEF(ChangeModel):
         self.decoder = FCDecoder(_ENC_CHANNELS, _ENC_CHANNELS[-1], 1, dropout)
 
     def _forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        skips, x = self.encoder(torch.cat((before, after), dim=1))
+        skips, x = self.encoder(cat_pair(before, after, 1))
         return self.decoder(skips, x)
 
 
 class _FCSiamese(ChangeModel):
     pad_multiple = 16
+    pair_dim = 0
     _skip_factor = 1
 
     def __init__(self, in_channels: int = 3, dropout: float = 0.2, bottleneck: Bottleneck = "after") -> None:
@@ -167,7 +169,7 @@ class _FCSiamese(ChangeModel):
                                                                           torch.Tensor, torch.Tensor]:
         """Run the shared encoder on both dates as one batch; return (skips_before, skips_after, x_before, x_after)."""
         n = before.shape[0]
-        skips, x = self.encoder(torch.cat((before, after), dim=0))
+        skips, x = self.encoder(cat_pair(before, after, 0))
         return [s[:n] for s in skips], [s[n:] for s in skips], x[:n], x[n:]
 
     def _fuse_bottleneck(self, xb: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from changedet.errors import ModelError
 from changedet.losses import IGNORE_INDEX, feature_distance
 from changedet.models.fcn import _ENC_CHANNELS, FCDecoder, FCEncoder, _check_dropout
-from changedet.models.registry import ChangeModel
+from changedet.models.registry import ChangeModel, cat_pair
 
 __all__ = ["MetricSiam"]
 
@@ -59,6 +59,7 @@ class MetricSiam(ChangeModel):
     name = "metric-siam"
     is_metric = True
     pad_multiple = 16
+    pair_dim = 0
 
     center: torch.Tensor
     scale: torch.Tensor
@@ -82,7 +83,7 @@ class MetricSiam(ChangeModel):
     # -- embeddings and distances --------------------------------------------------------------------------------
     def _embed(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = before.shape[0]
-        skips, x = self.encoder(torch.cat((before, after), dim=0))
+        skips, x = self.encoder(cat_pair(before, after, 0))
         emb = self.decoder(skips, x)
         if self.normalize:
             emb = F.normalize(emb, p=2.0, dim=1, eps=1e-6)

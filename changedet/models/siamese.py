@@ -27,7 +27,7 @@ from torch import nn
 
 from changedet.errors import ModelError
 from changedet.models.fusion import fuse, fused_channels, resolve_fusions
-from changedet.models.registry import ChangeModel
+from changedet.models.registry import ChangeModel, cat_pair
 
 __all__ = ["SiamUNet", "build_encoder", "encoder_channels"]
 
@@ -144,6 +144,7 @@ class SiamUNet(ChangeModel):
         self.encoder_after = (None if self.shared else
                               build_encoder(encoder_name, self.in_channels, depth, 32, None, self.name))
         self.pad_multiple = 2**depth
+        self.pair_dim = 0 if self.shared else None
         enc_channels = encoder_channels(self.encoder)
         fused = [enc_channels[0]] + [fused_channels(c, m) for c, m in zip(enc_channels[1:], fusions, strict=True)]
         self.decoder = UnetDecoder(encoder_channels=fused, decoder_channels=decoder_channels, n_blocks=depth)
@@ -153,7 +154,7 @@ class SiamUNet(ChangeModel):
         """Per-level features of both dates, ``(features_before, features_after)``, level 0 = the input."""
         if self.encoder_after is None:
             n = before.shape[0]
-            feats = self.encoder(torch.cat((before, after), dim=0))
+            feats = self.encoder(cat_pair(before, after, 0))
             return [f[:n] for f in feats], [f[n:] for f in feats]
         return list(self.encoder(before)), list(self.encoder_after(after))
 
