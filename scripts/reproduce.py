@@ -112,6 +112,7 @@ def _run_one(name: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[
     config, base = load_config(CONFIGS / f"{name}.yaml", {**overrides, "seed": seed, "out": out})
     config.setdefault("overwrite", True)
     started = time.perf_counter()
+    trained_seconds: float | None = None
     existing = Path(out) / f"{config.get('name', 'model')}.safetensors"
     if reuse and existing.is_file():
         # a finished run (e.g. trained earlier with `changedet train`): score it, do not retrain
@@ -121,7 +122,7 @@ def _run_one(name: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[
         result = SimpleNamespace(checkpoint=existing, threshold=done["threshold"], metrics=done["metrics"],
                                  epochs_run=done["training"].get("epochs_run"),
                                  best_epoch=done["training"].get("best_epoch"))
-        started -= float(done["training"].get("seconds") or 0.0)  # report the training time of that run
+        trained_seconds = float(done["training"].get("seconds") or 0.0)  # the training time of that run
         config = {**config, **{k: v for k, v in done["training"]["config"].items() if k not in ("out",)}}
     else:
         result = train(**config, config_base=base, progress=None)
@@ -138,6 +139,7 @@ def _run_one(name: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[
     return {
         "test": test,
         "cross": cross,
+        "last_f1": last_epoch_f1(result.checkpoint.parent / "metrics.csv"),
         "name": name,
         "seed": seed,
         "model": config.get("model", "fc-siam-diff"),
@@ -146,13 +148,26 @@ def _run_one(name: str, seed: int, out: str, overrides: dict[str, Any]) -> dict[
         "metrics": result.metrics,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started if trained_seconds is None else trained_seconds, 1),
         "band_names": meta["band_names"],
         "normalization": meta["normalization"]["mode"],
         "pixel_size": meta["pixel_size"],
         "data": meta["training"]["data"],
         "config": meta["training"]["config"],
     }
+
+
+def last_epoch_f1(metrics_csv: Path) -> float | None:
+    """Validation F1 (at that epoch's own F1-optimal threshold, column ``val_f1_best``) of the last validated epoch
+    in a run's ``metrics.csv``: unlike the best epoch's F1, not chosen on the validation scenes."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return None
+    with metrics_csv.open(newline="", encoding="utf-8") as f:
+        values = [row.get("val_f1_best") for row in csv.DictReader(f)]
+    values = [v for v in values if v not in (None, "")]
+    return float(values[-1]) if values else None
 
 
 def _display(path: str | None) -> str:
@@ -184,6 +199,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "n": len(runs)}
     for key in COLUMNS:
         out[key] = _mean_std([r["metrics"].get(key) for r in runs])
+    out["f1_last"] = _mean_std([r.get("last_f1") for r in runs])
     out["f1_cross"] = _mean_std([((r.get("cross") or {}).get("pooled") or {}).get("f1") for r in runs])
     out["f1@0.5"] = _mean_std([r["metrics"].get("at_0.5", {}).get("f1") for r in runs])
     out["test_f1"] = _mean_std([(r.get("test") or {}).get("pooled", {}).get("f1") for r in runs])
@@ -196,7 +212,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
     """Markdown table, one row per (config, architecture)."""
-    head = ("| model | architecture | bands | validation | seeds | F1 | F1, others' threshold | precision | recall "
+    head = ("| model | architecture | bands | validation | seeds | F1 | F1, others' threshold | F1, last epoch "
+            "| precision | recall "
             "| IoU | kappa | F1 @0.5 "
             "| threshold | best epoch | minutes/run | test | test F1 | test IoU |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
@@ -206,7 +223,7 @@ def table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
         val = ", ".join(first["data"].get("val", [])) or "-"
         lines.append(
             f"| {name} | {arch} | {len(first['band_names'])} | {val} | {s['n']} | {_fmt(s['f1'])} | "
-            f"{_fmt(s['f1_cross'])} | "
+            f"{_fmt(s['f1_cross'])} | {_fmt(s['f1_last'])} | "
             f"{_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['iou'])} | {_fmt(s['kappa'])} | "
             f"{_fmt(s['f1@0.5'])} | {_fmt(s['threshold'], 1.0, 3)} | {_fmt(s['epochs'], 1.0, 1)} | "
             f"{_fmt(s['minutes'], 1.0, 1)} | {', '.join(first['data'].get('test') or []) or '-'} | "
@@ -282,7 +299,9 @@ def model_card(name: str, groups: dict[tuple[str, str], list[dict[str, Any]]], i
         "The threshold is calibrated on the same validation scenes, so F1 at the calibrated threshold is optimistic;"
         " F1 at 0.5 does not depend on that choice. *F1, others' threshold* scores each validation scene at the"
         " threshold calibrated on the other validation scenes (pooled): what a threshold chosen elsewhere gives on"
-        " a scene it was not fitted to (the epoch was still chosen on all of them). *test* scenes (when the config"
+        " a scene it was not fitted to (the epoch was still chosen on all of them). *F1, last epoch* is the validation"
+        " F1 of the last epoch trained (at its own best threshold), where *F1* is that of the best epoch: the gap"
+        " is what choosing the epoch on the validation scenes adds. *test* scenes (when the config"
         " names any) were seen neither in training nor in calibration: they are run through `changedet detect` with the checkpoint as shipped and"
         " scored pooled over their pixels. The published test cities/pairs are not in ../shared/data, so none of"
         " these figures is directly comparable with published numbers.",
