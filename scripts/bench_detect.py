@@ -180,8 +180,15 @@ def run_bare(ckpt: str, tile: int, precision: str, threads: int, n: int = 6) -> 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     # the ceiling: the same inference copy and allocator setting as the engine's TorchPredictor, on tiles in memory
     model = optimize_for_inference(model, dtype=dtype, channels_last=True)
-    x = torch.randn(1, 13, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
-    y = torch.randn(1, 13, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
+    # both dates side by side in one buffer where the model joins them, as TorchPredictor lays them out
+    dim = getattr(model, "pair_dim", None)
+    shape = (2, 13, tile, tile) if dim == 0 else (1, 26, tile, tile) if dim == 1 else None
+    if shape is None:
+        x = torch.randn(1, 13, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
+        y = torch.randn(1, 13, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
+    else:
+        pair = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        x, y = (pair[:1], pair[1:]) if dim == 0 else (pair[:, :13], pair[:, 13:])
     with torch.inference_mode(), large_allocations():
         model(x, y)
         t0 = time.perf_counter()
