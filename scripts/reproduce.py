@@ -9,7 +9,8 @@ Each bundled model has a training config ``configs/<name>.yaml`` (keys = ``chang
 Every (model, seed) run trains from scratch with that seed, early-stops and calibrates its threshold on the config's
 held-out validation cities/pairs, and writes ``<out>/<name>/seed<k>/``. The table reports, over the seeds, the mean
 and standard deviation of the pooled validation precision, recall, F1, IoU and kappa at the calibrated threshold,
-the F1 at a fixed 0.5, the threshold and the epochs. The threshold is calibrated on the same validation scenes the
+the F1 at a fixed 0.5, the F1 of the last epoch trained (not chosen on the validation scenes), the threshold and
+the epochs. The threshold is calibrated on the same validation scenes the
 scores are computed on, so "F1" is an optimistic estimate of what a calibrated model reaches; "F1@0.5" does not
 depend on that choice, and "F1, others' threshold" scores each validation scene at the threshold calibrated on the
 other ones (``changedet.calibration.cross_calibrate``). The published test cities/pairs (OSCD test labels,
