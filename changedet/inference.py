@@ -200,39 +200,41 @@ class TorchPredictor:
         self.__init__(state["model"], *state["stats"], device=state["device"],  # type: ignore[misc]
                       precision=state["precision"], name=state["name"], tta=state.get("tta", "none"))
 
-    def _prep(self, x: np.ndarray, norm: tuple[Any, Any]) -> Any:
-        torch = self.torch
-        scale, shift = norm
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        out = torch.empty_like(t, memory_format=torch.channels_last)
-        torch.addcmul(shift, t, scale, out=out)
-        out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        return out.to(self.dtype)  # keeps channels-last
+    def _prep(self, before: np.ndarray, after: np.ndarray, dim: int | None) -> tuple[Any, Any]:
+        """Both dates as normalised channels-last tensors of the model's dtype (non-finite values to 0).
 
-    def _prep_pair(self, before: np.ndarray, after: np.ndarray, dim: int) -> tuple[Any, Any]:
-        """Both dates normalised into one channels-last buffer, AFTER right after BEFORE along ``dim`` (the model's
-        ``pair_dim``): the model then joins them without a copy (:func:`changedet.models.cat_pair`)."""
+        With ``dim`` (the model's ``pair_dim``) they share one buffer, AFTER right after BEFORE along it, so that the
+        model joins them without a copy (:func:`changedet.models.cat_pair`); with None they are two tensors.
+        """
         torch = self.torch
         n, c, h, w = before.shape
-        shape = (2 * n, c, h, w) if dim == 0 else (n, 2 * c, h, w)
-        buf = torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=torch.channels_last)
-        for i, (x, (scale, shift)) in enumerate(((before, self._norm_b), (after, self._norm_a))):
-            part = buf[i * n:(i + 1) * n] if dim == 0 else buf[:, i * c:(i + 1) * c]
+        shape = (n, c, h, w) if dim is None else (2 * n, c, h, w) if dim == 0 else (n, 2 * c, h, w)
+
+        def empty() -> Any:
+            return torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=torch.channels_last)
+
+        if dim is None:
+            bufs = [empty(), empty()]
+            parts = bufs
+        else:
+            bufs = [empty()]
+            parts = [bufs[0][:n], bufs[0][n:]] if dim == 0 else [bufs[0][:, :c], bufs[0][:, c:]]
+        for x, (scale, shift), part in zip((before, after), (self._norm_b, self._norm_a), parts, strict=True):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-            torch.addcmul(shift, t, scale, out=part)
-        buf.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        buf = buf.to(self.dtype)  # keeps channels-last
-        return (buf[:n], buf[n:]) if dim == 0 else (buf[:, :c], buf[:, c:])
+            torch.addcmul(shift, t, scale, out=part)  # (x - mean) / std in one pass
+        for buf in bufs:
+            buf.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        if dim is None:
+            return bufs[0].to(self.dtype), bufs[1].to(self.dtype)  # .to keeps channels-last
+        joint = bufs[0].to(self.dtype)
+        return (joint[:n], joint[n:]) if dim == 0 else (joint[:, :c], joint[:, c:])
 
     def predict(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
         torch = self.torch
         _n, _c, h, w = before.shape
         with torch.inference_mode(), self._flush_denormals():
-            if self._pair_dim is not None and len(self._views) == 1:
-                tb, ta = self._prep_pair(before, after, self._pair_dim)
-            else:
-                tb = self._prep(before, self._norm_b)
-                ta = self._prep(after, self._norm_a)
+            # the views of test-time augmentation are transformed one date at a time: no joint buffer for them
+            tb, ta = self._prep(before, after, self._pair_dim if len(self._views) == 1 else None)
             ph, pw = (-h) % self.multiple, (-w) % self.multiple
             if ph or pw:
                 mode = "reflect" if ph < h and pw < w else "replicate"
