@@ -107,6 +107,7 @@ def run_stream(before: str, after: str, ckpt: str, out: str, tile: int, overlap:
     import changedet.models  # noqa: F401 - torch: a one-off per process (printed apart), as in a notebook or worker
 
     t_import = time.perf_counter() - t_import
+    rss_import = _peak_rss_mb()  # the floor before any work: torch's libraries (several hundred MB with CUDA)
     t0 = time.perf_counter()
     res = api.detect(before, after, model=ckpt, output_dir=out, tile_size=tile, overlap=overlap,
                      precision=precision, threads=threads, vectorize=False, quicklook=False, overwrite=True)
@@ -116,7 +117,7 @@ def run_stream(before: str, after: str, ckpt: str, out: str, tile: int, overlap:
     tile_px = st["tiles_predicted"] * min(st["tile_size"], res.report["grid"]["height"]) * min(
         st["tile_size"], res.report["grid"]["width"])
     return {"seconds": dt, "mpx_s": px / 1e6 / dt, "rss_mb": _peak_rss_mb(), "work": tile_px / px,
-            "import_s": t_import, "setup_s": res.report["timings"].get("open_and_check", 0.0),
+            "import_s": t_import, "import_rss_mb": rss_import, "setup_s": res.report["timings"].get("open_and_check", 0.0),
             "tile_size": st["tile_size"],
             "predict_s": res.report["stats"]["seconds_predict"], "read_s": res.report["stats"]["seconds_read"],
             "write_s": res.report["stats"]["seconds_write"], "finalize_s": res.report["stats"]["seconds_finalize"]}
@@ -254,7 +255,8 @@ def main() -> None:
         print(f"| {size} | {f(s, 'mpx_s')} | {f(s, 'rss_mb')} | {f(n, 'mpx_s')} | {f(n, 'rss_mb')} | {speed} "
               f"| {rss} | {vs_bare} | {s.get('tile_size', '-')} | {work} | {eff} |", flush=True)
         if "predict_s" in s:
-            print(f"<!-- {size}: import torch {s['import_s']:.1f} s (not counted); stream seconds {s['seconds']:.1f}: "
+            print(f"<!-- {size}: import torch {s['import_s']:.1f} s (not counted), peak RSS after it "
+                  f"{s['import_rss_mb']:.0f} MB; stream seconds {s['seconds']:.1f}: "
                   f"open/check/statistics {s['setup_s']:.1f}, predict {s['predict_s']:.1f}, read "
                   f"{s['read_s']:.1f}, write {s['write_s']:.1f} (thread), finalize {s['finalize_s']:.1f} -->")
 
