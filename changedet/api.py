@@ -770,11 +770,34 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
                 threads=threads, precision=precision, tta=tta, device=device, min_area=min_area, simplify=simplify,
                 fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
                 quicklook=quicklook, resume=resume, progress=progress, t0=t0,
-                sources=(before, after), source_names=(before_name, after_name), checkpoint=checkpoint,
+                sources=(before, after), source_names=(before_name, after_name),
+                checkpoint=_checkpoint_file(model, checkpoint) if method == "model" else None,
                 predictor_classes=(TorchPredictor, ScorerPredictor), predict_pair=predict_pair,
             )
         finally:
             pair.close()
+
+
+def _checkpoint_file(model: Any, checkpoint: Any) -> Any:
+    """The checkpoint file a run loaded when the user named one (``checkpoint=`` or ``--model PATH``), else None.
+
+    A bundled model is reported by its name; a checkpoint file by its path, even when it carries the name of a
+    bundled model (``changedet train`` with ``checkpoint_name: s2-rgb``), so the report tells them apart.
+    """
+    if checkpoint is not None:
+        return checkpoint
+    if model is None:
+        return None
+    from changedet.models.bundled import list_bundled
+    from changedet.models.checkpoint import checkpoint_paths
+
+    if str(model) in {m.name for m in list_bundled()}:
+        return None
+    try:
+        weights, _json = checkpoint_paths(model)
+    except (ValueError, TypeError, OSError):
+        return None
+    return weights if weights.is_file() else None
 
 
 def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any, names: list[str], *,
@@ -808,7 +831,8 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         thr = float(meta.threshold if threshold is None else threshold)
         model_report = {
             "method": "model", "name": meta.name or None, "architecture": meta.architecture,
-            "checkpoint": str(checkpoint) if checkpoint else (meta.name or None), "band_names": meta.band_names,
+            "checkpoint": str(checkpoint) if checkpoint else (meta.name or None),
+            "weights_sha256": meta.weights_sha256 or None, "band_names": meta.band_names,
             "normalization": norm.get("mode"), "calibrated_threshold": meta.threshold,
             "metrics": meta.metrics, "precision": precision, "tta": predictor.tta, "device": device,
         }

@@ -83,6 +83,15 @@ def airchange_pair(name: str) -> tuple[Path, Path, Path, list[str]]:
     return files["im1.bmp"], files["im2.bmp"], files["gt.bmp"], ["--truth-change-value", "255"]
 
 
+def _method_tag(method: str) -> str:
+    """A folder name for a method: the name itself, or for a checkpoint path its parts joined (runs/a/seed0/model
+    and runs/b/seed0/model must not share an output folder)."""
+    path = Path(method)
+    if path.suffix not in (".safetensors", ".pt", ".pth", ".json"):
+        return method
+    return "_".join(path.with_suffix("").parts[-3:])
+
+
 def _f1(conf: dict[str, int]) -> float:
     return 2 * conf["tp"] / max(1, 2 * conf["tp"] + conf["fp"] + conf["fn"])
 
@@ -125,7 +134,7 @@ def main() -> None:
             group = dict.fromkeys(keys, 0)
             for name, (before, after, truth, truth_opts) in pairs:
                 tag = args.precision + ("" if args.tta == "none" else f"-tta-{args.tta}")
-                out = WORK / "runs" / name.replace("/", "_") / f"{Path(method).stem}-{tag}"
+                out = WORK / "runs" / name.replace("/", "_") / f"{_method_tag(method)}-{tag}"
                 opts = (["--method", method] if method in UNSUPERVISED
                         else ["--model", method, "--precision", args.precision, "--tta", args.tta])
                 _run(["detect", str(before), str(after), "-o", str(out), *opts, "--overwrite", "--no-quicklook",

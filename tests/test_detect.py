@@ -128,6 +128,23 @@ def test_checkpoint_bands_are_selected_by_name(tmp_path: Path) -> None:
     assert result.report["model"]["architecture"] == "fc-siam-diff"
 
 
+def test_report_names_the_checkpoint_file_even_when_it_carries_a_bundled_name(tmp_path: Path) -> None:
+    from changedet.models.checkpoint import read_meta
+
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=3)
+    # a user's own checkpoint named like the bundled s2-rgb (changedet train with checkpoint_name: s2-rgb)
+    ckpt = _checkpoint(tmp_path, ["B04", "B03", "B02"], "s2-rgb")
+    sha = read_meta(ckpt).weights_sha256
+    for i, spec in enumerate((ckpt, str(ckpt.with_suffix(".json")), str(ckpt.with_suffix("")))):
+        report = detect(before, after, model=spec, output_dir=tmp_path / f"own{i}", quicklook=False,
+                        vectorize=False).report["model"]
+        assert report["name"] == "s2-rgb"
+        assert report["checkpoint"] == str(ckpt) and report["weights_sha256"] == sha
+    bundled = detect(before, after, model="s2-rgb", output_dir=tmp_path / "bundled", quicklook=False,
+                     vectorize=False).report["model"]
+    assert bundled["checkpoint"] == "s2-rgb" and bundled["weights_sha256"] not in (None, sha)
+
+
 def test_band_count_mismatch_names_both_numbers(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=64, bands=4)
     ckpt = _checkpoint(tmp_path, ["a", "b", "c"])
