@@ -50,6 +50,12 @@ def _run_bounded(cmd: list[str], timeout: float = TIMEOUT, **kwargs) -> subproce
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def _stderr(res: subprocess.CompletedProcess) -> str:
+    """Both ends of a failed launch's stderr: the workers' own messages come first, torchrun's summary last."""
+    err = res.stderr
+    return err if len(err) <= 8000 else f"{err[:4000]}\n[...]\n{err[-4000:]}"
+
+
 # ----------------------------------------------------------------------------------------------- epoch sharding
 @pytest.mark.parametrize(("n", "batch", "world"), [(16, 4, 2), (17, 4, 2), (64, 8, 3), (5, 8, 2), (30, 7, 4),
                                                    (8, 8, 8)])
@@ -221,7 +227,7 @@ def test_two_process_ddp_training_gives_identical_replicas(tmp_path, ema) -> Non
     script.write_text(WORKER)
     res = _run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(script), str(tmp_path), *([] if ema is None else [str(ema)])])
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 0, _stderr(res)
     r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
 
     # both ranks hold the same weights: each rank's own digest, gathered, and the digest of the checkpoint on disk
@@ -293,7 +299,7 @@ def test_cli_nproc_launches_torchrun_and_rank0_errors_reach_every_rank(pairs_con
     cmd = [sys.executable, "-m", "changedet.cli.train", "-q", "train", "-c", str(pairs_config), "--nproc", "2",
            "--json"]
     res = _run_bounded(cmd)
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 0, _stderr(res)
     result = json.loads(res.stdout)  # one JSON document: only rank 0 printed its summary
     dist = result["distributed"]
     assert dist["world_size"] == 2 and dist["rank"] == 0 and dist["chips_per_rank"] == [4, 4]
