@@ -771,7 +771,7 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
                 fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
                 quicklook=quicklook, resume=resume, progress=progress, t0=t0,
                 sources=(before, after), source_names=(before_name, after_name),
-                checkpoint=_checkpoint_file(model, checkpoint) if method == "model" else None,
+                checkpoint=_checkpoint_file(model, checkpoint),
                 predictor_classes=(TorchPredictor, ScorerPredictor), predict_pair=predict_pair,
             )
         finally:
