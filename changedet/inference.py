@@ -73,7 +73,9 @@ class TilePredictor(Protocol):
     """Turns a batch of tiles into change probabilities.
 
     ``predict(before, after, valid)`` takes float32 arrays (N, C, h, w) of raw (un-normalised) pixel values and a
-    boolean validity mask (N, h, w), and returns float32 probabilities (N, h, w) in [0, 1].
+    boolean validity mask (N, h, w), and returns float32 probabilities (N, h, w) in [0, 1]. ``multiple``: the engine
+    sizes tiles and spaces their starts in multiples of it (a network's downsampling factor, so that every tile
+    pools on the same pixel phase as a whole-image pass; 1 for per-pixel methods).
     """
 
     multiple: int
@@ -167,7 +169,11 @@ class TorchPredictor:
         self._flush_denormals = flush_denormals
 
         self.model = optimize_for_inference(model, dtype=self.dtype, channels_last=True).to(self.device)
-        self.multiple = int(getattr(model, "required_multiple", 1))
+        # Tiles are sized, and their starts spaced, in multiples of the network's downsampling factor (its
+        # pad_multiple, 16 for the FC models): then every tile pools on the same pixel phase as a whole-image pass.
+        # On OSCD beirut, tiles of 415 px (multiples of 1) changed 556 (s2-13band) and 361 (s2-rgb) mask pixels
+        # against one whole-image pass, tiles of 416 px 3 and 37 (scripts/seam_check.py).
+        self.multiple = max(int(getattr(model, "required_multiple", 1)), int(getattr(model, "pad_multiple", 1)))
         pair_dim = getattr(model, "pair_dim", None)
         self._pair_dim = pair_dim if pair_dim in (0, 1) else None
         self.name = name
@@ -754,8 +760,9 @@ def engine_grid(
 ) -> TileGrid:
     """The :class:`~changedet.tiling.TileGrid` that :func:`predict_pair` walks for a scene and a predictor.
 
-    ``tile_size`` is rounded down to the predictor's ``multiple`` and ``overlap`` reduced below the tile size, as
-    the engine does, so that callers splitting a scene (see :func:`tile_rows_for`) use exactly the engine's tiles.
+    ``tile_size`` is rounded down to the predictor's ``multiple``, ``overlap`` rounded up to it (so that every tile
+    but the last of a row or column starts at a multiple of it) and reduced below the tile size, as the engine
+    does, so that callers splitting a scene (see :func:`tile_rows_for`) use exactly the engine's tiles.
     ``tile_size`` is an upper bound: with ``balance`` (default) the tiles shrink to the smallest size that covers
     the scene with as many tiles (:func:`~changedet.tiling.balanced_tile_size`), which saves the compute that an
     edge tile moved far inward would repeat.
@@ -768,7 +775,8 @@ def engine_grid(
     """
     multiple = max(1, int(multiple))
     tile_size = max(multiple, int(tile_size) // multiple * multiple)
-    overlap = min(int(overlap), tile_size - multiple) if tile_size > multiple else 0
+    overlap = -(-max(0, int(overlap)) // multiple) * multiple  # rounded up: tile starts stay multiples of `multiple`
+    overlap = min(overlap, tile_size - multiple) if tile_size > multiple else 0
     if balance:
         tile_size = balanced_tile_size(height, width, tile_size, overlap, multiple)
         overlap = min(overlap, tile_size - multiple) if tile_size > multiple else 0

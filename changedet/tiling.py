@@ -36,9 +36,10 @@ BLENDS: tuple[str, ...] = ("cosine", "mean", "center-crop")
 
 #: Default tile edge and overlap of ``changedet detect`` (and the Python API). With the cosine blend, 32 px of overlap
 #: leaves 8 px of zero weight next to each internal tile edge and a 16 px ramp: on the OSCD beirut pair the bundled
-#: s2-13band model's stitched probabilities (tiles of 240 px) differ from a whole-image prediction by at most 0.0047
-#: away from the scene border (mean 3.6e-6; 64 px: 0.0024, 4.8e-6; ``scripts/seam_check.py``), while 64 px costs 6-25 %
-#: more compute (4096 to 8192 px scenes, 512 px tiles).
+#: s2-13band model's stitched probabilities (tiles of 416 px, in pooling phase: see
+#: :func:`changedet.inference.engine_grid`) differ from a whole-image prediction by at most 0.0035 away from the scene
+#: border (mean 3.4e-6, 3 mask pixels flip), s2-rgb's by 0.081 (mean 5.4e-5, 37 flips; ``scripts/seam_check.py``),
+#: while 64 px costs 6-25 % more compute (4096 to 8192 px scenes, 512 px tiles).
 DEFAULT_TILE_SIZE = 512
 DEFAULT_OVERLAP = 32
 

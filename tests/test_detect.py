@@ -304,13 +304,13 @@ def test_non_georeferenced_pair_works_in_pixel_coordinates(tmp_path: Path) -> No
 def test_report_records_the_balanced_tile_edge_the_engine_used(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=200, bands=3)
     ckpt = _checkpoint(tmp_path, ["B1", "B2", "B3"])
-    # 200 px in tiles of at most 128 overlapping by 16: 2 tiles per axis, and 108 px tiles cover it (2 x 108 - 16);
-    # the FC models pad internally, so the engine needs no multiple of 16
+    # 200 px in tiles of at most 128 overlapping by 16: 2 tiles per axis, and 112 px tiles cover it (2 x 108 - 16
+    # would, but tiles are multiples of the FC models' downsampling factor 16, so that they pool in phase)
     result = detect(before, after, model=ckpt, output_dir=tmp_path / "out", tile_size=128, overlap=16,
                     quicklook=False, vectorize=False)
     tiling = result.report["tiling"]
     assert (tiling["tile_size"], tiling["overlap"]) == (128, 16)
-    assert (tiling["tile_size_used"], tiling["overlap_used"]) == (108, 16)
+    assert (tiling["tile_size_used"], tiling["overlap_used"]) == (112, 16)
     assert result.report["stats"]["tiles_predicted"] == 4
     defaults = detect(before, after, model=ckpt, output_dir=tmp_path / "default", quicklook=False, vectorize=False)
     assert (defaults.report["tiling"]["tile_size"], defaults.report["tiling"]["overlap"]) == (512, 32)

@@ -134,6 +134,9 @@ def test_engine_grid_tiles_and_streaming_order(
 ) -> None:
     grid = engine_grid(height, width, multiple=multiple, tile_size=tile, overlap=overlap, blend=blend)
     assert grid.tile_size % multiple == 0 and 0 <= grid.overlap < grid.tile_size
+    # every tile but the last of a row or column starts at a multiple: the tiles pool in phase with each other
+    assert grid.overlap % multiple == 0 and grid.overlap >= min(overlap, grid.tile_size - multiple)
+    assert all(s % multiple == 0 for s in grid.row_starts[:-1] + grid.col_starts[:-1])
     count = np.zeros((height, width), np.int32)
     wsum = np.zeros((height, width), np.float64)
     for t in grid:

@@ -416,3 +416,32 @@ def test_large_allocations_serve_big_tensors_from_the_heap_and_restore_the_defau
     assert depth == 0
     assert restored >= big
     assert disabled >= big
+
+
+def test_tiles_pool_in_phase_with_a_whole_image_pass() -> None:
+    """The engine sizes and spaces tiles in multiples of the network's downsampling factor (16 for FC-EF): tiles
+    that start off that phase pool different pixels together than one whole-image pass does."""
+    from changedet.inference import engine_grid
+    from changedet.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model("fc-ef", in_channels=3).eval()
+    predictor = _predictor(model)
+    assert predictor.multiple == model.pad_multiple == 16
+    rng = np.random.default_rng(1)
+    h, w = 300, 260
+    before = rng.normal(size=(1, 3, h, w)).astype("float32")
+    after = before + 0.3 * rng.normal(size=(1, 3, h, w)).astype("float32")
+    whole = predictor.predict(before, after, np.ones((1, h, w), bool))[0]
+
+    def mean_gap(multiple: int) -> float:
+        grid = engine_grid(h, w, multiple=multiple, tile_size=128, overlap=32)
+        out = np.zeros((h, w))
+        for t in grid:
+            rs, cs = t.slices
+            p = predictor.predict(before[:, :, rs, cs], after[:, :, rs, cs], np.ones((1, t.height, t.width), bool))
+            out[rs, cs] += grid.weights(t) * p[0]
+        return float(np.abs(out - whole)[32:-32, 32:-32].mean())
+
+    in_phase, off_phase = mean_gap(predictor.multiple), mean_gap(1)  # tiles of 128 at 0, 96 / of 122 at 0, 90
+    assert in_phase < 0.2 * off_phase, (in_phase, off_phase)
