@@ -368,11 +368,30 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
         return by_colour  # e.g. RGBA, RGB + NIR, or a raster whose bands are marked blue, green, red
     if info.count == n_model:
         return None
+    by_s2_order = _bands_by_s2_order(info, want)
+    if by_s2_order is not None:
+        return by_s2_order
     raise CheckpointError(
         f"{source}: has {info.count} bands but the model {meta.name or meta.architecture} expects {n_model} "
         f"({', '.join(want) or 'unnamed'}); pass --indexes with {n_model} 1-based band numbers, or choose a model "
         "for this band count (`changedet models` lists them)"
     )
+
+
+def _bands_by_s2_order(info: Any, want: list[str]) -> list[int] | None:
+    """1-based indexes of a Sentinel-2 model's bands in a 13-band input whose bands carry no Sentinel-2 names.
+
+    A 13-band raster is taken to hold Sentinel-2 L1C's bands in sensor order (B01..B08, B8A, B09..B12, as
+    ``changedet stack`` and most L1C exports write them), so ``s2-rgb`` reads bands 4, 3, 2. None when the input has
+    another band count, names any Sentinel-2 band (then names decide) or the model has a band outside that list.
+    """
+    from changedet.models.bundled import S2_BANDS
+
+    names = {str(d).strip().upper() for d in (info.descriptions or ()) if d}
+    wanted = [str(w).strip().upper() for w in want]
+    if info.count != len(S2_BANDS) or not wanted or names & set(S2_BANDS) or not set(wanted) <= set(S2_BANDS):
+        return None
+    return [S2_BANDS.index(w) + 1 for w in wanted]
 
 
 #: Band names of a model that stand for a colour (Sentinel-2's true-colour bands, or plain names).

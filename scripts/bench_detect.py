@@ -21,7 +21,8 @@ Usage::
     python scripts/bench_detect.py                       # 2048 4096 8192, fp32, FC-Siam-diff, 2 threads
     python scripts/bench_detect.py --sizes 2048 --precision bf16
     python scripts/bench_detect.py --naive-max 4096      # skip the naive baseline above 4096 (it needs ~5 GiB)
-    python scripts/bench_detect.py --model s2-13band     # the bundled default 13-band model instead of --arch
+    python scripts/bench_detect.py --model s2-rgb        # the bundled default for 13 bands (B04, B03, B02 of them)
+    python scripts/bench_detect.py --model s2-13band     # the bundled 13-band model
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def _checkpoint(folder: Path, arch: str) -> Path:
 # ------------------------------------------------------------------------------------------------------------
 # child-process workers (each prints one JSON line)
 # ------------------------------------------------------------------------------------------------------------
+def model_bands(ckpt: str) -> list[int]:
+    """1-based bands of the 13-band scene that ``ckpt`` reads, as detect picks them (Sentinel-2 order by name)."""
+    from changedet.models.bundled import S2_BANDS, list_bundled
+    from changedet.models.checkpoint import read_meta
+
+    bundled = {m.name: m for m in list_bundled()}
+    meta = bundled[ckpt] if ckpt in bundled else read_meta(ckpt)
+    names = [str(n).upper() for n in (meta.band_names or ())]
+    if (meta.in_channels or len(names)) == len(S2_BANDS) or not set(names) <= set(S2_BANDS):
+        return list(range(1, len(S2_BANDS) + 1))
+    return [S2_BANDS.index(n) + 1 for n in names]
+
+
 def _peak_rss_mb() -> float:
     import resource
 
@@ -134,12 +148,13 @@ def run_naive(before: str, after: str, ckpt: str, out: str, tile: int, overlap: 
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model, _meta = resolve_model(ckpt, band_count=13)
+    bands = model_bands(ckpt)
+    model, _meta = resolve_model(ckpt, band_count=len(bands))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = model.eval().to(dtype=dtype, memory_format=torch.channels_last)
     with rasterio.open(before) as b, rasterio.open(after) as a:
-        xb = b.read().astype(np.float32)
-        xa = a.read().astype(np.float32)
+        xb = b.read(bands).astype(np.float32)
+        xa = a.read(bands).astype(np.float32)
         profile = b.profile
     for x in (xb, xa):
         m, s = x.mean(axis=(1, 2), keepdims=True), x.std(axis=(1, 2), keepdims=True) + 1e-6
@@ -169,7 +184,7 @@ def run_naive(before: str, after: str, ckpt: str, out: str, tile: int, overlap: 
     return {"seconds": dt, "mpx_s": h * w / 1e6 / dt, "rss_mb": _peak_rss_mb()}
 
 
-def run_bare(ckpt: str, tile: int, precision: str, threads: int, n: int = 6) -> dict:
+def run_bare(ckpt: str, tile: int, precision: str, threads: int, repeats: int = 6) -> dict:
     import torch
 
     from changedet.inference import large_allocations
@@ -177,26 +192,27 @@ def run_bare(ckpt: str, tile: int, precision: str, threads: int, n: int = 6) -> 
     from changedet.models.bundled import resolve_model
 
     torch.set_num_threads(threads)
-    model, _ = resolve_model(ckpt, band_count=13)
+    n = len(model_bands(ckpt))
+    model, _ = resolve_model(ckpt, band_count=n)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     # the ceiling: the same inference copy and allocator setting as the engine's TorchPredictor, on tiles in memory
     model = optimize_for_inference(model, dtype=dtype, channels_last=True)
     # both dates side by side in one buffer where the model joins them, as TorchPredictor lays them out
     dim = getattr(model, "pair_dim", None)
-    shape = (2, 13, tile, tile) if dim == 0 else (1, 26, tile, tile) if dim == 1 else None
+    shape = (2, n, tile, tile) if dim == 0 else (1, 2 * n, tile, tile) if dim == 1 else None
     if shape is None:
-        x = torch.randn(1, 13, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
-        y = torch.randn(1, 13, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(1, n, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
+        y = torch.randn(1, n, tile, tile).to(dtype).contiguous(memory_format=torch.channels_last)
     else:
         pair = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
-        x, y = (pair[:1], pair[1:]) if dim == 0 else (pair[:, :13], pair[:, 13:])
+        x, y = (pair[:1], pair[1:]) if dim == 0 else (pair[:, :n], pair[:, n:])
     with torch.inference_mode(), large_allocations():
         model(x, y)
         t0 = time.perf_counter()
-        for _ in range(n):
+        for _ in range(repeats):
             model(x, y)
         dt = time.perf_counter() - t0
-    return {"seconds": dt, "mpx_s": n * tile * tile / 1e6 / dt, "rss_mb": _peak_rss_mb()}
+    return {"seconds": dt, "mpx_s": repeats * tile * tile / 1e6 / dt, "rss_mb": _peak_rss_mb()}
 
 
 def _child(kind: str, **kwargs: object) -> dict:
@@ -217,7 +233,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     ap.add_argument("--arch", default="fc-siam-diff", help="architecture, run with random weights")
     ap.add_argument("--model", default=None,
-                    help="a bundled model name or checkpoint file instead of --arch (e.g. s2-13band, the default)")
+                    help="a bundled model name or checkpoint file instead of --arch (e.g. s2-rgb, the default for 13 "
+                         "bands, which reads B04, B03, B02 of the scene)")
     ap.add_argument("--tile-size", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--precision", choices=["float32", "bf16"], default="float32")

@@ -1,6 +1,6 @@
 """How far a tiled `changedet detect` is from one whole-image pass of the same model, on a real pair.
 
-    python scripts/seam_check.py --city beirut                       # OSCD city from ../shared/data, s2-13band
+    python scripts/seam_check.py --city beirut                       # OSCD city from ../shared/data, the default model
     python scripts/seam_check.py before.tif after.tif --model s2-rgb --tile-size 256 --overlaps 16,32,64
 
 The whole-image reference is one tile covering the scene (a tile size >= the scene's larger side). For each

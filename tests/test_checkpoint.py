@@ -218,7 +218,7 @@ def weights_dir(tmp_path) -> Path:
 
 
 def test_default_model_names() -> None:
-    assert default_model_name(13, 10.0) == "s2-13band"
+    assert default_model_name(13, 10.0) == "s2-rgb"  # a Sentinel-2 L1C stack: its true-colour bands
     assert default_model_name(3, 10.0) == "s2-rgb"
     assert default_model_name(3, 5.0) == "s2-rgb"
     assert default_model_name(3, 0.3) == "aerial-rgb"
@@ -227,7 +227,7 @@ def test_default_model_names() -> None:
         default_model_name(4, 10.0)
     # other band counts: by band name, else by colour interpretation
     s2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
-    assert default_model_name(15, 10.0, band_names=[*s2, "QA", "SCL"]) == "s2-13band"
+    assert default_model_name(15, 10.0, band_names=[*s2, "QA", "SCL"]) == "s2-rgb"
     assert default_model_name(4, 10.0, band_names=["B02", "B03", "B04", "B08"]) == "s2-rgb"
     assert default_model_name(4, 0.3, colors=["red", "green", "blue", "alpha"]) == "aerial-rgb"
     assert default_model_name(4, 10.0, colors=["red", "green", "blue", "undefined"]) == "s2-rgb"
@@ -241,12 +241,21 @@ def test_list_bundled(weights_dir) -> None:
 
 
 def test_resolve_default_by_bands_and_pixel_size(weights_dir) -> None:
-    model, meta = resolve_model(band_count=13, pixel_size=10.0, weights_dir=weights_dir)
+    model, meta = resolve_model("s2-13band", band_count=13, pixel_size=10.0, weights_dir=weights_dir)
     assert meta.name == "s2-13band" and model.in_channels == 13
     model, meta = resolve_model(band_count=3, pixel_size=None, weights_dir=weights_dir)
     assert meta.name == "aerial-rgb"
     with pytest.raises(CheckpointError, match=r"'s2-rgb', which is not bundled.*aerial-rgb.*changedet train"):
         resolve_model(band_count=3, pixel_size=10.0, weights_dir=weights_dir)
+
+
+def test_resolve_default_for_13_bands_names_the_bands_it_reads() -> None:
+    # the shipped default for a 13-band input is s2-rgb on 3 of them; resolve_model takes the bands fed to the model
+    _, meta = resolve_model(band_count=3, pixel_size=10.0)
+    assert meta.name == "s2-rgb" and meta.band_names == ["B04", "B03", "B02"]
+    with pytest.raises(CheckpointError, match=r"13-band input is 's2-rgb', which reads 3 of its bands \(B04, B03, "
+                                              r"B02\).*takes all 13 \(s2-13band\)"):
+        resolve_model(band_count=13, pixel_size=10.0)
 
 
 def test_resolve_by_name_path_and_architecture(weights_dir) -> None:

@@ -221,6 +221,29 @@ def test_named_sentinel2_stacks_of_other_band_counts_pick_the_rgb_model_by_name(
     assert result.report["grid"]["bands"] == ["B04", "B03", "B02"]
 
 
+def test_a_13_band_stack_gets_the_true_colour_default_by_name_or_sentinel2_order(tmp_path: Path) -> None:
+    from changedet.models.bundled import S2_BANDS
+
+    named = make_pair(tmp_path / "named", "aligned", size=64, bands=13, descriptions=list(S2_BANDS))
+    result = detect(*named, output_dir=tmp_path / "named_out", quicklook=False, vectorize=False)
+    assert result.report["model"]["name"] == "s2-rgb"
+    assert result.report["grid"]["bands"] == ["B04", "B03", "B02"]
+    # no band names: a 13-band raster is read as Sentinel-2 L1C in sensor order, so bands 4, 3, 2
+    unnamed = make_pair(tmp_path / "unnamed", "aligned", size=64, bands=13)
+    default = detect(*unnamed, output_dir=tmp_path / "default", quicklook=False, vectorize=False)
+    assert default.report["model"]["name"] == "s2-rgb"
+    assert default.report["grid"]["bands"] == ["B4", "B3", "B2"]
+    chosen = detect(*unnamed, model="s2-rgb", indexes=[4, 3, 2], output_dir=tmp_path / "chosen", quicklook=False,
+                    vectorize=False)
+    assert chosen.report["grid"]["bands"] == ["B4", "B3", "B2"]
+    with rasterio.open(tmp_path / "default" / "probability.tif") as a, \
+            rasterio.open(tmp_path / "chosen" / "probability.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    # the 13-band model stays bundled, by name
+    full = detect(*unnamed, model="s2-13band", output_dir=tmp_path / "full", quicklook=False, vectorize=False)
+    assert full.report["model"]["name"] == "s2-13band" and len(full.report["grid"]["bands"]) == 13
+
+
 @pytest.mark.parametrize(("names", "res", "model", "bands"), [
     (["Blue", "Green", "Red", "NIR"], 10.0, "s2-rgb", ["Red", "Green", "Blue"]),  # a stack with colour names
     (["red", "green", "blue", "nir"], 0.5, "aerial-rgb", ["red", "green", "blue"]),

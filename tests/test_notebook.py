@@ -89,9 +89,9 @@ def test_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyP
                  "changes_min500m2.gpkg", "changes_min500m2.geojson", "probability.qml"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    bundled = any((REPO / "changedet" / "weights").glob("s2-13band.safetensors"))
+    bundled = any((REPO / "changedet" / "weights").glob("s2-rgb.safetensors"))
     assert report["model"]["method"] == ("model" if bundled else "cva")
     if bundled:
-        assert report["model"]["name"] == "s2-13band"
+        assert report["model"]["name"] == "s2-rgb"
     # the notebook itself is untouched on disk (executed in memory)
     assert not any(c.get("outputs") for c in _load()["cells"] if c["cell_type"] == "code")

@@ -14,7 +14,7 @@ def collect(band_counts: tuple[int, ...] = (3, 13)) -> dict[str, Any]:
     import torch
 
     from changedet.models import count_parameters, create_model, list_models
-    from changedet.models.bundled import WEIGHTS_DIR, list_bundled
+    from changedet.models.bundled import DEFAULT_FOR, WEIGHTS_DIR, list_bundled
 
     architectures = []
     with torch.device("meta"):  # no memory, no initialisation cost: only shapes are needed to count parameters
@@ -27,7 +27,7 @@ def collect(band_counts: tuple[int, ...] = (3, 13)) -> dict[str, Any]:
     bundled = [
         {"name": m.name, "architecture": m.architecture, "bands": m.in_channels, "band_names": m.band_names,
          "pixel_size": m.pixel_size, "threshold": m.threshold, "metrics": m.metrics, "description": m.description,
-         "path": str(WEIGHTS_DIR / f"{m.name}.safetensors")}
+         "default_for": DEFAULT_FOR.get(m.name or ""), "path": str(WEIGHTS_DIR / f"{m.name}.safetensors")}
         for m in list_bundled()
     ]
     return {"architectures": architectures, "bundled": bundled}
@@ -68,3 +68,5 @@ def command(as_json: bool) -> None:
         px = "?" if b["pixel_size"] is None else f"{b['pixel_size']:g} m"
         click.echo(f"  {b['name']:<12} {b['architecture']:<13} {b['bands']} bands, {px}, threshold "
                    f"{b['threshold']:.3f}, {_fmt_metrics(b['metrics'])}  {b['description']}")
+        use = f"default for {b['default_for']}" if b["default_for"] else f"used when named: --model {b['name']}"
+        click.echo(f"  {'':<12} {use}")
