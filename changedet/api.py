@@ -357,7 +357,8 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
         if n_sel != n_model:
             raise CheckpointError(
                 f"{source}: --indexes selects {n_sel} bands but the model {meta.name or meta.architecture} "
-                f"expects {n_model} ({', '.join(want)}); select exactly {n_model} bands"
+                f"expects {n_model} ({', '.join(want)}); select exactly {n_model} bands, or choose a model for "
+                f"{n_sel} bands with --model (`changedet models` lists them, e.g. s2-13band for 13)"
             )
         return [list(i) for i in indexes] if _is_pair_form(indexes) else list(indexes)
     names = [str(d).upper() if d else "" for d in (info.descriptions or ())]

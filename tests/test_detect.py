@@ -244,6 +244,18 @@ def test_a_13_band_stack_gets_the_true_colour_default_by_name_or_sentinel2_order
     assert full.report["model"]["name"] == "s2-13band" and len(full.report["grid"]["bands"]) == 13
 
 
+def test_selecting_all_13_bands_without_a_model_names_the_13_band_model(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=13)
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "out"),
+                                   "--indexes", ",".join(str(i) for i in range(1, 14))])
+    assert res.exit_code == 2
+    assert "selects 13 bands but the model s2-rgb expects 3" in res.output and "s2-13band" in res.output
+    assert not (tmp_path / "out" / "probability.tif").exists()
+    ok = CliRunner().invoke(cli, ["-q", "detect", str(before), str(after), "-o", str(tmp_path / "b13"), "--model",
+                                  "s2-13band", "--indexes", ",".join(str(i) for i in range(1, 14)), "--no-quicklook"])
+    assert ok.exit_code == 0, ok.output
+
+
 @pytest.mark.parametrize(("names", "res", "model", "bands"), [
     (["Blue", "Green", "Red", "NIR"], 10.0, "s2-rgb", ["Red", "Green", "Blue"]),  # a stack with colour names
     (["red", "green", "blue", "nir"], 0.5, "aerial-rgb", ["red", "green", "blue"]),
