@@ -96,16 +96,17 @@ def _checkpoint(folder: Path, arch: str) -> Path:
 # child-process workers (each prints one JSON line)
 # ------------------------------------------------------------------------------------------------------------
 def model_bands(ckpt: str) -> list[int]:
-    """1-based bands of the 13-band scene that ``ckpt`` reads, as detect picks them (Sentinel-2 order by name)."""
-    from changedet.models.bundled import S2_BANDS, list_bundled
+    """1-based bands of the unnamed 13-band scene that ``ckpt`` reads, as detect picks them (Sentinel-2 order)."""
+    from types import SimpleNamespace
+
+    from changedet.api import _bands_by_s2_order
+    from changedet.models.bundled import list_bundled
     from changedet.models.checkpoint import read_meta
 
     bundled = {m.name: m for m in list_bundled()}
     meta = bundled[ckpt] if ckpt in bundled else read_meta(ckpt)
-    names = [str(n).upper() for n in (meta.band_names or ())]
-    if (meta.in_channels or len(names)) == len(S2_BANDS) or not set(names) <= set(S2_BANDS):
-        return list(range(1, len(S2_BANDS) + 1))
-    return [S2_BANDS.index(n) + 1 for n in names]
+    picked = _bands_by_s2_order(SimpleNamespace(count=13, descriptions=()), list(meta.band_names or ()))
+    return picked or list(range(1, 14))
 
 
 def _peak_rss_mb() -> float:
