@@ -775,7 +775,9 @@ def engine_grid(
     """
     multiple = max(1, int(multiple))
     tile_size = max(multiple, int(tile_size) // multiple * multiple)
-    overlap = -(-max(0, int(overlap)) // multiple) * multiple  # rounded up: tile starts stay multiples of `multiple`
+    overlap = int(overlap)
+    if overlap > 0:  # rounded up: tile starts stay multiples of `multiple` (a negative one is TileGrid's error)
+        overlap = -(-overlap // multiple) * multiple
     overlap = min(overlap, tile_size - multiple) if tile_size > multiple else 0
     if balance:
         tile_size = balanced_tile_size(height, width, tile_size, overlap, multiple)
