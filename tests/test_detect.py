@@ -254,6 +254,11 @@ def test_selecting_all_13_bands_without_a_model_names_the_13_band_model(tmp_path
     ok = CliRunner().invoke(cli, ["-q", "detect", str(before), str(after), "-o", str(tmp_path / "b13"), "--model",
                                   "s2-13band", "--indexes", ",".join(str(i) for i in range(1, 14)), "--no-quicklook"])
     assert ok.exit_code == 0, ok.output
+    assert "model: s2-13band (fc-ef) on bands B1, B2, B3, B4, B5" in ok.output
+    default = CliRunner().invoke(cli, ["-q", "detect", str(before), str(after), "-o", str(tmp_path / "rgb"),
+                                       "--no-quicklook"])
+    assert default.exit_code == 0, default.output
+    assert "model: s2-rgb (fc-ef) on bands B4, B3, B2\n" in default.output  # the summary says which model ran
 
 
 @pytest.mark.parametrize(("names", "res", "model", "bands"), [
@@ -420,4 +425,5 @@ def test_cli_summary_counts_polygons_only_when_it_vectorised(tmp_path: Path, vec
     assert res.exit_code == 0, res.output
     summary = next(line for line in res.output.splitlines() if line.startswith("changed: "))
     assert ("polygons; threshold" in summary) == vectorize
+    assert "method: cva on bands B1, B2, B3" in res.output
     assert "None" not in summary

@@ -130,6 +130,12 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
         return
     s = report.get("summary", {})
     click.echo(f"outputs in {output_dir}")
+    m = report.get("model") or {}
+    bands = ", ".join(str(b) for b in (report.get("grid") or {}).get("bands") or [])
+    if m.get("method", "model") == "model":  # which network ran on which bands (the default depends on the input)
+        click.echo(f"model: {m.get('name') or m.get('checkpoint')} ({m.get('architecture')}) on bands {bands}")
+    else:
+        click.echo(f"method: {m.get('method')} on bands {bands}")
     if "changed_percent" in s:
         area = s.get("changed_area_m2")
         area_txt = f", {area / 1e6:.4f} km2" if area else ""
