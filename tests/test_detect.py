@@ -344,8 +344,8 @@ def test_non_georeferenced_pair_works_in_pixel_coordinates(tmp_path: Path) -> No
 def test_report_records_the_balanced_tile_edge_the_engine_used(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=200, bands=3)
     ckpt = _checkpoint(tmp_path, ["B1", "B2", "B3"])
-    # 200 px in tiles of at most 128 overlapping by 16: 2 tiles per axis, and 112 px tiles cover it (2 x 108 - 16
-    # would, but tiles are multiples of the FC models' downsampling factor 16, so that they pool in phase)
+    # 200 px in tiles of at most 128 overlapping by 16: 2 tiles per axis; 108 px would cover it (2 x 108 - 16), but
+    # tiles are multiples of the FC models' downsampling factor (16) so that they pool in phase: 112
     result = detect(before, after, model=ckpt, output_dir=tmp_path / "out", tile_size=128, overlap=16,
                     quicklook=False, vectorize=False)
     tiling = result.report["tiling"]
