@@ -23,6 +23,10 @@ Usage::
     python scripts/bench_detect.py --naive-max 4096      # skip the naive baseline above 4096 (it needs ~5 GiB)
     python scripts/bench_detect.py --model s2-rgb        # the bundled default for 13 bands (B04, B03, B02 of them)
     python scripts/bench_detect.py --model s2-13band     # the bundled 13-band model
+    python scripts/bench_detect.py --interleave pixel    # scenes whose blocks hold all 13 bands (GDAL's default)
+
+The scenes are band-interleaved by default, as ``changedet stack`` writes them (``--interleave pixel``: as it wrote
+them until 2026-12-07, and as many other tools write multi-band GeoTIFFs).
 """
 
 from __future__ import annotations
@@ -40,8 +44,14 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "tiles" / "bench"
 
 
-def make_scene(path: Path, size: int, *, seed: int, bands: int = 13, change: bool = False) -> Path:
-    """A smooth 13-band uint16 texture (written block by block, tiled DEFLATE), optionally with changed blocks."""
+def make_scene(path: Path, size: int, *, seed: int, bands: int = 13, change: bool = False,
+               interleave: str = "band") -> Path:
+    """A smooth 13-band uint16 texture (written block by block, tiled DEFLATE), optionally with changed blocks.
+
+    ``interleave`` is the TIFF layout: ``band`` (what ``changedet stack`` writes: a block holds one band, so a reader
+    of 3 bands decodes 3 blocks) or ``pixel`` (a block holds all bands: GDAL's default for a new multi-band GTiff
+    and what many tools write; reading any band decodes all of them).
+    """
     import numpy as np
     import rasterio
     from affine import Affine
@@ -53,7 +63,7 @@ def make_scene(path: Path, size: int, *, seed: int, bands: int = 13, change: boo
     profile = {
         "driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint16", "nodata": 0,
         "crs": "EPSG:32631", "transform": Affine(10, 0, 500000, 0, -10, 5700000), "tiled": True,
-        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2, "interleave": interleave,
     }
     rng = np.random.default_rng(seed)
     freqs = rng.uniform(0.002, 0.05, size=(bands, 4, 2))
@@ -241,21 +251,24 @@ def main() -> None:
     ap.add_argument("--precision", choices=["float32", "bf16"], default="float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--naive-max", type=int, default=4096, help="largest size for the naive baseline")
+    ap.add_argument("--interleave", choices=["band", "pixel"], default="band",
+                    help="TIFF layout of the synthetic scenes: band (as `changedet stack` writes) or pixel")
     args = ap.parse_args()
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     ckpt = args.model or str(_checkpoint(BENCH_DIR, args.arch))
     common = {"tile": args.tile_size, "precision": args.precision, "threads": args.threads}
     bare = _child("bare", ckpt=ckpt, **common)
-    print(f"# bench_detect: {args.model or args.arch}, 13 bands uint16, tile {args.tile_size}, overlap {args.overlap}, "
+    print(f"# bench_detect: {args.model or args.arch}, 13 bands uint16 ({args.interleave}-interleaved), tile {args.tile_size}, overlap {args.overlap}, "
           f"{args.precision}, {args.threads} torch threads")
     print(f"bare compute on in-memory {args.tile_size}px tiles: {bare.get('mpx_s', float('nan')):.3f} Mpx/s\n")
     print("| size | stream Mpx/s | stream peak RSS MB | naive Mpx/s | naive peak RSS MB | stream/naive speed "
           "| stream/naive RSS | stream/bare | tile used | work (tile px / scene px) | stream x work / bare |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        b = make_scene(BENCH_DIR / f"before_{size}.tif", size, seed=1)
-        a = make_scene(BENCH_DIR / f"after_{size}.tif", size, seed=1, change=True)
+        tag = "" if args.interleave == "pixel" else "_band"  # the pixel-interleaved files keep their old names
+        b = make_scene(BENCH_DIR / f"before_{size}{tag}.tif", size, seed=1, interleave=args.interleave)
+        a = make_scene(BENCH_DIR / f"after_{size}{tag}.tif", size, seed=1, change=True, interleave=args.interleave)
         with tempfile.TemporaryDirectory(dir=BENCH_DIR) as o1, tempfile.TemporaryDirectory(dir=BENCH_DIR) as o2:
             s = _child("stream", before=str(b), after=str(a), ckpt=ckpt, out=o1, overlap=args.overlap, **common)
             if size <= args.naive_max:

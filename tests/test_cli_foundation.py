@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 
 from changedet.cli.check import parse_indexes
@@ -102,5 +103,14 @@ def test_stack_command(runner: CliRunner, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "exists already" in res.output
     res = runner.invoke(cli, ["-q", "stack", str(tmp_path / "d"), "-o", str(out), "--overwrite", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["descriptions"] == ["B02", "B03", "B05"]
+    with rasterio.open(out) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "BAND"  # the default
+    res = runner.invoke(cli, ["-q", "stack", str(tmp_path / "d"), "-o", str(out), "--overwrite", "--interleave",
+                              "pixel"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "PIXEL" and ds.read().shape == (3, 32, 32)
+    res = runner.invoke(cli, ["stack", str(tmp_path / "d"), "-o", str(out), "--overwrite", "--interleave", "line"])
+    assert res.exit_code == 2 and "--interleave" in res.output
     res = runner.invoke(cli, ["stack", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.tif")])
     assert res.exit_code == 2 and "not a folder" in res.output

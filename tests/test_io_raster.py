@@ -19,9 +19,11 @@ from changedet.errors import NotGeoreferencedWarning, OutputExistsError, RasterR
 from changedet.io.raster import (
     COGWriter,
     atomic_output,
+    cog_layout_errors,
     date_from_name,
     date_from_tags,
     open_raster,
+    overview_factors,
     raster_info,
     read_window,
     write_cog,
@@ -218,8 +220,9 @@ def test_atomic_output_exists(tmp_path: Path) -> None:
 # --- COG writer ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("interleave", ["band", "pixel"])
 @pytest.mark.parametrize("dtype,nodata", [("float32", -1.0), ("uint8", 255)])
-def test_cog_writer_streams_a_valid_cog(tmp_path: Path, dtype: str, nodata: float) -> None:
+def test_cog_writer_streams_a_valid_cog(tmp_path: Path, dtype: str, nodata: float, interleave: str) -> None:
     rng = np.random.default_rng(0)
     full = (rng.random((2, 300, 260)) * 200).astype(dtype)
     p = tmp_path / "out.tif"
@@ -235,13 +238,17 @@ def test_cog_writer_streams_a_valid_cog(tmp_path: Path, dtype: str, nodata: floa
         descriptions=["probability", "other"],
         tags={"threshold": 0.5, "model": "fc-siam-diff"},
         blocksize=128,
+        interleave=interleave,
     ) as w:
         for r0 in range(0, 300, 100):  # stream in row blocks, last one written partly
             w.write(full[:, r0 : r0 + 100], Window(0, r0, 260, 100))
         assert not p.exists()  # nothing at the final name before completion
     assert _leftovers(tmp_path) == ["out.tif"]
+    assert cog_layout_errors(p) == []
     with rasterio.open(p) as ds:
-        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == interleave.upper()
+        # GDAL's COG driver tags its files; the band-interleaved route (GTiff driver, GDAL < 3.11) cannot
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == ("COG" if interleave == "pixel" else None)
         assert ds.profile["tiled"] and ds.block_shapes[0] == (128, 128)
         assert ds.compression.name.lower() == "deflate"
         assert ds.overviews(1) == [2, 4]  # 300 px -> 150 -> 75: halved until one 128 px tile holds it
@@ -251,6 +258,39 @@ def test_cog_writer_streams_a_valid_cog(tmp_path: Path, dtype: str, nodata: floa
         assert ds.tags()["threshold"] == "0.5" and ds.tags()["model"] == "fc-siam-diff"
         assert ds.crs.to_epsg() == 32631 and ds.transform == T
         np.testing.assert_array_equal(ds.read(), full)
+
+
+def test_cog_layout_errors_flags_what_is_not_a_cog(tmp_path: Path) -> None:
+    from rasterio.enums import Resampling
+
+    data = (np.random.default_rng(2).random((3, 700, 600)) * 3000).astype("uint16")
+    profile = {"driver": "GTiff", "width": 600, "height": 700, "count": 3, "dtype": "uint16", "crs": "EPSG:32631",
+               "transform": T}
+    strips = tmp_path / "strips.tif"
+    with rasterio.open(strips, "w", **profile) as ds:
+        ds.write(data)
+    assert any("strips" in e for e in cog_layout_errors(strips))
+    assert any("no internal overviews" in e for e in cog_layout_errors(strips))
+    late = tmp_path / "late_overviews.tif"  # tiled, but the overviews were appended after the full image's data
+    with rasterio.open(late, "w", tiled=True, blockxsize=256, blockysize=256, **profile) as ds:
+        ds.write(data)
+    with rasterio.open(late, "r+") as ds:
+        ds.build_overviews([2, 4], Resampling.nearest)
+    errors = cog_layout_errors(late)
+    assert any("IFDs are not all at the start" in e for e in errors)
+    assert any("smallest overview first" in e for e in errors)
+    cog = write_cog(tmp_path / "cog.tif", data, crs="EPSG:32631", transform=T, blocksize=256)
+    assert cog_layout_errors(cog) == []
+    with rasterio.open(cog) as ds:
+        assert ds.overviews(1) == overview_factors(600, 700, 256) == [2, 4]
+        np.testing.assert_array_equal(ds.read([3, 1]), data[[2, 0]])
+
+
+@pytest.mark.parametrize("size,block,expected", [((300, 300), 128, [2, 4]), ((8192, 8192), 512, [2, 4, 8, 16]),
+                                                 ((4096, 100), 512, [2, 4, 8]), ((512, 512), 512, [])])
+def test_overview_factors_halve_until_one_tile_holds_the_level(size: tuple[int, int], block: int,
+                                                                expected: list[int]) -> None:
+    assert overview_factors(*size, block) == expected
 
 
 def test_to_cog_deflate_level_trades_size_for_speed_and_keeps_the_data(tmp_path: Path) -> None:

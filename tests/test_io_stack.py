@@ -12,6 +12,7 @@ import rasterio
 
 from changedet.errors import InputError, OutputExistsError, ReprojectedInputWarning
 from changedet.io import check_pair, open_pair, raster_info
+from changedet.io.raster import cog_layout_errors
 from changedet.io.stack import SENTINEL2_BANDS, band_name_from_file, stack_bands
 from changedet.testing import make_geotiff
 
@@ -49,6 +50,8 @@ def test_sentinel2_folder(tmp_path: Path) -> None:
     assert info.date == dt.date(2019, 5, 1) and info.tags["ACQUISITION_DATE"] == "2019-05-01"
     with rasterio.open(out) as ds:
         assert ds.profile["tiled"] and ds.compression is not None and ds.dtypes[0] == "uint16"
+        # band-interleaved: a true-colour model reading B04, B03, B02 decodes 3 of the 13 bands' blocks
+        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "BAND"
         np.testing.assert_array_equal(ds.read(2), arrays["B02"])  # 10 m bands copied exactly
         np.testing.assert_array_equal(ds.read(8), arrays["B08"])
         b05 = ds.read(5).astype(float)
@@ -59,6 +62,7 @@ def test_sentinel2_folder(tmp_path: Path) -> None:
     )
     assert abs(b01.mean() - arrays["B01"].mean()) < 0.02 * arrays["B01"].mean()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs_1", "stack.tif"]
+    assert cog_layout_errors(out) == []
 
 
 def _jp2(path: Path, array: np.ndarray, res: int) -> None:

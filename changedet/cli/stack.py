@@ -19,15 +19,24 @@ from changedet.cli._common import echo_json, quiet
     type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
     help="How coarser bands are resampled onto the finest grid.",
 )
+@click.option(
+    "--interleave",
+    default="band",
+    show_default=True,
+    type=click.Choice(["band", "pixel"]),
+    help="TIFF layout: band (a block holds one band: reading 3 of 13 bands decodes 3, so the default true-colour "
+    "model reads 2-3x faster) or pixel (a block holds all bands: 10-30 %% faster when every band is read).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def command(folder: Path, out: Path, resampling: str, overwrite: bool, as_json: bool) -> None:
+def command(folder: Path, out: Path, resampling: str, interleave: str, overwrite: bool, as_json: bool) -> None:
     """Stack the single-band rasters of FOLDER into OUT on the finest grid.
 
     Sentinel-2 bands (file names ending in B01..B12 or B8A, e.g. an OSCD city's imgs_1 folder) are ordered as on
     the sensor (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12); other files are ordered naturally and named
     after their file names. Band names become band descriptions, the date found in the file names becomes the
-    ACQUISITION_DATE tag. OUT is a tiled, compressed Cloud-Optimised GeoTIFF written atomically.
+    ACQUISITION_DATE tag. OUT is a tiled, compressed Cloud-Optimised GeoTIFF written atomically, band-interleaved
+    unless --interleave pixel.
 
     FOLDER may also be a Sentinel-2 .SAFE product (L1C: 13 bands; L2A: 12, no B10), one of its GRANULE/<name>
     folders or its IMG_DATA folder: the finest file of each band is stacked and 0 is the nodata value.
@@ -39,7 +48,8 @@ def command(folder: Path, out: Path, resampling: str, overwrite: bool, as_json: 
         if not quiet():
             click.echo(f"  band {done}/{total}", err=True)
 
-    path = stack_bands(folder, out, overwrite=overwrite, resampling=resampling, progress=progress)
+    path = stack_bands(folder, out, overwrite=overwrite, resampling=resampling, interleave=interleave,
+                       progress=progress)
     info = raster_info(path)
     if as_json:
         echo_json(info.to_dict())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import itertools
 import math
 import os
 import re
@@ -43,10 +44,12 @@ __all__ = [
     "COGWriter",
     "RasterInfo",
     "atomic_output",
+    "cog_layout_errors",
     "date_from_name",
     "date_from_tags",
     "is_georeferenced",
     "open_raster",
+    "overview_factors",
     "raster_info",
     "read_window",
     "to_cog",
@@ -629,9 +632,18 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
 class COGWriter:
     """Stream windows into a Cloud-Optimised GeoTIFF, written atomically.
 
-    Blocks are written into a temporary tiled GeoTIFF next to ``path``; on a clean exit GDAL's COG driver copies
-    it to the final layout (tiled, DEFLATE with a predictor, overviews, IFDs first) under a temporary name, which is
-    renamed onto ``path``. On an exception nothing is left behind.
+    Blocks are written into a temporary tiled GeoTIFF next to ``path``; on a clean exit it is copied to the final
+    layout (tiled, DEFLATE with a predictor, overviews, IFDs first, smallest overview's data first) under a temporary
+    name, which is renamed onto ``path``. On an exception nothing is left behind.
+
+    A multi-band raster is written **band-interleaved** by default (each 512 px block holds one band), so a reader
+    of some bands decodes only those: reading B04, B03, B02 of a 13-band stack by 512 px windows took 0.26-0.27 s
+    instead of 1.18-1.23 at 4096 px, and all 13 bands 0.82-0.96 s instead of 1.25-1.33 (GDAL decodes a window's 13
+    blocks on two threads; the README's Performance section has the end-to-end figures). GDAL 3.10's
+    COG driver writes pixel-interleaved files only, so band-interleaved COGs are made with the GTiff driver the way
+    COGs were made before that driver existed (overviews built into the temporary file, then ``COPY_SRC_OVERVIEWS``):
+    the layout passes GDAL's COG validator (and :func:`cog_layout_errors`), but GDAL does not tag it
+    ``LAYOUT=COG``. ``interleave="pixel"`` keeps GDAL's COG driver.
 
     Parameters
     ----------
@@ -654,6 +666,8 @@ class COGWriter:
     overview_resampling
         Overview resampling: ``"nearest"`` for integer data (masks, classes), ``"average"`` for float data
         (default chosen from the dtype).
+    interleave
+        ``"band"`` (the default) or ``"pixel"``, for a raster of more than one band (one band is the same either way).
 
     Examples
     --------
@@ -684,6 +698,7 @@ class COGWriter:
         overwrite: bool = False,
         blocksize: int = 512,
         overview_resampling: str | None = None,
+        interleave: str = "band",
     ) -> None:
         self.path = Path(os.fspath(path))
         self.width, self.height, self.count = int(width), int(height), int(count)
@@ -702,6 +717,9 @@ class COGWriter:
         if overview_resampling is None:
             overview_resampling = "average" if self.dtype.kind == "f" else "nearest"
         self.overview_resampling = overview_resampling
+        if interleave not in ("band", "pixel"):
+            raise ValueError(f"interleave must be 'band' or 'pixel', got {interleave!r}")
+        self.interleave = interleave if self.count > 1 else "pixel"
         if self.descriptions is not None and len(self.descriptions) != self.count:
             raise ValueError(f"{len(self.descriptions)} descriptions given for {self.count} bands")
         if min(self.width, self.height, self.count) <= 0:
@@ -732,7 +750,7 @@ class COGWriter:
             "compress": "DEFLATE",  # fast, temporary: the COG copy recompresses
             "zlevel": 1,
             "bigtiff": "IF_SAFER",
-            "interleave": "band" if self.count > 1 else "pixel",
+            "interleave": self.interleave,
         }
         try:
             with warnings.catch_warnings():
@@ -803,8 +821,12 @@ class COGWriter:
         self._ds.close()
         self._ds = None
         try:
-            to_cog(self._stage, self._final_tmp, blocksize=self.blocksize,
-                   overview_resampling=self.overview_resampling, name=self.path)
+            if self.interleave == "band":
+                _band_interleaved_cog(self._stage, self._final_tmp, blocksize=self.blocksize,
+                                      overview_resampling=self.overview_resampling, name=self.path)
+            else:
+                to_cog(self._stage, self._final_tmp, blocksize=self.blocksize,
+                       overview_resampling=self.overview_resampling, name=self.path)
         finally:
             _remove_quietly(self._stage)
 
@@ -856,6 +878,81 @@ def to_cog(
         raise OutputError(f"{name or dst}: writing the Cloud-Optimised GeoTIFF failed ({exc}).") from exc
 
 
+def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
+    """The overview decimation factors of a COG: halve until the smallest level fits in one ``blocksize`` tile.
+
+    As GDAL's COG driver chooses them: ``overview_factors(300, 300, 128) == [2, 4]`` (150 and 75 px).
+    """
+    factors: list[int] = []
+    factor = 1
+    while max(math.ceil(width / factor), math.ceil(height / factor)) > blocksize:
+        factor *= 2
+        factors.append(factor)
+    return factors
+
+
+def _band_interleaved_cog(
+    stage: Path, dst: Path, *, blocksize: int, overview_resampling: str, level: int = 1, name: PathLike
+) -> None:
+    """Copy the temporary tiled GeoTIFF ``stage`` (band-interleaved, ours: its overviews are built in place) into a
+    band-interleaved COG at ``dst`` with the GTiff driver: overviews, then ``COPY_SRC_OVERVIEWS`` (IFDs first,
+    the smallest overview's data first), DEFLATE at ``level`` with the predictor of the data type."""
+    from rasterio.enums import Resampling
+
+    threads = str(min(2, os.cpu_count() or 1))
+    try:
+        with rasterio.Env(GDAL_NUM_THREADS=threads, COMPRESS_OVERVIEW="DEFLATE", ZLEVEL_OVERVIEW="1"):
+            with rasterio.open(stage, "r+") as ds:
+                factors = overview_factors(ds.width, ds.height, blocksize)
+                floating = np.dtype(ds.dtypes[0]).kind == "f"
+                if factors:
+                    ds.build_overviews(factors, Resampling[overview_resampling.lower()])
+            rasterio.shutil.copy(
+                os.fspath(stage), os.fspath(dst), driver="GTiff", TILED="YES", BLOCKXSIZE=blocksize,
+                BLOCKYSIZE=blocksize, COMPRESS="DEFLATE", ZLEVEL=int(level), PREDICTOR=3 if floating else 2,
+                INTERLEAVE="BAND", COPY_SRC_OVERVIEWS="YES", BIGTIFF="IF_SAFER", NUM_THREADS=threads,
+            )
+    except rasterio.errors.RasterioError as exc:
+        raise OutputError(f"{name}: writing the Cloud-Optimised GeoTIFF failed ({exc}).") from exc
+
+
+def cog_layout_errors(path: PathLike) -> list[str]:
+    """Why ``path`` is not a Cloud-Optimised GeoTIFF, as GDAL's ``validate_cloud_optimized_geotiff.py`` checks it
+    (empty when it is one): a GeoTIFF over 512 px is tiled and has internal overviews (that script only warns
+    about missing overviews), every image file directory
+    (IFD) comes before the pixel data, the overviews' IFDs follow the full image's, and the data are stored from
+    the smallest overview to the full image, so a reader over HTTP needs the file's head and then one range request
+    per block. Checks the first band's blocks (which, band-interleaved, come first in each level)."""
+    errors: list[str] = []
+    with rasterio.open(path) as ds:
+        if ds.driver != "GTiff":
+            return [f"{path}: a {ds.driver} file, not a GeoTIFF"]
+        block_h, block_w = ds.block_shapes[0]
+        if max(ds.width, ds.height) > 512 and block_w == ds.width:
+            errors.append(f"{path}: stored in strips, not tiles")
+        overviews = ds.overviews(1)
+        if max(ds.width, ds.height) > max(512, block_w) and not overviews:
+            errors.append(f"{path}: no internal overviews")
+
+        def item(key: str, ovr: int | None = None) -> int:
+            value = ds.get_tag_item(key, "TIFF", bidx=1, ovr=ovr)
+            return int(value) if value else 0
+
+        levels = [None, *range(len(overviews))]
+        ifds = [item("IFD_OFFSET", ovr) for ovr in levels]
+        if any(b <= a for a, b in itertools.pairwise(ifds)):
+            errors.append(f"{path}: overview IFDs are not after the full image's, in order")
+        first_data = [item("BLOCK_OFFSET_0_0", ovr) for ovr in levels]
+        if first_data and min(first_data) and min(first_data) < max(ifds):
+            errors.append(f"{path}: pixel data before the last IFD (IFDs are not all at the start)")
+        if any(b >= a for a, b in itertools.pairwise(first_data) if a and b):
+            errors.append(f"{path}: the full image's data are not after its overviews' (smallest overview first)")
+        last = item(f"BLOCK_OFFSET_{math.ceil(ds.width / block_w) - 1}_{math.ceil(ds.height / block_h) - 1}")
+        if last and first_data[0] and last < first_data[0]:
+            errors.append(f"{path}: blocks of the full image are not in row-major order")
+    return errors
+
+
 def write_cog(
     path: PathLike,
     array: np.ndarray,
@@ -868,6 +965,7 @@ def write_cog(
     overwrite: bool = False,
     blocksize: int = 512,
     overview_resampling: str | None = None,
+    interleave: str = "band",
 ) -> Path:
     """Write a whole (band, row, col) or (row, col) array as a Cloud-Optimised GeoTIFF, atomically.
 
@@ -893,6 +991,7 @@ def write_cog(
         overwrite=overwrite,
         blocksize=blocksize,
         overview_resampling=overview_resampling,
+        interleave=interleave,
     ) as writer:
         writer.write(arr)
     return Path(os.fspath(path))

@@ -255,6 +255,7 @@ def stack_bands(
     files: Sequence[str | os.PathLike[str]] | None = None,
     blocksize: int = 512,
     progress: Callable[[int, int], None] | None = None,
+    interleave: str = "band",
 ) -> Path:
     """Stack single-band rasters into one multi-band COG on the finest grid.
 
@@ -276,6 +277,11 @@ def stack_bands(
         Tile size of the output.
     progress
         Called as ``progress(done, total)`` after each band.
+    interleave
+        ``"band"`` (each block holds one band; see :class:`~changedet.io.raster.COGWriter`): the default
+        true-colour model reads B04, B03, B02 of a 13-band stack without decoding the other ten, which made
+        ``changedet detect`` 16-24 % faster end to end at 8192 px (README, Performance); reading every band is
+        10-35 % slower than from ``"pixel"`` (each block holds all bands) and a 13-band model 3-7 % slower end to end.
 
     Returns
     -------
@@ -414,6 +420,7 @@ def stack_bands(
             overwrite=overwrite,
             blocksize=blocksize,
             overview_resampling="average",
+            interleave=interleave,
         ) as writer,
         warnings.catch_warnings(),
     ):
