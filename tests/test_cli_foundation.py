@@ -30,6 +30,8 @@ def test_info_text_and_json(runner: CliRunner, tmp_path: Path) -> None:
     data = json.loads(res.output)
     assert data["count"] == 3 and data["band_names"] == ["red", "green", "blue"]
     assert data["pixel_size_m"] == [10.0, 10.0] and len(data["bounds_wgs84"]) == 4
+    # make_pair writes GDAL's default layout for a new multi-band GeoTIFF; changedet stack writes band-interleaved
+    assert data["interleave"] == "pixel" and "pixel-interleaved" in runner.invoke(cli, ["info", str(before)]).output
 
 
 @pytest.mark.parametrize("make", ["missing", "text", "dir"])

@@ -168,6 +168,8 @@ def test_raster_info_and_json(tmp_path: Path) -> None:
     d = info.to_dict()
     assert json.loads(json.dumps(d))["nodata"] == "nan"
     assert d["crs"] == "EPSG:32631" and d["width"] == 48 and d["date"] == "2019-06-30"
+    assert d["interleave"] == "pixel" and raster_info(make_geotiff(tmp_path / "one.tif", np.ones((8, 8),
+                                                                                 "uint8"))).interleave is None
     with pytest.raises(AttributeError):
         info.width = 3  # type: ignore[misc]
 

@@ -64,6 +64,7 @@ def command(raster: Path, as_json: bool) -> None:
     click.echo(
         f"  layout        {layout}, blocks {info.block_shapes[0][1]}x{info.block_shapes[0][0]}, "
         f"compression {info.compression or 'none'}, overviews {list(info.overviews) or 'none'}"
+        + (f", {info.interleave}-interleaved" if info.interleave else "")
     )
     click.echo("  bands")
     for i, (name, dtype) in enumerate(zip(info.band_names(), info.dtypes, strict=True), start=1):

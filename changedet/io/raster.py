@@ -192,6 +192,7 @@ class RasterInfo:
     overviews: tuple[int, ...] = ()
     date_source: str | None = None
     colorinterp: tuple[str, ...] = ()  # GDAL colour interpretation per band: "red", "green", "blue", "alpha"...
+    interleave: str | None = None  # "band" or "pixel" for a multi-band GeoTIFF (what a block holds), else None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -233,6 +234,7 @@ class RasterInfo:
             "block_shapes": [list(b) for b in self.block_shapes],
             "compression": self.compression,
             "overviews": list(self.overviews),
+            "interleave": self.interleave,
             "tags": dict(self.tags),
         }
 
@@ -486,6 +488,10 @@ def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
     colorinterp: tuple[str, ...] = ()
     with contextlib.suppress(Exception):
         colorinterp = tuple(ci.name for ci in ds.colorinterp)
+    interleave = None
+    if ds.count > 1:
+        with contextlib.suppress(Exception):
+            interleave = ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "").lower() or None
     return RasterInfo(
         path=name,
         driver=ds.driver,
@@ -507,6 +513,7 @@ def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
         overviews=overviews,
         colorinterp=colorinterp,
         date_source=date_source,
+        interleave=interleave,
     )
 
 
@@ -938,12 +945,13 @@ def cog_layout_errors(path: PathLike) -> list[str]:
             value = ds.get_tag_item(key, "TIFF", bidx=1, ovr=ovr)
             return int(value) if value else 0
 
-        levels = [None, *range(len(overviews))]
-        ifds = [item("IFD_OFFSET", ovr) for ovr in levels]
+        levels: list[int | None] = [None, *range(len(overviews))]
+        ifds: list[int] = [item("IFD_OFFSET", ovr) for ovr in levels]
         if any(b <= a for a, b in itertools.pairwise(ifds)):
             errors.append(f"{path}: overview IFDs are not after the full image's, in order")
-        first_data = [item("BLOCK_OFFSET_0_0", ovr) for ovr in levels]
-        if first_data and min(first_data) and min(first_data) < max(ifds):
+        first_data: list[int] = [item("BLOCK_OFFSET_0_0", ovr) for ovr in levels]
+        data_start = min(first_data)
+        if data_start and data_start < max(ifds):
             errors.append(f"{path}: pixel data before the last IFD (IFDs are not all at the start)")
         if any(b >= a for a, b in itertools.pairwise(first_data) if a and b):
             errors.append(f"{path}: the full image's data are not after its overviews' (smallest overview first)")
