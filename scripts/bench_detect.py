@@ -259,8 +259,8 @@ def main() -> None:
     ckpt = args.model or str(_checkpoint(BENCH_DIR, args.arch))
     common = {"tile": args.tile_size, "precision": args.precision, "threads": args.threads}
     bare = _child("bare", ckpt=ckpt, **common)
-    print(f"# bench_detect: {args.model or args.arch}, 13 bands uint16 ({args.interleave}-interleaved), tile {args.tile_size}, overlap {args.overlap}, "
-          f"{args.precision}, {args.threads} torch threads")
+    print(f"# bench_detect: {args.model or args.arch}, 13 bands uint16 ({args.interleave}-interleaved), "
+          f"tile {args.tile_size}, overlap {args.overlap}, {args.precision}, {args.threads} torch threads")
     print(f"bare compute on in-memory {args.tile_size}px tiles: {bare.get('mpx_s', float('nan')):.3f} Mpx/s\n")
     print("| size | stream Mpx/s | stream peak RSS MB | naive Mpx/s | naive peak RSS MB | stream/naive speed "
           "| stream/naive RSS | stream/bare | tile used | work (tile px / scene px) | stream x work / bare |")

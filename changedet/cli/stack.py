@@ -25,7 +25,7 @@ from changedet.cli._common import echo_json, quiet
     show_default=True,
     type=click.Choice(["band", "pixel"]),
     help="TIFF layout: band (a block holds one band: reading 3 of 13 bands decodes 3, so the default true-colour "
-    "model reads 2-3x faster) or pixel (a block holds all bands: 10-30 %% faster when every band is read).",
+    "model reads 2-3x faster) or pixel (a block holds all bands: faster for a model that reads every band).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")

@@ -644,9 +644,10 @@ class COGWriter:
     name, which is renamed onto ``path``. On an exception nothing is left behind.
 
     A multi-band raster is written **band-interleaved** by default (each 512 px block holds one band), so a reader
-    of some bands decodes only those: reading B04, B03, B02 of a 13-band stack by 512 px windows took 0.26-0.27 s
-    instead of 1.18-1.23 at 4096 px, and all 13 bands 0.82-0.96 s instead of 1.25-1.33 (GDAL decodes a window's 13
-    blocks on two threads; the README's Performance section has the end-to-end figures). GDAL 3.10's
+    of some bands decodes only those: reading B04, B03, B02 of both dates of a 13-band pair by tile windows took 1.8 s
+    instead of 5.1 (pixel-interleaved), but all 13 bands 7.6 s instead of 5.7, because GDAL then reads the window
+    band by band (the README's Performance section has the end-to-end figures: the default true-colour model 16-24 %
+    faster, the 13-band models 3-7 % slower). GDAL 3.10's
     COG driver writes pixel-interleaved files only, so band-interleaved COGs are made with the GTiff driver the way
     COGs were made before that driver existed (overviews built into the temporary file, then ``COPY_SRC_OVERVIEWS``):
     the layout passes GDAL's COG validator (and :func:`cog_layout_errors`), but GDAL does not tag it
