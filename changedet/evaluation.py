@@ -372,11 +372,16 @@ def binarize_truth(
     return change, known
 
 
-def pair_files(pred: str | Path, truth: str | Path) -> list[tuple[Path, Path]]:
+def pair_files(
+    pred: str | Path, truth: str | Path, *, probability: bool = False
+) -> list[tuple[Path, Path]]:
     """Match prediction and truth rasters: two files, or two folders matched by file stem.
 
     In folders a prediction named ``<stem>.tif``, ``<stem>_change.tif``, ``<stem>/change.tif`` or
-    ``<stem>/probability.tif`` matches the truth file ``<stem>.*`` (or ``<stem>-cm.*``).
+    ``<stem>/probability.tif`` matches the truth file ``<stem>.*`` (or ``<stem>-cm.*``). Where a scene has both a
+    change mask and a probability raster, the mask is taken, or the probability raster with ``probability=True``
+    (when a threshold is given). Truth files without a prediction are left out with a
+    :class:`~changedet.errors.ChangedetWarning` that names them.
     """
     pred, truth = Path(pred), Path(truth)
     for p in (pred, truth):
@@ -398,20 +403,35 @@ def pair_files(pred: str | Path, truth: str | Path) -> list[tuple[Path, Path]]:
                 return stem[: -len(suffix)]
         return stem
 
+    def rank(path: Path) -> int:  # lower is preferred: the kind of raster the threshold (or its absence) asks for
+        is_probability = path.stem == "probability" or path.stem.endswith("_probability")
+        return 0 if is_probability == probability else 1
+
     truths = {key(p.stem): p for p in rasters(truth)}
-    preds: dict[str, Path] = {}
+    candidates: dict[str, list[Path]] = {}
     for p in rasters(pred):
-        preds[key(p.stem)] = p
+        candidates.setdefault(key(p.stem), []).append(p)
     for sub in sorted(p for p in pred.iterdir() if p.is_dir()):  # detect OUTDIRs: <name>/change.tif
-        for candidate in ("change.tif", "probability.tif"):
-            if (sub / candidate).is_file() and sub.name not in preds:
-                preds[sub.name] = sub / candidate
-                break
+        for name in ("change.tif", "probability.tif"):
+            if (sub / name).is_file():
+                candidates.setdefault(sub.name, []).append(sub / name)
+    preds = {k: min(v, key=rank) for k, v in candidates.items()}
     common = sorted(set(truths) & set(preds))
     if not common:
         raise InputError(
             f"no file names in common between {pred} ({len(preds)} rasters) and {truth} ({len(truths)} rasters); "
             "predictions are matched to truths by file name (stem)"
+        )
+    missing = sorted(set(truths) - set(preds))
+    if missing:
+        import warnings
+
+        from changedet.errors import ChangedetWarning
+
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        warnings.warn(
+            f"{pred}: no prediction for {len(missing)} of the {len(truths)} truth files in {truth} ({shown}); "
+            f"they are left out of the scores", ChangedetWarning, stacklevel=2,
         )
     return [(preds[k], truths[k]) for k in common]
 
@@ -457,7 +477,8 @@ def evaluate_paths(
         A ``change.tif`` (0/1, nodata 255), any 0/non-zero mask, or a probability raster with ``threshold``;
         or a folder of them.
     truth : path
-        The reference raster(s): non-zero is change unless ``truth_change_values`` says which values are.
+        The reference raster(s): non-zero is change unless ``truth_change_values`` says which values are; a truth
+        holding only 1 and 2 is read as OSCD's labels (1 no change, 2 change), with a warning.
     threshold : float, optional
         Predict change where the prediction value is >= threshold (for probability rasters).
     ignore_value : float, optional
@@ -473,7 +494,8 @@ def evaluate_paths(
     """
     rows = []
     matrices = []
-    for pred_path, truth_path in pair_files(pred, truth):
+    oscd_labels = []
+    for pred_path, truth_path in pair_files(pred, truth, probability=threshold is not None):
         p, p_valid, p_crs, p_transform = _read_band(pred_path)
         t, t_valid, t_crs, t_transform = _read_band(truth_path)
         if p.shape != t.shape:
@@ -486,9 +508,11 @@ def evaluate_paths(
                 f"{pred_path}: its grid (CRS {p_crs}, transform {tuple(p_transform)[:6]}) differs from the truth "
                 f"{truth_path} ({t_crs}, {tuple(t_transform)[:6]}); predict on the truth's grid"
             )
-        change, known = binarize_truth(
-            t, change_values=truth_change_values, no_change_values=truth_no_change_values
-        )
+        change_values, no_change_values = truth_change_values, truth_no_change_values
+        if change_values is None and no_change_values is None and _oscd_style(t, t_valid):
+            change_values, no_change_values = [2], [1]  # OSCD's label files: 1 no change, 2 change
+            oscd_labels.append(truth_path.name)
+        change, known = binarize_truth(t, change_values=change_values, no_change_values=no_change_values)
         valid = p_valid & t_valid & known
         if ignore_value is not None:
             valid &= t != ignore_value
@@ -505,4 +529,24 @@ def evaluate_paths(
         cm = confusion_matrix(pred_mask, change, valid)
         matrices.append(cm)
         rows.append({"pred": str(pred_path), "truth": str(truth_path), **cm.to_dict()})
+    if oscd_labels:
+        import warnings
+
+        from changedet.errors import ChangedetWarning
+
+        shown = ", ".join(oscd_labels[:3]) + (" ..." if len(oscd_labels) > 3 else "")
+        warnings.warn(
+            f"{shown}: truth values are 1 and 2 only, read as OSCD labels (1 no change, 2 change), as training "
+            "does; pass --truth-change-value or --truth-values to say otherwise", ChangedetWarning, stacklevel=2,
+        )
     return {"files": rows, "pooled": pool(matrices).to_dict(), "threshold": threshold}
+
+
+def _oscd_style(truth: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether a truth raster holds only the values 1 and 2 (with some 2): OSCD's label files, where 1 is no change
+    and 2 change. Read as "non-zero is change", every pixel would be change."""
+    values = truth[valid]
+    if values.size == 0:
+        return False
+    has_two = bool((values == 2).any())
+    return has_two and bool(np.isin(values, (1, 2)).all())

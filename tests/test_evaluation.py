@@ -163,6 +163,54 @@ def test_evaluate_paths_ignore_value_and_grid_check(tmp_path) -> None:
         evaluate_paths(tmp_path / "shifted.tif", tmp_path / "t.tif")
 
 
+def test_detect_folders_score_the_mask_or_with_a_threshold_the_probability(tmp_path) -> None:
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:10, 5:10] = 1
+    prob = np.where(truth == 1, 0.6, 0.1).astype(np.float32)
+    prob[12:15, 12:15] = 0.3  # 9 pixels that a low threshold calls change and the stored mask does not
+    for scene in ("s1", "s2"):
+        make_geotiff(tmp_path / "out" / scene / "probability.tif", prob, nodata=-1, dtype="float32")
+        make_geotiff(tmp_path / "out" / scene / "change.tif", (prob >= 0.5).astype(np.uint8), nodata=255,
+                     dtype="uint8")
+        make_geotiff(tmp_path / "truth" / f"{scene}.tif", truth, dtype="uint8")
+    make_geotiff(tmp_path / "truth" / "s3.tif", truth, dtype="uint8")  # no prediction for it
+    with pytest.warns(UserWarning, match=r"no prediction for 1 of the 3 truth files .*\(s3\)"):
+        mask = evaluate_paths(tmp_path / "out", tmp_path / "truth")
+    assert [r["pred"].endswith("change.tif") for r in mask["files"]] == [True, True]
+    assert (mask["pooled"]["tp"], mask["pooled"]["fp"]) == (50, 0)
+    with pytest.warns(UserWarning, match="no prediction"):
+        low = evaluate_paths(tmp_path / "out", tmp_path / "truth", threshold=0.2)
+        high = evaluate_paths(tmp_path / "out", tmp_path / "truth", threshold=0.9)
+    assert all(r["pred"].endswith("probability.tif") for r in low["files"] + high["files"])
+    assert (low["pooled"]["tp"], low["pooled"]["fp"]) == (50, 18)  # the threshold reaches the probabilities
+    assert (high["pooled"]["tp"], high["pooled"]["fp"]) == (0, 0)
+    # <stem>_change.tif beside <stem>_probability.tif in one folder: the same choice
+    make_geotiff(tmp_path / "flat" / "s1_change.tif", (prob >= 0.5).astype(np.uint8), dtype="uint8")
+    make_geotiff(tmp_path / "flat" / "s1_probability.tif", prob, dtype="float32")
+    with pytest.warns(UserWarning, match=r"no prediction for 2 of the 3"):
+        pairs = {t.stem: p.name for p, t in pair_files(tmp_path / "flat", tmp_path / "truth")}
+        assert pairs == {"s1": "s1_change.tif"}
+        pairs = {t.stem: p.name for p, t in pair_files(tmp_path / "flat", tmp_path / "truth", probability=True)}
+        assert pairs == {"s1": "s1_probability.tif"}
+
+
+def test_truth_of_ones_and_twos_is_read_as_oscd_labels(tmp_path) -> None:
+    truth = np.ones((10, 10), np.uint8)
+    truth[2:4, 2:4] = 2  # 4 changed pixels, the rest 1 (no change)
+    pred = np.zeros((10, 10), np.uint8)
+    pred[2:4, 2:5] = 1  # 4 TP, 2 FP
+    make_geotiff(tmp_path / "p.tif", pred, dtype="uint8")
+    make_geotiff(tmp_path / "t.tif", truth, dtype="uint8")
+    with pytest.warns(UserWarning, match="OSCD labels"):
+        r = evaluate_paths(tmp_path / "p.tif", tmp_path / "t.tif")
+    assert (r["pooled"]["tp"], r["pooled"]["fp"], r["pooled"]["fn"], r["pooled"]["tn"]) == (4, 2, 0, 94)
+    # explicit values win, and other truths keep "non-zero is change"
+    r = evaluate_paths(tmp_path / "p.tif", tmp_path / "t.tif", truth_change_values=[1, 2])
+    assert r["pooled"]["tp"] == 6 and r["pooled"]["fn"] == 94
+    make_geotiff(tmp_path / "t3.tif", np.where(truth == 2, 3, 1).astype(np.uint8), dtype="uint8")
+    assert evaluate_paths(tmp_path / "p.tif", tmp_path / "t3.tif")["pooled"]["fn"] == 94
+
+
 def test_pair_files_errors(tmp_path) -> None:
     (tmp_path / "p").mkdir()
     (tmp_path / "t").mkdir()

@@ -48,8 +48,10 @@ def command(
     """Score PRED against TRUTH: precision, recall, F1, IoU, overall accuracy and kappa of the change class.
 
     PRED and TRUTH are two rasters, or two folders whose rasters are matched by name (a detect output folder
-    <name>/change.tif matches <name>.tif). PRED is a change.tif (0/1, nodata 255) or, with --threshold, a
-    probability.tif. Nodata pixels of either raster are ignored. Scores are reported per file and pooled over all
+    <name>/change.tif matches <name>.tif; with --threshold its probability.tif is scored instead; truth files
+    without a prediction are named in a warning). PRED is a change.tif (0/1, nodata 255) or, with --threshold, a
+    probability.tif. TRUTH: non-zero is change, except that a truth of 1s and 2s only is read as OSCD's labels (1
+    no change, 2 change; a warning says so). Nodata pixels of either raster are ignored. Scores are reported per file and pooled over all
     pixels (the convention of the published OSCD and AirChange results).
     """
     from changedet.errors import InputError
