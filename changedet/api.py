@@ -578,6 +578,36 @@ def _checked_tta(tta: str | None, method: str) -> str:
     return tta
 
 
+def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device: str | None) -> None:
+    """Options that can be checked before anything is read or written (an :class:`InputError` naming the option);
+    the tile size is checked against the scene and the model once both are known."""
+    from changedet.tiling import BLENDS
+
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise InputError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
+    if blend not in BLENDS:
+        raise InputError(f"unknown --blend {blend!r}; choose one of {', '.join(BLENDS)}")
+    if geojson_crs is not None:
+        from pyproj import CRS as ProjCRS
+
+        try:
+            ProjCRS.from_user_input(geojson_crs)
+        except Exception as exc:  # noqa: BLE001 - rasterio's and PROJ's errors alike mean: not a CRS
+            raise InputError(
+                f"--geojson-crs {geojson_crs!r} is not a coordinate reference system ({exc}); give e.g. EPSG:4326 "
+                "(the GeoJSON standard's) or EPSG:32631"
+            ) from None
+    if device is not None:
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InputError(f"--device {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {device} requested but CUDA is not available here; use --device cpu")
+
+
 def detect(
     before: RasterInput,
     after: RasterInput,
@@ -705,6 +735,8 @@ def detect(
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     tta = _checked_tta(tta, method)
+    _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None,
+                   device=device if method == "model" else None)
     tmp_holder = None
     if output_dir is None:
         tmp_holder = tempfile.TemporaryDirectory(prefix="changedet-")
@@ -987,6 +1019,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
                 os.replace(item, out / item.name)
         if qgis_project:
             _write_project(out, thr, source_names)
+        _remove_outputs_not_written(out, names)
         os.replace(staging / OUTPUT_NAMES["report"], out / OUTPUT_NAMES["report"])
         final: dict[str, Path] = {}
         for key, name in OUTPUT_NAMES.items():
@@ -1008,6 +1041,18 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
     finally:
         quiet.__exit__(None, None, None)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
+    """Remove the outputs of an earlier run in ``out`` that this run (``--overwrite``/``--resume``) did not write:
+    polygons left from a run that vectorised, beside a new ``change.tif`` made without ``--vectorize``, would
+    describe another scene (and :meth:`ChangeResult.load` would read them)."""
+    stale = [n for n in OUTPUT_NAMES.values() if n not in names]
+    if OUTPUT_NAMES["gpkg"] not in names:
+        stale.append("changes.qml")  # the polygon layer's style, written with the polygons
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
 
 
 def _remove_stale_staging(out: Path) -> None:

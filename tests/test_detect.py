@@ -117,6 +117,36 @@ def test_existing_outputs_need_overwrite(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(out), "--method", "cva"])
     assert res.exit_code == 2 and "already exist" in res.output
     detect(before, after, method="cva", output_dir=out, quicklook=False, overwrite=True)
+    assert (out / "changes.gpkg").exists() and (out / "changes.qml").exists()
+    # overwriting without polygons removes the earlier run's: they would describe another run's mask
+    result = detect(before, after, method="cva", output_dir=out, quicklook=False, vectorize=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["change.qml", "change.tif", "probability.qml",
+                                                     "probability.tif", "report.json"]
+    assert sorted(result.paths) == ["change", "probability", "report"]
+
+
+@pytest.mark.parametrize("option,match", [({"overlap": -1}, "--overlap"), ({"blend": "x"}, "--blend"),
+                                          ({"geojson_crs": "foo"}, "--geojson-crs 'foo' is not a coordinate"),
+                                          ({"device": "tpu9", "model": "aerial-rgb"}, "--device 'tpu9'")])
+def test_bad_options_are_refused_before_anything_is_written(tmp_path: Path, option: dict, match: str) -> None:
+    from changedet.errors import InputError
+
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    kwargs = {"method": "cva", **option} if "model" not in option else option
+    with pytest.raises(InputError, match=match):
+        detect(before, after, output_dir=tmp_path / "out", quicklook=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "out"), "--model",
+                                   "aerial-rgb", "--device", "cuda"])
+    assert res.exit_code == 2 and "CUDA is not available here; use --device cpu" in res.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_checkpoint_bands_are_selected_by_name(tmp_path: Path) -> None:
