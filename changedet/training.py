@@ -752,15 +752,22 @@ def train(
     _check_choice("schedule", schedule, SCHEDULES)
     _check_choice("threshold_method", threshold_method, ("f1", "otsu", "fixed"))
     _check_choice("probability_calibration", probability_calibration, ("platt", "none"))
+    if isinstance(pos_weight, str) and pos_weight != "auto":
+        raise InputError(f"pos_weight must be a number, 'auto' or null, got {pos_weight!r}")
     for key, value, low in (("epochs", epochs, 1), ("chips_per_epoch", chips_per_epoch, 1),
-                            ("batch_size", batch_size, 1), ("chip_size", chip_size, 8), ("val_every", val_every, 1)):
+                            ("batch_size", batch_size, 1), ("chip_size", chip_size, 8), ("val_every", val_every, 1),
+                            ("val_tile_size", val_tile_size, 2 * 64 + 1)):  # predict_scene's overlap is 64
         if not isinstance(value, int) or value < low:
             raise InputError(f"{key} must be an integer >= {low}, got {value!r}")
     if lr <= 0:
         raise InputError(f"lr must be > 0, got {lr}")
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 < ema < 1.0):
         raise InputError(f"ema must be a decay between 0 and 1 (e.g. 0.99) or null, got {ema!r}")
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise InputError(f"name must be a file name without folders (the checkpoint's stem inside out), got {name!r}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; give a folder path as out (--out)")
     weights_path, json_path = checkpoint_paths(out / name)
     outputs = [weights_path, json_path, out / "metrics.csv", out / "curves.png", out / "pr_curve.png"]
     dev = torch.device(device)

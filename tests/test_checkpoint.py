@@ -70,6 +70,19 @@ def test_round_trip_keeps_weights_and_metadata(model, saved) -> None:
     load_checkpoint(saved.with_suffix(""))
 
 
+def test_checkpoint_files_get_the_mode_of_any_new_file(model, tmp_path) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        saved = save_checkpoint(model, tmp_path / "shared", _meta())
+    finally:
+        os.umask(umask)
+    for path in (saved, saved.with_suffix(".json")):  # readable by the group and others, as the other outputs
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_checkpoint_paths() -> None:
     assert checkpoint_paths("a/m") == (Path("a/m.safetensors"), Path("a/m.json"))
     assert checkpoint_paths("a/m.json") == (Path("a/m.safetensors"), Path("a/m.json"))

@@ -83,6 +83,31 @@ def test_train_rejects_unknown_keys_and_missing_config(list_dataset) -> None:
     assert res.exit_code == 2 and "unknown dataset type" in res.output
 
 
+@pytest.mark.parametrize("override,message", [
+    (["--seed", "abc"], "seed must be an integer, got 'abc'"),
+    (["--epochs", "1.5"], "epochs must be an integer, got 1.5"),
+    (["--patience", "abc"], "patience must be an integer or null"),
+    (["--model-kwargs", "5"], "model_kwargs must be a mapping or null, got 5"),
+    (["--pos-weight", "abc"], "pos_weight must be a number, 'auto' or null"),
+    (["--val-tile-size", "5"], "val_tile_size must be an integer >= 129"),
+    (["--name", "../../x"], "name must be a file name without folders"),
+    (["--dataset.bands", "3"], "dataset bands must be a list of band names"),
+    (["--dataset.change-values", "abc"], "dataset change_values must be a number or a list of numbers"),
+    (["--dataset.pixel-size", "abc"], "dataset pixel_size must be a positive number"),
+])
+def test_train_config_values_of_the_wrong_type_are_clear_errors(list_dataset, override, message) -> None:
+    res = CliRunner().invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), *override])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "Traceback" not in res.output
+    assert not (list_dataset / "run").exists() and not (list_dataset.parent / "x.json").exists()
+
+
+def test_train_out_that_is_a_file_is_a_clear_error(list_dataset) -> None:
+    (list_dataset / "afile").write_text("")
+    res = CliRunner().invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), "--out", str(list_dataset / "afile")])
+    assert res.exit_code == 2 and "exists and is not a folder" in res.output
+
+
 def _masks(tmp_path):
     truth = np.zeros((10, 10), np.uint8)
     truth[2:6, 2:6] = 2

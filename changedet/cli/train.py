@@ -78,6 +78,49 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: Python types of the annotations in train()'s signature that a YAML value can be checked against.
+_YAML_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),), "Path": (str,),
+    "Mapping": (dict,), "Sequence": (list, tuple),
+}
+
+
+def _split_union(annotation: str) -> list[str]:
+    """``"Mapping[str, Any] | None"`` -> ``["Mapping", "None"]`` (top-level members, subscripts dropped)."""
+    parts, depth, current = [], 0, ""
+    for ch in annotation:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p.strip().split("[")[0] for p in parts]
+
+
+def check_types(config: dict[str, Any], params: Any, where: str) -> None:
+    """An :class:`InputError` naming the key for a config value whose type train()'s signature rules out (a
+    number where a name belongs, a word where a number belongs...), before anything is read or written. Keys
+    annotated with a type a YAML value cannot be (a class of changedet's) are left to train()."""
+    from changedet.errors import InputError
+
+    for key, value in config.items():
+        annotation = params[key].annotation
+        if not isinstance(annotation, str):
+            continue
+        members = _split_union(annotation)
+        if not all(m in _YAML_TYPES for m in members):
+            continue
+        allowed = tuple(t for m in members for t in _YAML_TYPES[m])
+        if (isinstance(value, bool) and "bool" not in members) or not isinstance(value, allowed):
+            wanted = " or ".join({"int": "an integer", "float": "a number", "str": "a name", "bool": "true/false",
+                                  "None": "null", "Path": "a path", "Mapping": "a mapping",
+                                  "Sequence": "a list"}[m] for m in members)
+            raise InputError(f"{where}: {key} must be {wanted}, got {value!r}")
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
     """Read a YAML run config and apply overrides; checks the keys against :func:`changedet.training.train`."""
     import inspect
@@ -112,6 +155,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str,
         raise InputError(
             f"{path or 'options'}: unknown key(s) {unknown}; known keys: {', '.join(sorted(allowed))}"
         )
+    check_types(config, params, str(path or "options"))
     return config, base
 
 

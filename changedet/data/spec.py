@@ -71,6 +71,34 @@ def _names(value: Any, key: str) -> list[str] | None:
     raise InputError(f"dataset {key} must be a list of names, got {value!r}")
 
 
+def _check_value_types(spec: Mapping[str, Any]) -> None:
+    """An :class:`InputError` naming the key for a dataset value of the wrong type (before any file is read)."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key in ("change_values", "no_change_values"):
+        value = spec.get(key)
+        if value is not None and not (number(value) or (isinstance(value, (list, tuple)) and value
+                                                         and all(number(v) for v in value))):
+            raise InputError(f"dataset {key} must be a number or a list of numbers (e.g. [2] or [1, 2]), got {value!r}")
+    value = spec.get("pixel_size")
+    if value is not None and not (number(value) and value > 0):
+        raise InputError(f"dataset pixel_size must be a positive number of metres (e.g. 10), got {value!r}")
+    for key in ("bands", "band_names"):
+        value = spec.get(key)
+        if value is not None and not isinstance(value, (str, list, tuple)):
+            raise InputError(f"dataset {key} must be a list of band names (e.g. [B04, B03, B02]), got {value!r}")
+    for key in ("crop", "val_crop"):
+        value = spec.get(key)
+        if value and not (isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, int) for v in value)):
+            raise InputError(f"dataset {key} must be four integers [row_off, col_off, height, width], got {value!r}")
+    for key in ("root", "path", "val_root", "val_path"):
+        value = spec.get(key)
+        if value is not None and not isinstance(value, (str, Path)):
+            raise InputError(f"dataset {key} must be a path, got {value!r}")
+
+
 def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> DatasetSplit:
     """Read the scenes a dataset spec names, split into training and validation.
 
@@ -95,6 +123,7 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
         raise InputError(
             f"unknown key(s) {sorted(unknown)} for a {kind} dataset; known keys: {', '.join(sorted(_KEYS[kind]))}"
         )
+    _check_value_types(spec)
     base_path = None if base is None else Path(base)
     info: dict[str, Any] = {"type": kind}
     if kind == "oscd":

@@ -259,6 +259,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
                                                "architecture": meta.architecture})
         meta.weights_sha256 = _sha256(tmp_w)
         tmp_j.write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
+        umask = os.umask(0)  # the temporary files are private (0600); give them the mode of any new file (0644)
+        os.umask(umask)
+        for tmp in (tmp_w, tmp_j):
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp_w, weights_path)
         os.replace(tmp_j, json_path)
     return weights_path
