@@ -750,14 +750,14 @@ def detect(
         names.append(OUTPUT_NAMES["quicklook"])
     if qgis_project:
         names.append(OUTPUT_NAMES["project"])
-    created = not out.exists()
+    created = [d for d in (out, *out.parents) if not d.exists()]  # the folders this run creates, deepest first
     _check_outputs(out, names, overwrite, resume)
     xr_tmp = None
     try:
         from changedet._xarray import dataarray_to_geotiff, is_xarray
 
         if is_xarray(before) or is_xarray(after):
-            xr_tmp = tempfile.TemporaryDirectory(prefix="changedet-xarray-")
+            xr_tmp = tempfile.TemporaryDirectory(prefix=_XARRAY_TMP_PREFIX)
             if is_xarray(before):
                 before = dataarray_to_geotiff(before, Path(xr_tmp.name) / "before.tif", name="before")
             if is_xarray(after):
@@ -776,9 +776,12 @@ def detect(
     except BaseException:
         if xr_tmp is not None:
             xr_tmp.cleanup()
-        if created and tmp_holder is None:  # leave no empty output folder behind (a resume folder keeps it)
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        if tmp_holder is None:  # leave no empty output folder behind (a resume folder keeps it), nor its parents
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
         raise
 
 
@@ -975,10 +978,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "changedet_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "inputs": {
-                "before": {**_info_dict(pair, "before"), "source": source_names[0],
-                           "path": _abspath(source_names[0])},
-                "after": {**_info_dict(pair, "after"), "source": source_names[1],
-                          "path": _abspath(source_names[1])},
+                which: {**_info_dict(pair, which), "path": _abspath(name),
+                        "source": "xarray.DataArray (in memory)" if _in_memory(name) else name}
+                for which, name in zip(("before", "after"), source_names, strict=True)
             },
             "grid": {
                 "crs": pair.crs.to_string() if pair.crs else None,
@@ -1086,7 +1088,18 @@ def _root_message(exc: BaseException) -> str:
     return "; ".join(reversed(parts)) or type(exc).__name__
 
 
-def _abspath(name: str) -> str:
+_XARRAY_TMP_PREFIX = "changedet-xarray-"  # the folder of the GeoTIFFs written from xarray inputs
+
+
+def _in_memory(name: str) -> bool:
+    """Whether an input's file is the temporary GeoTIFF written from an xarray input (gone with the result)."""
+    return Path(name).parent.name.startswith(_XARRAY_TMP_PREFIX)
+
+
+def _abspath(name: str) -> str | None:
+    """The absolute path of an input file for the report; None for an in-memory (xarray) input."""
+    if _in_memory(name):
+        return None
     p = Path(name)
     return str(p.resolve()) if p.exists() else name
 
@@ -1146,5 +1159,6 @@ def _write_project(out: Path, thr: float, source_names: tuple[str, str]) -> None
     """``project.qgs`` in ``out``, with BEFORE and AFTER when they are files (paths stored relative)."""
     from changedet.export import write_qgis_project
 
-    inputs = [Path(n).resolve() if Path(n).is_file() else None for n in source_names]
+    # in-memory (xarray) inputs are left out: their temporary GeoTIFFs go away with the result
+    inputs = [Path(n).resolve() if Path(n).is_file() and not _in_memory(n) else None for n in source_names]
     write_qgis_project(out, before=inputs[0], after=inputs[1], threshold=thr, path=OUTPUT_NAMES["project"])

@@ -213,11 +213,24 @@ def test_xarray_inputs_give_the_same_rasters_and_polygons(pair: tuple[Path, Path
     assert len(res.polygons) == 1 and res.polygons.geometry.iloc[0].equals(result.polygons.geometry.iloc[0])
     assert res.report["inputs"]["after"]["date"] == "2020-05-01"  # the ACQUISITION_DATE tag travels as attrs
     assert len([ax for ax in res.plot().axes if ax.get_images()]) == 4
+    assert res.report["inputs"]["before"]["source"] == "xarray.DataArray (in memory)"
+    assert res.report["inputs"]["before"]["path"] is None  # the temporary GeoTIFF goes with the result
     written = Path(res.before)
     assert written.is_file()
     del res
     gc.collect()
     assert not written.exists()
+
+
+def test_a_qgis_project_of_xarray_inputs_refers_to_no_temporary_file(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    rioxarray = _rioxarray()
+    before = rioxarray.open_rasterio(pair[0])  # type: ignore[attr-defined]
+    after = rioxarray.open_rasterio(pair[1])  # type: ignore[attr-defined]
+    res = detect(before, after, method="cva", output_dir=tmp_path / "out", qgis_project=True, quicklook=False)
+    project = (tmp_path / "out" / "project.qgs").read_text()
+    assert "changes.gpkg" in project and "change.tif" in project
+    assert "changedet-xarray-" not in project and "before.tif" not in project  # the inputs were in memory
+    del res
 
 
 def test_xarray_band_names_time_and_south_up(pair: tuple[Path, Path], result: ChangeResult) -> None:

@@ -138,6 +138,18 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path: Path, opti
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_run_leaves_no_folder_it_created(tmp_path: Path) -> None:
+    from changedet.errors import InputError
+
+    before = make_geotiff(tmp_path / "b.tif", np.ones((3, 32, 32), np.uint16))
+    after = make_geotiff(tmp_path / "a.tif", np.ones((3, 32, 32), np.uint16), origin=(900000.0, 5700000.0))
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(InputError, match="overlap"):  # the two rasters do not overlap
+        detect(before, after, method="cva", output_dir=tmp_path / "kept" / "new" / "deeper", quicklook=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "kept"]
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
