@@ -302,10 +302,8 @@ class ChangeResult:
         else:
             area = f"{s.get('changed_pixels')} of {s.get('valid_pixels')} pixels changed"
         n = s.get("n_polygons")
-        return (
-            f"ChangeResult({n} polygon{'' if n == 1 else 's'}, {self.changed_percent:.3g} % changed, {area}; "
-            f"outputs in {self.output_dir})"
-        )
+        polygons = "not vectorised" if n is None else f"{n} polygon{'' if n == 1 else 's'}"
+        return f"ChangeResult({polygons}, {self.changed_percent:.3g} % changed, {area}; outputs in {self.output_dir})"
 
 
 # ---------------------------------------------------------------------------------------------------------------

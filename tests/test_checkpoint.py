@@ -83,6 +83,13 @@ def test_checkpoint_files_get_the_mode_of_any_new_file(model, tmp_path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+def test_a_folder_given_as_a_checkpoint_names_the_checkpoint_in_it(saved) -> None:
+    for call in (read_meta, load_checkpoint):
+        with pytest.raises(CheckpointError, match=r"a folder, not a checkpoint; give the checkpoint file \(e\.g\. .*"
+                                                  r"demo\.json\)"):
+            call(saved.parent)
+
+
 def test_checkpoint_paths() -> None:
     assert checkpoint_paths("a/m") == (Path("a/m.safetensors"), Path("a/m.json"))
     assert checkpoint_paths("a/m.json") == (Path("a/m.safetensors"), Path("a/m.json"))

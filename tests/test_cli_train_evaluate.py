@@ -196,3 +196,6 @@ def test_calibrate_on_your_own_labelled_scenes_and_a_bundled_model_by_name(list_
     bad = runner.invoke(cli, ["calibrate", "s2-13band", "--scenes", str(pairs), "-o", str(list_dataset / "x.safetensors")])
     assert bad.exit_code == 2 and "s1_before.tif" in bad.output and "trained on 13" in bad.output
     assert not (list_dataset / "x.safetensors").exists()
+    # a mistyped bundled name lists the bundled models
+    typo = runner.invoke(cli, ["calibrate", "s2rgb", "--scenes", str(pairs), "-o", str(list_dataset / "x.safetensors")])
+    assert typo.exit_code == 2 and "unknown bundled model 's2rgb'" in typo.output and "s2-rgb" in typo.output

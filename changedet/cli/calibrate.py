@@ -33,11 +33,17 @@ def command(checkpoint: Path, out: Path, scenes: Path | None, overwrite: bool, d
     frequencies on those scenes, and the threshold is searched again (F1-optimal); the ranking of the pixels does
     not change. With two or more scenes, each is also scored at the threshold calibrated on the others.
     """
+    from changedet.errors import UnknownModelError
     from changedet.models.bundled import bundled_path, list_bundled
+    from changedet.models.checkpoint import checkpoint_paths
     from changedet.training import calibrate_checkpoint
 
-    if not checkpoint.exists() and checkpoint.name in {m.name for m in list_bundled()}:
+    bundled = [m.name for m in list_bundled()]
+    if not checkpoint.exists() and checkpoint.name in bundled:
         checkpoint = bundled_path(checkpoint.name)
+    elif (not checkpoint.is_dir() and not any(p.is_file() for p in checkpoint_paths(checkpoint))
+          and checkpoint.name == str(checkpoint) and not checkpoint.suffix):  # a bare name: not a path's typo
+        raise UnknownModelError(str(checkpoint), bundled, what="bundled model")
     val_scenes = None
     if scenes is not None:
         from changedet.data import read_list

@@ -268,8 +268,21 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
     return weights_path
 
 
+def _refuse_folder(path: str | os.PathLike[str]) -> None:
+    """A :class:`CheckpointError` for a folder given as a checkpoint (a training run's output folder, say), naming a
+    checkpoint inside it."""
+    if Path(path).is_dir():
+        found = sorted(q.name for q in Path(path).glob("*.json") if q.with_suffix(".safetensors").is_file())
+        hint = f"e.g. {Path(path) / found[0]}" if found else "none found in it"
+        raise CheckpointError(
+            f"{path}: a folder, not a checkpoint; give the checkpoint file ({hint}); a checkpoint is "
+            "<stem>.safetensors plus <stem>.json (written by changedet train)"
+        )
+
+
 def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
     """Read and validate the JSON of a checkpoint (stem, ``.json`` or weights path) without loading weights."""
+    _refuse_folder(path)
     _, json_path = checkpoint_paths(path)
     if not json_path.is_file():
         raise CheckpointError(
@@ -352,6 +365,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, in_channels: int | None = N
     """
     from changedet.models.registry import create_model
 
+    _refuse_folder(path)
     weights_path, json_path = checkpoint_paths(path)
     meta = read_meta(json_path)
     expected = meta.in_channels
