@@ -733,6 +733,13 @@ def detect(
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     tta = _checked_tta(tta, method)
+    for which, src in (("BEFORE", before), ("AFTER", after)):
+        if isinstance(src, np.ndarray):
+            raise InputError(
+                f"{which} is a numpy array, which carries no grid; pass a raster path, an open rasterio dataset or "
+                "an xarray.DataArray with a CRS and transform (rioxarray), or write the array with "
+                "changedet.io.write_cog(path, array, crs=..., transform=...)"
+            )
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None,
                    device=device if method == "model" else None)
     tmp_holder = None

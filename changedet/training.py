@@ -1207,6 +1207,8 @@ def calibrate_checkpoint(
     from changedet.models import fold_logit_affine
     from changedet.models.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 
+    if Path(out).is_dir():
+        raise InputError(f"{out}: a folder; give the new checkpoint's file name, e.g. {Path(out) / 'model.safetensors'}")
     weights_out, json_out = checkpoint_paths(out)
     existing = [p for p in (weights_out, json_out) if p.exists()]
     if existing and not overwrite:

@@ -199,3 +199,7 @@ def test_calibrate_on_your_own_labelled_scenes_and_a_bundled_model_by_name(list_
     # a mistyped bundled name lists the bundled models
     typo = runner.invoke(cli, ["calibrate", "s2rgb", "--scenes", str(pairs), "-o", str(list_dataset / "x.safetensors")])
     assert typo.exit_code == 2 and "unknown bundled model 's2rgb'" in typo.output and "s2-rgb" in typo.output
+    (list_dataset / "folder").mkdir()
+    into = runner.invoke(cli, ["calibrate", "s2-rgb", "--scenes", str(pairs), "-o", str(list_dataset / "folder")])
+    assert into.exit_code == 2 and "a folder; give the new checkpoint's file name" in into.output
+    assert list((list_dataset / "folder").iterdir()) == [] and not (list_dataset / "folder.safetensors").exists()

@@ -150,6 +150,15 @@ def test_a_failed_run_leaves_no_folder_it_created(tmp_path: Path) -> None:
     assert list((tmp_path / "kept").iterdir()) == []
 
 
+def test_a_numpy_array_input_is_a_clear_error(tmp_path: Path) -> None:
+    from changedet.errors import InputError
+
+    _, after = make_pair(tmp_path, "aligned", size=32)
+    with pytest.raises(InputError, match="BEFORE is a numpy array, which carries no grid"):
+        detect(np.zeros((3, 32, 32), np.float32), after, method="cva", output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 

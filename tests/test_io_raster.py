@@ -40,9 +40,12 @@ def _leftovers(folder: Path) -> list[str]:
 # --- open_raster: every way a file can be unusable -------------------------------------------------------------
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(RasterReadError, match=r"nope.tif: no such file"):
-        open_raster(tmp_path / "nope.tif")
+def test_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(RasterReadError, match=r"nope.tif: no such file. Check the path.$"):
+        open_raster(tmp_path / "nope.tif")  # absolute: no word about the current folder
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RasterReadError, match=r"nope.tif: no such file. Check the path \(relative paths start at "):
+        open_raster("nope.tif")
 
 
 def test_directory(tmp_path: Path) -> None:

@@ -299,9 +299,8 @@ def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool =
                 f"files into one raster run `changedet stack {text} -o stacked.tif`."
             )
         if not p.exists():
-            raise RasterReadError(
-                f"{text}: no such file. Check the path (relative paths start at {Path.cwd()})."
-            )
+            hint = "" if p.is_absolute() else f" (relative paths start at {Path.cwd()})"
+            raise RasterReadError(f"{text}: no such file. Check the path{hint}.")
         if p.is_file() and p.stat().st_size == 0:
             raise RasterReadError(f"{text}: the file is empty (0 bytes). Re-download or re-export it.")
     try:
