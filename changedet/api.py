@@ -319,6 +319,11 @@ def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resu
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"{output_dir}: exists and is not a folder; give a folder path with -o/--output-dir")
     existing = [n for n in names if (output_dir / n).exists()]
+    if existing and resume and not overwrite and not (output_dir / ".changedet-partial" / "journal.json").is_file():
+        raise OutputExistsError(
+            f"{output_dir}: {', '.join(existing)} already exist(s) and there is nothing to resume there (no "
+            "interrupted run's journal); pass --overwrite (overwrite=True) to replace them, or choose another folder"
+        )
     if existing and not (overwrite or resume):
         raise OutputExistsError(
             f"{output_dir}: {', '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to replace "
@@ -1001,7 +1006,8 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
                           "geojson_crs": geojson_crs} if vectorize else None,
             "summary": _summary(stats, px_area, polygons),
-            "stats": stats.to_dict(),
+            # the rasters' names only, as the series report: the engine wrote them into the staging folder
+            "stats": {**stats.to_dict(), "paths": sorted(stats.paths)},
             "timings": timings,
             "outputs": sorted(names),
         }

@@ -455,6 +455,22 @@ class PredictStats:
     _pixels: int = 0
 
 
+def _input_fingerprint(pair: Any) -> list[Any]:
+    """What identifies a pair's inputs for a resume: each file's path, size and modification time (when it is a
+    local file), the grid and the bands read."""
+    parts: list[Any] = [str(getattr(pair, "crs", None)), list(getattr(pair, "transform", ()) or ())[:6],
+                        list(getattr(pair, "band_names", None) or [])]
+    for which in ("before_info", "after_info"):
+        info = getattr(pair, which, None)
+        name = str(getattr(info, "path", "") or "")
+        try:
+            st = os.stat(name)
+            parts.append([os.path.abspath(name), st.st_size, st.st_mtime_ns])
+        except OSError:
+            parts.append([name])
+    return parts
+
+
 class _Journal:
     """Which rows of the outputs are final, kept next to the partial files so an interrupted run can resume."""
 
@@ -889,6 +905,7 @@ def predict_pair(
     signature = {
         "height": H, "width": W, "tile_size": tile_size, "overlap": overlap, "blend": blend,
         "threshold": float(threshold), "predictor": predictor.name, "tta": getattr(predictor, "tta", "none"),
+        "inputs": _input_fingerprint(pair),  # a resume must not continue another pair's rows
     }
     if rows is not None:
         signature["rows"] = [r_lo, r_hi]

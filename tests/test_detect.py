@@ -403,6 +403,8 @@ def test_report_records_the_balanced_tile_edge_the_engine_used(tmp_path: Path) -
     assert (tiling["tile_size"], tiling["overlap"]) == (128, 16)
     assert (tiling["tile_size_used"], tiling["overlap_used"]) == (112, 16)
     assert result.report["stats"]["tiles_predicted"] == 4
+    assert result.report["stats"]["paths"] == ["change", "probability"]  # no path into the removed staging folder
+    assert ".changedet-staging" not in (tmp_path / "out" / "report.json").read_text()
     defaults = detect(before, after, model=ckpt, output_dir=tmp_path / "default", quicklook=False, vectorize=False)
     assert (defaults.report["tiling"]["tile_size"], defaults.report["tiling"]["overlap"]) == (512, 32)
 

@@ -146,6 +146,38 @@ def test_resume_with_other_settings_starts_over(scene: tuple[Path, Path], checkp
     assert result.report["summary"] == whole.report["summary"]
 
 
+def test_resume_with_another_pair_starts_over(scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path) -> None:
+    before, after = scene
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, progress=Interrupt(after=0.55), **_options("cva", checkpoint))
+    # the same grid and settings, but other files: none of the finished rows may be reused
+    other_b, other_a = _make_scene(tmp_path / "other", HEIGHT, WIDTH)
+    with rasterio.open(other_a, "r+") as ds:  # change it so that the two pairs' results differ
+        data = ds.read()
+        data[:, :200, :] = np.where(data[:, :200, :] > 0, 7000, 0)
+        ds.write(data)
+    result = detect(other_b, other_a, output_dir=out, resume=True, **_options("cva", checkpoint))
+    assert result.report["stats"]["tiles_resumed"] == 0
+    detect(other_b, other_a, output_dir=tmp_path / "whole", **_options("cva", checkpoint))
+    a, b = _read(tmp_path / "whole"), _read(out)
+    for name in RASTERS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_resume_without_a_journal_does_not_replace_finished_outputs(scene: tuple[Path, Path], checkpoint: Path,
+                                                                      tmp_path: Path) -> None:
+    from changedet.errors import OutputExistsError
+
+    before, after = scene
+    out = tmp_path / "out"
+    detect(before, after, output_dir=out, **_options("cva", checkpoint))
+    stamp = (out / "report.json").stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match="nothing to resume"):
+        detect(before, after, output_dir=out, resume=True, threshold=0.9, **_options("cva", checkpoint))
+    assert (out / "report.json").stat().st_mtime_ns == stamp
+
+
 def test_ctrl_c_after_prediction_leaves_nothing(
     scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -119,9 +119,12 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
     except KeyboardInterrupt:
         progress.close()
         partial = output_dir / ".changedet-partial"
-        if partial.is_dir():
-            click.echo(f"interrupted: finished blocks are kept in {partial}; run the same command with --resume "
-                       "to continue, or delete that folder", err=True)
+        if partial.is_dir():  # (and not also run_guarded's "no partial output was left behind")
+            from changedet.errors import EXIT_INTERRUPTED
+
+            click.echo(f"interrupted: no output was written; finished blocks are kept in {partial}: run the same "
+                       "command with --resume to continue, or delete that folder", err=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
         raise
     finally:
         progress.close()
