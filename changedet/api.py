@@ -960,6 +960,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             batch_size=batch_size, progress=progress, resume=resume, partial_dir=partial_dir, tags=tags,
         )
         timings["predict"] = stats.seconds_total
+        if stats.overlap < overlap and stats.tiles_total > 1:
+            log.warning("--overlap %d is more than tiles of %d px can hold: the tiles overlap by %d px (the report's "
+                        "tiling.overlap_used); raise --tile-size for more", overlap, stats.tile_size, stats.overlap)
         already_warned = getattr(getattr(pair, "report", None), "valid_fraction", None) == 0.0
         if stats.valid_pixels == 0 and not already_warned:
             warnings.warn(

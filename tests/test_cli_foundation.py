@@ -114,5 +114,8 @@ def test_stack_command(runner: CliRunner, tmp_path: Path) -> None:
         assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "PIXEL" and ds.read().shape == (3, 32, 32)
     res = runner.invoke(cli, ["stack", str(tmp_path / "d"), "-o", str(out), "--overwrite", "--interleave", "line"])
     assert res.exit_code == 2 and "--interleave" in res.output
+    (tmp_path / "adir").mkdir()
+    res = runner.invoke(cli, ["stack", str(tmp_path / "d"), "-o", str(tmp_path / "adir")])
+    assert res.exit_code == 2 and "is a directory; give a file name" in res.output
     res = runner.invoke(cli, ["stack", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.tif")])
     assert res.exit_code == 2 and "not a folder" in res.output

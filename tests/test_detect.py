@@ -409,6 +409,22 @@ def test_report_records_the_balanced_tile_edge_the_engine_used(tmp_path: Path) -
     assert (defaults.report["tiling"]["tile_size"], defaults.report["tiling"]["overlap"]) == (512, 32)
 
 
+def test_an_overlap_the_tiles_cannot_hold_is_reduced_with_a_warning(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=200, bands=3)
+    ckpt = _checkpoint(tmp_path, ["B1", "B2", "B3"])  # tiles in multiples of 16: 64 px tiles overlap by <= 48
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        result = detect(before, after, model=ckpt, output_dir=tmp_path / "out", tile_size=64, overlap=60,
+                        quicklook=False, vectorize=False)
+    used = result.report["tiling"]["overlap_used"]
+    assert used == 48 and "the tiles overlap by 48 px" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        detect(before, after, model=ckpt, output_dir=tmp_path / "ok", tile_size=64, overlap=16, quicklook=False,
+               vectorize=False)
+    assert "overlap" not in caplog.text
+
+
 def test_progress_rate_counts_from_the_first_finished_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     import changedet.cli.detect as cli_detect
 

@@ -32,6 +32,7 @@ from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
 from changedet.errors import (
+    InputError,
     NotGeoreferencedWarning,
     OutputError,
     OutputExistsError,
@@ -605,7 +606,7 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """
     final = Path(os.fspath(path))
     if final.is_dir():
-        raise OutputError(f"{final}: is a directory; give a file name for the output.")
+        raise InputError(f"{final}: is a directory; give a file name for the output.")  # a usage error: exit 2
     if final.exists() and not overwrite:
         raise OutputExistsError(
             f"{final}: exists already; pass overwrite=True (--overwrite) or choose another name."
