@@ -195,6 +195,7 @@ class _Pieces:
     pmax: list[np.ndarray] = field(default_factory=list)
     n: int = 0
     links: _DisjointSet = field(default_factory=_DisjointSet)
+    invalid: list[Any] = field(default_factory=list)  # nodata areas (pixel coordinates), when asked for
 
 
 def _edge_links(a: np.ndarray, b: np.ndarray, offset_a: int, offset_b: int, ds: _DisjointSet) -> None:
@@ -232,21 +233,32 @@ def _ring_areas(rings: list[Any], crs: CRS | None, scale: float) -> np.ndarray:
 
 
 def _fill_holes(
-    geoms: np.ndarray, max_area: float, crs: CRS | None, scale: float
+    geoms: np.ndarray, max_area: float, crs: CRS | None, scale: float, invalid: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[tuple[int, Any]]]:
-    """Remove interior rings smaller than ``max_area``; return the new geometries and the filled holes."""
+    """Remove interior rings smaller than ``max_area`` that hold no nodata pixel (``invalid``: the nodata areas);
+    return the new geometries and the filled holes."""
     filled: list[tuple[int, Any]] = []
     out = geoms.copy()
+    tree = shapely.STRtree(invalid) if invalid is not None and len(invalid) else None
+
+    def holds_nodata(ring: Any) -> bool:
+        if tree is None:
+            return False
+        hole = shapely.Polygon(ring)
+        near = tree.query(hole, predicate="intersects")
+        return bool(len(near)) and float(shapely.area(shapely.intersection(invalid[near], hole)).max()) > 0.0  # type: ignore[index]
+
     n_holes = shapely.get_num_interior_rings(geoms)
     for idx in np.flatnonzero(n_holes > 0):
         poly = geoms[idx]
         holes = list(poly.interiors)
         areas = _ring_areas(holes, crs, scale)
-        keep = [h for h, a in zip(holes, areas, strict=True) if not a < max_area]
+        small = [a < max_area and not holds_nodata(h) for h, a in zip(holes, areas, strict=True)]
+        keep = [h for h, fill in zip(holes, small, strict=True) if not fill]
         if len(keep) == len(holes):
             continue
         out[idx] = shapely.Polygon(poly.exterior, keep)
-        filled.extend((int(idx), shapely.Polygon(h)) for h, a in zip(holes, areas, strict=True) if a < max_area)
+        filled.extend((int(idx), shapely.Polygon(h)) for h, fill in zip(holes, small, strict=True) if fill)
     return out, filled
 
 
@@ -411,7 +423,7 @@ def vectorize(
                 stacklevel=2,
             )
         affine = transform if transform is not None else Affine.identity()
-        pieces = _collect_pieces(msrc, psrc, threshold, window_size)
+        pieces = _collect_pieces(msrc, psrc, threshold, window_size, with_invalid=fill_holes > 0)
     finally:
         for s in sources:
             s.close()
@@ -428,7 +440,11 @@ def vectorize(
         if not math.isfinite(scale):
             scale = 1.0
     if fill_holes > 0 and len(geoms):
-        geoms, stats = _fill_and_absorb(geoms, stats, fill_holes, crs_obj, scale)
+        invalid = np.empty(len(pieces.invalid), dtype=object)  # never fill a hole over nodata
+        invalid[:] = pieces.invalid
+        if len(invalid) and not affine.is_identity:
+            invalid = _apply_affine(invalid, affine)
+        geoms, stats = _fill_and_absorb(geoms, stats, fill_holes, crs_obj, scale, invalid)
 
     def _areas(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if crs_obj is None:
@@ -479,8 +495,10 @@ def vectorize(
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs_obj), crs=crs_obj)
 
 
-def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float | None, size: int) -> _Pieces:
-    """Vectorise window by window; join pieces across window edges with a disjoint set."""
+def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float | None, size: int,
+                    with_invalid: bool = False) -> _Pieces:
+    """Vectorise window by window; join pieces across window edges with a disjoint set. With ``with_invalid`` the
+    nodata areas are kept too (``pieces.invalid``, per window), for ``fill_holes``."""
     grid = (msrc or psrc).shape  # type: ignore[union-attr]
     height, width = grid
     pieces = _Pieces()
@@ -507,6 +525,17 @@ def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float
                 change &= np.isfinite(m)
         else:
             change = pvalid & (prob >= threshold)  # type: ignore[operator]
+        if with_invalid:
+            invalid = np.zeros(change.shape, bool) if psrc is None else ~pvalid
+            if msrc is not None:
+                if msrc.nodata is not None and not (isinstance(msrc.nodata, float) and math.isnan(msrc.nodata)):
+                    invalid |= m == msrc.nodata
+                if np.issubdtype(m.dtype, np.floating):
+                    invalid |= ~np.isfinite(m)
+            if invalid.any():
+                shift = _affine_translation(int(win.col_off), int(win.row_off))
+                pieces.invalid.extend(shapely.geometry.shape(geom) for geom, _ in
+                                      _shapes(invalid.astype("uint8"), mask=invalid, connectivity=4, transform=shift))
         labels, n = ndimage.label(change, structure=_FOUR)
         offset = pieces.n
         if j == 0:
@@ -592,10 +621,12 @@ def _merge_pieces(pieces: _Pieces) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def _fill_and_absorb(
-    geoms: np.ndarray, stats: dict[str, np.ndarray], max_area: float, crs: CRS | None, scale: float
+    geoms: np.ndarray, stats: dict[str, np.ndarray], max_area: float, crs: CRS | None, scale: float,
+    invalid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Fill small holes; polygons lying inside a filled hole are absorbed into the polygon around them."""
-    geoms, filled = _fill_holes(geoms, max_area, crs, scale)
+    """Fill small holes without nodata; polygons lying inside a filled hole are absorbed into the polygon around
+    them."""
+    geoms, filled = _fill_holes(geoms, max_area, crs, scale, invalid)
     if not filled:
         return geoms, stats
     tree = shapely.STRtree(geoms)

@@ -185,6 +185,26 @@ def test_fill_holes_in_square_metres_in_epsg4326_absorbs_islands():
     assert len(vectorize(mask, transform=T_GEO, crs="EPSG:4326", fill_holes=hole_big * 0.99)) == 2
 
 
+@pytest.mark.parametrize("window_size", [512, 32])
+def test_fill_holes_never_covers_nodata(window_size: int):
+    mask = np.zeros((120, 120), dtype="uint8")
+    mask[10:110, 10:110] = 1
+    mask[20:30, 20:30] = 0  # a 100 px hole of unchanged pixels: filled
+    mask[60:80, 60:80] = 255  # a 400 px hole of nodata (e.g. a cloud or NaN in AFTER): never filled
+    mask[62:64, 62:64] = 0  # (unchanged pixels inside it do not make it fillable)
+    gdf = vectorize(mask, transform=T_UTM, crs=UTM, nodata=255, fill_holes=1e7, window_size=window_size)
+    assert len(gdf) == 1
+    poly = gdf.geometry[0]
+    assert len(poly.interiors) == 1
+    assert shapely.Polygon(poly.interiors[0]).area == pytest.approx(400 * 100)  # the nodata block stays out
+    assert gdf["area_m2"][0] == pytest.approx((100 * 100 - 400) * 100)
+    # from a probability raster, NaN is nodata in the same way
+    prob = np.where(mask == 1, 0.9, 0.1).astype("float32")
+    prob[60:80, 60:80] = np.nan
+    gdf = vectorize(None, prob, threshold=0.5, transform=T_UTM, crs=UTM, fill_holes=1e7, window_size=window_size)
+    assert len(gdf.geometry[0].interiors) == 1 and gdf["area_m2"][0] == pytest.approx((100 * 100 - 400) * 100)
+
+
 def test_simplify_is_topology_preserving_and_in_metres():
     yy, xx = np.mgrid[0:200, 0:200]
     disk = ((yy - 100) ** 2 + (xx - 100) ** 2 < 70**2).astype("uint8")
