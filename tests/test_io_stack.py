@@ -65,6 +65,40 @@ def test_sentinel2_folder(tmp_path: Path) -> None:
     assert cog_layout_errors(out) == []
 
 
+def test_stack_keeps_every_files_nodata_and_marks_uncovered_pixels(tmp_path: Path) -> None:
+    from changedet.errors import ChangedetWarning
+
+    a = np.full((60, 60), 100, np.uint8)
+    a[:10] = 0  # nodata 0
+    b = np.full((60, 60), 200.0, np.float32)
+    b[-10:] = -9999  # nodata -9999
+    make_geotiff(tmp_path / "d" / "a.tif", a, nodata=0, dtype="uint8")
+    make_geotiff(tmp_path / "d" / "b.tif", b, nodata=-9999, dtype="float32")
+    with pytest.warns(ChangedetWarning, match="different nodata values"):
+        out = stack_bands(tmp_path / "d", tmp_path / "s.tif")
+    with rasterio.open(out) as ds:
+        assert ds.nodata == 0 and ds.dtypes[0] == "float32"
+        data = ds.read(masked=True)
+    assert data.mask[0, :10].all() and not data.mask[0, 10:].any()
+    assert data.mask[1, -10:].all() and not data.mask[1, :-10].any()  # -9999 did not become data
+    # a band 300 m east, no nodata declared anywhere: the uncovered columns are nodata, with a warning
+    make_geotiff(tmp_path / "e" / "p1.tif", np.full((60, 60), 7, np.uint8), dtype="uint8")
+    make_geotiff(tmp_path / "e" / "p2.tif", np.full((60, 60), 9, np.uint8), dtype="uint8",
+                 origin=(500300.0, 5700000.0))
+    with pytest.warns(ChangedetWarning, match=r"p2.tif do\(es\) not cover the whole grid"):
+        out = stack_bands(tmp_path / "e", tmp_path / "e.tif")
+    with rasterio.open(out) as ds:
+        assert ds.nodata == 0
+        band2 = ds.read(2, masked=True)
+    assert band2.mask[:, :30].all() and (band2[:, 30:] == 9).all()
+    # a band elsewhere altogether: an error, nothing written
+    make_geotiff(tmp_path / "f" / "p1.tif", np.ones((60, 60), np.uint8), dtype="uint8")
+    make_geotiff(tmp_path / "f" / "p2.tif", np.ones((60, 60), np.uint8), dtype="uint8", origin=(600000.0, 5700000.0))
+    with pytest.raises(InputError, match=r"p2\.tif does not overlap p1\.tif"):
+        stack_bands(tmp_path / "f", tmp_path / "f.tif")
+    assert not (tmp_path / "f.tif").exists()
+
+
 def _jp2(path: Path, array: np.ndarray, res: int) -> None:
     from affine import Affine
 

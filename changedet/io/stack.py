@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -28,7 +29,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from changedet.errors import InputError, NotGeoreferencedWarning
+from changedet.errors import ChangedetWarning, InputError, NotGeoreferencedWarning
 from changedet.io.raster import COGWriter, date_from_name, open_raster
 
 __all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "landsat_band_files", "list_band_files",
@@ -246,6 +247,32 @@ def _dates_txt_date(folder: Path) -> _dt.date | None:
         return None
 
 
+def _coverage_problems(bands: Sequence[_Band], ref: _Band, folder: Any) -> list[str]:
+    """The names of the bands whose footprint covers only part of ``ref``'s grid; an :class:`InputError` for a band
+    that does not touch it at all."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    rb = array_bounds(ref.height, ref.width, ref.transform)  # (south, west, north, east)
+    ref_box = (rb[1], rb[0], rb[3], rb[2])
+    partial = []
+    for b in bands:
+        bb = array_bounds(b.height, b.width, b.transform)
+        box = transform_bounds(b.crs, ref.crs, bb[1], bb[0], bb[3], bb[2]) if b.crs != ref.crs else (
+            bb[1], bb[0], bb[3], bb[2])
+        w, s_, e, n = max(box[0], ref_box[0]), max(box[1], ref_box[1]), min(box[2], ref_box[2]), min(box[3], ref_box[3])
+        if w >= e or s_ >= n:
+            raise InputError(
+                f"{folder}: {b.path.name} does not overlap {ref.path.name} (bounds {tuple(round(v, 3) for v in box)} "
+                f"against {tuple(round(v, 3) for v in ref_box)}); stack files of the same place"
+            )
+        tol = 0.5 * abs(ref.transform.a)  # half a pixel
+        if box[0] > ref_box[0] + tol or box[1] > ref_box[1] + tol or box[2] < ref_box[2] - tol \
+                or box[3] < ref_box[3] - tol:
+            partial.append(b.path.name)
+    return partial
+
+
 def stack_bands(
     folder: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -387,13 +414,30 @@ def stack_bands(
         ref = bands[0]
 
     dtype = np.result_type(*[np.dtype(b.dtype) for b in bands])
-    nodatas = {b.nodata for b in bands if b.nodata is not None}
-    nodata = next(iter(nodatas)) if len(nodatas) == 1 else None
-    if files is None and (safe or landsat) and not nodatas:
+    declared = [b.nodata for b in bands if b.nodata is not None]
+    # one nodata value for the stack: the first band's where several differ (each band's own nodata pixels are
+    # written as that value, so none of them turns into data)
+    nodata = declared[0] if declared else None
+    if len(set(declared)) > 1:
+        warnings.warn(
+            f"{folder}: the files declare different nodata values ({', '.join(f'{v:g}' for v in dict.fromkeys(declared))}); "
+            f"the stack marks every file's nodata pixels with {nodata:g}",
+            ChangedetWarning, stacklevel=2,
+        )
+    if files is None and (safe or landsat) and not declared:
         # ESA's L1C/L2A products and USGS's Landsat Collection 2 bands mark pixels outside the swath with 0 (fill)
         # without a nodata tag
         nodata = 0
         bands = [_Band(b.path, b.name, b.crs, b.transform, b.width, b.height, b.dtype, 0) for b in bands]
+    if georeferenced:
+        partial = _coverage_problems(bands, ref, folder)
+        if partial and nodata is None:  # the uncovered pixels must not read as data
+            nodata = float("nan") if np.dtype(dtype).kind == "f" else 0
+            warnings.warn(
+                f"{folder}: {', '.join(partial)} do(es) not cover the whole grid of {ref.path.name}; the pixels "
+                f"outside are marked nodata ({nodata:g}), as no file declares a nodata value",
+                ChangedetWarning, stacklevel=2,
+            )
     date = _dates_txt_date(Path(os.fspath(folder)))
     if date is None:
         date = next((d for d in (date_from_name(p) for p in paths) if d is not None), None)
@@ -443,14 +487,17 @@ def stack_bands(
                         height=height,
                         resampling=rs,
                         src_nodata=b.nodata,
-                        nodata=nodata if nodata is not None else b.nodata,
+                        nodata=b.nodata if b.nodata is not None else nodata,
                     )
                 )
                 try:
                     for r0 in range(0, height, rows):
                         h = min(rows, height - r0)
                         win = Window(0, r0, width, h)
-                        arr = src.read(1, window=win, out_dtype=dtype)
+                        if nodata is None:
+                            arr = src.read(1, window=win, out_dtype=dtype)
+                        else:  # this band's nodata (and, warped, the pixels it does not cover) as the stack's
+                            arr = src.read(1, window=win, masked=True).astype(dtype).filled(nodata)
                         writer.write_band(i + 1, arr, win)
                 finally:
                     if src is not ds:
