@@ -90,6 +90,12 @@ def test_a_folder_given_as_a_checkpoint_names_the_checkpoint_in_it(saved) -> Non
             call(saved.parent)
 
 
+def test_a_bare_pytorch_pickle_says_what_changedet_reads(model, tmp_path) -> None:
+    torch.save(model.state_dict(), tmp_path / "real.pt")
+    with pytest.raises(CheckpointError, match=r"real\.pt: a PyTorch pickle without changedet's real\.json"):
+        load_checkpoint(tmp_path / "real.pt")
+
+
 def test_checkpoint_paths() -> None:
     assert checkpoint_paths("a/m") == (Path("a/m.safetensors"), Path("a/m.json"))
     assert checkpoint_paths("a/m.json") == (Path("a/m.safetensors"), Path("a/m.json"))

@@ -283,7 +283,14 @@ def _refuse_folder(path: str | os.PathLike[str]) -> None:
 def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
     """Read and validate the JSON of a checkpoint (stem, ``.json`` or weights path) without loading weights."""
     _refuse_folder(path)
-    _, json_path = checkpoint_paths(path)
+    weights_path, json_path = checkpoint_paths(path)
+    if not json_path.is_file() and weights_path.suffix in (".pt", ".pth") and weights_path.is_file():
+        raise CheckpointError(
+            f"{weights_path}: a PyTorch pickle without changedet's {json_path.name} beside it; changedet reads "
+            "<stem>.safetensors plus <stem>.json (written by changedet train). Save the weights with "
+            "changedet.models.checkpoint.save_checkpoint(model, path, meta) (pickles load only with "
+            "load_checkpoint(..., allow_pickle=True) and a JSON beside them)"
+        )
     if not json_path.is_file():
         raise CheckpointError(
             f"{json_path}: checkpoint JSON not found; a checkpoint is <stem>.safetensors plus <stem>.json "
@@ -367,7 +374,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, in_channels: int | None = N
 
     _refuse_folder(path)
     weights_path, json_path = checkpoint_paths(path)
-    meta = read_meta(json_path)
+    meta = read_meta(path)
     expected = meta.in_channels
     if in_channels is not None and expected is not None and int(in_channels) != expected:
         names = f" ({', '.join(meta.band_names)})" if meta.band_names else ""
