@@ -78,6 +78,26 @@ def test_check_lists_every_reason_and_json(runner: CliRunner, tmp_path: Path) ->
     assert data["ok"] is False and len(data["problems"]) == 2
 
 
+def test_check_compares_named_bands_of_stacks_with_different_band_counts(runner: CliRunner, tmp_path: Path) -> None:
+    from changedet.io.stack import SENTINEL2_BANDS
+
+    l1c = list(SENTINEL2_BANDS)
+    l2a = [n for n in l1c if n != "B10"]  # an L2A stack has no cirrus band
+    rng = np.random.default_rng(0)
+    before = make_geotiff(tmp_path / "l1c.tif", (rng.random((13, 64, 64)) * 3000).astype("uint16"), descriptions=l1c)
+    after = make_geotiff(tmp_path / "l2a.tif", (rng.random((12, 64, 64)) * 3000).astype("uint16"), descriptions=l2a)
+    res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["indexes"]["before"] == [i + 1 for i, n in enumerate(l1c) if n != "B10"]
+    assert data["indexes"]["after"] == list(range(1, 13))
+    assert any("checked the 12 bands both have by name" in n for n in data["notes"])
+    # unnamed bands of different counts still cannot be compared
+    plain, _ = make_pair(tmp_path / "p", "band-mismatch")
+    res = runner.invoke(cli, ["check", str(plain), str(after), "--no-shift"])
+    assert res.exit_code == 1 and "NOT OK" in res.output
+
+
 def test_check_indexes(runner: CliRunner, tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "band-mismatch")
     res = runner.invoke(cli, ["check", str(before), str(after), "--indexes", "1-3", "--json", "--no-shift"])

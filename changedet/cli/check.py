@@ -43,6 +43,27 @@ def parse_indexes(text: str | None) -> list[int] | tuple[list[int], list[int]] |
     return one(text)
 
 
+def _common_named_bands(before: Path, after: Path) -> tuple[tuple[list[int], list[int]] | None, str | None]:
+    """For two rasters with different band counts whose bands are all named (a 13-band L1C and a 12-band L2A
+    stack, say): the bands both have, by name, and a note saying so; ``detect`` picks a model's bands by name the
+    same way, so the pair can be compared. ``(None, None)`` otherwise (``check_pair`` then reports the mismatch)."""
+    from changedet.errors import ChangedetError
+    from changedet.io.raster import raster_info
+
+    try:
+        b, a = raster_info(before), raster_info(after)
+    except ChangedetError:
+        return None, None  # check_pair reports why the file cannot be read
+    if b.count == a.count or not all(b.descriptions) or not all(a.descriptions):
+        return None, None
+    common = [n for n in b.descriptions if n in a.descriptions]
+    if not common:
+        return None, None
+    picks = ([b.descriptions.index(n) + 1 for n in common], [a.descriptions.index(n) + 1 for n in common])
+    return picks, (f"bands: {b.count} and {a.count}; checked the {len(common)} bands both have by name "
+                   f"({', '.join(str(n) for n in common)}), as detect picks a model's bands by name")
+
+
 @click.command("check")
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
@@ -81,9 +102,13 @@ def command(
     """
     from changedet.io.alignment import check_pair
 
-    report = check_pair(
-        before, after, indexes=parse_indexes(indexes), estimate_shift=shift, resampling=resampling
-    )
+    selected = parse_indexes(indexes)
+    note = None
+    if selected is None:
+        selected, note = _common_named_bands(before, after)
+    report = check_pair(before, after, indexes=selected, estimate_shift=shift, resampling=resampling)
+    if note:
+        report.notes.append(note)
     if as_json:
         echo_json(report.to_dict())
     else:
