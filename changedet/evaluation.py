@@ -449,10 +449,15 @@ def _read_band(path: Path) -> tuple[np.ndarray, np.ndarray, Any, Any]:
             with rasterio.open(path) as ds:
                 data = ds.read(1, masked=True)
                 crs, transform = ds.crs, ds.transform
+                count = ds.count
     except RasterioIOError as exc:
         from changedet.errors import RasterReadError
 
         raise RasterReadError(f"{path}: cannot be read as a raster ({exc}); check the file") from exc
+    if count > 1:
+        from changedet.errors import ChangedetWarning
+
+        warnings.warn(f"{path}: {count} bands; only band 1 is scored", ChangedetWarning, stacklevel=3)
     valid = ~np.ma.getmaskarray(data)
     values = np.ma.getdata(data)
     if np.issubdtype(values.dtype, np.floating):

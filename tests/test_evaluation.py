@@ -211,6 +211,16 @@ def test_truth_of_ones_and_twos_is_read_as_oscd_labels(tmp_path) -> None:
     assert evaluate_paths(tmp_path / "p.tif", tmp_path / "t3.tif")["pooled"]["fn"] == 94
 
 
+def test_a_multi_band_raster_is_scored_on_band_1_with_a_warning(tmp_path) -> None:
+    truth = np.zeros((2, 10, 10), np.uint8)
+    truth[0, :5] = 1
+    make_geotiff(tmp_path / "t.tif", truth, dtype="uint8")
+    make_geotiff(tmp_path / "p.tif", truth[0], dtype="uint8")
+    with pytest.warns(UserWarning, match=r"t\.tif: 2 bands; only band 1 is scored"):
+        r = evaluate_paths(tmp_path / "p.tif", tmp_path / "t.tif")
+    assert r["pooled"]["tp"] == 50 and r["pooled"]["fp"] == 0
+
+
 def test_pair_files_errors(tmp_path) -> None:
     (tmp_path / "p").mkdir()
     (tmp_path / "t").mkdir()
