@@ -584,9 +584,11 @@ def _checked_tta(tta: str | None, method: str) -> str:
 def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device: str | None) -> None:
     """Options that can be checked before anything is read or written (an :class:`InputError` naming the option);
     the tile size is checked against the scene and the model once both are known."""
+    import numbers
+
     from changedet.tiling import BLENDS
 
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0:
         raise InputError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
     if blend not in BLENDS:
         raise InputError(f"unknown --blend {blend!r}; choose one of {', '.join(BLENDS)}")
