@@ -87,6 +87,12 @@ def _read(folder: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _assert_same_rasters(folder: Path, other: Path) -> None:
+    a, b = _read(folder), _read(other)
+    for name in RASTERS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 @pytest.mark.parametrize("method", ["cva", pytest.param("model", marks=pytest.mark.slow)])
 def test_resume_continues_an_interrupted_run_with_an_identical_result(
     scene: tuple[Path, Path], narrow_scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path, method: str
@@ -160,9 +166,7 @@ def test_resume_with_another_pair_starts_over(scene: tuple[Path, Path], checkpoi
     result = detect(other_b, other_a, output_dir=out, resume=True, **_options("cva", checkpoint))
     assert result.report["stats"]["tiles_resumed"] == 0
     detect(other_b, other_a, output_dir=tmp_path / "whole", **_options("cva", checkpoint))
-    a, b = _read(tmp_path / "whole"), _read(out)
-    for name in RASTERS:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    _assert_same_rasters(tmp_path / "whole", out)
 
 
 def test_resume_without_a_journal_does_not_replace_finished_outputs(scene: tuple[Path, Path], checkpoint: Path,
@@ -283,9 +287,7 @@ def test_resume_after_sigkill_gives_an_identical_result(scene: tuple[Path, Path]
     assert json.loads(res.stdout)["stats"]["tiles_resumed"] > 0  # the journaled blocks were on disk
     detect(before, after, output_dir=tmp_path / "whole", method="cva", tile_size=TILE, quicklook=False,
            vectorize=False)
-    a, b = _read(tmp_path / "whole"), _read(out)
-    for name in RASTERS:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    _assert_same_rasters(tmp_path / "whole", out)
 
 
 def test_resume_with_a_lost_partial_file_starts_over(scene: tuple[Path, Path], checkpoint: Path,
