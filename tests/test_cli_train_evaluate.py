@@ -102,6 +102,15 @@ def test_train_config_values_of_the_wrong_type_are_clear_errors(list_dataset, ov
     assert not (list_dataset / "run").exists() and not (list_dataset.parent / "x.json").exists()
 
 
+def test_numbers_that_yaml_reads_as_text_are_numbers(list_dataset) -> None:
+    from changedet.cli.train import load_config
+
+    config, _ = load_config(list_dataset / "run.yaml", {"lr": "1e-3", "weight_decay": "5e-4"})
+    assert config["lr"] == 0.001 and config["weight_decay"] == 0.0005
+    with pytest.raises(Exception, match="lr must be a number, got 'fast'"):
+        load_config(list_dataset / "run.yaml", {"lr": "fast"})
+
+
 def test_train_out_that_is_a_file_is_a_clear_error(list_dataset) -> None:
     (list_dataset / "afile").write_text("")
     res = CliRunner().invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), "--out", str(list_dataset / "afile")])

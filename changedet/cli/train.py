@@ -114,6 +114,11 @@ def check_types(config: dict[str, Any], params: Any, where: str) -> None:
         if not all(m in _YAML_TYPES for m in members):
             continue
         allowed = tuple(t for m in members for t in _YAML_TYPES[m])
+        if isinstance(value, str) and "float" in members and "str" not in members:
+            try:  # YAML reads 1e-3 (no dot) as text: `lr: 1e-3` and `--lr 1e-3` mean the number
+                value = config[key] = float(value)
+            except ValueError:
+                pass
         if (isinstance(value, bool) and "bool" not in members) or not isinstance(value, allowed):
             wanted = " or ".join({"int": "an integer", "float": "a number", "str": "a name", "bool": "true/false",
                                   "None": "null", "Path": "a path", "Mapping": "a mapping",
