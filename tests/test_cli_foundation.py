@@ -34,6 +34,17 @@ def test_info_text_and_json(runner: CliRunner, tmp_path: Path) -> None:
     assert data["interleave"] == "pixel" and "pixel-interleaved" in runner.invoke(cli, ["info", str(before)]).output
 
 
+def test_info_shows_colour_interpretation_and_alpha(runner: CliRunner, tmp_path: Path) -> None:
+    from rasterio.enums import ColorInterp
+
+    path = make_geotiff(tmp_path / "rgba.tif", np.ones((4, 16, 16), "uint8"), dtype="uint8")
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    res = runner.invoke(cli, ["info", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "B1           uint8  red" in res.output and "B4           uint8  alpha" in res.output
+
+
 @pytest.mark.parametrize("make", ["missing", "text", "dir"])
 def test_info_unreadable_exits_2(runner: CliRunner, tmp_path: Path, make: str) -> None:
     path = tmp_path / "bad.tif"

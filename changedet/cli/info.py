@@ -67,8 +67,11 @@ def command(raster: Path, as_json: bool) -> None:
         + (f", {info.interleave}-interleaved" if info.interleave else "")
     )
     click.echo("  bands")
-    for i, (name, dtype) in enumerate(zip(info.band_names(), info.dtypes, strict=True), start=1):
-        click.echo(f"    {i:>3}  {name:<12} {dtype}")
+    colours = list(info.colorinterp) if len(info.colorinterp) == info.count else [""] * info.count
+    for i, (name, dtype, colour) in enumerate(zip(info.band_names(), info.dtypes, colours, strict=True), start=1):
+        # GDAL's colour interpretation where it says something (red, green, blue, alpha: detect's validity mask)
+        shown = "" if colour in ("", "undefined", "gray", "grey") else f"  {colour}"
+        click.echo(f"    {i:>3}  {name:<12} {dtype}{shown}")
     if info.tags:
         click.echo("  tags")
         for key, value in sorted(info.tags.items()):
