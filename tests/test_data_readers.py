@@ -189,6 +189,9 @@ def test_list_errors_name_the_problem(tmp_path) -> None:
         read_list(tmp_path / "odd.csv")
     (scene,) = read_list(tmp_path / "odd.csv", change_values=[7])
     assert scene.label.sum() == 16
+    (tmp_path / "twice.csv").write_text("name,before,after\ns,s3_before.tif,s3_after.tif\ns,s3_before.tif,s3_after.tif\n")
+    with pytest.raises(InputError, match="several rows are named s; give each row its own name"):
+        read_list(tmp_path / "twice.csv")
     with pytest.raises(InputError, match="unknown dataset type"):
         load_dataset({"type": "nope"})
     with pytest.raises(InputError, match="unknown key"):

@@ -408,8 +408,12 @@ def read_list(
     base = path.parent
     scenes = []
     wanted = None if names is None else {str(n) for n in names}
-    for row in _list_rows(path):
-        name = str(row.get("name") or Path(str(row["before"])).stem)
+    rows = list(_list_rows(path))
+    row_names = [str(row.get("name") or Path(str(row["before"])).stem) for row in rows]
+    repeated = sorted({n for n in row_names if row_names.count(n) > 1})
+    if repeated:  # scenes are told apart by name (validation, test and calibration lists name them)
+        raise InputError(f"{path}: several rows are named {', '.join(repeated)}; give each row its own name")
+    for row, name in zip(rows, row_names, strict=True):
         if wanted is not None and name not in wanted:
             continue
 
