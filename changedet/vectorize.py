@@ -525,6 +525,7 @@ def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float
                 change &= np.isfinite(m)
         else:
             change = pvalid & (prob >= threshold)  # type: ignore[operator]
+        shift = _affine_translation(int(win.col_off), int(win.row_off))  # window pixels -> scene pixels
         if with_invalid:
             invalid = np.zeros(change.shape, bool) if psrc is None else ~pvalid
             if msrc is not None:
@@ -533,7 +534,6 @@ def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float
                 if np.issubdtype(m.dtype, np.floating):
                     invalid |= ~np.isfinite(m)
             if invalid.any():
-                shift = _affine_translation(int(win.col_off), int(win.row_off))
                 pieces.invalid.extend(shapely.geometry.shape(geom) for geom, _ in
                                       _shapes(invalid.astype("uint8"), mask=invalid, connectivity=4, transform=shift))
         labels, n = ndimage.label(change, structure=_FOUR)
@@ -558,7 +558,6 @@ def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float
                 pieces.pn.append(np.zeros(n))
                 pieces.pmax.append(np.full(n, -np.inf))
             geoms: list[Any] = [None] * n
-            shift = _affine_translation(int(win.col_off), int(win.row_off))
             for geom, value in _shapes(labels, mask=change, connectivity=4, transform=shift):
                 geoms[int(value) - 1] = shapely.geometry.shape(geom)
             pieces.geoms.extend(geoms)

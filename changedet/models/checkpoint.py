@@ -372,9 +372,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, in_channels: int | None = N
     """
     from changedet.models.registry import create_model
 
-    _refuse_folder(path)
     weights_path, json_path = checkpoint_paths(path)
-    meta = read_meta(path)
+    meta = read_meta(path)  # refuses a folder, a bare pickle and a missing JSON
     expected = meta.in_channels
     if in_channels is not None and expected is not None and int(in_channels) != expected:
         names = f" ({', '.join(meta.band_names)})" if meta.band_names else ""
