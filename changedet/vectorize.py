@@ -3,7 +3,9 @@
 :func:`vectorize` reads the mask window by window (``rasterio.features.shapes`` on each window), so a mask of any
 size is vectorised in bounded memory; polygons cut by window edges are merged back into one. Sizes given in
 metres (``min_area``, ``simplify``, ``fill_holes``) stay in metres when the CRS is geographic (EPSG:4326, as in
-OSCD): areas and perimeters are geodesic on the CRS's ellipsoid and simplification runs in the local UTM zone.
+OSCD) or a projection that stretches areas by more than 1 % over the scene (Web Mercator, EPSG:3857; see
+:mod:`changedet.geodesy`): areas and perimeters are then geodesic on the CRS's ellipsoid and simplification runs in
+the local UTM zone.
 
 This module never imports torch: a QGIS or notebook user can vectorise without the ML stack.
 
@@ -37,6 +39,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from changedet.errors import InputError, NotGeoreferencedWarning, RasterReadError
+from changedet.geodesy import geodesic_area_perimeter, needs_geodesic_area
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
@@ -48,8 +51,8 @@ __all__ = ["COLUMNS", "vectorize"]
 log = logging.getLogger(__name__)
 
 #: Attribute columns of the GeoDataFrame returned by :func:`vectorize` (plus ``geometry``), in order.
-#: ``area_m2``/``perimeter_m`` are in square metres/metres (geodesic for a geographic CRS; NaN when the input is
-#: not georeferenced); ``pixel_count`` is the number of changed pixels inside the polygon (holes filled by
+#: ``area_m2``/``perimeter_m`` are in square metres/metres (geodesic for a geographic CRS or one that stretches areas,
+#: such as Web Mercator; NaN when the input is not georeferenced); ``pixel_count`` is the number of changed pixels inside the polygon (holes filled by
 #: ``fill_holes`` not counted); ``mean_prob``/``max_prob`` summarise the probability over those pixels (NaN
 #: without a probability); dates are ISO strings (``YYYY-MM-DD``) or missing.
 COLUMNS: tuple[str, ...] = (
@@ -217,18 +220,17 @@ def _metres_per_unit(crs: CRS) -> float:
     return float(factor) if factor else float("nan")
 
 
-def _geodesic_area_perimeter(geoms: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
-    geod = crs.get_geod()
-    if geod is None:  # pragma: no cover - every geographic CRS has an ellipsoid
-        return np.full(len(geoms), np.nan), np.full(len(geoms), np.nan)
-    out = np.array([geod.geometry_area_perimeter(g) for g in geoms], dtype="float64").reshape(-1, 2)
-    return np.abs(out[:, 0]), out[:, 1]
+def _grid_bounds(transform: Affine, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a ``shape`` (rows, cols) grid, whatever the signs of the transform."""
+    h, w = shape
+    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))), strict=True)
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _ring_areas(rings: list[Any], crs: CRS | None, scale: float) -> np.ndarray:
     polys = shapely.polygons(np.asarray(rings, dtype=object))
-    if crs is not None and crs.is_geographic:
-        return _geodesic_area_perimeter(polys, crs)[0]
+    if crs is not None and not math.isfinite(scale):  # geodesic (see the caller)
+        return geodesic_area_perimeter(polys, crs)[0]
     return shapely.area(polys) * scale * scale
 
 
@@ -431,9 +433,13 @@ def vectorize(
     geoms, stats = _merge_pieces(pieces)
     geoms = _apply_affine(geoms, affine) if not affine.is_identity else geoms
 
+    # scale: metres per map unit, NaN where areas are measured on the ellipsoid (geographic CRS, or a projection
+    # that stretches areas, such as Web Mercator)
+    shape = (msrc or psrc).shape  # type: ignore[union-attr]
+    geodesic = crs_obj is not None and needs_geodesic_area(crs_obj, _grid_bounds(affine, shape))
     if crs_obj is None:
         scale = 1.0
-    elif crs_obj.is_geographic:
+    elif geodesic:
         scale = float("nan")
     else:
         scale = _metres_per_unit(crs_obj)
@@ -449,8 +455,8 @@ def vectorize(
     def _areas(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if crs_obj is None:
             return shapely.area(g), shapely.length(g)
-        if crs_obj.is_geographic:
-            return _geodesic_area_perimeter(g, crs_obj)
+        if geodesic:
+            return geodesic_area_perimeter(g, crs_obj)
         return shapely.area(g) * scale * scale, shapely.length(g) * scale
 
     if min_area > 0 and len(geoms):
@@ -458,7 +464,7 @@ def vectorize(
         geoms, stats = geoms[keep], {k: v[keep] for k, v in stats.items()}
 
     if simplify > 0 and len(geoms):
-        if crs_obj is not None and crs_obj.is_geographic:
+        if crs_obj is not None and geodesic:  # the tolerance is in metres on the ground: simplify in UTM
             local = gpd.GeoSeries(geoms, crs=crs_obj)
             utm = local.estimate_utm_crs()
             simplified = _simplify(np.asarray(local.to_crs(utm).values), simplify)

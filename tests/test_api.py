@@ -267,3 +267,41 @@ def test_xarray_misuse_is_a_clear_input_error(pair: tuple[Path, Path], tmp_path:
     with pytest.raises(InputError, match="no spatial dimensions"):
         detect(pair[0], nospace, method="cva", output_dir=tmp_path / "c")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_report_areas_follow_the_latitude_in_web_mercator_and_degrees(tmp_path: Path) -> None:
+    from pyproj import Geod, Transformer
+
+    from changedet.testing import make_geotiff
+
+    # Web Mercator at 60 N: a map unit is half a metre on the ground, so a pixel of 10 units is ~25 m^2
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(10, 60)
+    rng = np.random.default_rng(0)
+    b = rng.normal(100, 5, (3, 64, 64)).astype("float32")
+    a = b.copy()
+    a[:, 10:30, 10:30] += 80
+    pb = make_geotiff(tmp_path / "mb.tif", b, crs="EPSG:3857", res=10, origin=(x, y))
+    pa = make_geotiff(tmp_path / "ma.tif", a, crs="EPSG:3857", res=10, origin=(x, y))
+    res = detect(pb, pa, method="cva", output_dir=tmp_path / "m", quicklook=False)
+    s = res.report["summary"]
+    gdf = res.to_geodataframe()
+    truth = sum(abs(Geod(ellps="WGS84").geometry_area_perimeter(g)[0]) for g in gdf.to_crs(4326).geometry)
+    assert s["changed_pixels"] == (res.mask == 1).sum() > 0
+    assert s["changed_area_m2"] == pytest.approx(truth, rel=0.01)
+    assert s["changed_area_m2"] == pytest.approx(s["changed_pixels"] * 100 / 4, rel=0.02)
+    # EPSG:4326 over 5 degrees of latitude: the rows in the north hold less ground than the centre row
+    g = rng.normal(100, 5, (1, 250, 60)).astype("float32")
+    g2 = g.copy()
+    g2[:, :50] += 80  # the northern degree changes
+    gb = make_geotiff(tmp_path / "gb.tif", g, crs="EPSG:4326", res=0.02, origin=(10, 60))
+    ga = make_geotiff(tmp_path / "ga.tif", g2, crs="EPSG:4326", res=0.02, origin=(10, 60))
+    res = detect(gb, ga, method="cva", output_dir=tmp_path / "g", quicklook=False, vectorize=False)
+    s = res.report["summary"]
+    rows = np.flatnonzero((res.mask == 1).any(axis=1))
+    geod = Geod(ellps="WGS84")
+    per_row = [abs(geod.polygon_area_perimeter([10, 10.02, 10.02, 10], [60 - 0.02 * r, 60 - 0.02 * r,
+                                                                          60 - 0.02 * (r + 1), 60 - 0.02 * (r + 1)])[0])
+               for r in range(250)]
+    expected = sum((res.mask[r] == 1).sum() * per_row[r] for r in rows)
+    assert s["changed_area_m2"] == pytest.approx(expected, rel=0.005)
+    assert s["valid_area_m2"] == pytest.approx(60 * sum(per_row), rel=0.005)

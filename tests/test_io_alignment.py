@@ -154,6 +154,22 @@ def test_no_overlap_across_crs_shows_reprojected_bounds(tmp_path: Path) -> None:
     assert not report.ok and "EPSG:4326" in report.problems[0] and "in BEFORE's CRS" in report.problems[0]
 
 
+def test_south_up_rasters_are_refused_with_the_fix(tmp_path: Path) -> None:
+    from affine import Affine
+
+    south_up = Affine(10, 0, 500000, 0, 10, 5699360)  # row 0 is the southern edge
+    arr = np.ones((3, 64, 64), "uint16")
+    b = make_geotiff(tmp_path / "b.tif", arr, transform=south_up)
+    a = make_geotiff(tmp_path / "a.tif", arr, transform=south_up)
+    report = check_pair(b, a)
+    assert not report.ok
+    assert "b.tif: is south-up" in report.problems[0] and "gdalwarp" in report.problems[0]
+    assert "do not overlap" not in " ".join(report.problems)
+    north_up = make_geotiff(tmp_path / "n.tif", arr)
+    with pytest.raises(PairMismatchError, match=r"a.tif: is south-up.*b_northup|a.tif: is south-up.*a_northup"):
+        open_pair(north_up, a)
+
+
 def test_band_mismatch_and_indexes(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "band-mismatch")
     with pytest.raises(PairMismatchError, match=r"after.tif: 4 band.*before.tif has 3.*--indexes"):

@@ -68,6 +68,37 @@ def test_epsg4326_areas_within_one_percent_of_geodesic():
     assert 2 * (100 * 11.0 + 200 * 7.2) < gdf["perimeter_m"][0] < 2 * (100 * 11.2 + 200 * 7.4)
 
 
+def test_web_mercator_areas_are_geodesic_and_utm_stays_planar():
+    # EPSG:3857 stretches areas by 1/cos^2(latitude): a 20 x 20 px block of 10 map units at 60 N is about
+    # 10 km^2 on the ground, not 40 000 m^2 (map units); min_area and simplify are read on the ground too
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(10, 60)
+    t = from_origin(x, y, 10, 10)
+    mask = np.zeros((64, 64), dtype="uint8")
+    mask[10:30, 10:30] = 1
+    gdf = vectorize(mask, transform=t, crs="EPSG:3857")
+    truth = abs(Geod(ellps="WGS84").geometry_area_perimeter(gdf.to_crs(4326).geometry.iloc[0])[0])
+    assert gdf["area_m2"].iloc[0] == pytest.approx(truth, rel=1e-3)
+    assert gdf["area_m2"].iloc[0] == pytest.approx(40000 / 4, rel=0.02)
+    assert gdf["perimeter_m"].iloc[0] == pytest.approx(800 / 2, rel=0.02)
+    assert len(vectorize(mask, transform=t, crs="EPSG:3857", min_area=15000)) == 0  # 40000 map units: dropped
+    assert len(vectorize(mask, transform=t, crs="EPSG:3857", min_area=9000)) == 1
+    # a UTM zone keeps planar areas in map units (its areal scale is within 0.2 % of 1)
+    assert vectorize(mask, transform=T_UTM, crs=UTM)["area_m2"].iloc[0] == 40000.0
+
+
+def test_needs_geodesic_area_by_areal_scale():
+    from rasterio.crs import CRS as RCRS
+
+    from changedet.geodesy import needs_geodesic_area
+
+    assert needs_geodesic_area(RCRS.from_epsg(4326), (2, 48, 3, 49))
+    assert not needs_geodesic_area(RCRS.from_epsg(32631), (500000, 5700000, 510000, 5710000))
+    assert not needs_geodesic_area(RCRS.from_epsg(3035), (4000000, 3000000, 4010000, 3010000))  # equal-area
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(10, 60)
+    assert needs_geodesic_area(RCRS.from_epsg(3857), (x, y, x + 1000, y + 1000))
+    assert not needs_geodesic_area(None, (0, 0, 1, 1))
+
+
 @pytest.mark.parametrize("window_size", [7, 16, 33, 4096])
 def test_block_split_across_windows_comes_back_as_one_polygon(window_size):
     mask = np.zeros((100, 100), dtype="uint8")

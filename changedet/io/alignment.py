@@ -487,6 +487,17 @@ def _grid(
         return _Plan(None, Affine.identity(), info_b.width, info_b.height, full, full, [], [], None, None)
 
     assert info_b.crs is not None and info_a.crs is not None
+    for info in (info_b, info_a):
+        t = info.transform
+        if t.b == 0 and t.d == 0 and t.e > 0:
+            # rasterio's windows (and so the common grid) assume rows that run north to south
+            report.problem(
+                f"{info.name}: is south-up (its geotransform's pixel height is +{t.e:g}: row 0 is the southern "
+                "edge); changedet reads north-up rasters. Make a north-up copy with `gdalwarp "
+                f"{info.path} {os.path.splitext(info.name)[0]}_northup.tif` and give that instead.",
+                PairMismatchError,
+            )
+            return None
     try:
         fa = _footprint_after_in_before(ds_b, ds_a)
     except Exception as exc:  # noqa: BLE001 - any projection failure is reported
