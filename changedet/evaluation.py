@@ -483,7 +483,8 @@ def evaluate_paths(
         or a folder of them.
     truth : path
         The reference raster(s): non-zero is change unless ``truth_change_values`` says which values are; a truth
-        holding only 1 and 2 is read as OSCD's labels (1 no change, 2 change), with a warning.
+        holding only 1 and 2 is read as OSCD's labels (1 no change, 2 change), with a warning, and so is a truth of
+        1s only beside such truths (an OSCD scene without change).
     threshold : float, optional
         Predict change where the prediction value is >= threshold (for probability rasters).
     ignore_value : float, optional
@@ -497,10 +498,12 @@ def evaluate_paths(
     dict
         ``{"files": [{"pred", "truth", <counts and metrics>}], "pooled": {...}}`` (JSON-safe).
     """
-    rows = []
-    matrices = []
-    oscd_labels = []
-    for pred_path, truth_path in pair_files(pred, truth, probability=threshold is not None):
+    rows: list[dict[str, Any]] = []
+    matrices: list[ConfusionMatrix] = []
+    oscd_labels: list[str] = []
+    ones_only: list[int] = []  # rows whose truth holds only 1s: OSCD's "no change" when the others are OSCD
+
+    def score(pred_path: Path, truth_path: Path, oscd: bool | None) -> tuple[dict[str, Any], ConfusionMatrix, bool]:
         p, p_valid, p_crs, p_transform = _read_band(pred_path)
         t, t_valid, t_crs, t_transform = _read_band(truth_path)
         if p.shape != t.shape:
@@ -514,9 +517,10 @@ def evaluate_paths(
                 f"{truth_path} ({t_crs}, {tuple(t_transform)[:6]}); predict on the truth's grid"
             )
         change_values, no_change_values = truth_change_values, truth_no_change_values
-        if change_values is None and no_change_values is None and _oscd_style(t, t_valid):
+        if change_values is None and no_change_values is None and (oscd or (oscd is None and _oscd_style(t, t_valid))):
             change_values, no_change_values = [2], [1]  # OSCD's label files: 1 no change, 2 change
             oscd_labels.append(truth_path.name)
+        ones = bool(t_valid.any()) and bool((t[t_valid] == 1).all())
         change, known = binarize_truth(t, change_values=change_values, no_change_values=no_change_values)
         valid = p_valid & t_valid & known
         if ignore_value is not None:
@@ -532,8 +536,18 @@ def evaluate_paths(
                     )
             pred_mask = p != 0
         cm = confusion_matrix(pred_mask, change, valid)
+        return {"pred": str(pred_path), "truth": str(truth_path), **cm.to_dict()}, cm, ones
+
+    pairs = list(pair_files(pred, truth, probability=threshold is not None))
+    for pred_path, truth_path in pairs:
+        row, cm, ones = score(pred_path, truth_path, None)
+        if ones:
+            ones_only.append(len(rows))
+        rows.append(row)
         matrices.append(cm)
-        rows.append({"pred": str(pred_path), "truth": str(truth_path), **cm.to_dict()})
+    if oscd_labels and ones_only and truth_change_values is None and truth_no_change_values is None:
+        for i in ones_only:  # a scene without change among OSCD labels: its 1s are "no change", not change
+            rows[i], matrices[i], _ = score(*pairs[i], True)
     if oscd_labels:
         import warnings
 
@@ -541,8 +555,8 @@ def evaluate_paths(
 
         shown = ", ".join(oscd_labels[:3]) + (" ..." if len(oscd_labels) > 3 else "")
         warnings.warn(
-            f"{shown}: truth values are 1 and 2 only, read as OSCD labels (1 no change, 2 change), as training "
-            "does; pass --truth-change-value or --truth-values to say otherwise", ChangedetWarning, stacklevel=2,
+            f"{shown}: truth values are 1 and 2 only (or 1 only, beside such truths), read as OSCD labels (1 no "
+            "change, 2 change), as training does; pass --truth-change-value or --truth-values to say otherwise", ChangedetWarning, stacklevel=2,
         )
     return {"files": rows, "pooled": pool(matrices).to_dict(), "threshold": threshold}
 

@@ -212,3 +212,72 @@ def test_scene_validates_shapes_and_crops() -> None:
     crop = scene.crop(2, 3, 4, 5)
     assert crop.shape == (4, 5)
     assert (crop.transform.c, crop.transform.f) == (130.0, 180.0)
+
+
+def test_an_all_ones_oscd_label_beside_1_2_labels_is_no_change(tmp_path) -> None:
+    # OSCD labels are 1 (no change) / 2 (change); a scene without change holds only 1s, which on its own reads as
+    # 0/1 and so all change: beside 1/2 labels in the same list it is read as they are
+    _write_triplet(tmp_path, "s1", label_values=(1, 2))
+    _write_triplet(tmp_path, "nc", label_values=(1, 1))
+    (tmp_path / "pairs.csv").write_text(
+        "name,before,after,label\ns1,s1_before.tif,s1_after.tif,s1_cm.tif\nnc,nc_before.tif,nc_after.tif,nc_cm.tif\n"
+    )
+    with pytest.warns(UserWarning, match=r"nc_cm.tif: no value 2, read as OSCD labels"):
+        s1, nc = read_list(tmp_path / "pairs.csv")
+    assert s1.label.sum() == 16 and nc.label.sum() == 0 and nc.valid.all()
+    with pytest.warns(UserWarning, match="no value 2"):  # a validation subset alone is read the same way
+        (only,) = read_list(tmp_path / "pairs.csv", names=["nc"])
+    assert only.label.sum() == 0
+    (nc_alone,) = read_list(tmp_path / "pairs.csv", names=["nc"], change_values=[1])  # said otherwise
+    assert nc_alone.label.all()
+    # without any 1/2 label, an all-ones label stays all change (0/1)
+    (tmp_path / "alone.csv").write_text("name,before,after,label\nnc,nc_before.tif,nc_after.tif,nc_cm.tif\n")
+    assert read_list(tmp_path / "alone.csv")[0].label.all()
+
+
+def _folder_dataset(root, labels: dict, *, rgb: bool = False):
+    for d in ("A", "B", "label"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for name, lab in labels.items():
+        img = np.random.default_rng(0).integers(0, 255, (3, 16, 16)).astype(np.uint8)
+        make_geotiff(root / "A" / f"{name}.tif", img, crs=None)
+        make_geotiff(root / "B" / f"{name}.tif", img, crs=None)
+        make_geotiff(root / "label" / f"{name}.tif", lab, crs=None)
+
+
+def test_folders_colour_labels_change_values_and_odd_files(tmp_path) -> None:
+
+    green = np.zeros((3, 16, 16), np.uint8)
+    green[1, 2:6, 2:6] = 255  # change painted green on black: band 1 alone holds none of it
+    grey = np.full((16, 16), 10, np.uint8)
+    grey[0:4, 0:4] = 240  # a JPEG-like label: no 0/1, 0/255 or 1/2 values
+    _folder_dataset(tmp_path / "c", {"p1": green})
+    (scene,) = read_folders(tmp_path / "c")
+    assert scene.label.sum() == 16 and scene.label[2:6, 2:6].all()
+    _folder_dataset(tmp_path / "j", {"p1": grey})
+    with pytest.raises(InputError, match="change_values"):
+        read_folders(tmp_path / "j")
+    split = load_dataset({"type": "folders", "root": "j", "change_values": [240]}, base=tmp_path)
+    assert split.train[0].label.sum() == 16
+    # hidden files are skipped; files without a partner are named in a warning; two images of one name: error
+    (tmp_path / "c" / "A" / "._p1.tif").write_bytes(b"\x00\x05\x16\x07")
+    make_geotiff(tmp_path / "c" / "B" / "p2.tif", green, crs=None)
+    with pytest.warns(UserWarning, match=r"1 file\(s\) left out.*B/p2.tif"):
+        assert list_folder_pairs(tmp_path / "c") == ["p1"]
+    make_geotiff(tmp_path / "c" / "A" / "p1.png", green[0], crs=None)
+    with pytest.raises(InputError, match=r"p1.png and p1.tif are both pair 'p1'"):
+        list_folder_pairs(tmp_path / "c")
+
+
+def test_pixel_aligned_after_without_georeferencing_is_accepted(tmp_path) -> None:
+    from changedet.data.generic import read_pair_files
+
+    img = np.random.default_rng(1).integers(0, 1000, (2, 16, 16)).astype(np.uint16)
+    b = make_geotiff(tmp_path / "b.tif", img)
+    a = make_geotiff(tmp_path / "a.tif", img, crs=None)
+    scene = read_pair_files(b, a)
+    assert scene.crs is not None and scene.valid.all()
+    np.testing.assert_array_equal(scene.after, img.astype(np.float32))
+    small = make_geotiff(tmp_path / "s.tif", img[:, :8], crs=None)
+    with pytest.raises(InputError, match="16x8 pixels but"):
+        read_pair_files(b, small)

@@ -211,6 +211,27 @@ def test_truth_of_ones_and_twos_is_read_as_oscd_labels(tmp_path) -> None:
     assert evaluate_paths(tmp_path / "p.tif", tmp_path / "t3.tif")["pooled"]["fn"] == 94
 
 
+def test_an_all_ones_truth_beside_oscd_truths_is_no_change(tmp_path) -> None:
+    truth = np.ones((10, 10), np.uint8)
+    truth[2:4, 2:4] = 2
+    pred = np.zeros((10, 10), np.uint8)
+    pred[0, 0] = 1  # one false alarm in the city without change
+    for d in ("p", "t"):
+        (tmp_path / d).mkdir()
+    make_geotiff(tmp_path / "p" / "a.tif", (truth == 2).astype(np.uint8), dtype="uint8")
+    make_geotiff(tmp_path / "t" / "a.tif", truth, dtype="uint8")
+    make_geotiff(tmp_path / "p" / "b.tif", pred, dtype="uint8")
+    make_geotiff(tmp_path / "t" / "b.tif", np.ones((10, 10), np.uint8), dtype="uint8")  # OSCD: no change
+    with pytest.warns(UserWarning, match="OSCD labels"):
+        r = evaluate_paths(tmp_path / "p", tmp_path / "t")
+    b = next(f for f in r["files"] if f["truth"].endswith("b.tif"))
+    assert (b["tp"], b["fp"], b["fn"], b["tn"]) == (0, 1, 0, 99)
+    assert (r["pooled"]["tp"], r["pooled"]["fp"], r["pooled"]["fn"]) == (4, 1, 0)
+    # alone, an all-ones truth is all change (non-zero is change)
+    alone = evaluate_paths(tmp_path / "p" / "b.tif", tmp_path / "t" / "b.tif")
+    assert alone["pooled"]["fn"] == 99
+
+
 def test_a_multi_band_raster_is_scored_on_band_1_with_a_warning(tmp_path) -> None:
     truth = np.zeros((2, 10, 10), np.uint8)
     truth[0, :5] = 1

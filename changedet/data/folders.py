@@ -16,10 +16,11 @@ pair keeps its CRS and transform).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from changedet.data.generic import Scene, read_pair_files
+from changedet.data.generic import Scene, read_pair_files, shared_label_values
 from changedet.errors import InputError
 
 __all__ = ["list_folder_pairs", "read_folders"]
@@ -28,7 +29,16 @@ _SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in _SUFFIXES}
+    """Image files by stem; hidden files (macOS ``._name`` forks, ``.DS_Store``) are skipped, and two images of
+    one stem (``p1.png`` and ``p1.jpg``) are an error, since either could be meant."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in _SUFFIXES:
+            continue
+        if p.stem in out:
+            raise InputError(f"{folder}: {out[p.stem].name} and {p.name} are both pair {p.stem!r}; keep one of them")
+        out[p.stem] = p
+    return out
 
 
 def list_folder_pairs(
@@ -38,11 +48,13 @@ def list_folder_pairs(
     before_dir: str = "A",
     after_dir: str = "B",
     label_dir: str = "label",
+    warn_unmatched: bool = True,
 ) -> list[str]:
     """Names (file stems) of the pairs in an A/B/label folder, in list order when ``split`` names a list file.
 
     ``split`` is the stem of a file in ``<root>/list/`` (``"train"``, ``"val"``, ``"test"``, ``"demo"``); without it,
-    every name present in A, B and label is listed (sorted).
+    every name present in A, B and label is listed (sorted), and (``warn_unmatched``) a warning names the files
+    left out because the other folders have no file of that name.
     """
     root = Path(root).expanduser()
     dirs = {k: root / d for k, d in (("before", before_dir), ("after", after_dir), ("label", label_dir))}
@@ -52,9 +64,17 @@ def list_folder_pairs(
             f"{root}: missing folder(s) {', '.join(missing)}; expected the A/B/label layout of LEVIR-CD "
             "(set before_dir/after_dir/label_dir for other names)"
         )
-    present = set(_files(dirs["before"])) & set(_files(dirs["after"])) & set(_files(dirs["label"]))
+    files = {k: _files(d) for k, d in dirs.items()}
+    present = set(files["before"]) & set(files["after"]) & set(files["label"])
     if split is None:
         names = sorted(present)
+        unmatched = sorted(str(p.relative_to(root)) for f in files.values() for n, p in f.items() if n not in present)
+        if unmatched and warn_unmatched:
+            warnings.warn(
+                f"{root}: {len(unmatched)} file(s) left out, with no file of the same name in the other folders of "
+                f"{before_dir}/, {after_dir}/, {label_dir}/: {', '.join(unmatched[:5])}"
+                + (" ..." if len(unmatched) > 5 else ""), UserWarning, stacklevel=2,
+            )
     else:
         list_file = root / "list" / f"{split}.txt"
         if not list_file.is_file():
@@ -81,6 +101,8 @@ def read_folders(
     label_dir: str = "label",
     pixel_size: float | None = None,
     band_names: Sequence[str] | None = None,
+    change_values: Sequence[float] | None = None,
+    no_change_values: Sequence[float] | None = None,
 ) -> list[Scene]:
     """Read the pairs of an A/B/label folder as :class:`~changedet.data.Scene` objects.
 
@@ -96,6 +118,10 @@ def read_folders(
         Nominal pixel size in metres for non-georeferenced images (LEVIR-CD: 0.5).
     band_names : sequence of str, optional
         Band names (default ``red, green, blue`` for 3-band images, else the file's descriptions).
+    change_values, no_change_values : sequence of float, optional
+        Which label values are change (and which no change; others unknown), for labels that are not 0/1, 0/255
+        or 1/2, e.g. JPEG labels (``change_values`` as in :func:`~changedet.data.read_pair_files`). Without them,
+        labels of 1/2 (OSCD) anywhere in the folder make the all-1 labels of scenes without change no change.
     """
     root = Path(root).expanduser()
     all_names = list_folder_pairs(root, split=split, before_dir=before_dir, after_dir=after_dir, label_dir=label_dir)
@@ -105,10 +131,15 @@ def read_folders(
             raise InputError(f"{root}: no pair named {', '.join(unknown)}")
         all_names = [n for n in all_names if n in set(names)]
     before_files, after_files, label_files = (_files(root / d) for d in (before_dir, after_dir, label_dir))
+    if change_values is None and no_change_values is None:
+        every = list_folder_pairs(root, before_dir=before_dir, after_dir=after_dir, label_dir=label_dir,
+                                  warn_unmatched=False)
+        change_values, no_change_values = shared_label_values([label_files[n] for n in every])
     scenes = []
     for name in all_names:
         scene = read_pair_files(
-            before_files[name], after_files[name], label_files[name], name=name, pixel_size=pixel_size
+            before_files[name], after_files[name], label_files[name], name=name, pixel_size=pixel_size,
+            change_values=change_values, no_change_values=no_change_values,
         )
         if band_names is not None:
             if len(band_names) != scene.count:

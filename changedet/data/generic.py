@@ -282,6 +282,55 @@ def label_from_array(
     return change.astype(np.uint8), known
 
 
+def _label_band(path: Path, values: np.ndarray) -> np.ndarray:
+    """The one band of label values in a label raster: band 1, or for a colour label whose colour bands differ (change
+    painted green or blue on black) their maximum, so that a pixel is change where any colour band is non-zero. An
+    alpha band is left out."""
+    if values.shape[0] == 1:
+        return values[0]
+    from rasterio.enums import ColorInterp
+
+    with open_dataset(path) as ds:
+        colour = [i for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha] or [0]
+    bands = values[colour]
+    if all(np.array_equal(bands[0], b) for b in bands[1:]):
+        return bands[0]
+    return bands.max(axis=0)
+
+
+def _label_values(path: Path) -> set[float]:
+    """The distinct valid values of a label raster's label band (see :func:`_label_band`)."""
+    values, valid, *_ = read_raster(path)
+    band = _label_band(path, values)
+    return {float(v) for v in np.unique(band[valid])} if valid.any() else set()
+
+
+def shared_label_values(labels: Sequence[Path]) -> tuple[list[float] | None, list[float] | None]:
+    """``(change_values, no_change_values)`` for a whole set of label files, or ``(None, None)``.
+
+    When some labels hold OSCD's values (1 no change, 2 change, 0 unknown) and every label holds values among 0, 1
+    and 2 only, they are all read that way: an OSCD label of a scene without change holds only 1s, which read on
+    its own would be all change (0/1). The labels that would have read differently on their own are named in a
+    warning.
+    """
+    found: dict[Path, set[float]] = {}
+    for p in labels:
+        found[Path(p)] = _label_values(Path(p))
+        if not found[Path(p)] <= {0.0, 1.0, 2.0}:
+            return None, None  # 0/255 or other values: each label is read on its own
+    oscd = [p for p, v in found.items() if 2.0 in v]
+    if not oscd:
+        return None, None
+    others = [p for p, v in found.items() if 2.0 not in v and 1.0 in v]
+    if others:
+        shown = ", ".join(str(p) for p in others[:3]) + (" ..." if len(others) > 3 else "")
+        warnings.warn(
+            f"{shown}: no value 2, read as OSCD labels like {oscd[0]} (1 no change, 2 change, 0 unknown), so no "
+            "change; give change_values=[1] if 1 is change there", UserWarning, stacklevel=3,
+        )
+    return [2.0], [1.0]
+
+
 # ------------------------------------------------------------------------------------------------- generic pairs
 
 
@@ -309,7 +358,9 @@ def read_pair_files(
             f"{after}: {a.shape[0]} bands but {before} has {b.shape[0]}; both dates need the same bands"
         )
     shape = (b.shape[1], b.shape[2])
-    if not same_grid(shape, transform, crs, a.shape[1:], a_transform, a_crs):
+    if not same_grid(shape, transform, crs, a.shape[1:], a_transform, a_crs) and not (
+        (crs is None or a_crs is None) and a.shape[1:] == shape  # pixel-aligned, one not georeferenced
+    ):
         if crs is None or a_crs is None:
             raise InputError(
                 f"{after}: {a.shape[2]}x{a.shape[1]} pixels but {before} has {shape[1]}x{shape[0]} and at least "
@@ -337,7 +388,8 @@ def read_pair_files(
                 l_valid = np.isfinite(lv).all(axis=0)
                 lv = np.nan_to_num(lv, nan=0.0)
         lab, known = label_from_array(
-            lv[0], l_valid, change_values=change_values, no_change_values=no_change_values, where=str(label)
+            _label_band(label, lv), l_valid, change_values=change_values, no_change_values=no_change_values,
+            where=str(label),
         )
         valid &= known
     if all(n.startswith("band") for n in names) and not all(n.startswith("band") for n in a_names):
@@ -413,6 +465,7 @@ def read_list(
     repeated = sorted({n for n in row_names if row_names.count(n) > 1})
     if repeated:  # scenes are told apart by name (validation, test and calibration lists name them)
         raise InputError(f"{path}: several rows are named {', '.join(repeated)}; give each row its own name")
+    convention: tuple[list[float] | None, list[float] | None] | None = None  # shared_label_values, once
     for row, name in zip(rows, row_names, strict=True):
         if wanted is not None and name not in wanted:
             continue
@@ -422,6 +475,11 @@ def read_list(
             return p if p.is_absolute() else base / p
 
         label = row.get("label")
+        if label and change_values is None and no_change_values is None and convention is None:
+            labelled = [resolve(r["label"]) for r in rows if r.get("label")]  # the whole list, every split
+            convention = shared_label_values(labelled)
+        if convention is not None and convention[0] is not None:
+            change_values, no_change_values = convention
         scenes.append(
             read_pair_files(
                 resolve(row["before"]),

@@ -30,7 +30,7 @@ _KEYS: dict[str, set[str]] = {
     "airchange": {"root", "pairs", "val_pairs", "test_pairs", "crop", "val_crop"},
     "folders": {
         "root", "split", "names", "val_root", "val_split", "val_names", "test_names", "before_dir", "after_dir",
-        "label_dir", "pixel_size", "band_names",
+        "label_dir", "pixel_size", "band_names", "change_values", "no_change_values",
     },
     "list": {
         "path", "names", "val_path", "val_names", "test_names", "bands", "change_values", "no_change_values",
@@ -175,7 +175,8 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
             raise InputError("a folders dataset needs 'root' (the folder holding A/, B/ and label/)")
         root = _path(spec["root"], base_path)
         common = {
-            k: spec[k] for k in ("before_dir", "after_dir", "label_dir", "pixel_size", "band_names") if k in spec
+            k: spec[k] for k in ("before_dir", "after_dir", "label_dir", "pixel_size", "band_names", "change_values",
+                                 "no_change_values") if k in spec
         }
         train_scenes = read_folders(root, split=spec.get("split"), names=_names(spec.get("names"), "names"), **common)
         val_scenes: list[Scene] = []
