@@ -745,7 +745,8 @@ def train(
     started = time.perf_counter()
     config = {k: v for k, v in locals().items() if k not in ("train_scenes", "val_scenes", "progress", "started",
                                                              "create_model", "CheckpointMeta", "checkpoint_paths",
-                                                             "save_checkpoint", "fold_logit_affine")}
+                                                             "save_checkpoint", "fold_logit_affine",
+                                                             "flush_denormals")}
     if not isinstance(loss, str) or not loss:
         raise InputError(f"loss must be a name such as 'bce' or 'bce+dice', got {loss!r}")
     _check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -872,7 +873,13 @@ def train(
                 )
             extra_loss_kwargs = dict(loss_kwargs or {})
             if metric_loss and hasattr(net, "distance"):
-                extra_loss_kwargs.setdefault("distance", net.distance)
+                given = extra_loss_kwargs.setdefault("distance", net.distance)
+                if str(given).lower() != str(net.distance).lower():
+                    raise InputError(
+                        f"loss_kwargs distance {given!r} differs from the model's distance {net.distance!r}: the "
+                        f"loss would train one distance and detect would score the other; give "
+                        f"model_kwargs: {{distance: {given}}} (or drop the loss's distance)"
+                    )
             if dctx is not None and sync_bn:
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
             fmt = torch.channels_last if channels_last else torch.contiguous_format

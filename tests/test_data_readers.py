@@ -177,6 +177,14 @@ def test_read_list_csv_and_yaml(tmp_path) -> None:
     assert [s.name for s in split.train] == ["s1"] and [s.name for s in split.val] == ["s2"]
 
 
+def test_a_csv_list_from_excel_with_bom_and_spaces(tmp_path) -> None:
+    _write_triplet(tmp_path, "s1")
+    text = "Name, Before, After, Label\ns1, s1_before.tif, s1_after.tif, s1_cm.tif\n"
+    (tmp_path / "excel.csv").write_text(text, encoding="utf-8-sig")
+    (scene,) = read_list(tmp_path / "excel.csv")
+    assert scene.name == "s1" and scene.label.sum() == 16
+
+
 def test_list_errors_name_the_problem(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("name,before\nx,a.tif\n")
     with pytest.raises(InputError, match="row 1 lacks after"):

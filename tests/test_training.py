@@ -174,6 +174,17 @@ def test_metric_model_with_contrastive_loss_is_calibrated(tmp_path) -> None:
     assert float(weights["center"]) == pytest.approx(cal["center"], rel=1e-5)
     assert float(weights["scale"]) == pytest.approx(cal["scale"], rel=1e-5)
     assert 0.0 <= meta["threshold"] <= 1.0
+    # the recorded config holds train()'s arguments only (no imported helper), so it can be given back to train()
+    assert "flush_denormals" not in meta["training"]["config"]
+    assert all("<function" not in str(v) for v in meta["training"]["config"].values())
+
+
+def test_a_metric_loss_distance_other_than_the_models_is_refused(tmp_path) -> None:
+    with pytest.raises(InputError, match=r"distance 'cosine' differs from the model's distance 'l2'"):
+        train(out=tmp_path / "x", train_scenes=[synthetic_scene(1)], epochs=1, loss="contrastive",
+              loss_kwargs={"distance": "cosine"}, model_kwargs={"distance": "l2"},
+              **{**FAST, "model": "metric-siam", "chips_per_epoch": 8})
+    assert not (tmp_path / "x" / "model.safetensors").exists()
 
 
 def test_ema_validates_calibrates_and_saves_the_averaged_weights(tmp_path) -> None:

@@ -412,8 +412,10 @@ def read_pair_files(
 def _list_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = [dict(r) for r in csv.DictReader(fh)]
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark; spaces around cells and names are dropped
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [{str(k).strip().lower(): v.strip() if isinstance(v, str) else v for k, v in r.items() if k}
+                    for r in csv.DictReader(fh)]
     elif suffix in (".yaml", ".yml", ".json"):
         import yaml
 
