@@ -642,7 +642,7 @@ def detect(
     quicklook: bool = True,
     overwrite: bool = False,
     resume: bool = False,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | bool | None = None,
 ) -> ChangeResult:
     """Detect change between a BEFORE and an AFTER raster.
 
@@ -700,7 +700,8 @@ def detect(
     resume
         Continue an interrupted run in the same ``output_dir`` (same settings) from its journal.
     progress
-        ``progress(tiles_done, tiles_total, pixels_done)`` callback.
+        ``True`` for a tqdm bar on stderr (tiles, Mpx/s, time left: :class:`changedet.inference.TileProgress`), or a
+        ``progress(tiles_done, tiles_total, pixels_done)`` callback; ``None``/``False``: none.
 
     Returns
     -------
@@ -736,10 +737,24 @@ def detect(
     >>> result = detect("before.tif", "after.tif", output_dir="out", min_area=200)  # doctest: +SKIP
     >>> result.plot()  # doctest: +SKIP
     """
+    if isinstance(progress, bool):
+        if progress:
+            call = {k: v for k, v in locals().items() if k not in ("before", "after", "progress")}
+            from changedet.inference import TileProgress
+
+            bar = TileProgress(enabled=True)
+            try:
+                return detect(before, after, progress=bar, **call)
+            finally:
+                bar.close()
+        progress = None
     t0 = time.perf_counter()
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     tta = _checked_tta(tta, method)
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be True, False, None or a callable(tiles_done, tiles_total, pixels_done), "
+                         f"not {type(progress).__name__}")
     for which, src in (("BEFORE", before), ("AFTER", after)):
         if isinstance(src, np.ndarray):
             raise InputError(
@@ -831,6 +846,11 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
         pair = open_pair(before, after, indexes=select, coregister=coregister, match_histograms=match_histograms,
                          allow_empty=True)
         try:
+            if qgis_project and pair.crs is None:  # refused before anything is written, not after the whole run
+                raise InputError(
+                    f"{before_name} and {after_name} are not georeferenced (no CRS): a QGIS project needs "
+                    "georeferenced layers; drop --qgis-project (qgis_project=True), or georeference both"
+                )
             return _run(
                 pair, net, meta, method, out, tmp_holder, names,
                 threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,

@@ -1045,3 +1045,35 @@ def wrap_errors(exc: BaseException, what: str) -> ChangedetError:
     if isinstance(exc, ChangedetError):
         return exc
     return OutputError(f"{what}: could not write ({exc}); check free disk space and write permission")
+
+
+class TileProgress:
+    """A ``progress(tiles_done, tiles_total, pixels_done)`` callback drawing a tqdm bar on stderr: tiles, megapixels
+    per second and time left (what ``changedet detect`` shows; ``detect(..., progress=True)`` in Python)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.t0 = 0.0
+        self.p0 = 0
+
+    def __call__(self, done: int, total: int, pixels: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="tile", desc="detect", leave=False, dynamic_ncols=True)
+            self.bar.update(done - 1 if done > 1 else 0)
+            # the rate counts from the first finished tile: opening, statistics and the model load are not in it
+            self.t0, self.p0 = now, pixels
+        self.bar.update(done - self.bar.n)
+        dt = now - self.t0
+        if dt > 0 and pixels > self.p0:
+            self.bar.set_postfix_str(f"{(pixels - self.p0) / 1e6 / dt:.2f} Mpx/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

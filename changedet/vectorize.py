@@ -409,6 +409,16 @@ def vectorize(
                     f"{psrc.name}: shape {psrc.shape} differs from the mask {msrc.name} {msrc.shape}; "
                     "the probability must be on the mask's grid (same height and width)."
                 )
+            if msrc is not None and (
+                (ds_crs is not None and p_crs is not None and ds_crs != p_crs)
+                or (ds_transform is not None and p_transform is not None
+                    and not ds_transform.almost_equals(p_transform))
+            ):
+                raise InputError(
+                    f"{psrc.name}: its grid (CRS {p_crs}, transform {tuple(p_transform or ())[:6]}) differs from the "
+                    f"mask {msrc.name} ({ds_crs}, {tuple(ds_transform or ())[:6]}); the probability must be on the "
+                    "mask's grid: give the probability.tif written beside the mask, or resample it with gdalwarp"
+                )
             ds_transform = ds_transform if ds_transform is not None else p_transform
             ds_crs = ds_crs if ds_crs is not None else p_crs
         transform = transform if transform is not None else ds_transform

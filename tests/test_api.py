@@ -305,3 +305,27 @@ def test_report_areas_follow_the_latitude_in_web_mercator_and_degrees(tmp_path: 
     expected = sum((res.mask[r] == 1).sum() * per_row[r] for r in rows)
     assert s["changed_area_m2"] == pytest.approx(expected, rel=0.005)
     assert s["valid_area_m2"] == pytest.approx(60 * sum(per_row), rel=0.005)
+
+
+def test_progress_true_draws_a_bar_false_none(pair: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    res = detect(*pair, method="cva", quicklook=False, vectorize=False, progress=True)
+    assert "tile" in capsys.readouterr().err and res.report["summary"]["valid_pixels"] > 0
+    detect(*pair, method="cva", quicklook=False, vectorize=False, progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(InputError, match="progress must be True, False, None or a callable"):
+        detect(*pair, method="cva", output_dir=tmp_path / "x", progress="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_qgis_project_of_pixel_coordinates_is_refused_before_writing(tmp_path: Path) -> None:
+    from changedet.testing import make_geotiff
+
+    img = np.random.default_rng(0).normal(100, 5, (3, 40, 40)).astype("float32")
+    b = make_geotiff(tmp_path / "b.tif", img, crs=None)
+    a = make_geotiff(tmp_path / "a.tif", img + 1, crs=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError, match="not georeferenced.*drop --qgis-project"):
+            detect(b, a, method="cva", output_dir=tmp_path / "out", qgis_project=True)
+    assert not (tmp_path / "out").exists()

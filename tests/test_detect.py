@@ -426,11 +426,11 @@ def test_an_overlap_the_tiles_cannot_hold_is_reduced_with_a_warning(tmp_path: Pa
 
 
 def test_progress_rate_counts_from_the_first_finished_tile(monkeypatch: pytest.MonkeyPatch) -> None:
-    import changedet.cli.detect as cli_detect
+    import changedet.inference as inference
 
     clock = iter([100.0, 102.0, 104.0])  # first tile at t=100 (after a long set-up), then one tile every 2 s
-    monkeypatch.setattr(cli_detect, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
-    progress = cli_detect._Progress(enabled=True)
+    monkeypatch.setattr(inference, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    progress = inference.TileProgress(enabled=True)
     for done in (1, 2, 3):
         progress(done, 3, done * 1_000_000)  # 1 Mpx per tile
     assert progress.bar.n == 3
@@ -463,16 +463,16 @@ def test_reads_decode_blocks_with_the_configured_gdal_threads(tmp_path: Path, mo
 def test_quiet_and_verbose_work_before_or_after_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              where: str) -> None:
     """``changedet -q detect ...`` and ``changedet detect ... -q`` both turn the progress bar off."""
-    import changedet.cli.detect as cli_detect
+    import changedet.inference as inference
 
     made: list[bool] = []
-    real = cli_detect._Progress
+    real = inference.TileProgress
 
     def spy(enabled: bool) -> object:
         made.append(enabled)
         return real(enabled)
 
-    monkeypatch.setattr(cli_detect, "_Progress", spy)
+    monkeypatch.setattr(inference, "TileProgress", spy)
     root = logging.getLogger()
     monkeypatch.setattr(root, "level", root.level)  # -q / -v set it: restored after the test
     before, after = make_pair(tmp_path, "aligned", size=64)

@@ -61,3 +61,17 @@ def test_estimate_shift_rejects_bad_input() -> None:
         estimate_shift(np.zeros((8, 8)), np.zeros((8, 9)))
     with pytest.raises(ValueError, match="fewer than 16 valid pixels"):
         estimate_shift(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((8, 8), bool))
+
+
+def test_flat_images_give_no_shift_and_no_library_warning(tmp_path: Path) -> None:
+    import warnings
+
+    from changedet.testing import make_geotiff
+
+    b = make_geotiff(tmp_path / "b.tif", np.full((64, 64), 7, "uint16"))
+    a = make_geotiff(tmp_path / "a.tif", np.full((64, 64), 9, "uint16"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # skimage's "Could not determine RMS error" must not leak
+        report = check_pair(b, a)
+    assert report.ok and report.shift is None
+    assert any("without texture" in n for n in report.notes)

@@ -163,6 +163,18 @@ def test_probability_nodata_from_file_is_ignored(tmp_path):
     assert np.isnan(gdf["threshold"][0])
 
 
+def test_a_probability_on_another_grid_is_refused(tmp_path):
+    mask = np.zeros((40, 40), dtype="uint8")
+    mask[5:15, 5:15] = 1
+    prob = np.full((40, 40), 0.9, dtype="float32")
+    mp = make_geotiff(tmp_path / "change.tif", mask, crs=UTM, transform=T_UTM, nodata=255)
+    other_crs = make_geotiff(tmp_path / "p1.tif", prob, crs="EPSG:32633", transform=T_UTM)
+    shifted = make_geotiff(tmp_path / "p2.tif", prob, crs=UTM, transform=from_origin(900000, 100000, 20, 20))
+    for p in (other_crs, shifted):
+        with pytest.raises(InputError, match=rf"{p.name}: its grid .* differs from the mask .*change.tif"):
+            vectorize(mp, p)
+
+
 def test_probability_and_threshold_give_the_mask():
     prob = np.zeros((50, 50), dtype="float32")
     prob[10:20, 10:30] = 0.7

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, get_args
 
@@ -26,37 +25,6 @@ def _indexes(
     if any(not part or min(part) < 1 for part in lists):
         raise click.BadParameter(f"{value!r}: band numbers are 1-based, e.g. 4,3,2 or 1,2,3:3,2,1")
     return out
-
-
-class _Progress:
-    """A tqdm bar on stderr with tiles, megapixels per second and time left."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.t0 = 0.0
-        self.p0 = 0
-
-    def __call__(self, done: int, total: int, pixels: int) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="tile", desc="detect", leave=False, dynamic_ncols=True)
-            self.bar.update(done - 1 if done > 1 else 0)
-            # the rate counts from the first finished tile: opening, statistics and the model load are not in it
-            self.t0, self.p0 = now, pixels
-        self.bar.update(done - self.bar.n)
-        dt = now - self.t0
-        if dt > 0 and pixels > self.p0:
-            self.bar.set_postfix_str(f"{(pixels - self.p0) / 1e6 / dt:.2f} Mpx/s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @click.command("detect")
@@ -103,7 +71,9 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
     if isinstance(options.get("indexes"), tuple) and len(rasters) > 2:
         raise click.BadParameter("BEFORE:AFTER band lists apply to two rasters; give one list for a series",
                                  param_hint="--indexes")
-    progress = _Progress(enabled=not quiet())
+    from changedet.inference import TileProgress
+
+    progress = TileProgress(enabled=not quiet())
     try:
         if len(rasters) == 2:
             from changedet.api import detect

@@ -735,7 +735,7 @@ def _assess_shift(pair: AlignedPair, report: PairReport) -> None:
         return
     report.shift = shift
     if shift is None:
-        report.notes.append("residual shift not estimated (common grid under 32 x 32 valid pixels)")
+        report.notes.append("residual shift not estimated (common grid under 32 x 32 valid pixels, or an image without texture: one value throughout)")
         return
     if not shift.reliable:
         report.notes.append(f"residual shift estimate unreliable (weak correlation): {shift.describe()}")

@@ -208,7 +208,8 @@ def estimate_pair_shift(
     Returns
     -------
     ShiftEstimate or None
-        None when the common grid is smaller than 32 x 32 pixels or no window has 16 valid pixels.
+        None when the common grid is smaller than 32 x 32 pixels, no window has 16 valid pixels, or the band read
+        is flat (one value where valid: nothing to correlate).
     """
     if min(pair.width, pair.height) < 32:
         return None
@@ -234,6 +235,8 @@ def estimate_pair_shift(
         img_b, img_a, label = b[idx], a[idx], pair.band_names[idx]
     else:
         img_b, img_a, label = _zmean(b, valid), _zmean(a, valid), "mean of bands"
+    if not (np.ptp(img_b[valid]) > 0 and np.ptp(img_a[valid]) > 0):
+        return None  # a flat image (constant, or one value where valid) has no texture to correlate
     dy, dx, error = estimate_shift(img_b, img_a, valid, upsample_factor=upsample_factor)
     size = pair.pixel_size_m()
     dy_m = dx_m = None
