@@ -326,6 +326,6 @@ def test_a_qgis_project_of_pixel_coordinates_is_refused_before_writing(tmp_path:
     a = make_geotiff(tmp_path / "a.tif", img + 1, crs=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(InputError, match="not georeferenced.*drop --qgis-project"):
+        with pytest.raises(InputError, match=r"not georeferenced.*drop --qgis-project"):
             detect(b, a, method="cva", output_dir=tmp_path / "out", qgis_project=True)
     assert not (tmp_path / "out").exists()
