@@ -3,7 +3,8 @@
 * :func:`run_batch` runs :func:`changedet.api.detect` over the pairs of a CSV (:func:`read_pairs`) on a
   ``dask.distributed`` cluster, one task per pair, each in its own output folder. Failed pairs are retried (Dask
   ``retries``) and never stop the others; pairs whose outputs are complete (``report.json`` present) are skipped,
-  so a re-run resumes where the last one stopped. ``batch-report.json`` in the output folder is rewritten
+  so a re-run resumes where the last one stopped (a pair whose ``report.json`` names other input files than its
+  row now does fails with a message, rather than passing off those outputs as its own). ``batch-report.json`` in the output folder is rewritten
   (atomically) after every pair, so a killed run leaves an accurate report.
 * :func:`detect_blocks` runs :func:`~changedet.api.detect` on one very large scene whose row blocks
   (:func:`plan_blocks`) are predicted on different workers, with the tiles above and below each block as halo, and
@@ -493,6 +494,20 @@ def _replace(spec: _PairSpec, **changes: Any) -> _PairSpec:
     return _PairSpec(**{**spec.__dict__, **changes})
 
 
+def _canonical(path: str) -> str:
+    """A path as ``detect``'s report.json records it (absolute, resolved); other sources (URLs) as they are."""
+    return str(Path(path).resolve()) if "://" not in str(path) and not str(path).startswith("/vsi") else str(path)
+
+
+def _report_inputs(report: dict[str, Any]) -> tuple[str, str] | None:
+    """(before, after) recorded in a pair's report.json, or None when it does not say."""
+    inputs = report.get("inputs") or {}
+    before, after = ((inputs.get(k) or {}).get("path") for k in ("before", "after"))
+    if not (isinstance(before, str) and before and isinstance(after, str) and after):
+        return None
+    return _canonical(before), _canonical(after)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -801,8 +816,8 @@ def run_batch(
     retries
         Times a failed pair is run again (Dask ``retries``) before it is reported failed.
     overwrite
-        Recompute every pair; otherwise pairs with a ``report.json`` (complete outputs) are skipped and the
-        others resume from what an interrupted run left (``detect(resume=True)``).
+        Recompute every pair; otherwise pairs with a ``report.json`` (complete outputs) are skipped (failed when
+        it records other input files than the row's) and the others resume from what an interrupted run left (``detect(resume=True)``).
     block_pixels
         Scenes with more pixels than this are split into row blocks of ``block_rows`` rows spread over the
         workers (:func:`detect_blocks`); 0 never splits.
@@ -857,8 +872,17 @@ def run_batch(
         done_report = folder / "report.json"
         if done_report.is_file() and not overwrite:
             previous = _read_json(done_report) or {}
-            rec.update(status="skipped", reason="outputs exist (report.json); --overwrite recomputes them",
-                       summary=previous.get("summary"))
+            made_from = _report_inputs(previous)
+            if made_from is not None and made_from != (_canonical(pair.before), _canonical(pair.after)):
+                # the row now names other rasters: those outputs are not this pair's
+                rec.update(status="failed", error={
+                    "type": "OutputExistsError",
+                    "message": f"{folder}: its outputs were made from {made_from[0]} and {made_from[1]}, not this "
+                               "row's rasters; --overwrite recomputes them (or give the pair another name)",
+                    "traceback": ""})
+            else:
+                rec.update(status="skipped", reason="outputs exist (report.json); --overwrite recomputes them",
+                           summary=previous.get("summary"))
         else:
             todo.append((pair, rec))
         report.pairs.append(rec)

@@ -241,6 +241,16 @@ def test_batch_cli_isolates_a_corrupt_pair_and_matches_single_process_detect(tmp
     assert (out / "broken" / "report.json").is_file()
     assert next(p for p in report["pairs"] if p["name"] == "site1")["summary"]["changed_pixels"] > 0
 
+    # a row that now names other rasters is not skipped as done: its outputs are another pair's
+    csv_path.write_text(csv_path.read_text().replace("site1,site1/before.tif,site1/after.tif",
+                                                     "site1,site1/before.tif,site2/after.tif"))
+    third = CliRunner().invoke(cli, args)
+    assert third.exit_code == 1, third.output
+    site1 = next(p for p in json.loads((out / BATCH_REPORT).read_text())["pairs"] if p["name"] == "site1")
+    assert site1["status"] == "failed" and "made from" in site1["error"]["message"]
+    assert "--overwrite" in site1["error"]["message"]
+    assert (out / "site1" / "probability.tif").stat().st_mtime_ns == stamps[1]
+
 
 @pytest.mark.distributed
 def test_model_batch_loads_the_model_once_per_worker_and_matches_detect(tmp_path: Path, client) -> None:
