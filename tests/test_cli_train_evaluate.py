@@ -111,6 +111,20 @@ def test_numbers_that_yaml_reads_as_text_are_numbers(list_dataset) -> None:
         load_config(list_dataset / "run.yaml", {"lr": "fast"})
 
 
+def test_paths_in_the_config_are_relative_to_it_and_on_the_command_line_to_the_cwd(list_dataset, monkeypatch) -> None:
+    from changedet.cli.train import load_config
+
+    config, _ = load_config(list_dataset / "run.yaml", {})
+    assert config["dataset"]["path"] == str(list_dataset / "data" / "pairs.csv")
+    monkeypatch.chdir(list_dataset / "data")
+    config, _ = load_config(list_dataset / "run.yaml", {"dataset": {"path": "pairs.csv"}})
+    assert config["dataset"]["path"] == str(list_dataset / "data" / "pairs.csv")
+    assert config["dataset"]["val_names"] == ["s3"]  # merged: same dataset type
+    # a dataset mapping of another type replaces the config's instead of inheriting its keys
+    config, _ = load_config(list_dataset / "run.yaml", {"dataset": {"type": "folders", "root": "levir"}})
+    assert config["dataset"] == {"type": "folders", "root": str(list_dataset / "data" / "levir")}
+
+
 def test_train_out_that_is_a_file_is_a_clear_error(list_dataset) -> None:
     (list_dataset / "afile").write_text("")
     res = CliRunner().invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), "--out", str(list_dataset / "afile")])

@@ -126,8 +126,30 @@ def check_types(config: dict[str, Any], params: Any, where: str) -> None:
             raise InputError(f"{where}: {key} must be {wanted}, got {value!r}")
 
 
+#: Keys of a ``dataset:`` mapping that hold paths (made absolute against the config file's folder, or for
+#: command-line overrides against the current directory).
+_DATASET_PATH_KEYS = ("root", "path", "val_root", "val_path")
+
+
+def _absolute_dataset_paths(config: dict[str, Any], base: Path) -> None:
+    ds = config.get("dataset")
+    if not isinstance(ds, dict):
+        return
+    ds = config["dataset"] = dict(ds)
+    for key in _DATASET_PATH_KEYS:
+        value = ds.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            p = Path(value).expanduser()
+            ds[key] = str(p if p.is_absolute() else base / p)
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
-    """Read a YAML run config and apply overrides; checks the keys against :func:`changedet.training.train`."""
+    """Read a YAML run config and apply overrides; checks the keys against :func:`changedet.training.train`.
+
+    Relative paths in the config (``out``, the dataset's ``root``/``path``/``val_root``/``val_path``) are relative
+    to the config file's folder, those given on the command line to the current directory. A ``--dataset``
+    mapping of another ``type`` than the config's replaces it; otherwise its keys are merged into it.
+    """
     import inspect
 
     import yaml
@@ -152,6 +174,14 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str,
         base = path.resolve().parent
         if config.get("out") and "out" not in overrides and not Path(str(config["out"])).expanduser().is_absolute():
             config["out"] = str(base / str(config["out"]))  # a config's paths are relative to the config file
+        _absolute_dataset_paths(config, base)
+    overrides = dict(overrides)
+    _absolute_dataset_paths(overrides, Path.cwd())  # the command line's paths are relative to where it runs
+    ds_new, ds_old = overrides.get("dataset"), config.get("dataset")
+    if isinstance(ds_new, dict) and isinstance(ds_old, dict) and ds_new.get("type", ds_old.get("type")) != ds_old.get(
+        "type"
+    ):
+        config = {**config, "dataset": {}}  # a dataset of another type replaces the config's, key for key
     config = _merge(config, overrides)
     params = inspect.signature(train).parameters
     allowed = set(params) - {"train_scenes", "val_scenes", "progress", "config_base"}
