@@ -229,7 +229,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
     Path
         The ``.safetensors`` path (give it to :func:`load_checkpoint`).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     weights_path, json_path = checkpoint_paths(path)
     if weights_path.suffix != ".safetensors":
@@ -255,8 +255,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     with _temp_beside(weights_path) as tmp_w, _temp_beside(json_path) as tmp_j:
-        save_file(state, str(tmp_w), metadata={"format": "pt", "changedet": __version__,
-                                               "architecture": meta.architecture})
+        tmp_w.write_bytes(_canonical_safetensors(save(state, metadata={
+            "format": "pt", "changedet": __version__, "architecture": meta.architecture})))
         meta.weights_sha256 = _sha256(tmp_w)
         tmp_j.write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
         umask = os.umask(0)  # the temporary files are private (0600); give them the mode of any new file (0644)
@@ -266,6 +266,20 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
         os.replace(tmp_w, weights_path)
         os.replace(tmp_j, json_path)
     return weights_path
+
+
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted (``__metadata__`` first), padded with spaces
+    to its length, as the format allows: safetensors writes the header from a hash map, so two saves of the same
+    weights otherwise differ from process to process (and with them ``weights_sha256``)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # pragma: no cover - the same content in compact form is never longer
+        return data
+    return data[:8] + text.ljust(n, b" ") + data[8 + n :]
 
 
 def _refuse_folder(path: str | os.PathLike[str]) -> None:
