@@ -183,6 +183,25 @@ def test_index_rasters_carry_the_dates_in_tags_and_band_description(series_files
     assert "gpkg" not in series.paths and not (tmp_path / "o" / "changes.gpkg").exists()
 
 
+def test_a_date_given_twice_numbers_the_folders_but_not_the_dates(series_files: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    by_date = dict(zip(DATES, series_files, strict=True))
+    twin = shutil.copy(by_date["2020-05-01"], tmp_path / "twin.tif")
+    files = [by_date["2019-05-01"], by_date["2020-05-01"], Path(twin), by_date["2022-05-01"]]
+    with pytest.warns(UserWarning, match="same date"):
+        series = detect_series(files, output_dir=tmp_path / "o", method="cva", threshold=THR, vectorize=False,
+                               quicklook=False)
+    assert series.labels == ["2019-05-01", "2020-05-01-1", "2020-05-01-2", "2022-05-01"]
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["dates"] == ["2019-05-01", "2020-05-01", "2020-05-01", "2022-05-01"]
+    assert [v["date"] for v in rep["index_legend"].values()] == ["2020-05-01", "2020-05-01", "2022-05-01"]
+    with rasterio.open(series.paths["first_change"]) as ds:
+        tags = ds.tags()
+    assert tags["DATES"] == "2019-05-01,2020-05-01,2020-05-01,2022-05-01"
+    assert tags["PAIR_2_DATE"] == "2020-05-01" and tags["PAIR_2"] == "2020-05-01-1/2020-05-01-2"
+
+
 # ----------------------------------------------------------------------------------------------- ordering
 def test_dates_are_sorted_from_metadata_and_file_names(tmp_path: Path) -> None:
     paths = _write_series(tmp_path, tags=False)  # dates only in the file names (site_2019-05-01.tif ...)

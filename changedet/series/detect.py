@@ -139,9 +139,11 @@ def detect_series(
         raise InputError(f"--model {model} is only used with --method model, not {method}")
 
     sources, infos = order_by_date(rasters, keep_order=keep_order)
-    labels = [_label(i, k) for k, i in enumerate(infos)]
-    if len(set(labels)) != len(labels):  # same date twice: make the folder names unique
-        labels = [f"{lab}-{k + 1}" if labels.count(lab) > 1 else lab for k, lab in enumerate(labels)]
+    dates = [_label(i, k) for k, i in enumerate(infos)]  # the date (or the file's stem): the tags' and legend's
+    labels = list(dates)  # unique: folder names and pair labels; a date given twice is numbered -1, -2 ...
+    for k, lab in enumerate(dates):
+        if dates.count(lab) > 1:
+            labels[k] = f"{lab}-{dates[: k + 1].count(lab)}"
     pairs_idx = series_pairs(len(sources), mode)
     dirs = [pair_dir_name(k + 1, labels[i], labels[j]) for k, (i, j) in enumerate(pairs_idx)]
 
@@ -234,10 +236,10 @@ def detect_series(
             if stack.dates[j]:
                 tags["AFTER_DATE"] = _iso(stack.dates[j]) or ""
             pair_tags.append(tags)
-        index_tags = dict(base_tags, N_PAIRS=str(len(pairs_idx)), DATES=",".join(labels))
+        index_tags = dict(base_tags, N_PAIRS=str(len(pairs_idx)), DATES=",".join(dates))
         for k, (_i, j) in enumerate(pairs_idx):
             index_tags[f"PAIR_{k + 1}"] = pair_labels[k]
-            index_tags[f"PAIR_{k + 1}_DATE"] = labels[j]
+            index_tags[f"PAIR_{k + 1}_DATE"] = dates[j]
         stats = predict_series(stack, pairs_idx, predictors, out_dir=staging, pair_dirs=dirs, thresholds=thresholds,
                                tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
                                progress=progress, pair_tags=pair_tags, index_tags=index_tags)
@@ -312,7 +314,7 @@ def detect_series(
                     if key in ("driver", "crs", "width", "height", "count", "dtypes", "nodata", "res")}}
                 for k in range(len(infos))
             ],
-            "dates": labels,
+            "dates": dates,
             "grid": {"crs": stack.crs.to_string() if stack.crs else None, "transform": list(stack.transform)[:6],
                      "width": stack.width, "height": stack.height, "bands": stack.band_names},
             "alignment": [r.to_dict() for r in stack.pair_reports],
@@ -326,7 +328,7 @@ def detect_series(
                                         "(mode) over the polygon's changed pixels (ties: the earlier pair); "
                                         "earliest_change_date: minimum; max_changes: maximum"} if vectorize else None,
             "pairs": [p.to_dict() for p in pairs],
-            "index_legend": {str(p.index): {"pair": p.label, "date": p.after_label} for p in pairs},
+            "index_legend": {str(p.index): {"pair": p.label, "date": dates[p.after]} for p in pairs},
             "summary": {
                 "n_dates": len(labels), "n_pairs": len(pairs), "mode": mode,
                 "valid_pixels": valid, "changed_pixels": changed,
