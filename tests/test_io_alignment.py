@@ -170,6 +170,21 @@ def test_south_up_rasters_are_refused_with_the_fix(tmp_path: Path) -> None:
         open_pair(north_up, a)
 
 
+def test_identically_rotated_grids_are_read_directly_and_tiny_size_differences_are_shown(tmp_path: Path) -> None:
+    from affine import Affine
+
+    rotated = Affine.translation(500000, 5700000) * Affine.rotation(30) * Affine.scale(10, -10)
+    arr = np.random.default_rng(0).normal(100, 5, (3, 64, 64)).astype("float32")
+    b = make_geotiff(tmp_path / "rb.tif", arr, transform=rotated)
+    a = make_geotiff(tmp_path / "ra.tif", arr, transform=rotated)
+    report = check_pair(b, a, estimate_shift=False)
+    assert report.ok and not report.resampled and report.warnings == []
+    c = make_geotiff(tmp_path / "c.tif", arr, transform=Affine(10.0000001, 0, 500000, 0, -10, 5700000))
+    d = make_geotiff(tmp_path / "d.tif", arr)
+    report = check_pair(d, c, estimate_shift=False)
+    assert any("pixel size 10.0000001 x 10 (64 x 64 px) differs from d.tif (10 x 10," in w for w in report.warnings)
+
+
 def test_band_mismatch_and_indexes(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "band-mismatch")
     with pytest.raises(PairMismatchError, match=r"after.tif: 4 band.*before.tif has 3.*--indexes"):

@@ -193,10 +193,11 @@ def _pct(fraction: float) -> str:
     return f"{pct:.2g}%" if pct < 0.1 else f"{pct:.5g}%"
 
 
-def _fmt_res(t: Affine | None) -> str:
+def _fmt_res(t: Affine | None, digits: int = 6) -> str:
+    """Pixel width x height in CRS units (the lengths of the pixel's sides, so rotated grids too)."""
     if t is None:
         return "?"
-    return f"{abs(t.a):.6g} x {abs(t.e):.6g}"
+    return f"{math.hypot(t.a, t.d):.{digits}g} x {math.hypot(t.b, t.e):.{digits}g}"
 
 
 def _describe_info(info: RasterInfo) -> str:
@@ -570,15 +571,16 @@ def _grid(
             f"CRS {crs_to_string(info_a.crs)} differs from {nb_name} ({crs_to_string(info_b.crs)})"
         )
     ta, tb = info_a.transform, info_b.transform
-    same_res = (
-        math.isclose(ta.a, tb.a, rel_tol=1e-9)
-        and math.isclose(ta.e, tb.e, rel_tol=1e-9)
-        and ta.b == tb.b == 0
-        and ta.d == tb.d == 0
+    scale = max(abs(tb.a), abs(tb.b), abs(tb.d), abs(tb.e))
+    same_res = all(  # the same pixel size and orientation (rotated grids included)
+        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale)
+        for x, y in ((ta.a, tb.a), (ta.b, tb.b), (ta.d, tb.d), (ta.e, tb.e))
     )
     if info_a.crs == info_b.crs and not same_res:
+        digits = next((d for d in (6, 9, 12, 17) if _fmt_res(ta, d) != _fmt_res(tb, d)), 6)
+        what = "pixel size" if _fmt_res(ta, 17) != _fmt_res(tb, 17) else "grid orientation (rotation)"
         reasons.append(
-            f"pixel size {_fmt_res(ta)} ({size_a}) differs from {nb_name} ({_fmt_res(tb)}, {size_b})"
+            f"{what} {_fmt_res(ta, digits)} ({size_a}) differs from {nb_name} ({_fmt_res(tb, digits)}, {size_b})"
         )
     after_window = None
     if not reasons:
