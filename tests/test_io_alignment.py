@@ -218,6 +218,22 @@ def test_neither_georeferenced_needs_same_size(tmp_path: Path) -> None:
     assert any("neither is georeferenced" in w for w in report.warnings)
 
 
+def test_geotransforms_without_a_crs_are_said_to_be_unused(tmp_path: Path) -> None:
+    from affine import Affine
+
+    arr = np.ones((32, 32), "uint8")
+    paths = []
+    for name, x0 in (("b.tif", 500000), ("a.tif", 500500)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8",
+                           transform=Affine(10, 0, x0, 0, -10, 4600000)) as ds:
+            ds.write(arr, 1)
+        paths.append(tmp_path / name)
+    with pytest.warns(NotGeoreferencedWarning, match="has a geotransform .* but no CRS"):
+        report = check_pair(*paths)
+    assert report.ok
+    assert any("geotransforms differ" in w and "gdal_edit.py -a_srs" in w for w in report.warnings)
+
+
 def test_corrupt_and_missing_are_all_reported(tmp_path: Path) -> None:
     _, after = make_pair(tmp_path, "corrupt")
     report = check_pair(tmp_path / "missing.tif", after)

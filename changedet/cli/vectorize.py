@@ -68,9 +68,15 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
     kind = _FORMATS.get(out.suffix.lower())
     if kind is None:
         raise click.BadParameter(f"{out}: give a .gpkg or .geojson file name", param_hint="OUT")
-    with open_raster(raster) as ds:
-        is_float = np.dtype(ds.dtypes[0]).kind == "f"
-        tags = ds.tags()
+    import warnings
+
+    from changedet.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # vectorize() says it (once) when it opens the raster
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(raster) as ds:
+            is_float = np.dtype(ds.dtypes[0]).kind == "f"
+            tags = ds.tags()
     report = _sibling_report(raster)
     if options["model"] is None and isinstance(report.get("model"), dict):
         options["model"] = report["model"].get("name")

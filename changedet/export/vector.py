@@ -10,6 +10,7 @@ renamed when complete, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,38 +119,41 @@ def write_vectors(
 
     written: dict[str, Path] = {}
     try:
-        if gpkg is not None:
-            with atomic_output(gpkg, overwrite=overwrite) as tmp:
-                pyogrio.write_dataframe(
-                    gdf,
-                    tmp,
-                    layer=layer,
-                    driver="GPKG",
-                    geometry_type=geometry_type,
-                    promote_to_multi=geometry_type == "MultiPolygon",
-                    dataset_options={"VERSION": GPKG_VERSION},
-                    layer_options={"SPATIAL_INDEX": "YES"},
-                )
-                if style:
-                    embed_gpkg_style(tmp, polygon_style_qml(), layer=layer)
-            written["gpkg"] = gpkg
-            if qml is not None:
-                with atomic_output(qml, overwrite=overwrite) as tmp:
-                    tmp.write_text(polygon_style_qml(), encoding="utf-8")
-                written["qml"] = qml
-        if geojson is not None:
-            out = gdf if geojson_crs is None else gdf.to_crs(geojson_crs)
-            rfc = geojson_crs is not None and out.crs is not None and out.crs.to_epsg() == 4326
-            with atomic_output(geojson, overwrite=overwrite) as tmp:
-                pyogrio.write_dataframe(
-                    out,
-                    tmp,
-                    driver="GeoJSON",
-                    geometry_type=geometry_type,
-                    promote_to_multi=geometry_type == "MultiPolygon",
-                    layer_options={"RFC7946": "YES"} if rfc else {"WRITE_NAME": "NO"},
-                )
-            written["geojson"] = geojson
+        with warnings.catch_warnings():
+            if gdf.crs is None:  # said already (polygons in pixel or transform coordinates): not pyogrio's too
+                warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+            if gpkg is not None:
+                with atomic_output(gpkg, overwrite=overwrite) as tmp:
+                    pyogrio.write_dataframe(
+                        gdf,
+                        tmp,
+                        layer=layer,
+                        driver="GPKG",
+                        geometry_type=geometry_type,
+                        promote_to_multi=geometry_type == "MultiPolygon",
+                        dataset_options={"VERSION": GPKG_VERSION},
+                        layer_options={"SPATIAL_INDEX": "YES"},
+                    )
+                    if style:
+                        embed_gpkg_style(tmp, polygon_style_qml(), layer=layer)
+                written["gpkg"] = gpkg
+                if qml is not None:
+                    with atomic_output(qml, overwrite=overwrite) as tmp:
+                        tmp.write_text(polygon_style_qml(), encoding="utf-8")
+                    written["qml"] = qml
+            if geojson is not None:
+                out = gdf if geojson_crs is None else gdf.to_crs(geojson_crs)
+                rfc = geojson_crs is not None and out.crs is not None and out.crs.to_epsg() == 4326
+                with atomic_output(geojson, overwrite=overwrite) as tmp:
+                    pyogrio.write_dataframe(
+                        out,
+                        tmp,
+                        driver="GeoJSON",
+                        geometry_type=geometry_type,
+                        promote_to_multi=geometry_type == "MultiPolygon",
+                        layer_options={"RFC7946": "YES"} if rfc else {"WRITE_NAME": "NO"},
+                    )
+                written["geojson"] = geojson
     except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         if isinstance(exc, (OutputExistsError, OutputError)):
             raise

@@ -464,9 +464,16 @@ def _grid(
         )
         return None
     if not info_b.georeferenced:
+        tb_, ta_ = info_b.transform, info_a.transform
+        ignored = (
+            f" Their geotransforms differ ({nb_name}: {tuple(round(v, 6) for v in tuple(tb_)[:6])}, {na_name}: "
+            f"{tuple(round(v, 6) for v in tuple(ta_)[:6])}) but without a CRS they are not used: give both a CRS "
+            "(`gdal_edit.py -a_srs EPSG:xxxx`) to align them on the ground."
+            if not (tb_.is_identity and ta_.is_identity) and not tb_.almost_equals(ta_) else ""
+        )
         report.warn(
             f"{nb_name} and {na_name}: neither is georeferenced; they are compared pixel by pixel in pixel "
-            "coordinates (outputs will have no CRS, areas are in pixels).",
+            f"coordinates (outputs will have no CRS, areas are in pixels).{ignored}",
             PairWarning,
         )
         if (info_b.width, info_b.height) != (info_a.width, info_a.height):

@@ -334,9 +334,13 @@ def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool =
             extra = (
                 " It has ground control points: warp it first with `gdalwarp -t_srs EPSG:xxxx in out.tif`."
             )
+        where = (
+            "pixel coordinates are used (identity transform, no CRS)" if ds.transform.is_identity
+            else f"it has a geotransform {tuple(round(v, 6) for v in tuple(ds.transform)[:6])} but no CRS, so "
+                 "its units are unknown (areas are not in square metres)"
+        )
         warnings.warn(
-            f"{text}: no georeferencing (driver {ds.driver}); pixel coordinates are used (identity transform, no "
-            f"CRS).{extra}",
+            f"{text}: no georeferencing (driver {ds.driver}); {where}.{extra}",
             NotGeoreferencedWarning,
             stacklevel=2,
         )
