@@ -23,6 +23,7 @@ from changedet.errors import (
     ReprojectedInputWarning,
 )
 from changedet.io import check_pair, open_pair
+from changedet.io.raster import open_raster
 from changedet.testing import PAIR_KINDS, make_geotiff, make_pair
 
 # kind -> (ok, warning classes expected in the report, resampled)
@@ -228,9 +229,10 @@ def test_geotransforms_without_a_crs_are_said_to_be_unused(tmp_path: Path) -> No
                            transform=Affine(10, 0, x0, 0, -10, 4600000)) as ds:
             ds.write(arr, 1)
         paths.append(tmp_path / name)
-    with pytest.warns(NotGeoreferencedWarning, match="has a geotransform .* but no CRS"):
-        report = check_pair(*paths)
+    report = check_pair(*paths)
     assert report.ok
+    with pytest.warns(NotGeoreferencedWarning, match=r"has a geotransform \(10.0, 0.0, 500000.0.* but no CRS"):
+        open_raster(paths[0]).close()
     assert any("geotransforms differ" in w and "gdal_edit.py -a_srs" in w for w in report.warnings)
 
 
