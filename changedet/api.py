@@ -1009,6 +1009,8 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
                           geojson_crs=geojson_crs if pair.crs is not None else None, overwrite=True)
             timings["vectorize"] = time.perf_counter() - t1
 
+        from changedet.geodesy import ground_areas
+
         report = {
             "changedet_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1031,7 +1033,8 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
                           "geojson_crs": geojson_crs} if vectorize else None,
             "summary": _summary(stats, px_area, polygons,
-                                _ground_areas(pair, staging / OUTPUT_NAMES["change"]) if px_area else None),
+                                ground_areas(staging / OUTPUT_NAMES["change"], pair.crs, pair.transform, pair.width,
+                                             pair.height) if px_area else None),
             # the rasters' names only, as the series report: the engine wrote them into the staging folder
             "stats": {**stats.to_dict(), "paths": sorted(stats.paths)},
             "timings": timings,
@@ -1157,37 +1160,10 @@ def _pair_report(pair: Any) -> dict[str, Any]:
     return rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
 
 
-def _ground_areas(pair: Any, change_path: Path) -> tuple[float, float] | None:
-    """(valid, changed) area in m^2 summed cell by cell where the pixel area varies over the scene (a geographic
-    CRS spanning a degree, Web Mercator: :func:`changedet.geodesy.needs_geodesic_area`), from the change raster
-    (0/1, nodata 255) read in strips; None where one pixel area holds for the whole scene."""
-    from changedet.geodesy import cell_sums, needs_geodesic_area, pixel_area_cells
-
-    crs, t, w, h = pair.crs, pair.transform, pair.width, pair.height
-    if crs is None or not change_path.exists():
-        return None
-    xs, ys = zip(*(t @ (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))), strict=True)
-    if not needs_geodesic_area(crs, (min(xs), min(ys), max(xs), max(ys))):
-        return None
-    areas, cell = pixel_area_cells(crs, t, w, h)
-    import rasterio
-    from rasterio.windows import Window
-
-    valid = changed = 0.0
-    strip = cell * max(1, 1024 // cell)
-    with rasterio.open(change_path) as ds:
-        for r0 in range(0, h, strip):
-            band = ds.read(1, window=Window(0, r0, w, min(strip, h - r0)))
-            a = areas[r0 // cell : r0 // cell + -(-band.shape[0] // cell)]
-            valid += float((cell_sums(band != 255, cell) * a).sum())
-            changed += float((cell_sums(band == 1, cell) * a).sum())
-    return valid, changed
-
-
 def _summary(stats: Any, px_area: float | None, polygons: Any,
              ground: tuple[float, float] | None = None) -> dict[str, Any]:
     """The report's summary; areas are pixel counts x ``px_area`` unless ``ground`` gives them summed cell by
-    cell (:func:`_ground_areas`)."""
+    cell (:func:`changedet.geodesy.ground_areas`)."""
     valid, changed = int(stats.valid_pixels), int(stats.changed_pixels)
     valid_area, changed_area = ground if ground else (valid * px_area, changed * px_area) if px_area else (None, None)
     return {

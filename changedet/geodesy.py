@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,3 +118,30 @@ def cell_sums(mask: np.ndarray, cell: int) -> np.ndarray:
     padded = np.zeros((nh * cell, nw * cell), dtype=np.int64)
     padded[:h, :w] = mask
     return padded.reshape(nh, cell, nw, cell).sum(axis=(1, 3))
+
+
+def ground_areas(path: Any, crs: Any, transform: Affine, width: int, height: int) -> tuple[float, float] | None:
+    """(valid, changed) ground area in m^2 of a change raster on a grid (0 no change, 1 or more changed, 255
+    nodata: ``change.tif`` or a series' ``change_count.tif``), summed cell by cell with :func:`pixel_area_cells`
+    where the pixel area varies over the scene (:func:`needs_geodesic_area`); None where one pixel area holds for
+    the whole scene (the caller multiplies pixel counts by it) or without a CRS.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    if crs is None or not Path(path).exists():
+        return None
+    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (width, 0), (width, height), (0, height))), strict=True)
+    if not needs_geodesic_area(crs, (min(xs), min(ys), max(xs), max(ys))):
+        return None
+    areas, cell = pixel_area_cells(crs, transform, width, height)
+    valid = changed = 0.0
+    strip = cell * max(1, 1024 // cell)
+    with rasterio.open(path) as ds:
+        for r0 in range(0, height, strip):
+            band = ds.read(1, window=Window(0, r0, width, min(strip, height - r0)))
+            a = areas[r0 // cell : r0 // cell + -(-band.shape[0] // cell)]
+            known = band != 255
+            valid += float((cell_sums(known, cell) * a).sum())
+            changed += float((cell_sums(known & (band >= 1), cell) * a).sum())
+    return valid, changed

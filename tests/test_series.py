@@ -573,3 +573,30 @@ def test_real_pair_through_the_series_engine_equals_detect(oscd_images: Path, tm
     np.testing.assert_array_equal(series.pairs[0].mask, one.mask)
     assert series.report["summary"]["changed_pixels"] == one.report["summary"]["changed_pixels"] > 0
     assert len(series.polygons) == len(one.polygons)
+
+
+def test_areas_in_web_mercator_are_on_the_ground_and_match_the_two_date_detect(tmp_path: Path) -> None:
+    from pyproj import Transformer
+
+    from changedet.api import detect
+
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(10, 60)
+    rng = np.random.default_rng(3)
+    base = rng.normal(100, 5, (3, 64, 64)).astype("float32")
+    files = []
+    for k, dt in enumerate(("2019-05-01", "2020-05-01", "2021-05-01")):
+        arr = base + rng.normal(0, 1, base.shape).astype("float32")
+        if k >= 1:
+            arr[:, 10:30, 10:30] += 80
+        if k >= 2:
+            arr[:, 40:50, 40:60] += 80
+        files.append(make_geotiff(tmp_path / f"s_{dt}.tif", arr, crs="EPSG:3857", res=10, origin=(x, y)))
+    series = detect_series(files, output_dir=tmp_path / "o", method="cva", vectorize=False, quicklook=False)
+    single = detect(files[1], files[2], method="cva", output_dir=tmp_path / "d", vectorize=False, quicklook=False)
+    pair2 = series.pairs[1].summary
+    assert pair2["changed_pixels"] == single.report["summary"]["changed_pixels"] > 0
+    assert pair2["changed_area_m2"] == pytest.approx(single.report["summary"]["changed_area_m2"])
+    # a Web Mercator unit is about half a metre on the ground at 60 N: a 10-unit pixel holds ~25 m^2, not 100
+    s = series.report["summary"]
+    assert s["changed_area_m2"] == pytest.approx(s["changed_pixels"] * 25, rel=0.02)
+    assert s["valid_area_m2"] == pytest.approx(s["valid_pixels"] * 25, rel=0.02)

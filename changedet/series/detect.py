@@ -125,6 +125,7 @@ def detect_series(
     ['2019-05-01/2020-05-01', '2020-05-01/2021-05-01']
     """
     from changedet.api import METHODS, _check_outputs, _checked_tta, _resolve_for_input, _sample_for_fit
+    from changedet.geodesy import ground_areas
     from changedet.inference import ScorerPredictor, TorchPredictor
 
     t0 = time.perf_counter()
@@ -252,6 +253,14 @@ def detect_series(
         def _area(px: int) -> float | None:
             return round(px * px_area, 2) if px_area else None
 
+        def _areas(path: Path, valid: int, changed: int) -> dict[str, float | None]:
+            """valid/changed area of a change raster: per pixel, or summed on the ground where the pixel area varies
+            over the scene (:func:`changedet.geodesy.ground_areas`)."""
+            ground = ground_areas(path, stack.crs, stack.transform, stack.width, stack.height) if px_area else None
+            if ground is None:
+                return {"valid_area_m2": _area(valid), "changed_area_m2": _area(changed)}
+            return {"valid_area_m2": round(ground[0], 2), "changed_area_m2": round(ground[1], 2)}
+
         pairs: list[SeriesPair] = []
         for k, (i, j) in enumerate(pairs_idx):
             valid, changed = stats.pair_valid[k], stats.pair_changed[k]
@@ -263,7 +272,7 @@ def detect_series(
                 threshold=thresholds[k],
                 summary={"valid_pixels": valid, "changed_pixels": changed,
                          "changed_percent": round(100.0 * changed / valid, 4) if valid else 0.0,
-                         "valid_area_m2": _area(valid), "changed_area_m2": _area(changed)},
+                         **_areas(staging / dirs[k] / "change.tif", valid, changed)},
                 method=methods[k],
             ))
 
@@ -333,7 +342,7 @@ def detect_series(
                 "n_dates": len(labels), "n_pairs": len(pairs), "mode": mode,
                 "valid_pixels": valid, "changed_pixels": changed,
                 "changed_percent": round(100.0 * changed / valid, 4) if valid else 0.0,
-                "valid_area_m2": _area(valid), "changed_area_m2": _area(changed),
+                **_areas(staging / SERIES_OUTPUT_NAMES["change_count"], valid, changed),
                 "first_change_pixels": first_counts,
                 "n_polygons": len(polygons) if polygons is not None else None,
                 "nothing_to_compare": valid == 0,
