@@ -53,7 +53,7 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
     Parameters
     ----------
     data
-        A DataArray with spatial dimensions that rioxarray recognises (``y``/``x``, ``lat``/``lon``, ...), at most
+        A DataArray with spatial dimensions that rioxarray recognises (``y``/``x``, ``latitude``/``longitude``, ...), at most
         one other dimension (the bands) and any number of length-1 dimensions (e.g. ``time``: its value becomes the
         acquisition date).
     path
@@ -107,7 +107,7 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
     except RioXarrayError as exc:
         raise InputError(
             f"{name}: no spatial dimensions found in the DataArray (dims {tuple(da.dims)}); name them x/y "
-            "(or lon/lat), or call .rio.set_spatial_dims(x_dim=..., y_dim=...)"
+            "(or longitude/latitude), or call .rio.set_spatial_dims(x_dim=..., y_dim=...)"
         ) from exc
     date = None
     extra = [d for d in da.dims if d not in (x_dim, y_dim)]
@@ -129,7 +129,9 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
     else:
         band_dim = None
         da = da.transpose(y_dim, x_dim).expand_dims("band")
-    if da.sizes[y_dim] > 1 and float(da[y_dim][1]) > float(da[y_dim][0]):  # south-up: flip to north-up
+    # south-up coordinates (y growing with the row): flip to north-up. Without coordinate values the rows are in
+    # the order of the transform written with .rio.write_transform (da[y_dim] is then just 0, 1, 2...)
+    if y_dim in da.coords and da.sizes[y_dim] > 1 and float(da[y_dim][1]) > float(da[y_dim][0]):
         da = da.isel({y_dim: slice(None, None, -1)})
     crs = da.rio.crs
     transform = da.rio.transform(recalc=True)

@@ -222,6 +222,26 @@ def test_xarray_inputs_give_the_same_rasters_and_polygons(pair: tuple[Path, Path
     assert not written.exists()
 
 
+def test_a_dataarray_without_coordinate_values_keeps_its_row_order(pair: tuple[Path, Path]) -> None:
+    _rioxarray()
+    import xarray as xr
+    from affine import Affine
+
+    t = Affine(10, 0, 500000, 0, -10, 5000000)
+    b = np.random.default_rng(0).normal(100, 5, (3, 64, 64)).astype("float32")
+    a = b.copy()
+    a[:, :20, :20] += 200  # the change is in the top-left corner (the north-west)
+
+    def bare(x: np.ndarray) -> object:  # dims only: rows in the order of the transform
+        return xr.DataArray(x, dims=("band", "y", "x")).rio.write_crs("EPSG:32631").rio.write_transform(t)
+
+    res = detect(bare(b), bare(a), method="cva", quicklook=False)
+    rows = np.flatnonzero((res.mask == 1).any(axis=1))
+    assert rows.min() == 0 and rows.max() == 19
+    left, bottom, right, top = res.polygons.total_bounds
+    assert top == pytest.approx(5000000) and bottom == pytest.approx(5000000 - 200)
+
+
 def test_a_qgis_project_of_xarray_inputs_refers_to_no_temporary_file(pair: tuple[Path, Path], tmp_path: Path) -> None:
     rioxarray = _rioxarray()
     before = rioxarray.open_rasterio(pair[0])  # type: ignore[attr-defined]
