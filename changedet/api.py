@@ -146,13 +146,13 @@ class ChangeResult:
         Raises
         ------
         InputError
-            ``output_dir`` has no ``report.json`` or ``probability.tif``.
+            ``output_dir`` has no ``report.json``, ``probability.tif`` or ``change.tif``.
         """
         import rasterio
 
         out = Path(output_dir)
         report_path, prob_path = out / OUTPUT_NAMES["report"], out / OUTPUT_NAMES["probability"]
-        missing = [p.name for p in (report_path, prob_path) if not p.is_file()]
+        missing = [p.name for p in (report_path, prob_path, out / OUTPUT_NAMES["change"]) if not p.is_file()]
         if missing:
             raise InputError(
                 f"{out}: {', '.join(missing)} not found; give the output folder of a finished `changedet detect` run"
@@ -206,7 +206,8 @@ class ChangeResult:
 
         grid = self.report.get("grid") or {}
         west, south, east, north = array_bounds(int(grid["height"]), int(grid["width"]), self.transform)
-        return (float(west), float(south), float(east), float(north))
+        # pixel coordinates (no CRS, identity transform) grow downwards: keep left <= right and bottom <= top
+        return (float(min(west, east)), float(min(south, north)), float(max(west, east)), float(max(south, north)))
 
     @property
     def polygons(self) -> gpd.GeoDataFrame | None:
@@ -247,6 +248,9 @@ class ChangeResult:
         """Copy every output (rasters, vectors, report, quick-look, QGIS styles and project) into ``output_dir``.
 
         The folder is created if needed; each file is copied under a temporary name and renamed when complete.
+        With ``overwrite``, outputs of an earlier run in ``output_dir`` that this result lacks (polygons, a
+        quick-look, a project) are removed, so the folder holds one result. ``project.qgs`` is written again for
+        the new folder (its layer paths are relative to it).
 
         Returns
         -------
@@ -269,12 +273,20 @@ class ChangeResult:
             raise OutputExistsError(f"{dest}: {', '.join(clash)} exist(s); pass overwrite=True to replace them")
         dest.mkdir(parents=True, exist_ok=True)
         for name in names:
+            if name == OUTPUT_NAMES["project"]:
+                continue  # written again below, with paths relative to dest
             tmp = dest / f".{name}.{os.getpid()}.tmp"
             try:
                 shutil.copy2(self.output_dir / name, tmp)
                 os.replace(tmp, dest / name)
             finally:
                 tmp.unlink(missing_ok=True)
+        if "project" in self.paths:
+            thr = self.report.get("threshold")
+            sources = tuple(str(s) if isinstance(s, (str, os.PathLike)) else "" for s in (self.before, self.after))
+            _write_project(dest, float(thr) if thr is not None else 0.5, sources)  # type: ignore[arg-type]
+        if overwrite:
+            _remove_outputs_not_written(dest, names)
         return {key: dest / path.name for key, path in self.paths.items()}
 
     def plot(self, **kwargs: Any) -> Figure:

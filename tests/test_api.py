@@ -137,8 +137,16 @@ def test_save_copies_every_output(result: ChangeResult, tmp_path: Path) -> None:
     expected = {p.name for p in result.output_dir.iterdir() if not p.name.startswith(".")}
     assert {"project.qgs", "probability.qml", "change.qml", "changes.qml", "quicklook.png"} <= expected
     assert {p.name for p in dest.iterdir()} == expected
-    for name in expected:
+    for name in expected - {"project.qgs"}:
         assert filecmp.cmp(result.output_dir / name, dest / name, shallow=False), name
+    # the project is written again for the new folder: every layer (BEFORE and AFTER too) resolves from there
+    import xml.etree.ElementTree as ET
+
+    sources = [e.text or "" for e in ET.parse(dest / "project.qgs").iter("datasource")]
+    assert len(sources) >= 5
+    for src in sources:
+        path = src.split("|")[0]
+        assert (dest / path).resolve().is_file(), src
     assert set(new) == set(result.paths) and all(p.parent == dest for p in new.values())
     # existing outputs: nothing copied without overwrite
     (dest / "report.json").write_text("{}")
@@ -150,6 +158,17 @@ def test_save_copies_every_output(result: ChangeResult, tmp_path: Path) -> None:
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]
     # saving into its own folder is a no-op
     assert result.save(result.output_dir) == result.paths
+
+
+def test_save_over_another_run_leaves_one_result(result: ChangeResult, pair: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    result.save(tmp_path / "d")
+    bare = detect(*pair, method="cva", vectorize=False, quicklook=False)
+    bare.save(tmp_path / "d", overwrite=True)
+    left = {p.name for p in (tmp_path / "d").iterdir()}
+    assert not left & {"changes.gpkg", "changes.geojson", "changes.qml", "quicklook.png", "project.qgs"}
+    again = ChangeResult.load(tmp_path / "d")
+    assert again.polygons is None and again.report == bare.report
 
 
 def test_save_refuses_a_file_as_folder(result: ChangeResult, tmp_path: Path) -> None:
@@ -170,7 +189,7 @@ def test_load_reopens_a_finished_run(result: ChangeResult) -> None:
 
 
 def test_load_names_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"report\.json, probability\.tif not found"):
+    with pytest.raises(InputError, match=r"report\.json, probability\.tif, change\.tif not found"):
         ChangeResult.load(tmp_path)
 
 
@@ -239,6 +258,7 @@ def test_a_dataarray_without_coordinate_values_keeps_its_row_order(pair: tuple[P
     rows = np.flatnonzero((res.mask == 1).any(axis=1))
     assert rows.min() == 0 and rows.max() == 19
     left, bottom, right, top = res.polygons.total_bounds
+    assert left == pytest.approx(500000) and right == pytest.approx(500000 + 200)
     assert top == pytest.approx(5000000) and bottom == pytest.approx(5000000 - 200)
 
 
@@ -349,3 +369,15 @@ def test_a_qgis_project_of_pixel_coordinates_is_refused_before_writing(tmp_path:
         with pytest.raises(InputError, match=r"not georeferenced.*drop --qgis-project"):
             detect(b, a, method="cva", output_dir=tmp_path / "out", qgis_project=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_bounds_of_a_pixel_coordinate_result_are_ordered(tmp_path: Path) -> None:
+    from changedet.testing import make_geotiff
+
+    img = np.random.default_rng(0).normal(100, 5, (3, 30, 40)).astype("float32")
+    b = make_geotiff(tmp_path / "b.tif", img, crs=None)
+    a = make_geotiff(tmp_path / "a.tif", img + 1, crs=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = detect(b, a, method="cva", quicklook=False, vectorize=False)
+    assert res.bounds == (0.0, 0.0, 40.0, 30.0)
