@@ -45,6 +45,28 @@ def test_info_shows_colour_interpretation_and_alpha(runner: CliRunner, tmp_path:
     assert "B1           uint8  red" in res.output and "B4           uint8  alpha" in res.output
 
 
+def test_info_layout_mask_and_json_colours(runner: CliRunner, tmp_path: Path) -> None:
+    from rasterio.enums import ColorInterp
+
+    arr = np.ones((1, 200, 300), "uint8")
+    common = {"driver": "GTiff", "width": 300, "height": 200, "count": 1, "dtype": "uint8", "crs": "EPSG:32631",
+              "transform": rasterio.transform.from_origin(500000, 5700000, 10, 10)}
+    with rasterio.open(tmp_path / "strips.tif", "w", **common) as ds:
+        ds.write(arr)
+    # one 512 px tile is wider than this 300 px image: still tiled (changedet's own small outputs are like this)
+    with rasterio.open(tmp_path / "tiles.tif", "w", tiled=True, blockxsize=512, blockysize=512, **common) as ds:
+        ds.write(arr)
+        ds.colorinterp = [ColorInterp.red]
+        mask = np.full((200, 300), 255, "uint8")
+        mask[:, :10] = 0
+        ds.write_mask(mask)
+    assert "layout        striped" in runner.invoke(cli, ["info", str(tmp_path / "strips.tif")]).output
+    out = runner.invoke(cli, ["info", str(tmp_path / "tiles.tif")]).output
+    assert "layout        tiled, blocks 512x512" in out and "mask          per-dataset mask" in out
+    data = json.loads(runner.invoke(cli, ["info", str(tmp_path / "tiles.tif"), "--json"]).output)
+    assert data["tiled"] is True and data["mask"] == "per-dataset mask" and data["colorinterp"] == ["red"]
+
+
 @pytest.mark.parametrize("make", ["missing", "text", "dir"])
 def test_info_unreadable_exits_2(runner: CliRunner, tmp_path: Path, make: str) -> None:
     path = tmp_path / "bad.tif"

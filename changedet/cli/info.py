@@ -54,13 +54,15 @@ def command(raster: Path, as_json: bool) -> None:
         if wgs84 and not info.is_geographic:
             click.echo(f"  bounds WGS84  {', '.join(f'{v:.6f}' for v in wgs84)}")
     click.echo(f"  nodata        {info.nodata}")
+    if info.mask:  # detect reads it as nodata (pixels outside it are not compared)
+        click.echo(f"  mask          {info.mask} (pixels outside it are nodata)")
     date = f"{info.date} (from {info.date_source})" if info.date else "unknown"
     click.echo(f"  date          {date}")
-    layout = (
-        "tiled"
-        if info.block_shapes and info.block_shapes[0][0] > 1 and info.block_shapes[0][1] < info.width
-        else "striped"
-    )
+    if info.tiled is not None:
+        layout = "tiled" if info.tiled else "striped"
+    else:  # drivers that do not say: blocks a row high (or as wide as the image) are strips
+        tiled_blocks = bool(info.block_shapes) and info.block_shapes[0][0] > 1
+        layout = "tiled" if tiled_blocks and info.block_shapes[0][1] < info.width else "striped"
     click.echo(
         f"  layout        {layout}, blocks {info.block_shapes[0][1]}x{info.block_shapes[0][0]}, "
         f"compression {info.compression or 'none'}, overviews {list(info.overviews) or 'none'}"

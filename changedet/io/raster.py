@@ -28,6 +28,7 @@ import rasterio.errors
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
@@ -194,6 +195,8 @@ class RasterInfo:
     date_source: str | None = None
     colorinterp: tuple[str, ...] = ()  # GDAL colour interpretation per band: "red", "green", "blue", "alpha"...
     interleave: str | None = None  # "band" or "pixel" for a multi-band GeoTIFF (what a block holds), else None
+    tiled: bool | None = None  # GDAL's TIFF layout (tiles, not strips); None where the driver does not say
+    mask: str | None = None  # "per-dataset mask" (an internal or .msk mask), "alpha band", or None (nodata/none)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -236,6 +239,9 @@ class RasterInfo:
             "compression": self.compression,
             "overviews": list(self.overviews),
             "interleave": self.interleave,
+            "tiled": self.tiled,
+            "mask": self.mask,
+            "colorinterp": list(self.colorinterp),
             "tags": dict(self.tags),
         }
 
@@ -496,6 +502,18 @@ def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
     if ds.count > 1:
         with contextlib.suppress(Exception):
             interleave = ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "").lower() or None
+    tiled = None
+    if ds.driver == "GTiff" and ds.block_shapes:
+        # TIFF strips span the image's width; tiles are multiples of 16 px and may be wider than a small image
+        bh, bw = ds.block_shapes[0]
+        tiled = bw > ds.width or (bw < ds.width and bh > 1) or (bw == bh and bw % 16 == 0)
+    mask = None
+    with contextlib.suppress(Exception):
+        flags = ds.mask_flag_enums[0]
+        if MaskFlags.alpha in flags:
+            mask = "alpha band"
+        elif MaskFlags.per_dataset in flags:
+            mask = "per-dataset mask"
     return RasterInfo(
         path=name,
         driver=ds.driver,
@@ -516,6 +534,8 @@ def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
         compression=compression,
         overviews=overviews,
         colorinterp=colorinterp,
+        tiled=tiled,
+        mask=mask,
         date_source=date_source,
         interleave=interleave,
     )
