@@ -288,3 +288,17 @@ def test_cli_export_qgis_reads_report(tmp_path):
     assert "BEFORE" in names and "AFTER" in names
     r = CliRunner().invoke(cli, ["export", "qgis", str(out), "--band-mapping", "1,2"])
     assert r.exit_code == 2
+
+
+def test_cli_export_qgis_checks_before_writing_and_takes_q(tmp_path):
+    out, *_ = _result_folder(tmp_path)
+    before_files = sorted(p.name for p in out.iterdir())
+    r = CliRunner().invoke(cli, ["export", "qgis", str(out), "--band-mapping", "1,2,20"])
+    assert r.exit_code == 2 and "band 20" in r.output
+    assert sorted(p.name for p in out.iterdir()) == before_files  # no style written before the error
+    r = CliRunner().invoke(cli, ["export", "qgis", str(out), "--after", str(tmp_path / "missing.tif")])
+    assert r.exit_code == 2 and "missing.tif: the AFTER raster given (--after) does not exist" in r.output
+    assert sorted(p.name for p in out.iterdir()) == before_files
+    r = CliRunner().invoke(cli, ["export", "qgis", str(out), "-q"])  # -q/-v after the leaf command, as elsewhere
+    assert r.exit_code == 0, r.output
+    assert (out / "project.qgs").is_file()

@@ -79,7 +79,11 @@ def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> Non
 
 
 def _add_log_options(cmd: click.Command) -> None:
-    """Accept the group's ``-q``/``-v`` after the sub-command too (``changedet detect a.tif b.tif -o out -q``)."""
+    """Accept the group's ``-q``/``-v`` after the sub-command too (``changedet detect a.tif b.tif -o out -q``), also
+    after the leaf commands of a sub-group (``changedet export qgis OUTDIR -q``)."""
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _add_log_options(sub)
     if any(p.name == "quiet" for p in cmd.params):
         return
     cmd.params += [

@@ -732,6 +732,10 @@ def export_qgis(
     report = _read_report(out)
     if threshold is None:
         threshold = _find(report, "threshold", "options.threshold", "result.threshold", "model.threshold")
+    for which, given in (("before", before), ("after", after)):  # asked for by name: it must be there
+        if given is not None and not (out / given).exists() and not Path(given).exists():
+            raise InputError(f"{given}: the {which.upper()} raster given (--{which}) does not exist; check the path "
+                             "or leave the option out (the path in report.json is used)")
     before = before if before is not None else _find(report, "inputs.before", "before")
     after = after if after is not None else _find(report, "inputs.after", "after")
     dates = [_find(report, f"inputs.{k}.date", f"dates.{k}", f"{k}_date") for k in ("before", "after")]
@@ -741,6 +745,19 @@ def export_qgis(
     if after is not None and not (out / after).exists() and not Path(after).exists():
         log.warning("AFTER raster %s (from report.json) not found: left out of the project", after)
         after = None
+    if band_mapping is not None:  # checked before any style is written: a bad mapping leaves the folder as it was
+        mapping = tuple(int(b) for b in band_mapping)
+        if len(mapping) != 3 or min(mapping) < 1:
+            raise InputError(f"band_mapping must be three 1-based bands (red, green, blue), found {mapping}.")
+        import rasterio
+
+        for which, src in (("BEFORE", before), ("AFTER", after)):
+            p = _resolve(out, src)
+            if p is not None and p.exists():
+                with rasterio.open(p) as ds:
+                    if max(mapping) > ds.count:
+                        raise InputError(f"{ds.name}: band {max(mapping)} of the RGB mapping {mapping} is not in "
+                                         f"1..{ds.count} ({which}).")
 
     written: dict[str, Path] = {}
     prob_p = out / probability
