@@ -702,7 +702,7 @@ def detect(
     vectorize
         Write ``changes.gpkg`` and ``changes.geojson``.
     geojson_crs
-        CRS of the GeoJSON (``"EPSG:4326"``, RFC 7946, by default; None keeps the raster CRS).
+        CRS of the GeoJSON (``"EPSG:4326"``, RFC 7946, by default; None or ``"input"`` keeps the raster CRS).
     qgis_project
         Also write ``project.qgs`` with BEFORE, AFTER, probability, mask and polygons styled.
     quicklook
@@ -774,6 +774,8 @@ def detect(
                 "an xarray.DataArray with a CRS and transform (rioxarray), or write the array with "
                 "changedet.io.write_cog(path, array, crs=..., transform=...)"
             )
+    if isinstance(geojson_crs, str) and geojson_crs.lower() in ("input", "keep", "none"):
+        geojson_crs = None  # as on the command line: the raster's own CRS
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None,
                    device=device if method == "model" else None)
     tmp_holder = None
@@ -1043,7 +1045,8 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
                        # what the engine used: the tile edge shrinks to cover the scene evenly (engine_grid)
                        "tile_size_used": stats.tile_size, "overlap_used": stats.overlap},
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
-                          "geojson_crs": geojson_crs} if vectorize else None,
+                          # what changes.geojson holds: without a CRS its coordinates are pixels, not WGS84
+                          "geojson_crs": geojson_crs if pair.crs is not None else None} if vectorize else None,
             "summary": _summary(stats, px_area, polygons,
                                 ground_areas(staging / OUTPUT_NAMES["change"], pair.crs, pair.transform, pair.width,
                                              pair.height) if px_area else None),

@@ -379,5 +379,14 @@ def test_bounds_of_a_pixel_coordinate_result_are_ordered(tmp_path: Path) -> None
     a = make_geotiff(tmp_path / "a.tif", img + 1, crs=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = detect(b, a, method="cva", quicklook=False, vectorize=False)
+        res = detect(b, a, method="cva", quicklook=False)
     assert res.bounds == (0.0, 0.0, 40.0, 30.0)
+    assert res.report["vectorize"]["geojson_crs"] is None  # pixel coordinates, not WGS84
+
+
+def test_geojson_crs_input_keeps_the_raster_crs_in_python_too(pair: tuple[Path, Path]) -> None:
+    import pyogrio
+
+    res = detect(*pair, method="cva", quicklook=False, geojson_crs="input")
+    assert res.report["vectorize"]["geojson_crs"] is None
+    assert pyogrio.read_info(res.paths["geojson"])["crs"] == "EPSG:32631"

@@ -110,7 +110,7 @@ def write_vectors(
     if geojson is not None and geojson_crs is not None and gdf.crs is None:
         raise InputError(
             f"{geojson}: the polygons have no CRS, so they cannot be written as WGS84 GeoJSON; "
-            "pass geojson_crs=None (--geojson-crs keep) to write them in their own coordinates."
+            "pass geojson_crs=None (--geojson-crs input) to write them in their own coordinates."
         )
     gdf = gdf.copy()
     for col in gdf.columns:  # all-None object columns: make them strings, not an unknown type

@@ -473,7 +473,7 @@ def _grid(
         )
         report.warn(
             f"{nb_name} and {na_name}: neither is georeferenced; they are compared pixel by pixel in pixel "
-            f"coordinates (outputs will have no CRS, areas are in pixels).{ignored}",
+            f"coordinates (outputs will have no CRS; polygons' area_m2 is empty, pixel_count counts their pixels).{ignored}",
             PairWarning,
         )
         if (info_b.width, info_b.height) != (info_a.width, info_a.height):
