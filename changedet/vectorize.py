@@ -20,6 +20,7 @@ This module never imports torch: a QGIS or notebook user can vectorise without t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import inspect
 import logging
@@ -142,6 +143,17 @@ def _open_source(obj: Any, what: str, nodata: float | None) -> tuple[_Source, An
     src = _Source(path, dataset=ds, owned=owned, nodata=ds.nodata if ds.nodata is not None else nodata)
     georef = ds.crs is not None
     return src, (ds.transform if georef or not ds.transform.is_identity else None), ds.crs
+
+
+def _source_tags(src: _Source | None) -> dict[str, str]:
+    """The dataset tags of a path/dataset source, upper-cased keys; empty for arrays."""
+    ds = getattr(src, "dataset", None)
+    if ds is None:
+        return {}
+    try:
+        return {str(k).upper(): str(v) for k, v in ds.tags().items()}
+    except Exception:  # noqa: BLE001 - tags are a nicety
+        return {}
 
 
 def _iso(value: Any) -> str | None:
@@ -340,6 +352,9 @@ def vectorize(
     model : str, optional
         Model name stored in the ``model`` column.
 
+    When the inputs are files (or datasets) that ``changedet detect`` wrote, ``model``, the dates and (for a mask)
+    the ``threshold`` column default to their tags (``MODEL``, ``BEFORE_DATE``, ``AFTER_DATE``, ``THRESHOLD``).
+
     Returns
     -------
     geopandas.GeoDataFrame
@@ -423,6 +438,14 @@ def vectorize(
             ds_crs = ds_crs if ds_crs is not None else p_crs
         transform = transform if transform is not None else ds_transform
         crs = crs if crs is not None else ds_crs
+        # what detect tagged its rasters with (MODEL, BEFORE_DATE, AFTER_DATE, THRESHOLD) fills what is not given
+        tags = _source_tags(msrc) or _source_tags(psrc)
+        model = model if model is not None else tags.get("MODEL")
+        before_date = before_date if before_date is not None else tags.get("BEFORE_DATE")
+        after_date = after_date if after_date is not None else tags.get("AFTER_DATE")
+        if threshold is None and msrc is not None and tags.get("THRESHOLD"):
+            with contextlib.suppress(ValueError):
+                threshold = float(tags["THRESHOLD"])  # the column only: the mask is already thresholded
         crs_obj = _CRS.from_user_input(crs) if crs is not None else None
         georeferenced = crs_obj is not None
         if not georeferenced:

@@ -390,3 +390,13 @@ def test_geojson_crs_input_keeps_the_raster_crs_in_python_too(pair: tuple[Path, 
     res = detect(*pair, method="cva", quicklook=False, geojson_crs="input")
     assert res.report["vectorize"]["geojson_crs"] is None
     assert pyogrio.read_info(res.paths["geojson"])["crs"] == "EPSG:32631"
+
+
+def test_vectorize_of_detect_files_takes_model_dates_and_threshold_from_their_tags(result: ChangeResult) -> None:
+    gdf = changedet.vectorize(result.paths["change"], result.paths["probability"], min_area=300)
+    assert len(gdf) == len(result.polygons)
+    first = gdf.iloc[0]
+    assert first["model"] == result.polygons.iloc[0]["model"] == "cva"
+    assert first["before_date"] == result.polygons.iloc[0]["before_date"] is not None
+    assert first["after_date"] == result.polygons.iloc[0]["after_date"] is not None
+    assert first["threshold"] == pytest.approx(result.report["threshold"], abs=1e-4)
