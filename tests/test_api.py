@@ -358,28 +358,28 @@ def test_progress_true_draws_a_bar_false_none(pair: tuple[Path, Path], tmp_path:
     assert not (tmp_path / "x").exists()
 
 
-def test_a_qgis_project_of_pixel_coordinates_is_refused_before_writing(tmp_path: Path) -> None:
-    from changedet.testing import make_geotiff
-
-    img = np.random.default_rng(0).normal(100, 5, (3, 40, 40)).astype("float32")
-    b = make_geotiff(tmp_path / "b.tif", img, crs=None)
-    a = make_geotiff(tmp_path / "a.tif", img + 1, crs=None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(InputError, match=r"not georeferenced.*drop --qgis-project"):
-            detect(b, a, method="cva", output_dir=tmp_path / "out", qgis_project=True)
-    assert not (tmp_path / "out").exists()
-
-
-def test_bounds_of_a_pixel_coordinate_result_are_ordered(tmp_path: Path) -> None:
+@pytest.fixture
+def pixel_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A 40 x 30 px pair without georeferencing."""
     from changedet.testing import make_geotiff
 
     img = np.random.default_rng(0).normal(100, 5, (3, 30, 40)).astype("float32")
-    b = make_geotiff(tmp_path / "b.tif", img, crs=None)
-    a = make_geotiff(tmp_path / "a.tif", img + 1, crs=None)
+    return make_geotiff(tmp_path / "b.tif", img, crs=None), make_geotiff(tmp_path / "a.tif", img + 1, crs=None)
+
+
+def test_a_qgis_project_of_pixel_coordinates_is_refused_before_writing(pixel_pair: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = detect(b, a, method="cva", quicklook=False)
+        with pytest.raises(InputError, match=r"not georeferenced.*drop --qgis-project"):
+            detect(*pixel_pair, method="cva", output_dir=tmp_path / "out", qgis_project=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bounds_of_a_pixel_coordinate_result_are_ordered(pixel_pair: tuple[Path, Path]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = detect(*pixel_pair, method="cva", quicklook=False)
     assert res.bounds == (0.0, 0.0, 40.0, 30.0)
     assert res.report["vectorize"]["geojson_crs"] is None  # pixel coordinates, not WGS84
 
