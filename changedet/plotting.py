@@ -319,6 +319,19 @@ def plot_result(
 
     fig = Figure(figsize=figsize or _figsize(extent, aspect), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True, sharey=True)
+
+    def show(ax: Axes, img: Any, **kwargs: Any) -> Any:
+        """imshow on the raster's grid: its bounds for a north-up grid, its affine for a rotated one (the
+        polygons are drawn in map coordinates, so the images must be too)."""
+        if transform.b == 0 and transform.d == 0:
+            return ax.imshow(img, extent=extent, interpolation="nearest", **kwargs)
+        from matplotlib.transforms import Affine2D
+
+        t = transform
+        pixel_to_map = Affine2D.from_values(t.a, t.d, t.b, t.e, t.c, t.f)
+        return ax.imshow(img, extent=(0, width, height, 0), interpolation="nearest",
+                         transform=pixel_to_map + ax.transData, **kwargs)
+
     titles = ["BEFORE", "AFTER", "change probability", "change polygons over AFTER"]
     for i, key in enumerate(("before", "after")):
         date = _date(result, key)
@@ -333,14 +346,14 @@ def plot_result(
                                zorder=-1, label="nodata"))
     for ax, img in zip(axes[0], imgs, strict=True):
         if img is not None:
-            ax.imshow(img, extent=extent, interpolation="nearest")
+            show(ax, img)
         else:
             ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
 
     threshold = result.report.get("threshold")
     cmap = matplotlib.colormaps["magma"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     shown = np.ma.masked_where(~(prob >= 0), prob)
-    im = axes[1, 0].imshow(shown, extent=extent, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    im = show(axes[1, 0], shown, cmap=cmap, vmin=0, vmax=1)
     cax = axes[1, 0].inset_axes((0.55, 0.07, 0.4, 0.035))
     cbar = fig.colorbar(im, cax=cax, orientation="horizontal", ticks=[0, 0.5, 1])
     halo: list[pe.AbstractPathEffect] = [pe.withStroke(linewidth=2, foreground="black")]
@@ -354,7 +367,7 @@ def plot_result(
         cbar.ax.axvline(float(threshold), color="#00e5ff", linewidth=1.5)
 
     if imgs[1] is not None:
-        axes[1, 1].imshow(imgs[1], extent=extent, interpolation="nearest")
+        show(axes[1, 1], imgs[1])
     polys = result.polygons
     if polys is not None and len(polys):
         if crs is not None and polys.crs is not None and polys.crs != crs:

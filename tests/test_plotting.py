@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from matplotlib.collections import Collection
 from matplotlib.image import AxesImage
 
@@ -87,6 +88,26 @@ def test_polygons_are_drawn_over_after_where_they_are(projected: ChangeResult) -
     # no polygon on the other panels
     for ax in _map_axes(fig)[:3]:
         assert not [c for c in ax.collections if len(c.get_paths())]
+
+
+def test_a_rotated_grid_is_drawn_where_its_polygons_are(tmp_path: Path) -> None:
+    from affine import Affine
+
+    rotated = Affine.translation(500000, 4600000) * Affine.rotation(30) * Affine.scale(10, -10)
+    b = np.random.default_rng(0).normal(100, 5, (3, 64, 64)).astype("float32")
+    a = b.copy()
+    a[:, 10:30, 10:30] += 80
+    before = make_geotiff(tmp_path / "b.tif", b, transform=rotated)
+    after = make_geotiff(tmp_path / "a.tif", a, transform=rotated)
+    res = detect(before, after, method="cva", output_dir=tmp_path / "o", quicklook=False)
+    prob_ax = _map_axes(res.plot())[2]
+    image = prob_ax.get_images()[0]
+    # the image's pixel (col, row) goes where the raster's affine puts it, as the polygons are drawn
+    to_map = image.get_transform() - prob_ax.transData
+    for col, row in ((0, 0), (20.5, 20.5), (64, 64)):
+        np.testing.assert_allclose(to_map.transform((col, row)), rotated * (col, row), atol=1e-6)
+    centre = rotated * (20, 20)
+    assert res.polygons.contains(shapely.Point(centre)).any()
 
 
 def test_no_polygons_means_an_empty_polygon_panel(tmp_path: Path) -> None:
