@@ -165,6 +165,27 @@ def test_generic_folder_natural_order(tmp_path: Path) -> None:
         assert [int(ds.read(i).max()) for i in (1, 2, 3)] == [1, 2, 10]
 
 
+def test_bands_in_another_crs_stack_and_a_band_given_twice_is_refused(tmp_path: Path) -> None:
+    from rasterio.warp import calculate_default_transform, reproject
+
+    band = np.arange(10000, dtype="uint16").reshape(100, 100)
+    t_utm = rasterio.transform.from_origin(500000, 5000000, 10, 10)
+    for b in ("B02", "B03"):
+        make_geotiff(tmp_path / "d" / f"x_{b}.tif", band, transform=t_utm)
+    t, w, h = calculate_default_transform("EPSG:32631", "EPSG:4326", 100, 100, 500000, 4999000, 501000, 5000000)
+    geo = np.zeros((h, w), "uint16")
+    reproject(band, geo, src_transform=t_utm, src_crs="EPSG:32631", dst_transform=t, dst_crs="EPSG:4326")
+    make_geotiff(tmp_path / "d" / "x_B04.tif", geo, crs="EPSG:4326", transform=t)
+    out = stack_bands(tmp_path / "d", tmp_path / "s.tif")  # was "x_B04.tif does not overlap x_B02.tif"
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 32631 and ds.descriptions == ("B02", "B03", "B04")
+        assert ds.read(3)[10:90, 10:90].mean() == pytest.approx(band[10:90, 10:90].mean(), rel=0.01)
+    make_geotiff(tmp_path / "d" / "copy_of_B04.tif", band, transform=t_utm)
+    with pytest.raises(InputError, match=r"same Sentinel-2 band \(B04: copy_of_B04.tif, x_B04.tif\)"):
+        stack_bands(tmp_path / "d", tmp_path / "t.tif")
+    assert not (tmp_path / "t.tif").exists()
+
+
 def test_stack_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"empty: no raster files"):

@@ -253,22 +253,20 @@ def _coverage_problems(bands: Sequence[_Band], ref: _Band, folder: Any) -> list[
     from rasterio.transform import array_bounds
     from rasterio.warp import transform_bounds
 
-    rb = array_bounds(ref.height, ref.width, ref.transform)  # (south, west, north, east)
-    ref_box = (rb[1], rb[0], rb[3], rb[2])
+    ref_box = array_bounds(ref.height, ref.width, ref.transform)  # (west, south, east, north)
     partial = []
     for b in bands:
         bb = array_bounds(b.height, b.width, b.transform)
-        box = transform_bounds(b.crs, ref.crs, bb[1], bb[0], bb[3], bb[2]) if b.crs != ref.crs else (
-            bb[1], bb[0], bb[3], bb[2])
+        box = transform_bounds(b.crs, ref.crs, *bb, densify_pts=21) if b.crs != ref.crs else bb
         w, s_, e, n = max(box[0], ref_box[0]), max(box[1], ref_box[1]), min(box[2], ref_box[2]), min(box[3], ref_box[3])
         if w >= e or s_ >= n:
             raise InputError(
                 f"{folder}: {b.path.name} does not overlap {ref.path.name} (bounds {tuple(round(v, 3) for v in box)} "
                 f"against {tuple(round(v, 3) for v in ref_box)}); stack files of the same place"
             )
-        tol = 0.5 * abs(ref.transform.a)  # half a pixel
-        if box[0] > ref_box[0] + tol or box[1] > ref_box[1] + tol or box[2] < ref_box[2] - tol \
-                or box[3] < ref_box[3] - tol:
+        tx, ty = 0.5 * abs(ref.transform.a), 0.5 * abs(ref.transform.e)  # half a pixel
+        if box[0] > ref_box[0] + tx or box[1] > ref_box[1] + ty or box[2] < ref_box[2] - tx \
+                or box[3] < ref_box[3] - ty:
             partial.append(b.path.name)
     return partial
 
@@ -355,7 +353,13 @@ def stack_bands(
     s2 = [band_name_from_file(p) for p in paths]
     if landsat:  # Landsat's own band names: its B2 is Sentinel-2's B02 on Landsat 8/9 but not on Landsat 4-7
         names = [_LANDSAT.match(p.stem).group("band").upper() for p in paths]  # type: ignore[union-attr]
-    elif all(s2) and len(set(s2)) == len(s2):
+    elif all(s2) and len(set(s2)) < len(s2):  # Sentinel-2 band files, one band twice (a copy, two resolutions)
+        twice = sorted({b for b in s2 if s2.count(b) > 1})  # type: ignore[type-var]
+        shown = "; ".join(f"{b}: " + ", ".join(p.name for p, n in zip(paths, s2, strict=True) if n == b)
+                          for b in twice)
+        raise InputError(f"{folder}: several files hold the same Sentinel-2 band ({shown}); keep one file per "
+                         "band (or give the files to stack with files=[...])")
+    elif all(s2):
         order = sorted(range(len(paths)), key=lambda i: SENTINEL2_BANDS.index(s2[i]))  # type: ignore[arg-type]
         paths = [paths[i] for i in order]
         names = [str(s2[i]) for i in order]
