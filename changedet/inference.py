@@ -206,8 +206,11 @@ class TorchPredictor:
         self.__init__(state["model"], *state["stats"], device=state["device"],  # type: ignore[misc]
                       precision=state["precision"], name=state["name"], tta=state.get("tta", "none"))
 
-    def _prep(self, before: np.ndarray, after: np.ndarray, dim: int | None) -> tuple[Any, Any]:
-        """Both dates as normalised channels-last tensors of the model's dtype (non-finite values to 0).
+    def _prep(self, before: np.ndarray, after: np.ndarray, dim: int | None,
+              valid: np.ndarray | None = None) -> tuple[Any, Any]:
+        """Both dates as normalised channels-last tensors of the model's dtype; non-finite values and the pixels
+        that ``valid`` (n, h, w) rules out become 0 after normalisation (each date's mean, as training fills them),
+        so that nodata looks the same in both dates instead of two different raw fill values.
 
         With ``dim`` (the model's ``pair_dim``) they share one buffer, AFTER right after BEFORE along it, so that the
         model joins them without a copy (:func:`changedet.models.cat_pair`); with None they are two tensors.
@@ -230,6 +233,10 @@ class TorchPredictor:
             torch.addcmul(shift, t, scale, out=part)  # (x - mean) / std in one pass
         for buf in bufs:
             buf.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        if valid is not None and not valid.all():
+            keep = torch.from_numpy(np.ascontiguousarray(valid, dtype=np.float32)[:, None]).to(self.device)
+            for part in parts:
+                part.mul_(keep)
         if dim is None:
             return bufs[0].to(self.dtype), bufs[1].to(self.dtype)  # .to keeps channels-last
         joint = bufs[0].to(self.dtype)
@@ -240,7 +247,7 @@ class TorchPredictor:
         _n, _c, h, w = before.shape
         with torch.inference_mode(), self._flush_denormals():
             # the views of test-time augmentation are transformed one date at a time: no joint buffer for them
-            tb, ta = self._prep(before, after, self._pair_dim if len(self._views) == 1 else None)
+            tb, ta = self._prep(before, after, self._pair_dim if len(self._views) == 1 else None, valid)
             ph, pw = (-h) % self.multiple, (-w) % self.multiple
             if ph or pw:
                 mode = "reflect" if ph < h and pw < w else "replicate"

@@ -95,6 +95,30 @@ def test_nodata_is_propagated_and_never_changed(tmp_path: Path) -> None:
         assert polys.intersection(left_border).area.max() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_nodata_in_one_date_makes_no_false_change_beside_it(tmp_path: Path) -> None:
+    """Nodata is filled with each date's mean after normalisation (as in training), not with a raw 0 that the two
+    dates' statistics turn into two different values: that difference spilled ~13 px of 'change' into valid rows."""
+    from rasterio.transform import from_origin
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(0)
+    before = uniform_filter(rng.normal(120, 20, (3, 256, 256)), (1, 5, 5))
+    after = before.copy()
+    after[:, 64:128, 64:128] = 230  # the change, well away from the nodata rows
+    holed = before.copy()
+    holed[:, :40] = 0  # nodata rows at the top of BEFORE
+    t = from_origin(400000, 5000000, 1, 1)
+    paths = [make_geotiff(tmp_path / f"{n}.tif", x.astype("uint8"), transform=t, nodata=nd)
+             for n, x, nd in (("b", before, None), ("h", holed, 0), ("a", after, None))]
+    kwargs = {"model": "aerial-rgb", "vectorize": False, "quicklook": False}
+    plain = detect(paths[0], paths[2], output_dir=tmp_path / "plain", **kwargs).mask
+    holey = detect(paths[1], paths[2], output_dir=tmp_path / "holey", **kwargs).mask
+    assert (holey[:40] == 255).all()
+    near_plain, near_holey = int((plain[40:60] == 1).sum()), int((holey[40:60] == 1).sum())
+    assert near_holey <= near_plain + 50, (near_holey, near_plain)  # 2988 in rows 40-53 before the fix
+    assert (holey[64:128, 64:128] == 1).mean() == pytest.approx((plain[64:128, 64:128] == 1).mean(), abs=0.02)
+
+
 def test_all_nodata_pair_is_a_clear_nothing_to_compare_result(tmp_path: Path) -> None:
     zeros = np.zeros((3, 64, 64), np.uint16)
     before = make_geotiff(tmp_path / "b.tif", zeros, nodata=0)
