@@ -994,6 +994,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         stats = predict_pair(
             pair, predictor, out_dir=staging, threshold=thr, tile_size=tile_size, overlap=overlap, blend=blend,
             batch_size=batch_size, progress=progress, resume=resume, partial_dir=partial_dir, tags=tags,
+            keep_partial=True,  # removed below once every output is in place: a Ctrl-C before then resumes
         )
         timings["predict"] = stats.seconds_total
         if stats.overlap < overlap and stats.tiles_total > 1:
@@ -1078,6 +1079,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             _write_project(out, thr, source_names)
         _remove_outputs_not_written(out, names)
         os.replace(staging / OUTPUT_NAMES["report"], out / OUTPUT_NAMES["report"])
+        shutil.rmtree(partial_dir, ignore_errors=True)  # the finished prediction, kept until now for --resume
         final: dict[str, Path] = {}
         for key, name in OUTPUT_NAMES.items():
             if (out / name).exists() and name in names:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -402,16 +403,20 @@ class StripWriter:
         except (rasterio.errors.RasterioError, CPLE_BaseError, OSError):
             return False
 
-    def finalize(self) -> Path:
+    def finalize(self, keep_partial: bool = False) -> Path:
         """Convert the partial file into a COG at ``final_path`` atomically; return the path.
 
-        With ``cog=False`` the tiled GeoTIFF is renamed onto ``final_path`` as it is (for intermediate files).
+        With ``cog=False`` the tiled GeoTIFF is renamed onto ``final_path`` as it is (for intermediate files), or
+        copied with ``keep_partial``, which leaves the partial file for a later resume.
         """
         from changedet.io.raster import to_cog
 
         self.close()
         if not self.cog:
-            os.replace(self.partial, self.final_path)
+            if keep_partial:
+                shutil.copyfile(self.partial, self.final_path)
+            else:
+                os.replace(self.partial, self.final_path)
             return self.final_path
         tmp = self.final_path.with_name(f".{self.final_path.name}.{os.getpid()}.tmp")
         try:
@@ -421,7 +426,8 @@ class StripWriter:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.partial.unlink(missing_ok=True)
+        if not keep_partial:
+            self.partial.unlink(missing_ok=True)
         return self.final_path
 
     def discard(self) -> None:
@@ -845,6 +851,7 @@ def predict_pair(
     tags: dict[str, str] | None = None,
     rows: tuple[int, int] | None = None,
     cog: bool = True,
+    keep_partial: bool = False,
 ) -> PredictStats:
     """Predict change over an aligned pair and stream ``probability.tif`` and ``change.tif`` into ``out_dir``.
 
@@ -883,6 +890,10 @@ def predict_pair(
     cog
         Convert the outputs to Cloud-Optimised GeoTIFFs (default); False keeps the tiled GeoTIFFs (intermediate
         files that will be merged).
+    keep_partial
+        Leave the finished partial files and the journal in ``partial_dir`` (the caller removes them once its own
+        later steps are done): an interruption after the prediction, while vectorising say, then resumes without
+        predicting again. Not used when an engine (:func:`use_engine`) runs the call.
 
     Inside :func:`use_engine`, a whole-scene call (``rows=None``) is handed to that engine instead.
 
@@ -1031,11 +1042,12 @@ def predict_pair(
             streams.finish()
         t0 = time.perf_counter()
         for w in writers:
-            stats.paths[w.final_path.stem] = str(w.finalize())
+            stats.paths[w.final_path.stem] = str(w.finalize(keep_partial=keep_partial))
         stats.seconds_finalize = time.perf_counter() - t0
-        (partial_dir / "journal.json").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            partial_dir.rmdir()
+        if not keep_partial:
+            (partial_dir / "journal.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial_dir.rmdir()
     except BaseException:
         for w in writers:
             w.close()

@@ -182,13 +182,16 @@ def test_resume_without_a_journal_does_not_replace_finished_outputs(scene: tuple
     assert (out / "report.json").stat().st_mtime_ns == stamp
 
 
-def test_ctrl_c_after_prediction_leaves_nothing(
+def test_ctrl_c_after_prediction_keeps_the_prediction_for_resume(
     scene: tuple[Path, Path], checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C while the polygons are built, when both rasters are complete: still no output (no half result)."""
+    """Ctrl-C while the polygons are built, when both rasters are complete: no output (no half result), but the
+    finished prediction stays in .changedet-partial and --resume goes on from there without predicting again."""
     before, after = scene
     out = tmp_path / "out"
     import changedet.vectorize
+
+    real = changedet.vectorize.vectorize
 
     def interrupted(*_args: Any, **_kwargs: Any) -> Any:
         raise KeyboardInterrupt
@@ -196,7 +199,16 @@ def test_ctrl_c_after_prediction_leaves_nothing(
     monkeypatch.setattr(changedet.vectorize, "vectorize", interrupted)
     with pytest.raises(KeyboardInterrupt):
         detect(before, after, output_dir=out, **_options("cva", checkpoint))
-    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == [".changedet-partial"]
+    monkeypatch.setattr(changedet.vectorize, "vectorize", real)
+    resumed = detect(before, after, output_dir=out, resume=True, **_options("cva", checkpoint))
+    assert resumed.report["stats"]["tiles_predicted"] == 0 and resumed.report["stats"]["tiles_resumed"] > 0
+    assert not (out / ".changedet-partial").exists()
+    clean = detect(before, after, output_dir=tmp_path / "clean", **_options("cva", checkpoint))
+    for name in ("probability", "change"):
+        with rasterio.open(resumed.paths[name]) as a, rasterio.open(clean.paths[name]) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+    assert len(resumed.polygons) == len(clean.polygons)
 
 
 _FSIZE_CHILD = r"""
