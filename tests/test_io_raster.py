@@ -210,6 +210,25 @@ def test_atomic_output_cleans_up_on_error(tmp_path: Path, exc: BaseException) ->
     assert _leftovers(tmp_path) == []
 
 
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a process that has exited
+    stale = [tmp_path / f".out.{dead}-0a1b2c3d.stage.tif", tmp_path / f".out.{dead}-0a1b2c3d.stage.tif.ovr",
+             tmp_path / f".out.{dead}-99aa88bb.partial.tif"]
+    live = tmp_path / f".out.{os.getpid()}-12345678.stage.tif"  # a writer still running: left alone
+    other = tmp_path / f".other.{dead}-0a1b2c3d.stage.tif"  # another output's: left alone
+    for p in (*stale, live, other):
+        p.write_bytes(b"x" * 10)
+    with atomic_output(tmp_path / "out.tif") as tmp:
+        assert f".out.{os.getpid()}-" in tmp.name
+        tmp.write_bytes(b"done")
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and other.exists() and (tmp_path / "out.tif").read_bytes() == b"done"
+
+
 def test_atomic_output_exists(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     target.write_text("old")

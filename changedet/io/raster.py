@@ -19,6 +19,7 @@ import secrets
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -600,8 +601,32 @@ def _remove_quietly(path: Path) -> None:
 
 
 def _temp_sibling(path: Path, tag: str = "partial") -> Path:
-    """A hidden temporary name next to ``path`` that keeps its suffix (drivers pick formats by extension)."""
-    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.{tag}{path.suffix}")
+    """A hidden temporary name next to ``path`` that keeps its suffix (drivers pick formats by extension) and
+    carries the writing process's id, so that a later run can tell a killed writer's leftovers
+    (:func:`_remove_stale_siblings`)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.{tag}{path.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (PermissionError): alive
+        return True
+    return True
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove the temporary files (:func:`_temp_sibling`) that a killed writer (SIGKILL, SIGTERM, power loss) left
+    next to ``path``: their process no longer exists. A live writer's files are left alone."""
+    for tag in ("partial", "stage"):
+        for item in path.parent.glob(f".{glob_escape(path.stem)}.*-*.{tag}{path.suffix}*"):
+            token = item.name[len(path.stem) + 2 :].split(".", 1)[0]
+            pid = token.split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    item.unlink()
 
 
 @contextlib.contextmanager
@@ -639,6 +664,7 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{final}: cannot create the output folder {final.parent} ({exc}).") from exc
+    _remove_stale_siblings(final)
     tmp = _temp_sibling(final)
     try:
         yield tmp
