@@ -142,8 +142,15 @@ def test_check_indexes(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_parse_indexes() -> None:
+    import click
+
     assert parse_indexes("3-1") == [3, 2, 1]
     assert parse_indexes("1,2,3:3,2,1") == ([1, 2, 3], [3, 2, 1])
+    assert parse_indexes(None) is None
+    for bad, says in (("1,,2", "empty band number between commas"), ("1,2,3:", "a side of BEFORE:AFTER is empty"),
+                      (":1", "a side of BEFORE:AFTER is empty"), ("", "an empty value"), ("a", "1-based")):
+        with pytest.raises(click.BadParameter, match=says):
+            parse_indexes(bad)
 
 
 def test_stack_command(runner: CliRunner, tmp_path: Path) -> None:

@@ -15,15 +15,22 @@ def parse_indexes(text: str | None) -> list[int] | tuple[list[int], list[int]] |
     >>> parse_indexes("1-3,5"), parse_indexes("1,2:2,1"), parse_indexes(None)
     ([1, 2, 3, 5], ([1, 2], [2, 1]), None)
     """
-    if text is None or not text.strip():
+    if text is None:
         return None
+    if not text.strip():
+        raise click.BadParameter("an empty value: give 1-based band numbers such as 1,2,3 (or leave --indexes out)",
+                                 param_hint="--indexes")
 
     def one(part: str) -> list[int]:
         out: list[int] = []
+        if not part.strip():
+            raise click.BadParameter(
+                f"{text!r}: a side of BEFORE:AFTER is empty; give both, e.g. 1,2,3:3,2,1", param_hint="--indexes")
         for tok in part.split(","):
             tok = tok.strip()
             if not tok:
-                continue
+                raise click.BadParameter(f"{text!r}: an empty band number between commas; give e.g. 1,2,3",
+                                         param_hint="--indexes")
             try:
                 if "-" in tok:
                     lo, hi = (int(v) for v in tok.split("-", 1))
