@@ -29,6 +29,7 @@ import numpy as np
 from changedet._version import __version__
 from changedet.errors import (
     ChangedetError,
+    ChangedetWarning,
     CheckpointError,
     InputError,
     NotGeoreferencedWarning,
@@ -593,7 +594,27 @@ def _checked_tta(tta: str | None, method: str) -> str:
     return tta
 
 
-def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device: str | None) -> None:
+def _ignored_options(*, method: str, vectorize: bool, precision: str, device: str, min_area: float,
+                     simplify: float, fill_holes: float, geojson_crs: str | None) -> None:
+    """A warning naming the options this run will not use (a network's precision or device with an unsupervised
+    method, polygon options without polygons), instead of ignoring them without a word."""
+    said = []
+    if method != "model":
+        net = [f"--precision {precision}"] * (precision != "float32") + [f"--device {device}"] * (device != "cpu")
+        if net:
+            said.append(f"{', '.join(net)}: not used, since --method {method} runs no network")
+    if not vectorize:
+        poly = [f"--{k.replace('_', '-')} {v:g}" for k, v in (("min_area", min_area), ("simplify", simplify),
+                                                               ("fill_holes", fill_holes)) if v]
+        poly += [f"--geojson-crs {geojson_crs}"] * (geojson_crs not in (None, "EPSG:4326"))
+        if poly:
+            said.append(f"{', '.join(poly)}: not used, since no polygons are made (--no-vectorize)")
+    if said:
+        warnings.warn("; ".join(said), ChangedetWarning, stacklevel=3)
+
+
+def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device: str | None,
+                   tile_size: int | None = None) -> None:
     """Options that can be checked before anything is read or written (an :class:`InputError` naming the option);
     the tile size is checked against the scene and the model once both are known."""
     import numbers
@@ -602,6 +623,9 @@ def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device:
 
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0:
         raise InputError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
+    if isinstance(tile_size, numbers.Integral) and not isinstance(tile_size, bool) and overlap >= tile_size:
+        raise InputError(f"--overlap {overlap} must be smaller than --tile-size {tile_size} (tiles overlap by a "
+                         "part of themselves); the default 32 suits tiles of 512")
     if blend not in BLENDS:
         raise InputError(f"unknown --blend {blend!r}; choose one of {', '.join(BLENDS)}")
     if geojson_crs is not None:
@@ -776,7 +800,9 @@ def detect(
             )
     if isinstance(geojson_crs, str) and geojson_crs.lower() in ("input", "keep", "none"):
         geojson_crs = None  # as on the command line: the raster's own CRS
-    _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None,
+    _ignored_options(method=method, vectorize=vectorize, precision=precision, device=device, min_area=min_area,
+                     simplify=simplify, fill_holes=fill_holes, geojson_crs=geojson_crs)
+    _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
                    device=device if method == "model" else None)
     tmp_holder = None
     if output_dir is None:
@@ -998,8 +1024,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         )
         timings["predict"] = stats.seconds_total
         if stats.overlap < overlap and stats.tiles_total > 1:
-            log.warning("--overlap %d is more than tiles of %d px can hold: the tiles overlap by %d px (the report's "
-                        "tiling.overlap_used); raise --tile-size for more", overlap, stats.tile_size, stats.overlap)
+            warnings.warn(f"--overlap {overlap} is more than tiles of {stats.tile_size} px can hold: the tiles overlap "
+                          f"by {stats.overlap} px (the report's tiling.overlap_used); raise --tile-size for more",
+                          ChangedetWarning, stacklevel=3)
         already_warned = getattr(getattr(pair, "report", None), "valid_fraction", None) == 0.0
         if stats.valid_pixels == 0 and not already_warned:
             warnings.warn(

@@ -1091,6 +1091,8 @@ class TileProgress:
         dt = now - self.t0
         if dt > 0 and pixels > self.p0:
             self.bar.set_postfix_str(f"{(pixels - self.p0) / 1e6 / dt:.2f} Mpx/s")
+        if done >= total:  # the last tile: the bar goes, so that later messages start on a line of their own
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -433,20 +433,33 @@ def test_report_records_the_balanced_tile_edge_the_engine_used(tmp_path: Path) -
     assert (defaults.report["tiling"]["tile_size"], defaults.report["tiling"]["overlap"]) == (512, 32)
 
 
-def test_an_overlap_the_tiles_cannot_hold_is_reduced_with_a_warning(tmp_path: Path,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_an_overlap_the_tiles_cannot_hold_is_reduced_with_a_warning(tmp_path: Path) -> None:
+    from changedet.errors import ChangedetWarning, InputError
+
     before, after = make_pair(tmp_path, "aligned", size=200, bands=3)
     ckpt = _checkpoint(tmp_path, ["B1", "B2", "B3"])  # tiles in multiples of 16: 64 px tiles overlap by <= 48
-    with caplog.at_level(logging.WARNING, logger="changedet"):
+    with pytest.warns(ChangedetWarning, match="the tiles overlap by 48 px"):
         result = detect(before, after, model=ckpt, output_dir=tmp_path / "out", tile_size=64, overlap=60,
                         quicklook=False, vectorize=False)
-    used = result.report["tiling"]["overlap_used"]
-    assert used == 48 and "the tiles overlap by 48 px" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="changedet"):
+    assert result.report["tiling"]["overlap_used"] == 48
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChangedetWarning)
         detect(before, after, model=ckpt, output_dir=tmp_path / "ok", tile_size=64, overlap=16, quicklook=False,
                vectorize=False)
-    assert "overlap" not in caplog.text
+    # an overlap as large as the tiles themselves cannot be meant: an error before anything is written
+    with pytest.raises(InputError, match="--overlap 64 must be smaller than --tile-size 64"):
+        detect(before, after, model=ckpt, output_dir=tmp_path / "no", tile_size=64, overlap=64)
+    assert not (tmp_path / "no").exists()
+
+
+def test_options_a_run_does_not_use_are_named_in_a_warning(tmp_path: Path) -> None:
+    from changedet.errors import ChangedetWarning
+
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=3)
+    with pytest.warns(ChangedetWarning, match=r"--precision bf16: not used, since --method cva runs no network"):
+        detect(before, after, method="cva", precision="bf16", quicklook=False, vectorize=False)
+    with pytest.warns(ChangedetWarning, match=r"--min-area 500, --simplify 5: not used, since no polygons are made"):
+        detect(before, after, method="cva", min_area=500, simplify=5, quicklook=False, vectorize=False)
 
 
 def test_progress_rate_counts_from_the_first_finished_tile(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -455,11 +468,13 @@ def test_progress_rate_counts_from_the_first_finished_tile(monkeypatch: pytest.M
     clock = iter([100.0, 102.0, 104.0])  # first tile at t=100 (after a long set-up), then one tile every 2 s
     monkeypatch.setattr(inference, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     progress = inference.TileProgress(enabled=True)
-    for done in (1, 2, 3):
+    for done in (1, 2):
         progress(done, 3, done * 1_000_000)  # 1 Mpx per tile
-    assert progress.bar.n == 3
-    assert progress.bar.postfix == "0.50 Mpx/s"  # 2 Mpx in 4 s; the set-up before t=100 does not count
-    progress.close()
+    bar = progress.bar
+    progress(3, 3, 3_000_000)
+    assert bar.n == 3
+    assert bar.postfix == "0.50 Mpx/s"  # 2 Mpx in 4 s; the set-up before t=100 does not count
+    assert progress.bar is None  # closed at the last tile: later warnings start on their own line
 
 
 def test_reads_decode_blocks_with_the_configured_gdal_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
