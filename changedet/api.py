@@ -376,7 +376,11 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
                 f"expects {n_model} ({', '.join(want)}); select exactly {n_model} bands, or choose a model for "
                 f"{n_sel} bands with --model (`changedet models` lists them, e.g. s2-13band for 13)"
             )
-        return [list(i) for i in indexes] if _is_pair_form(indexes) else list(indexes)
+        if _is_pair_form(indexes):
+            return [list(i) for i in indexes]
+        chosen = [int(i) for i in indexes]
+        _warn_named_mismatch(info, want, chosen, source)
+        return chosen
     names = [str(d).upper() if d else "" for d in (info.descriptions or ())]
     if want and all(w.upper() in names for w in want) and (info.count != n_model or names[: len(want)] != want):
         return [names.index(w.upper()) + 1 for w in want]
@@ -393,6 +397,24 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
         f"({', '.join(want) or 'unnamed'}); pass --indexes with {n_model} 1-based band numbers, or choose a model "
         "for this band count (`changedet models` lists them)"
     )
+
+
+def _warn_named_mismatch(info: Any, want: list[str], chosen: list[int], source: str) -> None:
+    """A warning when ``--indexes`` feeds a model bands whose names contradict the ones it was trained on (B02 into
+    an input trained on B04, say): a band order given on purpose, or a slip; the run goes on either way."""
+    from changedet.models.bundled import S2_BANDS
+
+    names = [str(d).strip().upper() if d else "" for d in (info.descriptions or ())]
+    picked = [names[i - 1] if 0 < i <= len(names) else "" for i in chosen]
+    known = {b.upper() for b in S2_BANDS}
+    if len(want) != len(picked) or not all(p in known for p in picked) or not all(w.upper() in known for w in want):
+        return
+    if picked != [w.upper() for w in want]:
+        warnings.warn(
+            f"{source}: --indexes {','.join(map(str, chosen))} feeds the model {', '.join(picked)}, but it was trained "
+            f"on {', '.join(want)} in that order; leave --indexes out to pick them by name", ChangedetWarning,
+            stacklevel=4,
+        )
 
 
 def _bands_by_s2_order(info: Any, want: list[str]) -> list[int] | None:

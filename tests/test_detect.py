@@ -535,3 +535,17 @@ def test_cli_summary_counts_polygons_only_when_it_vectorised(tmp_path: Path, vec
     assert ("polygons; threshold" in summary) == vectorize
     assert "method: cva on bands B1, B2, B3" in res.output
     assert "None" not in summary
+
+
+def test_indexes_that_contradict_the_models_band_names_are_warned(tmp_path: Path) -> None:
+    from changedet.errors import ChangedetWarning
+    from changedet.models.bundled import S2_BANDS
+
+    names = list(S2_BANDS)[:13]
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=13, descriptions=names)
+    with pytest.warns(ChangedetWarning, match=r"--indexes 2,3,4 feeds the model B02, B03, B04, but it was trained on "
+                                              r"B04, B03, B02"):
+        detect(before, after, model="s2-rgb", indexes=[2, 3, 4], quicklook=False, vectorize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChangedetWarning)
+        detect(before, after, model="s2-rgb", indexes=[4, 3, 2], quicklook=False, vectorize=False)
