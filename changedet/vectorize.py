@@ -336,7 +336,8 @@ def vectorize(
     threshold : float, optional
         Decision threshold: required when ``mask`` is None, otherwise only stored in the ``threshold`` column.
     min_area : float
-        Drop polygons smaller than this, in square metres (after ``fill_holes``, before ``simplify``).
+        Drop polygons smaller than this, in square metres (after ``fill_holes``; with ``simplify``, both before
+        and after it, so that no polygon written is smaller).
     simplify : float
         Topology-preserving simplification tolerance in metres (polygons that share edges keep sharing them);
         0 keeps the exact pixel outlines.
@@ -505,6 +506,9 @@ def vectorize(
             geoms = shapely.make_valid(geoms)
         else:
             geoms = _simplify(geoms, simplify / scale)
+        if min_area > 0 and len(geoms):  # simplifying can take a polygon under the minimum: the minimum holds
+            keep = _areas(geoms)[0] >= min_area
+            geoms, stats = geoms[keep], {k: v[keep] for k, v in stats.items()}
 
     if hasattr(shapely, "orient_polygons"):
         geoms = shapely.orient_polygons(geoms)

@@ -354,3 +354,15 @@ def test_warning_free_on_georeferenced_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vectorize(mask, transform=T_UTM, crs=UTM, simplify=5, fill_holes=10, min_area=1)
+
+
+def test_no_polygon_under_min_area_after_simplify():
+    # staircase blobs of ~5-9 pixels: simplification with a 10 m tolerance cuts corners below 500 m^2
+    rng = np.random.default_rng(4)
+    mask = (rng.random((120, 120)) > 0.93).astype("uint8")
+    mask = np.maximum(mask, np.roll(mask, 1, axis=0))
+    plain = vectorize(mask, transform=T_UTM, crs=UTM, min_area=500)
+    simplified = vectorize(mask, transform=T_UTM, crs=UTM, min_area=500, simplify=10)
+    assert len(plain) and plain["area_m2"].min() >= 500
+    assert len(simplified) and simplified["area_m2"].min() >= 500
+    assert len(simplified) <= len(plain)
