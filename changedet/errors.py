@@ -3,8 +3,9 @@
 Every message names the file, what was found, what was expected and the fix, e.g.
 ``after.tif: CRS EPSG:32632 differs from before.tif (EPSG:32631); it was reprojected onto the BEFORE grid.``
 
-Exit codes used by the CLI (see :data:`EXIT_CODES`): 0 success; 1 a :class:`ChangedetError` at run time or
-``check`` found problems; 2 usage errors and unusable inputs (:class:`InputError`); 130 interrupted (SIGINT).
+Exit codes used by the CLI (the ``EXIT_*`` constants): 0 success; 1 a :class:`ChangedetError` at run time or
+``check`` found problems; 2 usage errors and unusable inputs (:class:`InputError`); 130 interrupted (SIGINT);
+143 terminated (SIGTERM, as a batch scheduler or ``kill`` sends it: :class:`Terminated`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_RUNTIME",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "ChangedetError",
     "ChangedetWarning",
@@ -31,6 +33,7 @@ __all__ = [
     "PairWarning",
     "RasterReadError",
     "ReprojectedInputWarning",
+    "Terminated",
     "UnknownModelError",
     "exit_code_for",
 ]
@@ -39,6 +42,12 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received (``changedet`` turns it into this exception): the run stops as on Ctrl-C, cleaning up and
+    keeping what ``--resume`` continues from, and exits 143."""
 
 
 class ChangedetError(Exception):
@@ -133,6 +142,8 @@ class InputRangeWarning(ChangedetWarning):
 
 def exit_code_for(exc: BaseException) -> int:
     """Return the CLI exit code for an exception (see the module docstring)."""
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(exc, ChangedetError):

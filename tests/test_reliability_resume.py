@@ -302,6 +302,42 @@ def test_resume_after_sigkill_gives_an_identical_result(scene: tuple[Path, Path]
     _assert_same_rasters(tmp_path / "whole", out)
 
 
+def test_sigterm_stops_like_ctrl_c_exit_143_and_resumes(scene: tuple[Path, Path], checkpoint: Path,
+                                                         tmp_path: Path) -> None:
+    """SIGTERM (a batch scheduler's stop, `kill`) is handled as Ctrl-C: a message, exit 143, the finished blocks
+    kept for --resume, no output; it ended the process with -15 and no word before."""
+    import os
+    import time
+
+    before, after = scene
+    out = tmp_path / "out"
+    args = [str(Path(sys.executable).with_name("changedet")), "detect", str(before), str(after), "-o", str(out),
+            "--model", str(checkpoint), "--tile-size", str(TILE), "--no-quicklook", "--no-vectorize"]
+    journal = out / ".changedet-partial" / "journal.json"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(journal.read_text())["rows_done"] > 0:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert "interrupted: no output was written; finished blocks are kept" in stderr
+    assert not (out / "report.json").exists() and journal.is_file()
+    res = subprocess.run([*args, "-q", "--resume", "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["stats"]["tiles_resumed"] > 0
+
+
 def test_resume_with_a_lost_partial_file_starts_over(scene: tuple[Path, Path], checkpoint: Path,
                                                       tmp_path: Path) -> None:
     before, after = scene

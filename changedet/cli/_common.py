@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from changedet.errors import EXIT_INTERRUPTED, ChangedetError, ChangedetWarning
+from changedet.errors import ChangedetError, ChangedetWarning, exit_code_for
 
 T = TypeVar("T")
 log = logging.getLogger("changedet")
@@ -35,9 +35,9 @@ def run_guarded(fn: Callable[[], T]) -> T:
     except ChangedetError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("interrupted: no partial output was left behind", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exit_code_for(exc))
 
 
 def echo_json(obj: Any) -> None:

@@ -86,15 +86,15 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
             series = detect_series(list(rasters), output_dir=output_dir, mode=mode, keep_order=keep_order,
                                    progress=progress, **options)
             report = series.report
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (changedet.errors.Terminated)
         progress.close()
         partial = output_dir / ".changedet-partial"
         if partial.is_dir():  # (and not also run_guarded's "no partial output was left behind")
-            from changedet.errors import EXIT_INTERRUPTED
+            from changedet.errors import exit_code_for
 
             click.echo(f"interrupted: no output was written; finished blocks are kept in {partial}: run the same "
                        "command with --resume to continue, or delete that folder", err=True)
-            raise SystemExit(EXIT_INTERRUPTED) from None
+            raise SystemExit(exit_code_for(exc)) from None
         raise
     finally:
         progress.close()

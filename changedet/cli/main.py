@@ -127,10 +127,22 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj["verbose"] = verbose
 
 
+def _terminate(_signum: int, _frame: Any) -> None:
+    from changedet.errors import Terminated
+
+    raise Terminated
+
+
 def main() -> None:  # pragma: no cover - console entry point
-    """Console entry point: a Ctrl-C before the command's own error handling starts still exits 130 quietly."""
+    """Console entry point: a Ctrl-C before the command's own error handling starts still exits 130 quietly; SIGTERM
+    (a batch scheduler's stop, ``kill``) stops the run as Ctrl-C does, cleaning up, and exits 143."""
+    import signal
+
+    from changedet.errors import exit_code_for
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(exit_code_for(exc))
