@@ -820,10 +820,10 @@ def detect(
                 "an xarray.DataArray with a CRS and transform (rioxarray), or write the array with "
                 "changedet.io.write_cog(path, array, crs=..., transform=...)"
             )
-    if isinstance(geojson_crs, str) and geojson_crs.lower() in ("input", "keep", "none"):
-        geojson_crs = None  # as on the command line: the raster's own CRS
     _ignored_options(method=method, vectorize=vectorize, precision=precision, device=device, min_area=min_area,
                      simplify=simplify, fill_holes=fill_holes, geojson_crs=geojson_crs)
+    if isinstance(geojson_crs, str) and geojson_crs.lower() in ("input", "keep", "none"):
+        geojson_crs = None  # as on the command line: the raster's own CRS
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
                    device=device if method == "model" else None)
     tmp_holder = None
@@ -1105,8 +1105,11 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "timings": timings,
             "outputs": sorted(names),
         }
+        # absolute paths: the result (plot, save's project) still finds its files after the notebook's os.chdir
+        inputs = [Path(src).absolute() if isinstance(src, (str, os.PathLike)) and Path(src).exists() else src
+                  for src in sources]
         result = ChangeResult(output_dir=out, paths={}, report=report, crs=pair.crs, transform=pair.transform,
-                              before=sources[0], after=sources[1], _polygons=polygons, _tmp=tmp_holder)
+                              before=inputs[0], after=inputs[1], _polygons=polygons, _tmp=tmp_holder)
         staged = {k: staging / v for k, v in OUTPUT_NAMES.items() if (staging / v).exists()}
         result.paths = staged
         result.output_dir = staging
@@ -1132,9 +1135,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         final: dict[str, Path] = {}
         for key, name in OUTPUT_NAMES.items():
             if (out / name).exists() and name in names:
-                final[key] = out / name
+                final[key] = out.absolute() / name
         result.paths = final
-        result.output_dir = out
+        result.output_dir = out.absolute()
         return result
     except (OSError, RasterioError, CPLE_BaseError) as exc:
         if isinstance(exc, ChangedetError):

@@ -3,9 +3,9 @@
 :func:`vectorize` reads the mask window by window (``rasterio.features.shapes`` on each window), so a mask of any
 size is vectorised in bounded memory; polygons cut by window edges are merged back into one. Sizes given in
 metres (``min_area``, ``simplify``, ``fill_holes``) stay in metres when the CRS is geographic (EPSG:4326, as in
-OSCD) or a projection that stretches areas by more than 1 % over the scene (Web Mercator, EPSG:3857; see
+OSCD) or a projection that stretches areas by more than 0.5 % over the scene (Web Mercator, EPSG:3857; see
 :mod:`changedet.geodesy`): areas and perimeters are then geodesic on the CRS's ellipsoid and simplification runs in
-the local UTM zone.
+the local UTM zone (an azimuthal equidistant projection beyond UTM's latitudes).
 
 This module never imports torch: a QGIS or notebook user can vectorise without the ML stack.
 
@@ -40,7 +40,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from changedet.errors import InputError, NotGeoreferencedWarning, RasterReadError
-from changedet.geodesy import geodesic_area_perimeter, needs_geodesic_area
+from changedet.geodesy import geodesic_area_perimeter, local_metric_crs, needs_geodesic_area
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
@@ -500,9 +500,9 @@ def vectorize(
     if simplify > 0 and len(geoms):
         if crs_obj is not None and geodesic:  # the tolerance is in metres on the ground: simplify in UTM
             local = gpd.GeoSeries(geoms, crs=crs_obj)
-            utm = local.estimate_utm_crs()
-            simplified = _simplify(np.asarray(local.to_crs(utm).values), simplify)
-            geoms = np.asarray(gpd.GeoSeries(simplified, crs=utm).to_crs(crs_obj).values)
+            metric = local_metric_crs(local, crs_obj)  # the UTM zone; near the poles an azimuthal projection
+            simplified = _simplify(np.asarray(local.to_crs(metric).values), simplify)
+            geoms = np.asarray(gpd.GeoSeries(simplified, crs=metric).to_crs(crs_obj).values)
             geoms = shapely.make_valid(geoms)
         else:
             geoms = _simplify(geoms, simplify / scale)

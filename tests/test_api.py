@@ -76,7 +76,7 @@ def test_top_level_vectorize_is_callable_whatever_was_imported_first() -> None:
         "import numpy as np, changedet, changedet.vectorize, inspect\n"
         "from rasterio.transform import from_origin\n"
         "m = np.zeros((20, 20), 'uint8'); m[2:6, 3:8] = 1\n"
-        "gdf = changedet.vectorize(m, transform=from_origin(0, 200, 10, 10), crs='EPSG:32631', min_area=100)\n"
+        "gdf = changedet.vectorize(m, transform=from_origin(500000, 5700000, 10, 10), crs='EPSG:32631', min_area=100)\n"
         "print(len(gdf), float(gdf.area_m2.sum()), 'min_area' in inspect.signature(changedet.vectorize).parameters)\n"
         "print(changedet.vectorize.vectorize.__name__)"
     )
@@ -400,3 +400,19 @@ def test_vectorize_of_detect_files_takes_model_dates_and_threshold_from_their_ta
     assert first["before_date"] == result.polygons.iloc[0]["before_date"] is not None
     assert first["after_date"] == result.polygons.iloc[0]["after_date"] is not None
     assert first["threshold"] == pytest.approx(result.report["threshold"], abs=1e-4)
+
+
+def test_a_result_still_finds_its_files_after_chdir(pair: tuple[Path, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    for p in pair:
+        shutil.copy(p, tmp_path / p.name)
+    monkeypatch.chdir(tmp_path)
+    res = detect(pair[0].name, pair[1].name, method="cva", output_dir="run", qgis_project=True, quicklook=False)
+    monkeypatch.chdir(tmp_path.parent)  # a notebook that moves on
+    assert res.before == tmp_path / pair[0].name and res.output_dir == tmp_path / "run"
+    res.save(tmp_path / "kept")
+    names = [m.findtext("layername") for m in ET.parse(tmp_path / "kept" / "project.qgs").iter("maplayer")]
+    assert "BEFORE" in names and "AFTER" in names

@@ -227,13 +227,16 @@ def test_an_all_ones_oscd_label_beside_1_2_labels_is_no_change(tmp_path) -> None
     # 0/1 and so all change: beside 1/2 labels in the same list it is read as they are
     _write_triplet(tmp_path, "s1", label_values=(1, 2))
     _write_triplet(tmp_path, "nc", label_values=(1, 1))
+    _write_triplet(tmp_path, "z", label_values=(0, 1))  # a 0/1 label with both values keeps its own reading
     (tmp_path / "pairs.csv").write_text(
         "name,before,after,label\ns1,s1_before.tif,s1_after.tif,s1_cm.tif\nnc,nc_before.tif,nc_after.tif,nc_cm.tif\n"
+        "z,z_before.tif,z_after.tif,z_cm.tif\n"
     )
-    with pytest.warns(UserWarning, match=r"nc_cm.tif: no value 2, read as OSCD labels"):
-        s1, nc = read_list(tmp_path / "pairs.csv")
+    with pytest.warns(UserWarning, match=r"nc_cm.tif: only 1s, beside OSCD labels"):
+        s1, nc, z = read_list(tmp_path / "pairs.csv")
     assert s1.label.sum() == 16 and nc.label.sum() == 0 and nc.valid.all()
-    with pytest.warns(UserWarning, match="no value 2"):  # a validation subset alone is read the same way
+    assert z.label.sum() == 16 and z.valid.all()
+    with pytest.warns(UserWarning, match="only 1s"):  # a validation subset alone is read the same way
         (only,) = read_list(tmp_path / "pairs.csv", names=["nc"])
     assert only.label.sum() == 0
     (nc_alone,) = read_list(tmp_path / "pairs.csv", names=["nc"], change_values=[1])  # said otherwise

@@ -366,3 +366,21 @@ def test_no_polygon_under_min_area_after_simplify():
     assert len(plain) and plain["area_m2"].min() >= 500
     assert len(simplified) and simplified["area_m2"].min() >= 500
     assert len(simplified) <= len(plain)
+
+
+def test_polar_simplify_works_and_wide_geographic_polygons_are_densified():
+    from pyproj import Geod
+
+    # polar stereographic at the South Pole: no UTM zone there, simplification runs in a local azimuthal projection
+    mask = np.zeros((128, 128), dtype="uint8")
+    mask[10:40, 10:40] = 1
+    gdf = vectorize(mask, transform=from_origin(-640, 640, 10, 10), crs="EPSG:3031", simplify=5)
+    assert len(gdf) == 1 and gdf.geometry.iloc[0].is_valid
+    # a band 60 degrees of longitude wide along parallels: its edges are densified before the geodesic area
+    wide = np.zeros((120, 240), dtype="uint8")
+    wide[40:80] = 1  # latitudes 60..70 N, longitudes 0..60
+    gdf = vectorize(wide, transform=from_origin(0, 80, 0.25, 0.25), crs="EPSG:4326")
+    lon = np.r_[np.linspace(0, 60, 2001), np.linspace(60, 0, 2001)]
+    lat = np.r_[np.full(2001, 60.0), np.full(2001, 70.0)]
+    exact = abs(Geod(ellps="WGS84").polygon_area_perimeter(lon, lat)[0])
+    assert gdf["area_m2"].sum() == pytest.approx(exact, rel=1e-3)  # was 4.9 % short

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from changedet.data.generic import Scene, read_pair_files, shared_label_values
+from changedet.data.generic import Scene, oscd_no_change_labels, read_pair_files
 from changedet.errors import InputError
 
 __all__ = ["list_folder_pairs", "read_folders"]
@@ -121,7 +121,7 @@ def read_folders(
     change_values, no_change_values : sequence of float, optional
         Which label values are change (and which no change; others unknown), for labels that are not 0/1, 0/255
         or 1/2, e.g. JPEG labels (``change_values`` as in :func:`~changedet.data.read_pair_files`). Without them,
-        labels of 1/2 (OSCD) anywhere in the folder make the all-1 labels of scenes without change no change.
+        labels of 1/2 (OSCD) anywhere in the folder make the all-1 labels (scenes without change) no change.
     """
     root = Path(root).expanduser()
     all_names = list_folder_pairs(root, split=split, before_dir=before_dir, after_dir=after_dir, label_dir=label_dir)
@@ -131,15 +131,18 @@ def read_folders(
             raise InputError(f"{root}: no pair named {', '.join(unknown)}")
         all_names = [n for n in all_names if n in set(names)]
     before_files, after_files, label_files = (_files(root / d) for d in (before_dir, after_dir, label_dir))
+    no_change: set[Path] = set()
     if change_values is None and no_change_values is None:
         every = list_folder_pairs(root, before_dir=before_dir, after_dir=after_dir, label_dir=label_dir,
                                   warn_unmatched=False)
-        change_values, no_change_values = shared_label_values([label_files[n] for n in every])
+        no_change = oscd_no_change_labels([label_files[n] for n in every])
     scenes = []
     for name in all_names:
+        oscd_none = label_files[name] in no_change  # OSCD's all-1 label of a scene without change
         scene = read_pair_files(
             before_files[name], after_files[name], label_files[name], name=name, pixel_size=pixel_size,
-            change_values=change_values, no_change_values=no_change_values,
+            change_values=[2.0] if oscd_none else change_values,
+            no_change_values=[1.0] if oscd_none else no_change_values,
         )
         if band_names is not None:
             if len(band_names) != scene.count:

@@ -305,30 +305,28 @@ def _label_values(path: Path) -> set[float]:
     return {float(v) for v in np.unique(band[valid])} if valid.any() else set()
 
 
-def shared_label_values(labels: Sequence[Path]) -> tuple[list[float] | None, list[float] | None]:
-    """``(change_values, no_change_values)`` for a whole set of label files, or ``(None, None)``.
+def oscd_no_change_labels(labels: Sequence[Path]) -> set[Path]:
+    """The labels among ``labels`` that hold only 1s while others hold OSCD's 1/2 (1 no change, 2 change): OSCD's
+    label of a scene without change, which read on its own (as 0/1) would be all change. A warning names them.
 
-    When some labels hold OSCD's values (1 no change, 2 change, 0 unknown) and every label holds values among 0, 1
-    and 2 only, they are all read that way: an OSCD label of a scene without change holds only 1s, which read on
-    its own would be all change (0/1). The labels that would have read differently on their own are named in a
-    warning.
+    Labels with other values (0/1 with both, 0/255) keep their own reading. The scan stops at the first label with
+    a value outside 0, 1, 2 (a 0/255 dataset is not OSCD's).
     """
     found: dict[Path, set[float]] = {}
     for p in labels:
         found[Path(p)] = _label_values(Path(p))
         if not found[Path(p)] <= {0.0, 1.0, 2.0}:
-            return None, None  # 0/255 or other values: each label is read on its own
+            return set()
     oscd = [p for p, v in found.items() if 2.0 in v]
-    if not oscd:
-        return None, None
-    others = [p for p, v in found.items() if 2.0 not in v and 1.0 in v]
-    if others:
-        shown = ", ".join(str(p) for p in others[:3]) + (" ..." if len(others) > 3 else "")
-        warnings.warn(
-            f"{shown}: no value 2, read as OSCD labels like {oscd[0]} (1 no change, 2 change, 0 unknown), so no "
-            "change; give change_values=[1] if 1 is change there", UserWarning, stacklevel=3,
-        )
-    return [2.0], [1.0]
+    ones = {p for p, v in found.items() if v == {1.0}}
+    if not oscd or not ones:
+        return set()
+    shown = ", ".join(str(p) for p in sorted(ones)[:3]) + (" ..." if len(ones) > 3 else "")
+    warnings.warn(
+        f"{shown}: only 1s, beside OSCD labels such as {oscd[0]} (1 no change, 2 change): read as a scene without "
+        "change; if every pixel there is change, write it as 255 (or 2)", UserWarning, stacklevel=3,
+    )
+    return ones
 
 
 # ------------------------------------------------------------------------------------------------- generic pairs
@@ -467,7 +465,7 @@ def read_list(
     repeated = sorted({n for n in row_names if row_names.count(n) > 1})
     if repeated:  # scenes are told apart by name (validation, test and calibration lists name them)
         raise InputError(f"{path}: several rows are named {', '.join(repeated)}; give each row its own name")
-    convention: tuple[list[float] | None, list[float] | None] | None = None  # shared_label_values, once
+    no_change: set[Path] | None = None  # oscd_no_change_labels, once
     for row, name in zip(rows, row_names, strict=True):
         if wanted is not None and name not in wanted:
             continue
@@ -477,11 +475,9 @@ def read_list(
             return p if p.is_absolute() else base / p
 
         label = row.get("label")
-        if label and change_values is None and no_change_values is None and convention is None:
-            labelled = [resolve(r["label"]) for r in rows if r.get("label")]  # the whole list, every split
-            convention = shared_label_values(labelled)
-        if convention is not None and convention[0] is not None:
-            change_values, no_change_values = convention
+        if label and change_values is None and no_change_values is None and no_change is None:
+            no_change = oscd_no_change_labels([resolve(r["label"]) for r in rows if r.get("label")])  # every split
+        oscd_none = label is not None and no_change is not None and resolve(label) in no_change
         scenes.append(
             read_pair_files(
                 resolve(row["before"]),
@@ -489,8 +485,8 @@ def read_list(
                 resolve(label) if label else None,
                 name=name,
                 bands=bands,
-                change_values=change_values,
-                no_change_values=no_change_values,
+                change_values=[2.0] if oscd_none else change_values,
+                no_change_values=[1.0] if oscd_none else no_change_values,
                 pixel_size=pixel_size,
             )
         )
