@@ -260,22 +260,13 @@ def test_gdal_error_reopening_a_partial_file_is_an_output_error(
     assert set(left) <= {".changedet-partial"}, left
 
 
-def test_resume_after_sigkill_gives_an_identical_result(scene: tuple[Path, Path], tmp_path: Path) -> None:
-    """A run killed without warning (SIGKILL: no cleanup at all) resumes from what reached the disk.
-
-    The journal only records row blocks once they are flushed to the partial files, so whatever the kill left,
-    --resume either continues from those blocks or, when the partial files are unusable, starts over; the result
-    is identical to an uninterrupted run either way.
-    """
+def _signal_once_journaled(args: list[str], journal: Path, sig: int, **popen: Any) -> tuple[int, str]:
+    """Start ``changedet`` with ``args``, send it ``sig`` once the journal records a finished row block (or it
+    ends), and return its exit code and stderr."""
     import os
     import time
 
-    before, after = scene
-    out = tmp_path / "out"
-    args = [str(Path(sys.executable).with_name("changedet")), "-q", "detect", str(before), str(after), "-o", str(out),
-            "--method", "cva", "--tile-size", str(TILE), "--no-quicklook", "--no-vectorize"]
-    journal = out / ".changedet-partial" / "journal.json"
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -285,13 +276,29 @@ def test_resume_after_sigkill_gives_an_identical_result(scene: tuple[Path, Path]
             except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if proc.returncode == 0:
+    return proc.returncode, stderr
+
+
+def test_resume_after_sigkill_gives_an_identical_result(scene: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run killed without warning (SIGKILL: no cleanup at all) resumes from what reached the disk.
+
+    The journal only records row blocks once they are flushed to the partial files, so whatever the kill left,
+    --resume either continues from those blocks or, when the partial files are unusable, starts over; the result
+    is identical to an uninterrupted run either way.
+    """
+    before, after = scene
+    out = tmp_path / "out"
+    args = [str(Path(sys.executable).with_name("changedet")), "-q", "detect", str(before), str(after), "-o", str(out),
+            "--method", "cva", "--tile-size", str(TILE), "--no-quicklook", "--no-vectorize"]
+    returncode, _ = _signal_once_journaled(args, out / ".changedet-partial" / "journal.json", signal.SIGKILL)
+    if returncode == 0:
         pytest.skip("the run finished before it could be killed")
     assert not (out / "report.json").exists() and not (out / "change.tif").exists()
     res = subprocess.run([*args, "--resume", "--json"], capture_output=True, text=True, timeout=300)
@@ -306,31 +313,13 @@ def test_sigterm_stops_like_ctrl_c_exit_143_and_resumes(scene: tuple[Path, Path]
                                                          tmp_path: Path) -> None:
     """SIGTERM (a batch scheduler's stop, `kill`) is handled as Ctrl-C: a message, exit 143, the finished blocks
     kept for --resume, no output; it ended the process with -15 and no word before."""
-    import os
-    import time
-
     before, after = scene
     out = tmp_path / "out"
     args = [str(Path(sys.executable).with_name("changedet")), "detect", str(before), str(after), "-o", str(out),
             "--model", str(checkpoint), "--tile-size", str(TILE), "--no-quicklook", "--no-vectorize"]
     journal = out / ".changedet-partial" / "journal.json"
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(journal.read_text())["rows_done"] > 0:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, stderr
+    returncode, stderr = _signal_once_journaled(args, journal, signal.SIGTERM)
+    assert returncode == 143, stderr
     assert "interrupted: no output was written; finished blocks are kept" in stderr
     assert not (out / "report.json").exists() and journal.is_file()
     res = subprocess.run([*args, "-q", "--resume", "--json"], capture_output=True, text=True, timeout=300)
