@@ -616,6 +616,13 @@ def _checked_tta(tta: str | None, method: str) -> str:
     return tta
 
 
+def _geojson_crs(value: str | None) -> str | None:
+    """The GeoJSON CRS asked for: None (the raster's own CRS) for None, ``"input"``, ``"keep"`` or ``"none"``."""
+    if isinstance(value, str) and value.strip().lower() in ("input", "keep", "none"):
+        return None
+    return value
+
+
 def _ignored_options(*, method: str, vectorize: bool, precision: str, device: str, min_area: float,
                      simplify: float, fill_holes: float, geojson_crs: str | None) -> None:
     """A warning naming the options this run will not use (a network's precision or device with an unsupervised
@@ -822,8 +829,7 @@ def detect(
             )
     _ignored_options(method=method, vectorize=vectorize, precision=precision, device=device, min_area=min_area,
                      simplify=simplify, fill_holes=fill_holes, geojson_crs=geojson_crs)
-    if isinstance(geojson_crs, str) and geojson_crs.lower() in ("input", "keep", "none"):
-        geojson_crs = None  # as on the command line: the raster's own CRS
+    geojson_crs = _geojson_crs(geojson_crs)
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
                    device=device if method == "model" else None)
     tmp_holder = None

@@ -600,3 +600,11 @@ def test_areas_in_web_mercator_are_on_the_ground_and_match_the_two_date_detect(t
     s = series.report["summary"]
     assert s["changed_area_m2"] == pytest.approx(s["changed_pixels"] * 25, rel=0.02)
     assert s["valid_area_m2"] == pytest.approx(s["valid_pixels"] * 25, rel=0.02)
+
+
+def test_a_series_keeps_the_raster_crs_in_geojson_with_input(series_files: list[Path], tmp_path: Path) -> None:
+    import pyogrio
+
+    series = detect_series(series_files[:3], output_dir=tmp_path / "o", method="cva", threshold=THR,
+                           geojson_crs="input", quicklook=False)
+    assert pyogrio.read_info(series.paths["geojson"])["crs"] == "EPSG:32631"

@@ -67,7 +67,7 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
     """
     if len(rasters) < 2:
         raise click.UsageError("give at least two rasters: BEFORE AFTER [MORE...]")
-    options["geojson_crs"] = None if geojson_crs.lower() in ("input", "keep", "none") else geojson_crs
+    options["geojson_crs"] = geojson_crs  # 'input' (the raster CRS) is understood by detect and detect_series
     if isinstance(options.get("indexes"), tuple) and len(rasters) > 2:
         raise click.BadParameter("BEFORE:AFTER band lists apply to two rasters; give one list for a series",
                                  param_hint="--indexes")

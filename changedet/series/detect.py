@@ -124,7 +124,14 @@ def detect_series(
     >>> [p.label for p in series.pairs]  # doctest: +SKIP
     ['2019-05-01/2020-05-01', '2020-05-01/2021-05-01']
     """
-    from changedet.api import METHODS, _check_outputs, _checked_tta, _resolve_for_input, _sample_for_fit
+    from changedet.api import (
+        METHODS,
+        _check_outputs,
+        _checked_tta,
+        _geojson_crs,
+        _resolve_for_input,
+        _sample_for_fit,
+    )
     from changedet.geodesy import ground_areas
     from changedet.inference import ScorerPredictor, TorchPredictor
 
@@ -134,6 +141,7 @@ def detect_series(
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     tta = _checked_tta(tta, method)
+    geojson_crs = _geojson_crs(geojson_crs)
     if resume:
         raise InputError("--resume is not supported with more than two dates; rerun the series (with --overwrite)")
     if method != "model" and model is not None:
