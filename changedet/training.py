@@ -1280,6 +1280,11 @@ def _checkpoint_probabilities(
     val_scenes = list(val_scenes)
     if not val_scenes:
         raise InputError(f"{checkpoint}: no validation scenes to calibrate on; pass labelled val_scenes")
+    wanted = [str(b).upper() for b in meta.band_names]
+    for i, scene in enumerate(val_scenes):  # a 13-band stack for s2-rgb: its B04, B03, B02 by name, as detect reads
+        names = [str(b).upper() for b in scene.band_names]
+        if names != wanted and all(w in names for w in wanted):
+            val_scenes[i] = scene.select_bands([scene.band_names[names.index(w)] for w in wanted])
     for scene in val_scenes:
         if len(scene.band_names) != len(meta.band_names):
             raise InputError(

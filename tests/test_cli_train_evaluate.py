@@ -226,3 +226,23 @@ def test_calibrate_on_your_own_labelled_scenes_and_a_bundled_model_by_name(list_
     into = runner.invoke(cli, ["calibrate", "s2-rgb", "--scenes", str(pairs), "-o", str(list_dataset / "folder")])
     assert into.exit_code == 2 and "a folder; give the new checkpoint's file name" in into.output
     assert list((list_dataset / "folder").iterdir()) == [] and not (list_dataset / "folder.safetensors").exists()
+
+
+def test_calibrate_s2_rgb_on_13_band_stacks_reads_their_b04_b03_b02(tmp_path) -> None:
+    from changedet.models.bundled import S2_BANDS
+
+    rows = ["name,before,after,label"]
+    for seed in (1, 2):
+        s = synthetic_scene(seed, size=64)
+        for kind, arr in (("before", s.before), ("after", s.after)):
+            thirteen = np.concatenate([arr[:1]] * 3 + [arr] + [arr[:1]] * 7)  # 13 bands
+            thirteen[1:4] = arr[::-1]  # B02, B03, B04 at bands 2, 3, 4 hold the scene's blue, green, red
+            make_geotiff(tmp_path / f"s{seed}_{kind}.tif", thirteen, transform=s.transform, dtype="float32",
+                         descriptions=list(S2_BANDS))
+        make_geotiff(tmp_path / f"s{seed}_cm.tif", s.label * 255, transform=s.transform, dtype="uint8")
+        rows.append(f"s{seed},s{seed}_before.tif,s{seed}_after.tif,s{seed}_cm.tif")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    res = CliRunner().invoke(cli, ["calibrate", "s2-rgb", "--scenes", str(tmp_path / "pairs.csv"), "-o",
+                                   str(tmp_path / "mine.safetensors"), "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output  # was: 13 bands, but s2-rgb was trained on 3
+    assert json.loads(res.stdout)["scenes"] == ["s1", "s2"]

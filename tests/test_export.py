@@ -104,6 +104,7 @@ def test_geojson_is_wgs84_by_default_and_keeps_crs_on_request(tmp_path):
     write_vectors(gdf, geojson_path=tmp_path / "a.geojson")
     doc = json.loads((tmp_path / "a.geojson").read_text())
     assert "crs" not in doc  # RFC 7946: WGS84 implied
+    assert doc.get("name") == "changes"  # not the temporary file's name
     lon, lat = np.asarray(doc["features"][0]["geometry"]["coordinates"][0]).T
     assert (0 < lon).all() and (lon < 6).all() and (51 < lat).all() and (lat < 52).all()
     assert doc["features"][0]["properties"]["mean_prob"] == pytest.approx(0.8)

@@ -91,6 +91,14 @@ def test_stack_keeps_every_files_nodata_and_marks_uncovered_pixels(tmp_path: Pat
         assert ds.nodata == 0
         band2 = ds.read(2, masked=True)
     assert band2.mask[:, :30].all() and (band2[:, 30:] == 9).all()
+    # the same with a declared nodata value: the uncovered pixels are that nodata, and the warning still says so
+    make_geotiff(tmp_path / "g" / "p1.tif", np.full((60, 60), 7, np.uint8), dtype="uint8", nodata=0)
+    make_geotiff(tmp_path / "g" / "p2.tif", np.full((60, 60), 9, np.uint8), dtype="uint8", nodata=0,
+                 origin=(500300.0, 5700000.0))
+    with pytest.warns(ChangedetWarning, match=r"p2.tif do\(es\) not cover the whole grid.*nodata \(0, the files'"):
+        out = stack_bands(tmp_path / "g", tmp_path / "g.tif")
+    with rasterio.open(out) as ds:
+        assert ds.read(2, masked=True).mask[:, :30].all()
     # a band elsewhere altogether: an error, nothing written
     make_geotiff(tmp_path / "f" / "p1.tif", np.ones((60, 60), np.uint8), dtype="uint8")
     make_geotiff(tmp_path / "f" / "p2.tif", np.ones((60, 60), np.uint8), dtype="uint8", origin=(600000.0, 5700000.0))

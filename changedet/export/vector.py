@@ -149,6 +149,7 @@ def write_vectors(
                         out,
                         tmp,
                         driver="GeoJSON",
+                        layer=layer,  # the FeatureCollection's "name" (else the temporary file's stem)
                         geometry_type=geometry_type,
                         promote_to_multi=geometry_type == "MultiPolygon",
                         layer_options={"RFC7946": "YES"} if rfc else {"WRITE_NAME": "NO"},

@@ -435,11 +435,14 @@ def stack_bands(
         bands = [_Band(b.path, b.name, b.crs, b.transform, b.width, b.height, b.dtype, 0) for b in bands]
     if georeferenced:
         partial = _coverage_problems(bands, ref, folder)
-        if partial and nodata is None:  # the uncovered pixels must not read as data
-            nodata = float("nan") if np.dtype(dtype).kind == "f" else 0
+        if partial:  # the uncovered pixels must not read as data
+            nodata_declared = nodata is not None
+            if not nodata_declared:
+                nodata = float("nan") if np.dtype(dtype).kind == "f" else 0
             warnings.warn(
                 f"{folder}: {', '.join(partial)} do(es) not cover the whole grid of {ref.path.name}; the pixels "
-                f"outside are marked nodata ({nodata:g}), as no file declares a nodata value",
+                f"outside are marked nodata ({nodata:g}"
+                + (", the files' nodata value)" if nodata_declared else "), as no file declares a nodata value"),
                 ChangedetWarning, stacklevel=2,
             )
     date = _dates_txt_date(Path(os.fspath(folder)))
