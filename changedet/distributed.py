@@ -427,7 +427,9 @@ class _BlockEngine:
         folders = [root / f"{b.rows[0]:09d}-{b.rows[1]:09d}" for b in plan]
         for f in folders:
             f.mkdir(exist_ok=True)
-        results = self._run_blocks(plan, folders, predictor, settings, resume, progress)
+        # the blocks reopen the pair as the driver has it: with its co-registration shift and fitted histogram
+        # matcher (self.spec lacks them: --coregister was dropped on split scenes)
+        results = self._run_blocks(spec, plan, folders, predictor, settings, resume, progress)
         t_merge = time.perf_counter()
         paths = _merge_blocks(pair, plan, folders, out_dir, partial_dir, tags)
         merge_seconds = time.perf_counter() - t_merge
@@ -456,8 +458,8 @@ class _BlockEngine:
         ]
         return stats
 
-    def _run_blocks(self, plan: list[Block], folders: list[Path], predictor: Any, settings: dict[str, Any],
-                    resume: bool, progress: Any) -> list[dict[str, Any]]:
+    def _run_blocks(self, spec: _PairSpec, plan: list[Block], folders: list[Path], predictor: Any,
+                    settings: dict[str, Any], resume: bool, progress: Any) -> list[dict[str, Any]]:
         total = sum((b.tile_rows[1] - b.tile_rows[0]) for b in plan)
         done_rows = 0
         results: dict[int, dict[str, Any]] = {}
@@ -471,13 +473,13 @@ class _BlockEngine:
 
         if len(plan) == 1 or self.client is None:
             for block, folder in zip(plan, folders, strict=True):
-                _advance(block, _predict_block(self.spec, predictor, block, str(folder), settings, resume))
+                _advance(block, _predict_block(spec, predictor, block, str(folder), settings, resume))
             return [results[i] for i in range(len(plan))]
         distributed = _require_distributed()
         with self.client() as client:
             remote = client.scatter(predictor, broadcast=True, hash=False)
             futures = {
-                client.submit(_predict_block, self.spec, remote, block, str(folder), settings, resume,
+                client.submit(_predict_block, spec, remote, block, str(folder), settings, resume,
                               key=f"changedet-block-{block.index}-{uuid.uuid4().hex[:8]}", pure=False): block
                 for block, folder in zip(plan, folders, strict=True)
             }

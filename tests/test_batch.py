@@ -180,6 +180,21 @@ def test_detect_blocks_without_a_cluster_equals_detect(tmp_path: Path) -> None:
     assert not any(p.name.startswith(".changedet") for p in (tmp_path / "blocks").iterdir())
 
 
+@pytest.mark.parametrize("option", ["coregister", "match_histograms"])
+def test_detect_blocks_apply_the_drivers_corrections_like_detect(tmp_path: Path, option: str) -> None:
+    """The blocks reopen the pair with the shift (and histogram matcher) the driver estimated: --coregister was
+    dropped on split scenes, which came out as without it."""
+    before, after = make_pair(tmp_path / "in", "misregistered", size=96, seed=5, shift=(1.6, -2.3))
+    opts = {"method": "cva", "threshold": 0.5, **TILING}
+    corrected = detect(before, after, output_dir=tmp_path / "single", **{option: True}, **opts)
+    plain = detect(before, after, output_dir=tmp_path / "plain", **opts)
+    assert not np.array_equal(_raster(tmp_path / "single" / "probability.tif"),
+                              _raster(tmp_path / "plain" / "probability.tif"))  # the option does something here
+    detect_blocks(before, after, None, output_dir=tmp_path / "blocks", block_rows=40, **{option: True}, **opts)
+    _assert_same_rasters(tmp_path / "blocks", tmp_path / "single")
+    assert corrected.report["alignment"]["resampled"] == plain.report["alignment"]["resampled"]
+
+
 def test_missing_dask_is_a_clear_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # what an install without the extra looks like
     csv_path = _pairs(tmp_path, 1, corrupt=False)
