@@ -219,3 +219,24 @@ def test_qgis_process_runs_the_detect_algorithm(tmp_path, qgis_env):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0
     assert "no-such-changedet" in r.stdout + r.stderr
+
+
+def test_cancelling_the_detect_algorithm_leaves_no_partial_folder(tmp_path, qgis_env):
+    exe = _changedet_executable()
+    if exe is None:
+        pytest.skip("no changedet executable found (set CHANGEDET_EXECUTABLE)")
+    before, after = make_pair(tmp_path / "pair", "aligned", size=1024, bands=3)
+    out = tmp_path / "out"
+    env = dict(qgis_env, CHANGEDET_EXECUTABLE=exe)
+    r = subprocess.run([QGIS_PYTHON, str(SCRIPTS / "cancel_detect.py"), str(REPO / "qgis_plugin"), str(before),
+                        str(after), str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads([line for line in r.stdout.splitlines() if line.startswith("{")][-1])
+    # changedet keeps finished blocks for --resume when stopped; the algorithm reruns with --overwrite, so it
+    # removes them: nothing but a complete result (if the run beat the cancel) may be left
+    assert ".changedet-partial" not in result["left"], result
+    if result["raised"] is not None:
+        assert "cancelled: changedet was stopped; no new output was written" in result["raised"]
+        assert result["left"] == [], result
+    else:
+        assert "report.json" in result["left"], result

@@ -162,7 +162,14 @@ class DetectAlgorithm(QgsProcessingAlgorithm):
         if simplify > 0:
             cmd += ["--simplify", repr(simplify)]
         feedback.pushCommandInfo(" ".join(cmd))
-        self._run(cmd, feedback)
+        try:
+            self._run(cmd, feedback)
+        except QgsProcessingException:
+            if feedback.isCanceled():  # (a run that finished anyway returns normally)
+                # changedet keeps the finished blocks for `--resume`; this algorithm always reruns with
+                # --overwrite, so they would only take disk space
+                shutil.rmtree(os.path.join(outdir, ".changedet-partial"), ignore_errors=True)
+            raise
 
         outputs = {
             self.OUTPUT: outdir,
@@ -215,8 +222,11 @@ class DetectAlgorithm(QgsProcessingAlgorithm):
                     proc.terminate()
                 time.sleep(0.1)
             proc.stdout.close()
-        if feedback.isCanceled():
-            raise QgsProcessingException("cancelled: changedet was stopped (it leaves no partial output).")
+        if feedback.isCanceled() and proc.returncode == 0:  # it finished before the cancel reached it
+            feedback.pushInfo("changedet had finished when the cancel arrived: its outputs are complete")
+        elif feedback.isCanceled():
+            raise QgsProcessingException("cancelled: changedet was stopped; no new output was written (outputs of an "
+                                         "earlier run in the folder are left as they were).")
         if proc.returncode != 0:
             raise QgsProcessingException(
                 f"changedet detect failed (exit code {proc.returncode}):\n" + "\n".join(tail)
