@@ -616,13 +616,6 @@ def _checked_tta(tta: str | None, method: str) -> str:
     return tta
 
 
-def _geojson_crs(value: str | None) -> str | None:
-    """The GeoJSON CRS asked for: None (the raster's own CRS) for None, ``"input"``, ``"keep"`` or ``"none"``."""
-    if isinstance(value, str) and value.strip().lower() in ("input", "keep", "none"):
-        return None
-    return value
-
-
 def _ignored_options(*, method: str, vectorize: bool, precision: str, device: str, min_area: float,
                      simplify: float, fill_holes: float, geojson_crs: str | None) -> None:
     """A warning naming the options this run will not use (a network's precision or device with an unsupervised
@@ -829,7 +822,9 @@ def detect(
             )
     _ignored_options(method=method, vectorize=vectorize, precision=precision, device=device, min_area=min_area,
                      simplify=simplify, fill_holes=fill_holes, geojson_crs=geojson_crs)
-    geojson_crs = _geojson_crs(geojson_crs)
+    from changedet.export.vector import geojson_crs_option
+
+    geojson_crs = geojson_crs_option(geojson_crs)
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
                    device=device if method == "model" else None)
     tmp_holder = None
@@ -1079,7 +1074,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
                           geojson_crs=geojson_crs if pair.crs is not None else None, overwrite=True)
             timings["vectorize"] = time.perf_counter() - t1
 
-        from changedet.geodesy import ground_areas
+        from changedet.geodesy import area_summary
 
         report = {
             "changedet_version": __version__,
@@ -1103,9 +1098,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
                           # what changes.geojson holds: without a CRS its coordinates are pixels, not WGS84
                           "geojson_crs": geojson_crs if pair.crs is not None else None} if vectorize else None,
-            "summary": _summary(stats, px_area, polygons,
-                                ground_areas(staging / OUTPUT_NAMES["change"], pair.crs, pair.transform, pair.width,
-                                             pair.height) if px_area else None),
+            "summary": _summary(stats, polygons, area_summary(
+                staging / OUTPUT_NAMES["change"], pair.crs, pair.transform, pair.width, pair.height,
+                int(stats.valid_pixels), int(stats.changed_pixels), px_area)),
             # the rasters' names only, as the series report: the engine wrote them into the staging folder
             "stats": {**stats.to_dict(), "paths": sorted(stats.paths)},
             "timings": timings,
@@ -1235,18 +1230,15 @@ def _pair_report(pair: Any) -> dict[str, Any]:
     return rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
 
 
-def _summary(stats: Any, px_area: float | None, polygons: Any,
-             ground: tuple[float, float] | None = None) -> dict[str, Any]:
-    """The report's summary; areas are pixel counts x ``px_area`` unless ``ground`` gives them summed cell by
-    cell (:func:`changedet.geodesy.ground_areas`)."""
+def _summary(stats: Any, polygons: Any, areas: tuple[float | None, float | None]) -> dict[str, Any]:
+    """The report's summary; ``areas`` (valid, changed m^2) from :func:`changedet.geodesy.area_summary`."""
     valid, changed = int(stats.valid_pixels), int(stats.changed_pixels)
-    valid_area, changed_area = ground if ground else (valid * px_area, changed * px_area) if px_area else (None, None)
     return {
         "valid_pixels": valid,
         "changed_pixels": changed,
         "changed_percent": round(100.0 * changed / valid, 4) if valid else 0.0,
-        "valid_area_m2": round(valid_area, 2) if valid_area is not None else None,
-        "changed_area_m2": round(changed_area, 2) if changed_area is not None else None,
+        "valid_area_m2": areas[0],
+        "changed_area_m2": areas[1],
         "n_polygons": len(polygons) if polygons is not None else None,
         "nothing_to_compare": valid == 0,
     }

@@ -496,18 +496,13 @@ def _replace(spec: _PairSpec, **changes: Any) -> _PairSpec:
     return _PairSpec(**{**spec.__dict__, **changes})
 
 
-def _canonical(path: str) -> str:
-    """A path as ``detect``'s report.json records it (absolute, resolved); other sources (URLs) as they are."""
-    return str(Path(path).resolve()) if "://" not in str(path) and not str(path).startswith("/vsi") else str(path)
-
-
 def _report_inputs(report: dict[str, Any]) -> tuple[str, str] | None:
     """(before, after) recorded in a pair's report.json, or None when it does not say."""
     inputs = report.get("inputs") or {}
     before, after = ((inputs.get(k) or {}).get("path") for k in ("before", "after"))
     if not (isinstance(before, str) and before and isinstance(after, str) and after):
         return None
-    return _canonical(before), _canonical(after)
+    return before, after
 
 
 def _read_json(path: Path) -> Any:
@@ -866,6 +861,8 @@ def run_batch(
         "block_rows": block_rows,
         "options": _json_safe(options),
     })
+    from changedet.api import _abspath  # the input paths as report.json records them
+
     todo: list[tuple[BatchPair, dict[str, Any]]] = []
     for pair in pairs:
         folder = out / pair.name
@@ -875,7 +872,7 @@ def run_batch(
         if done_report.is_file() and not overwrite:
             previous = _read_json(done_report) or {}
             made_from = _report_inputs(previous)
-            if made_from is not None and made_from != (_canonical(pair.before), _canonical(pair.after)):
+            if made_from is not None and made_from != (_abspath(pair.before), _abspath(pair.after)):
                 # the row now names other rasters: those outputs are not this pair's
                 rec.update(status="failed", error={
                     "type": "OutputExistsError",

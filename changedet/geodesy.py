@@ -181,6 +181,25 @@ def cell_sums(mask: np.ndarray, cell: int) -> np.ndarray:
     return padded.reshape(nh, cell, nw, cell).sum(axis=(1, 3))
 
 
+def grid_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a ``width`` x ``height`` grid, whatever the signs (or rotation) of its
+    transform."""
+    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (width, 0), (width, height), (0, height))), strict=True)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def area_summary(path: Any, crs: Any, transform: Affine, width: int, height: int, valid_pixels: int,
+                 changed_pixels: int, pixel_area: float | None) -> tuple[float | None, float | None]:
+    """(valid, changed) area in m^2, rounded to cm^2, of a change raster on a grid: pixel counts x ``pixel_area``
+    where one pixel area holds for the scene, summed on the ground (:func:`ground_areas`) where it does not, None
+    without a pixel area (no CRS)."""
+    if not pixel_area:
+        return None, None
+    ground = ground_areas(path, crs, transform, width, height)
+    valid, changed = ground if ground is not None else (valid_pixels * pixel_area, changed_pixels * pixel_area)
+    return round(valid, 2), round(changed, 2)
+
+
 def ground_areas(path: Any, crs: Any, transform: Affine, width: int, height: int) -> tuple[float, float] | None:
     """(valid, changed) ground area in m^2 of a change raster on a grid (0 no change, 1 or more changed, 255
     nodata: ``change.tif`` or a series' ``change_count.tif``), summed cell by cell with :func:`pixel_area_cells`
@@ -192,8 +211,7 @@ def ground_areas(path: Any, crs: Any, transform: Affine, width: int, height: int
 
     if crs is None or not Path(path).exists():
         return None
-    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (width, 0), (width, height), (0, height))), strict=True)
-    if not needs_geodesic_area(crs, (min(xs), min(ys), max(xs), max(ys))):
+    if not needs_geodesic_area(crs, grid_bounds(transform, width, height)):
         return None
     areas, cell = pixel_area_cells(crs, transform, width, height)
     valid = changed = 0.0

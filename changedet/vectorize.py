@@ -40,7 +40,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from changedet.errors import InputError, NotGeoreferencedWarning, RasterReadError
-from changedet.geodesy import geodesic_area_perimeter, local_metric_crs, needs_geodesic_area
+from changedet.geodesy import geodesic_area_perimeter, grid_bounds, local_metric_crs, needs_geodesic_area
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
@@ -230,13 +230,6 @@ def _metres_per_unit(crs: CRS) -> float:
     except (IndexError, AttributeError):
         return float("nan")
     return float(factor) if factor else float("nan")
-
-
-def _grid_bounds(transform: Affine, shape: tuple[int, int]) -> tuple[float, float, float, float]:
-    """(left, bottom, right, top) of a ``shape`` (rows, cols) grid, whatever the signs of the transform."""
-    h, w = shape
-    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))), strict=True)
-    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _ring_areas(rings: list[Any], crs: CRS | None, scale: float) -> np.ndarray:
@@ -469,8 +462,8 @@ def vectorize(
 
     # scale: metres per map unit, NaN where areas are measured on the ellipsoid (geographic CRS, or a projection
     # that stretches areas, such as Web Mercator)
-    shape = (msrc or psrc).shape  # type: ignore[union-attr]
-    geodesic = crs_obj is not None and needs_geodesic_area(crs_obj, _grid_bounds(affine, shape))
+    height, width = (msrc or psrc).shape  # type: ignore[union-attr]
+    geodesic = crs_obj is not None and needs_geodesic_area(crs_obj, grid_bounds(affine, width, height))
     if crs_obj is None:
         scale = 1.0
     elif geodesic:
@@ -493,10 +486,13 @@ def vectorize(
             return geodesic_area_perimeter(g, crs_obj)
         return shapely.area(g) * scale * scale, shapely.length(g) * scale
 
-    if min_area > 0 and len(geoms):
-        keep = _areas(geoms)[0] >= min_area
-        geoms, stats = geoms[keep], {k: v[keep] for k, v in stats.items()}
+    def drop_small(g: np.ndarray, st: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if min_area <= 0 or not len(g):
+            return g, st
+        keep = _areas(g)[0] >= min_area
+        return g[keep], {k: v[keep] for k, v in st.items()}
 
+    geoms, stats = drop_small(geoms, stats)
     if simplify > 0 and len(geoms):
         if crs_obj is not None and geodesic:  # the tolerance is in metres on the ground: simplify in UTM
             local = gpd.GeoSeries(geoms, crs=crs_obj)
@@ -506,9 +502,7 @@ def vectorize(
             geoms = shapely.make_valid(geoms)
         else:
             geoms = _simplify(geoms, simplify / scale)
-        if min_area > 0 and len(geoms):  # simplifying can take a polygon under the minimum: the minimum holds
-            keep = _areas(geoms)[0] >= min_area
-            geoms, stats = geoms[keep], {k: v[keep] for k, v in stats.items()}
+        geoms, stats = drop_small(geoms, stats)  # simplifying can take a polygon under the minimum: it holds
 
     if hasattr(shapely, "orient_polygons"):
         geoms = shapely.orient_polygons(geoms)

@@ -39,9 +39,9 @@ def _run(pairs_csv: Path, output_dir: Path, scheduler: str | None, workers: int 
     failed.
     """
     from changedet.distributed import _require_distributed, dashboard_link, open_client, read_pairs, run_batch
+    from changedet.export.vector import geojson_crs_option
 
-    geojson_crs = options.pop("geojson_crs")
-    options["geojson_crs"] = None if geojson_crs.lower() in ("input", "keep", "none") else geojson_crs
+    options["geojson_crs"] = geojson_crs_option(options.pop("geojson_crs"))
     read_pairs(pairs_csv)  # validate the CSV before starting a cluster
     show = not quiet()
     ctx = click.get_current_context()

@@ -126,17 +126,16 @@ def check_types(config: dict[str, Any], params: Any, where: str) -> None:
             raise InputError(f"{where}: {key} must be {wanted}, got {value!r}")
 
 
-#: Keys of a ``dataset:`` mapping that hold paths (made absolute against the config file's folder, or for
-#: command-line overrides against the current directory).
-_DATASET_PATH_KEYS = ("root", "path", "val_root", "val_path")
-
-
 def _absolute_dataset_paths(config: dict[str, Any], base: Path) -> None:
+    """The dataset mapping's paths (:data:`changedet.data.spec.PATH_KEYS`) made absolute against ``base``: the
+    config file's folder, or for command-line overrides the current directory."""
+    from changedet.data.spec import PATH_KEYS
+
     ds = config.get("dataset")
     if not isinstance(ds, dict):
         return
     ds = config["dataset"] = dict(ds)
-    for key in _DATASET_PATH_KEYS:
+    for key in PATH_KEYS:
         value = ds.get(key)
         if isinstance(value, str) and value and "://" not in value:
             p = Path(value).expanduser()

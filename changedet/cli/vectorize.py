@@ -62,6 +62,7 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
 
     from changedet.errors import InputError
     from changedet.export import write_vectors
+    from changedet.export.vector import geojson_crs_option
     from changedet.io.raster import open_raster
     from changedet.vectorize import vectorize
 
@@ -102,7 +103,7 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
             threshold = float(tag)
         mask, prob = None, raster
     gdf = vectorize(mask, prob, threshold=threshold, **options)
-    crs = None if geojson_crs.lower() in ("input", "keep", "none") else geojson_crs
+    crs = geojson_crs_option(geojson_crs)
     paths = write_vectors(
         gdf,
         gpkg_path=out if kind == "gpkg" else None,

@@ -25,6 +25,9 @@ from changedet.errors import InputError
 
 __all__ = ["DatasetSplit", "load_dataset"]
 
+#: Keys of a dataset mapping that hold paths (relative ones resolve against ``base``).
+PATH_KEYS = ("root", "path", "val_root", "val_path")
+
 _KEYS: dict[str, set[str]] = {
     "oscd": {"root", "cities", "val_cities", "test_cities", "bands"},
     "airchange": {"root", "pairs", "val_pairs", "test_pairs", "crop", "val_crop"},
@@ -93,7 +96,7 @@ def _check_value_types(spec: Mapping[str, Any]) -> None:
         value = spec.get(key)
         if value and not (isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, int) for v in value)):
             raise InputError(f"dataset {key} must be four integers [row_off, col_off, height, width], got {value!r}")
-    for key in ("root", "path", "val_root", "val_path"):
+    for key in PATH_KEYS:
         value = spec.get(key)
         if value is not None and not isinstance(value, (str, Path)):
             raise InputError(f"dataset {key} must be a path, got {value!r}")

@@ -745,20 +745,6 @@ def export_qgis(
     if after is not None and not (out / after).exists() and not Path(after).exists():
         log.warning("AFTER raster %s (from report.json) not found: left out of the project", after)
         after = None
-    if band_mapping is not None:  # checked before any style is written: a bad mapping leaves the folder as it was
-        mapping = tuple(int(b) for b in band_mapping)
-        if len(mapping) != 3 or min(mapping) < 1:
-            raise InputError(f"band_mapping must be three 1-based bands (red, green, blue), found {mapping}.")
-        import rasterio
-
-        for which, src in (("BEFORE", before), ("AFTER", after)):
-            p = _resolve(out, src)
-            if p is not None and p.exists():
-                with rasterio.open(p) as ds:
-                    if max(mapping) > ds.count:
-                        raise InputError(f"{ds.name}: band {max(mapping)} of the RGB mapping {mapping} is not in "
-                                         f"1..{ds.count} ({which}).")
-
     written: dict[str, Path] = {}
     prob_p = out / probability
     if threshold is None and prob_p.exists():
@@ -776,22 +762,11 @@ def export_qgis(
         with atomic_output(path, overwrite=True) as tmp:
             tmp.write_text(text, encoding="utf-8")
 
-    if prob_p.exists():
-        written["probability_qml"] = prob_p.with_suffix(".qml")
-        _write(written["probability_qml"], probability_style_qml(threshold))
-    change_p = out / change
-    if change_p.exists():
-        written["change_qml"] = change_p.with_suffix(".qml")
-        _write(written["change_qml"], change_style_qml())
-    poly_p = out / polygons
-    if poly_p.exists():
-        embed_gpkg_style(poly_p, polygon_style_qml(), layer=polygons_layer)
-        written["polygons_qml"] = poly_p.with_suffix(".qml")
-        _write(written["polygons_qml"], polygon_style_qml())
     title = "changedet"
     if any(dates):
         title = f"changedet: {dates[0] or '?'} → {dates[1] or '?'}"
-    written["project"] = write_qgis_project(
+    # the project first: it checks the layers and the band mapping, so a bad option leaves the folder untouched
+    project_path = write_qgis_project(
         out,
         before=before,
         after=after,
@@ -804,4 +779,17 @@ def export_qgis(
         title=title,
         polygons_layer=polygons_layer,
     )
+    if prob_p.exists():
+        written["probability_qml"] = prob_p.with_suffix(".qml")
+        _write(written["probability_qml"], probability_style_qml(threshold))
+    change_p = out / change
+    if change_p.exists():
+        written["change_qml"] = change_p.with_suffix(".qml")
+        _write(written["change_qml"], change_style_qml())
+    poly_p = out / polygons
+    if poly_p.exists():
+        embed_gpkg_style(poly_p, polygon_style_qml(), layer=polygons_layer)
+        written["polygons_qml"] = poly_p.with_suffix(".qml")
+        _write(written["polygons_qml"], polygon_style_qml())
+    written["project"] = project_path
     return written

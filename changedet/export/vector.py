@@ -19,12 +19,24 @@ from changedet.errors import InputError, OutputError, OutputExistsError
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
 
-__all__ = ["DEFAULT_LAYER", "GPKG_VERSION", "write_vectors"]
+__all__ = ["DEFAULT_LAYER", "GPKG_VERSION", "geojson_crs_option", "write_vectors"]
 
 #: Layer name of the polygons in ``changes.gpkg``.
 DEFAULT_LAYER = "changes"
 #: GeoPackage version written (QGIS 3.22's GDAL reads 1.2 fully).
 GPKG_VERSION = "1.2"
+
+
+def geojson_crs_option(value: str | None) -> str | None:
+    """The ``geojson_crs`` asked for (``--geojson-crs``): None, meaning the raster's own CRS, for None, ``"input"``,
+    ``"keep"`` or ``"none"``; any other value as given (a CRS).
+
+    >>> geojson_crs_option("input") is None, geojson_crs_option("EPSG:4326")
+    (True, 'EPSG:4326')
+    """
+    if isinstance(value, str) and value.strip().lower() in ("input", "keep", "none"):
+        return None
+    return value
 
 
 def _geometry_type(gdf: gpd.GeoDataFrame) -> str:

@@ -128,11 +128,11 @@ def detect_series(
         METHODS,
         _check_outputs,
         _checked_tta,
-        _geojson_crs,
         _resolve_for_input,
         _sample_for_fit,
     )
-    from changedet.geodesy import ground_areas
+    from changedet.export.vector import geojson_crs_option
+    from changedet.geodesy import area_summary
     from changedet.inference import ScorerPredictor, TorchPredictor
 
     t0 = time.perf_counter()
@@ -141,7 +141,7 @@ def detect_series(
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     tta = _checked_tta(tta, method)
-    geojson_crs = _geojson_crs(geojson_crs)
+    geojson_crs = geojson_crs_option(geojson_crs)
     if resume:
         raise InputError("--resume is not supported with more than two dates; rerun the series (with --overwrite)")
     if method != "model" and model is not None:
@@ -258,16 +258,10 @@ def detect_series(
                           "empty", NothingToCompareWarning, stacklevel=2)
         px_area = stack.pixel_area_m2()
 
-        def _area(px: int) -> float | None:
-            return round(px * px_area, 2) if px_area else None
-
         def _areas(path: Path, valid: int, changed: int) -> dict[str, float | None]:
-            """valid/changed area of a change raster: per pixel, or summed on the ground where the pixel area varies
-            over the scene (:func:`changedet.geodesy.ground_areas`)."""
-            ground = ground_areas(path, stack.crs, stack.transform, stack.width, stack.height) if px_area else None
-            if ground is None:
-                return {"valid_area_m2": _area(valid), "changed_area_m2": _area(changed)}
-            return {"valid_area_m2": round(ground[0], 2), "changed_area_m2": round(ground[1], 2)}
+            """valid/changed area of a change raster (:func:`changedet.geodesy.area_summary`)."""
+            v, c = area_summary(path, stack.crs, stack.transform, stack.width, stack.height, valid, changed, px_area)
+            return {"valid_area_m2": v, "changed_area_m2": c}
 
         pairs: list[SeriesPair] = []
         for k, (i, j) in enumerate(pairs_idx):
