@@ -381,22 +381,50 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
         chosen = [int(i) for i in indexes]
         _warn_named_mismatch(info, want, chosen, source)
         return chosen
-    names = [str(d).upper() if d else "" for d in (info.descriptions or ())]
-    if want and all(w.upper() in names for w in want) and (info.count != n_model or names[: len(want)] != want):
-        return [names.index(w.upper()) + 1 for w in want]
-    by_colour = _bands_by_colour(info, want)
-    if by_colour is not None and (info.count != n_model or by_colour != list(range(1, n_model + 1))):
-        return by_colour  # e.g. RGBA, RGB + NIR, or a raster whose bands are marked blue, green, red
+    found = identified_bands(info, want)  # by name, colour (RGBA, RGB + NIR, ...) or Sentinel-2 band order
+    if found is not None:
+        return None if found == list(range(1, info.count + 1)) else found
     if info.count == n_model:
         return None
-    by_s2_order = _bands_by_s2_order(info, want)
-    if by_s2_order is not None:
-        return by_s2_order
     raise CheckpointError(
         f"{source}: has {info.count} bands but the model {meta.name or meta.architecture} expects {n_model} "
         f"({', '.join(want) or 'unnamed'}); pass --indexes with {n_model} 1-based band numbers, or choose a model "
         "for this band count (`changedet models` lists them)"
     )
+
+
+def identified_bands(info: Any, want: Sequence[str]) -> list[int] | None:
+    """1-based indexes of a model's bands ``want`` in a raster, where the raster tells which band is which.
+
+    By band name (``B04`` in a 13-band stack, any case), else by colour (:func:`band_colours`: GDAL's colour
+    interpretation, or names such as ``Red``, ``SR_B4``), else by Sentinel-2 band order for an unnamed 13-band
+    raster (:func:`_bands_by_s2_order`). None when nothing identifies them (then only the band count can decide).
+
+    >>> from types import SimpleNamespace as NS
+    >>> identified_bands(NS(count=3, colorinterp=(), descriptions=("B02", "B03", "B04")), ["B04", "B03", "B02"])
+    [3, 2, 1]
+    """
+    want = [str(w) for w in want]
+    names = [str(d).strip().upper() if d else "" for d in (info.descriptions or ())]
+    if want and all(w.upper() in names for w in want):
+        return [names.index(w.upper()) + 1 for w in want]
+    by_colour = _bands_by_colour(info, want)
+    if by_colour is not None:
+        return by_colour
+    return _bands_by_s2_order(info, want)
+
+
+def _bands_per_date(infos: Sequence[Any], meta: Any, select: Any) -> Any:
+    """The bands each date feeds the model when the user named none: the first date's selection (``select``, from
+    :func:`_select_bands`), and for each later date its own where its names or colours identify the model's bands
+    (a 3-band B02, B03, B04 file beside a 13-band stack), else the first date's positions.
+
+    Returns ``select`` unchanged when every date reads the same bands, else one list of 1-based indexes per date.
+    """
+    want = list(meta.band_names or [])
+    first = list(select) if select else list(range(1, infos[0].count + 1))
+    per_date = [first] + [identified_bands(info, want) or first for info in infos[1:]]
+    return select if all(p == first for p in per_date) else per_date
 
 
 def _warn_named_mismatch(info: Any, want: list[str], chosen: list[int], source: str) -> None:
@@ -433,9 +461,10 @@ def _bands_by_s2_order(info: Any, want: list[str]) -> list[int] | None:
     return [S2_BANDS.index(w) + 1 for w in wanted]
 
 
-#: Band names of a model that stand for a colour (Sentinel-2's true-colour bands, or plain names).
+#: Band names of a model that stand for a colour (Sentinel-2's true-colour bands, also numbered without the zero
+#: as Google Earth Engine and Landsat 8/9 do, or plain names).
 _COLOUR_OF = {"RED": "red", "GREEN": "green", "BLUE": "blue", "R": "red", "G": "green", "B": "blue",
-              "B04": "red", "B03": "green", "B02": "blue"}
+              "B04": "red", "B03": "green", "B02": "blue", "B4": "red", "B3": "green", "B2": "blue"}
 
 
 #: Landsat Collection 2 surface-reflectance band names of the visible bands: Landsat 8/9 (which has SR_B6, SWIR 1)
@@ -449,8 +478,8 @@ def band_colours(info: Any) -> list[str]:
 
     GDAL's colour interpretation where it marks one of those, else the band description: ``Red``, ``Green``,
     ``Blue`` (any case; also ``R``, ``G``, ``B``), Sentinel-2's ``B04``, ``B03``, ``B02``, or Landsat Collection 2
-    ``SR_B4``, ``SR_B3``, ``SR_B2`` (Landsat 8/9, recognised by its SR_B6) and ``SR_B3``, ``SR_B2``, ``SR_B1``
-    (Landsat 4-7); the same for a Level-1 stack named ``B1`` .. ``B7`` (all of B1-B5 and B7 present).
+    ``SR_B4``, ``SR_B3``, ``SR_B2`` (Landsat 8/9) and ``SR_B3``, ``SR_B2``, ``SR_B1`` (Landsat 4-7); the same for
+    a Level-1 stack named ``B1`` .. ``B7`` (all of B1-B5 and B7 present). Which Landsat: :func:`_landsat_is_89`.
 
     >>> from types import SimpleNamespace as NS
     >>> band_colours(NS(colorinterp=("gray",) * 4, descriptions=("Blue", "Green", "Red", "NIR")))
@@ -460,9 +489,11 @@ def band_colours(info: Any) -> list[str]:
     """
     interp = [str(c).lower() for c in (getattr(info, "colorinterp", None) or ())]
     names = [str(d).strip().upper() if d else "" for d in (getattr(info, "descriptions", None) or ())]
-    if {"B1", "B2", "B3", "B4", "B5", "B7"} <= set(names):  # a Landsat Level-1 stack (`changedet stack`): B1..B7
+    level1 = {"B1", "B2", "B3", "B4", "B5", "B7"} <= set(names)  # a Landsat Level-1 stack (`changedet stack`)
+    dtypes = [str(d) for d in (getattr(info, "dtypes", None) or ())]
+    landsat = _LANDSAT_89 if _landsat_is_89(names, dtypes, level1) else _LANDSAT_47
+    if level1:
         names = [f"SR_{n}" if re.fullmatch(r"B[1-9]", n) else n for n in names]
-    landsat = _LANDSAT_89 if "SR_B6" in names else _LANDSAT_47
     out = []
     for i in range(max(len(interp), len(names))):
         ci = interp[i] if i < len(interp) else ""
@@ -472,6 +503,35 @@ def band_colours(info: Any) -> list[str]:
         name = names[i] if i < len(names) else ""
         out.append(_COLOUR_OF.get(name) or landsat.get(name) or "")
     return out
+
+
+def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool) -> bool:
+    """Whether Landsat band names (upper case) number the bands as Landsat 8/9 do (2 blue, 3 green, 4 red) rather
+    than Landsat 4-7 (1 blue, 2 green, 3 red).
+
+    Level-1 ``B1`` .. ``B7``: Landsat 8/9 when B10 or B11 (its thermal bands) is present; Landsat 4-7 when B6_VCID_*
+    (Landsat 7's thermal) is, or when B6 is absent (``changedet stack`` leaves Landsat 4-7's thermal B6 out); with a
+    B6 and neither, the data type decides: Landsat 4-7 Level-1 products are 8-bit, Landsat 8/9's 16-bit.
+    Surface reflectance ``SR_B*``: Landsat 8/9 when SR_B6 (SWIR 1; Landsat 4-7's band 6 is ST_B6) is present, or
+    when only its numbering finds blue, green and red (``SR_B2``, ``SR_B3``, ``SR_B4`` alone).
+
+    >>> _landsat_is_89(["B1", "B2", "B3", "B4", "B5", "B6", "B7"], ["uint8"] * 7, True)
+    False
+    >>> _landsat_is_89(["SR_B2", "SR_B3", "SR_B4"], ["uint16"] * 3, False)
+    True
+    """
+    have = set(names)
+    if level1:
+        if have & {"B10", "B11"}:
+            return True
+        if any(n.startswith("B6_VCID") for n in have) or "B6" not in have:
+            return False
+        return not (dtypes and all(d == "uint8" for d in dtypes))
+    if "SR_B6" in have:
+        return True
+    rgb = {"blue", "green", "red"}
+    return not rgb <= {_LANDSAT_47[n] for n in have if n in _LANDSAT_47} and rgb <= {
+        _LANDSAT_89[n] for n in have if n in _LANDSAT_89}
 
 
 def _bands_by_colour(info: Any, want: Sequence[str]) -> list[int] | None:
@@ -897,6 +957,12 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
     select: Any = ([list(i) for i in indexes] if _is_pair_form(indexes) else list(indexes)) if indexes else None
     if method == "model":
         net, meta, select = _resolve_for_input(model, checkpoint, before_info, select, before_name)
+        if not indexes:  # AFTER's bands by its own names or colours, which may stand in another order than BEFORE's
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                after_info = raster_info(after)
+            per_date = _bands_per_date([before_info, after_info], meta, select)
+            select = tuple(per_date) if per_date is not select else select
     elif model is not None:
         raise InputError(f"--model {model} is only used with --method model, not {method}")
 

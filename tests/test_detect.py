@@ -352,6 +352,78 @@ def test_bands_named_after_colours_or_landsat_bands_pick_the_rgb_default(tmp_pat
     assert result.report["grid"]["bands"] == bands
 
 
+def _with_bands(src: Path, dst: Path, bands: list[int], names: list[str] | None) -> Path:
+    """A copy of ``src`` holding only ``bands`` (1-based, in that order), named ``names``."""
+    with rasterio.open(src) as ds:
+        profile = ds.profile | {"count": len(bands)}
+        data = ds.read(bands)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+        for i, name in enumerate(names or [], start=1):
+            out.set_band_description(i, name)
+    return dst
+
+
+def test_each_date_reads_the_models_bands_by_its_own_names(tmp_path: Path) -> None:
+    from changedet.models.bundled import S2_BANDS
+
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=13, descriptions=list(S2_BANDS))
+    reference = detect(before, after, output_dir=tmp_path / "ref", quicklook=False, vectorize=False)
+    # AFTER as a 3-band export in blue, green, red order beside the 13-band BEFORE, then the other way round:
+    # each date reads B04, B03, B02 wherever its names put them (AFTER was read at BEFORE's positions: B03, B02, B01)
+    bgr = _with_bands(after, tmp_path / "after_bgr.tif", [2, 3, 4], ["B02", "B03", "B04"])
+    mixed = detect(before, bgr, output_dir=tmp_path / "mixed", quicklook=False, vectorize=False)
+    assert mixed.report["alignment"]["indexes"] == {"before": [4, 3, 2], "after": [3, 2, 1]}
+    np.testing.assert_array_equal(mixed.probability, reference.probability)
+    bgr_before = _with_bands(before, tmp_path / "before_bgr.tif", [2, 3, 4], ["B02", "B03", "B04"])
+    other_way = detect(bgr_before, after, output_dir=tmp_path / "other", quicklook=False, vectorize=False)
+    assert other_way.report["alignment"]["indexes"] == {"before": [3, 2, 1], "after": [4, 3, 2]}
+    np.testing.assert_array_equal(other_way.probability, reference.probability)
+    # an unnamed AFTER of BEFORE's band count reads BEFORE's positions, as before
+    plain = _with_bands(after, tmp_path / "after_plain.tif", [2, 3, 4], None)
+    same_positions = detect(bgr_before, plain, output_dir=tmp_path / "plain", quicklook=False, vectorize=False)
+    assert same_positions.report["alignment"]["indexes"] == {"before": [3, 2, 1], "after": [3, 2, 1]}
+
+
+def test_series_dates_read_the_models_bands_by_their_own_names(tmp_path: Path) -> None:
+    import shutil
+
+    from changedet.models.bundled import S2_BANDS
+    from changedet.series import detect_series
+
+    first, second = make_pair(tmp_path, "aligned", size=64, bands=13, descriptions=list(S2_BANDS))
+    third = {"bgr": _with_bands(second, tmp_path / "third_bgr.tif", [2, 3, 4], ["B02", "B03", "B04"]),
+             "full": Path(shutil.copy(second, tmp_path / "third_full.tif"))}
+    probs = {}
+    for kind, path in third.items():
+        with rasterio.open(path, "r+") as ds:
+            ds.update_tags(ACQUISITION_DATE="2021-05-01")
+        series = detect_series([first, second, path], output_dir=tmp_path / kind, quicklook=False,
+                               vectorize=False)
+        assert [p.label for p in series.pairs] == ["2019-05-01/2020-05-01", "2020-05-01/2021-05-01"]
+        probs[kind] = series.pairs[1].probability
+    # a third date holding B02-B04 in blue-first order reads them by name: as if it were the 13-band stack
+    np.testing.assert_array_equal(probs["bgr"], probs["full"])
+
+
+@pytest.mark.parametrize(("names", "dtype", "bands"), [
+    (["B1", "B2", "B3", "B4", "B5", "B6", "B7"], "uint8", ["B3", "B2", "B1"]),  # Landsat 5 TM Level-1 (B6 thermal)
+    (["B1", "B2", "B3", "B4", "B5", "B6", "B7"], "uint16", ["B4", "B3", "B2"]),  # Landsat 8/9 OLI Level-1
+    (["B1", "B2", "B3", "B4", "B5", "B7"], "uint16", ["B3", "B2", "B1"]),  # `changedet stack` of Landsat 4-7
+    (["B2", "B3", "B4"], "uint16", ["B4", "B3", "B2"]),  # Earth Engine's Sentinel-2 / Landsat 8 numbering
+    (["SR_B2", "SR_B3", "SR_B4"], "uint16", ["SR_B4", "SR_B3", "SR_B2"]),  # Landsat 8/9 surface reflectance, visible
+])
+def test_landsat_and_unpadded_band_numbers_feed_red_green_blue(tmp_path: Path, names: list[str], dtype: str,
+                                                               bands: list[str]) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=len(names), descriptions=names, res=30.0,
+                              dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trained at 10 m: a pixel-size warning
+        result = detect(before, after, output_dir=tmp_path / "out", quicklook=False, vectorize=False)
+    assert result.report["model"]["name"] == "s2-rgb"
+    assert result.report["grid"]["bands"] == bands
+
+
 def test_band_colours_prefer_the_colour_interpretation_to_names() -> None:
     from changedet.api import band_colours
 

@@ -385,7 +385,8 @@ def _analyze(
         if all(db) and all(da) and [str(d).lower() for d in db] != [str(d).lower() for d in da]:
             report.warn(
                 f"{na_name}: band names {list(da)} differ from {nb_name} ({list(db)}); check that the bands "
-                "correspond, or reorder them with indexes=([...], [...]).",
+                "correspond, or pick each date's bands: --indexes BEFORE:AFTER such as 1,2,3:3,2,1 (indexes=([1, 2, 3], "
+                "[3, 2, 1]) in Python).",
                 PairWarning,
             )
 

@@ -126,6 +126,7 @@ def detect_series(
     """
     from changedet.api import (
         METHODS,
+        _bands_per_date,
         _check_outputs,
         _checked_tta,
         _resolve_for_input,
@@ -177,6 +178,8 @@ def detect_series(
     select = list(indexes) if indexes else None
     if method == "model":
         net, meta, select = _resolve_for_input(model, checkpoint, infos[0], select, source_names[0])
+        if not indexes:  # a later date whose band names or colours stand in another order reads its own
+            select = _bands_per_date(infos, meta, select)
         if threads:
             import torch
 

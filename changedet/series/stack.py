@@ -300,7 +300,7 @@ def open_series(
     rasters: Sequence[Any],
     *,
     keep_order: bool = False,
-    indexes: Sequence[int] | None = None,
+    indexes: Sequence[int] | Sequence[Sequence[int]] | None = None,
     resampling: str = "bilinear",
     coregister: bool = False,
     match_histograms: bool = False,
@@ -318,7 +318,7 @@ def open_series(
     keep_order
         Keep the order given instead of sorting by date.
     indexes
-        1-based bands used in every date.
+        1-based bands used in every date, or one list of them per date (in the order of ``rasters`` once ordered).
     resampling, coregister, match_histograms
         As in :func:`~changedet.io.alignment.open_pair` (each later date against the first).
     ordered
@@ -340,9 +340,13 @@ def open_series(
         ref = sources[0] if isinstance(sources[0], DatasetReader) else open_raster(sources[0])
         if ref is not sources[0]:
             owned.append(ref)
-        for src in sources[1:]:
-            pairs.append(open_pair(ref, src, indexes=list(indexes) if indexes else None, resampling=resampling,
-                                   coregister=coregister, match_histograms=match_histograms))
+        per_date = bool(indexes) and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes)
+        if per_date and len(indexes) != len(sources):  # type: ignore[arg-type]
+            raise InputError(f"indexes: {len(indexes)} lists of bands for {len(sources)} dates; give one per date")  # type: ignore[arg-type]
+        for k, src in enumerate(sources[1:], start=1):
+            idx: Any = (list(indexes[0]), list(indexes[k])) if per_date else (list(indexes) if indexes else None)  # type: ignore[index, arg-type]
+            pairs.append(open_pair(ref, src, indexes=idx, resampling=resampling, coregister=coregister,
+                                   match_histograms=match_histograms))
         return SeriesStack(list(sources), list(infos), ref, pairs, owned)
     except BaseException:
         for p in pairs:
