@@ -353,6 +353,11 @@ def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resu
         ) from exc
 
 
+def _flat(indexes: Sequence[Any]) -> list[Any]:
+    """The band numbers of ``indexes``, one list or a BEFORE/AFTER pair of lists."""
+    return [i for part in indexes for i in part] if _is_pair_form(indexes) else list(indexes)
+
+
 def _is_pair_form(indexes: Any) -> bool:
     """Whether ``indexes`` is ``([BEFORE bands], [AFTER bands])`` rather than one list for both dates."""
     seq = list(indexes) if indexes else []
@@ -558,9 +563,7 @@ def _resolve_for_input(model: Any, checkpoint: Any, info: Any, select: Any, sour
     """
     from changedet.models.bundled import resolve_model
 
-    pixel = abs(info.transform.a) if info.georeferenced else None
-    if pixel is not None and info.crs is not None and info.crs.is_geographic:
-        pixel = pixel * 111_320.0  # degrees -> metres at the equator, good enough to pick a default
+    pixel = _pixel_metres(info)
     n_in = _n_selected(select) if select else info.count
     peek = _peek_meta(model, checkpoint, n_in, pixel, None if select else info)
     if peek is not None:  # match the checkpoint's bands by name before loading it
@@ -570,6 +573,41 @@ def _resolve_for_input(model: Any, checkpoint: Any, info: Any, select: Any, sour
             model = peek.name  # the default chosen from the whole input, now applied to the selected bands
     net, meta = resolve_model(model, band_count=n_in, pixel_size=pixel, checkpoint=checkpoint)
     return net, meta, _select_bands(info, meta, select, source)
+
+
+def _pixel_metres(info: Any) -> float | None:
+    """The pixel width in metres, roughly (degrees taken at the equator): enough to pick a default model."""
+    pixel = abs(info.transform.a) if info.georeferenced else None
+    if pixel is not None and info.crs is not None and info.crs.is_geographic:
+        pixel = pixel * 111_320.0
+    return pixel
+
+
+def default_model_for(before: Any, after: Any) -> dict[str, Any]:
+    """The bundled model ``detect`` runs on a pair when no model is named, and the bands each date feeds it.
+
+    What ``changedet check`` reports: ``{"name": "s2-rgb", "bands": {"before": ["B04", ...], "after": [...]}}``
+    (1-based indexes under ``"indexes"``). Raises the :class:`~changedet.errors.CheckpointError` that ``detect``
+    would raise when no bundled model takes the input (say, an unnamed 4-band raster).
+    """
+    from changedet.io.raster import raster_info
+    from changedet.models.bundled import default_model_name, list_bundled
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pixel-size and georeferencing warnings are detect's (and check's) own
+        infos = [raster_info(before), raster_info(after)]
+        info = infos[0]
+        name = default_model_name(info.count, _pixel_metres(info), band_names=info.descriptions,
+                                  colors=band_colours(info))
+        meta = {m.name: m for m in list_bundled()}[name]
+        select = _select_bands(info, meta, None, _source_name(before))
+    per_date = _bands_per_date(infos, meta, select)
+    if per_date is select:  # both dates read the same bands
+        per_date = [list(select) if select else list(range(1, info.count + 1))] * 2
+    picked = {"before": list(per_date[0]), "after": list(per_date[1])}
+    return {"name": name, "indexes": picked,
+            "bands": {k: [str(infos[j].descriptions[i - 1] or f"B{i}") if infos[j].descriptions else f"B{i}"
+                          for i in picked[k]] for j, k in enumerate(("before", "after"))}}
 
 
 def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None, info: Any = None) -> Any:
@@ -676,6 +714,26 @@ def _checked_tta(tta: str | None, method: str) -> str:
     return tta
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Any:
+    """torch's intra-op thread count set to ``threads`` for the block and restored afterwards (None: untouched).
+
+    ``detect(threads=N)`` and ``detect_series(threads=N)`` run under it, so a notebook's later calls, and methods
+    fitted with torch such as DSFA, see the thread count they were given rather than the last run's.
+    """
+    if not threads:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _ignored_options(*, method: str, vectorize: bool, precision: str, device: str, min_area: float,
                      simplify: float, fill_holes: float, geojson_crs: str | None) -> None:
     """A warning naming the options this run will not use (a network's precision or device with an unsupervised
@@ -696,13 +754,25 @@ def _ignored_options(*, method: str, vectorize: bool, precision: str, device: st
 
 
 def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device: str | None,
-                   tile_size: int | None = None) -> None:
+                   tile_size: int | None = None, threshold: float | None = None, threads: int | None = None,
+                   indexes: Any = None) -> None:
     """Options that can be checked before anything is read or written (an :class:`InputError` naming the option);
     the tile size is checked against the scene and the model once both are known."""
+    import math
     import numbers
 
     from changedet.tiling import BLENDS
 
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                                  or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0):
+        raise InputError(f"--threshold must be a probability between 0 and 1, got {threshold!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                or threads < 1):
+        raise InputError(f"--threads must be a whole number >= 1 (or None: torch's choice), got {threads!r}")
+    if indexes is not None and (isinstance(indexes, (str, bytes)) or not isinstance(indexes, Sequence) or not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in _flat(indexes))):
+        raise InputError(f"--indexes must be a list of 1-based band numbers such as [4, 3, 2], or a BEFORE/AFTER pair "
+                         f"of lists such as ([1, 2, 3], [3, 2, 1]); got {indexes!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0:
         raise InputError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
     if isinstance(tile_size, numbers.Integral) and not isinstance(tile_size, bool) and overlap >= tile_size:
@@ -886,7 +956,8 @@ def detect(
 
     geojson_crs = geojson_crs_option(geojson_crs)
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
-                   device=device if method == "model" else None)
+                   device=device if method == "model" else None, threshold=threshold, threads=threads,
+                   indexes=indexes)
     tmp_holder = None
     if output_dir is None:
         tmp_holder = tempfile.TemporaryDirectory(prefix="changedet-")
@@ -980,16 +1051,17 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
                     f"{before_name} and {after_name} are not georeferenced (no CRS): a QGIS project needs "
                     "georeferenced layers; drop --qgis-project (qgis_project=True), or georeference both"
                 )
-            return _run(
-                pair, net, meta, method, out, tmp_holder, names,
-                threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
-                threads=threads, precision=precision, tta=tta, device=device, min_area=min_area, simplify=simplify,
-                fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
-                quicklook=quicklook, resume=resume, progress=progress, t0=t0,
-                sources=(before, after), source_names=(before_name, after_name),
-                checkpoint=_checkpoint_file(model, checkpoint),
-                predictor_classes=(TorchPredictor, ScorerPredictor), predict_pair=predict_pair,
-            )
+            with torch_threads(threads):
+                return _run(
+                    pair, net, meta, method, out, tmp_holder, names,
+                    threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
+                    threads=threads, precision=precision, tta=tta, device=device, min_area=min_area,
+                    simplify=simplify, fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs,
+                    qgis_project=qgis_project, quicklook=quicklook, resume=resume, progress=progress, t0=t0,
+                    sources=(before, after), source_names=(before_name, after_name),
+                    checkpoint=_checkpoint_file(model, checkpoint),
+                    predictor_classes=(TorchPredictor, ScorerPredictor), predict_pair=predict_pair,
+                )
         finally:
             pair.close()
 
@@ -1029,10 +1101,6 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
     if method == "model":
         from changedet.io.radiometry import pair_band_stats
 
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
         norm = meta.normalization or {"mode": "scene"}
         scene_b, scene_a = pair_band_stats(pair)
         if norm.get("mode") == "fixed":

@@ -416,3 +416,28 @@ def test_a_result_still_finds_its_files_after_chdir(pair: tuple[Path, Path], tmp
     res.save(tmp_path / "kept")
     names = [m.findtext("layername") for m in ET.parse(tmp_path / "kept" / "project.qgs").iter("maplayer")]
     assert "BEFORE" in names and "AFTER" in names
+
+
+def test_threads_apply_to_the_run_only_and_bad_options_fail_before_reading(tmp_path: Path) -> None:
+    import torch
+
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for method in ("model", "dsfa"):  # DSFA fits a torch network: --threads applies to it too
+            detect(before, after, method=method, threads=1, output_dir=tmp_path / method, quicklook=False,
+                   vectorize=False)
+            assert torch.get_num_threads() == 2  # restored: a notebook's next call is not left on 1 thread
+    finally:
+        torch.set_num_threads(old)
+    for bad, text in [({"threshold": 1.5}, "--threshold"), ({"threshold": float("nan")}, "--threshold"),
+                      ({"threads": -1}, "--threads"), ({"indexes": 4}, "--indexes")]:
+        with pytest.raises(InputError, match=text):
+            detect(before, after, output_dir=tmp_path / "bad", **bad)
+        assert not (tmp_path / "bad").exists()  # refused before anything was read or written
+    from changedet.series import detect_series
+
+    with pytest.raises(InputError, match="--threshold"):
+        detect_series([before, after], threshold=1.5, output_dir=tmp_path / "series")
+    assert not (tmp_path / "series").exists()

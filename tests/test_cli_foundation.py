@@ -131,6 +131,42 @@ def test_check_compares_named_bands_of_stacks_with_different_band_counts(runner:
     assert res.exit_code == 1 and "NOT OK" in res.output
 
 
+def test_check_says_which_model_detect_would_run_or_why_none(runner: CliRunner, tmp_path: Path) -> None:
+    from changedet.io.stack import SENTINEL2_BANDS
+
+    rng = np.random.default_rng(0)
+    before = make_geotiff(tmp_path / "l1c.tif", (rng.random((13, 64, 64)) * 3000).astype("uint16"),
+                          descriptions=list(SENTINEL2_BANDS))
+    after = make_geotiff(tmp_path / "bgr.tif", (rng.random((3, 64, 64)) * 3000).astype("uint16"),
+                         descriptions=["B02", "B03", "B04"])
+    res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift", "--json"])
+    assert res.exit_code == 0, res.output
+    default = json.loads(res.output)["default_model"]
+    assert default["name"] == "s2-rgb" and default["indexes"] == {"before": [4, 3, 2], "after": [3, 2, 1]}
+    assert default["bands"]["after"] == ["B04", "B03", "B02"]
+    # an unnamed 4-band pair can be compared, but detect needs a model for it: check says so
+    plain = make_pair(tmp_path / "plain", "aligned", size=64, bands=4)
+    res = runner.invoke(cli, ["check", *map(str, plain), "--no-shift"])
+    assert res.exit_code == 0 and "OK: the pair can be compared" in res.output
+    assert "detect needs --model (and --indexes): no bundled model takes 4 bands" in res.output
+
+
+def test_undeclared_zero_fill_is_warned_with_the_fix(runner: CliRunner, tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    with rasterio.open(after, "r+") as ds:
+        data = ds.read()
+        data[:, :, :16] = 0  # an export's fill, no nodata declared
+        ds.write(data)
+    res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift"])
+    assert res.exit_code == 0, res.output
+    assert "25.0% of the compared pixels are 0 in every band and the file declares no nodata" in res.output
+    assert "gdal_edit.py -a_nodata 0" in res.output
+    with rasterio.open(after, "r+") as ds:
+        ds.nodata = 0
+    res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift"])
+    assert res.exit_code == 0 and "are 0 in every band" not in res.output
+
+
 def test_check_indexes(runner: CliRunner, tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "band-mismatch")
     res = runner.invoke(cli, ["check", str(before), str(after), "--indexes", "1-3", "--json", "--no-shift"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -71,6 +72,27 @@ def _common_named_bands(before: Path, after: Path) -> tuple[tuple[list[int], lis
                    f"({', '.join(str(n) for n in common)}), as detect picks a model's bands by name")
 
 
+def _default_model(before: Path, after: Path, report: Any) -> dict[str, Any] | None:
+    """The bundled model ``detect`` would run on the pair without ``--model`` (a note in the report), or None and a
+    note saying why none would, so that check's OK does not hide the error detect gives."""
+    from changedet.api import default_model_for
+    from changedet.errors import ChangedetError
+
+    try:
+        found = default_model_for(before, after)
+    except ChangedetError as exc:
+        report.notes.append(f"detect needs --model (and --indexes): {exc}")
+        return None
+    bands = found["bands"]
+    same = bands["before"] == bands["after"]
+    report.notes.append(
+        f"detect's default model: {found['name']} on bands {', '.join(bands['before'])}"
+        + ("" if same else f" of BEFORE and {', '.join(bands['after'])} of AFTER")
+        + " (choose another with --model)"
+    )
+    return found
+
+
 @click.command("check")
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
@@ -116,8 +138,9 @@ def command(
     report = check_pair(before, after, indexes=selected, estimate_shift=shift, resampling=resampling)
     if note:
         report.notes.append(note)
+    default = _default_model(before, after, report) if report.ok and indexes is None else None
     if as_json:
-        echo_json(report.to_dict())
+        echo_json(report.to_dict() | ({"default_model": default} if report.ok and indexes is None else {}))
     else:
         click.echo(report.format())
     if not report.ok:

@@ -712,14 +712,21 @@ def _name(src: PathOrDataset) -> str:
     return src.name if isinstance(src, DatasetReader) else os.fspath(src)
 
 
+#: Share of the compared pixels that may be 0 in every band of a date whose nodata is not 0 before a warning says
+#: they look like undeclared fill.
+ZERO_FILL_WARN = 0.01
+
+
 def _assess_validity(pair: AlignedPair, report: PairReport, allow_empty: bool = False) -> None:
     try:
-        _, _, valid = pair.read_decimated(max_pixels=512 * 512)
+        before, after, valid = pair.read_decimated(max_pixels=512 * 512)
     except RasterReadError as exc:
         report.problem(str(exc), RasterReadError)
         return
     frac = float(valid.mean()) if valid.size else 0.0
     report.valid_fraction = frac
+    for arr, ds, name in ((before, pair._ds_b, report.before), (after, pair._ds_a, report.after)):
+        _warn_zero_fill(arr, valid, ds.nodata, name, report)
     if frac == 0.0:
         msg = (
             f"{report.before} / {report.after}: no pixel of the common grid is valid in both dates (nodata, NaN or "
@@ -733,6 +740,26 @@ def _assess_validity(pair: AlignedPair, report: PairReport, allow_empty: bool = 
         report.warn(
             f"{report.before} / {report.after}: only {_pct(frac)} of the common grid is valid in both dates (nodata, "
             "NaN or outside a footprint elsewhere); results cover that part only.",
+            PairWarning,
+        )
+
+
+def _warn_zero_fill(arr: np.ndarray, valid: np.ndarray, nodata: float | None, name: str, report: PairReport) -> None:
+    """A warning when many compared pixels of one date are exactly 0 in every band while its nodata is not 0: the
+    fill of a swath edge or of an export without ``-a_nodata`` (a 0 is no Sentinel-2 or Landsat value). Compared as
+    data, such pixels skew the date's normalisation and come out as change (a 100-column 0 strip in a 563-column
+    OSCD scene doubled the changed share and lost half of the real change elsewhere)."""
+    if nodata == 0 or not valid.any():
+        return
+    zero = (arr == 0).all(axis=0) & valid
+    share = float(zero.sum()) / float(valid.sum())
+    if share > ZERO_FILL_WARN:
+        declared = "declares no nodata" if nodata is None else f"declares nodata {nodata:g}"
+        report.warn(
+            f"{name}: {_pct(share)} of the compared pixels are 0 in every band and the file {declared}: if they "
+            "are fill (outside a swath or a footprint), they are compared as data, skew the normalisation and come "
+            f"out as change; declare them nodata (`gdal_edit.py -a_nodata 0 {name}` in place, or `gdal_translate -of "
+            "VRT -a_nodata 0` to a VRT beside it, the file untouched) and run again.",
             PairWarning,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -127,10 +128,12 @@ def detect_series(
     from changedet.api import (
         METHODS,
         _bands_per_date,
+        _check_options,
         _check_outputs,
         _checked_tta,
         _resolve_for_input,
         _sample_for_fit,
+        torch_threads,
     )
     from changedet.export.vector import geojson_crs_option
     from changedet.geodesy import area_summary
@@ -143,6 +146,9 @@ def detect_series(
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     tta = _checked_tta(tta, method)
     geojson_crs = geojson_crs_option(geojson_crs)
+    _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
+                   device=device if method == "model" else None, threshold=threshold, threads=threads,
+                   indexes=indexes)
     if resume:
         raise InputError("--resume is not supported with more than two dates; rerun the series (with --overwrite)")
     if method != "model" and model is not None:
@@ -180,15 +186,13 @@ def detect_series(
         net, meta, select = _resolve_for_input(model, checkpoint, infos[0], select, source_names[0])
         if not indexes:  # a later date whose band names or colours stand in another order reads its own
             select = _bands_per_date(infos, meta, select)
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
 
     timings: dict[str, float] = {}
     stack = open_series(sources, indexes=select, coregister=coregister, match_histograms=match_histograms,
                         ordered=(sources, infos))
     staging = out / f".changedet-staging-{os.getpid()}"
+    restore = contextlib.ExitStack()
+    restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too), then restored
     try:
         timings["open_and_check"] = time.perf_counter() - t0
         # -- one predictor per pair -------------------------------------------------------------------------
@@ -379,6 +383,7 @@ def detect_series(
                             labels=labels, dates=list(stack.dates), crs=stack.crs, transform=stack.transform,
                             _polygons=polygons, _tmp=tmp_holder)
     finally:
+        restore.close()
         stack.close()
         shutil.rmtree(staging, ignore_errors=True)
 
