@@ -36,6 +36,7 @@ from changedet.errors import (
     NothingToCompareWarning,
     OutputError,
     OutputExistsError,
+    OutputFolderBusyError,
 )
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
@@ -356,6 +357,34 @@ def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resu
 def _flat(indexes: Sequence[Any]) -> list[Any]:
     """The band numbers of ``indexes``, one list or a BEFORE/AFTER pair of lists."""
     return [i for part in indexes for i in part] if _is_pair_form(indexes) else list(indexes)
+
+
+@contextlib.contextmanager
+def output_folder_lock(folder: Path) -> Any:
+    """Hold an exclusive lock on an output folder for a run: a second ``detect`` (or series) into the same folder
+    fails at once with an :class:`OutputError` instead of mixing its outputs with the first's (both used to end
+    with exit 0, one's report.json beside the other's change.tif).
+
+    A POSIX ``flock`` on the folder itself: nothing is written into it, and the lock goes with the process however
+    it ends (SIGKILL included). Not taken where ``fcntl`` does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputFolderBusyError(
+                f"{folder}: another changedet run is writing into this folder; wait for it to finish, or choose "
+                "another output folder"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _is_pair_form(indexes: Any) -> bool:
@@ -876,9 +905,12 @@ def detect(
     min_area, simplify, fill_holes
         Vectorisation options in square metres / metres (also for geographic CRSs).
     vectorize
-        Write ``changes.gpkg`` and ``changes.geojson``.
+        Write ``changes.gpkg`` and ``changes.geojson`` (not the GeoJSON for inputs without a CRS, with a warning:
+        its readers would take pixel coordinates for longitude/latitude; ``report["vectorize"]["geojson_written"]``).
     geojson_crs
         CRS of the GeoJSON (``"EPSG:4326"``, RFC 7946, by default; None or ``"input"`` keeps the raster CRS).
+        Checked before the prediction: a raster CRS that cannot be transformed to WGS84 (a local/engineering CRS)
+        keeps its own CRS in the GeoJSON, with a warning; to any other ``geojson_crs``, :class:`InputError`.
     qgis_project
         Also write ``project.qgs`` with BEFORE, AFTER, probability, mask and polygons styled.
     quicklook
@@ -983,21 +1015,24 @@ def detect(
                 before = dataarray_to_geotiff(before, Path(xr_tmp.name) / "before.tif", name="before")
             if is_xarray(after):
                 after = dataarray_to_geotiff(after, Path(xr_tmp.name) / "after.tif", name="after")
-        result = _detect_checked(
-            before, after, model, out, tmp_holder, names, method=method, checkpoint=checkpoint,
-            threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
-            threads=threads, precision=precision, tta=tta, device=device, indexes=indexes,
-            coregister=coregister, match_histograms=match_histograms, min_area=min_area, simplify=simplify,
-            fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project, quicklook=quicklook,
-            resume=resume, progress=progress, t0=t0,
-        )
+        with output_folder_lock(out):
+            _check_outputs(out, names, overwrite, resume)  # again: a run that held the folder may have finished
+            result = _detect_checked(
+                before, after, model, out, tmp_holder, names, method=method, checkpoint=checkpoint,
+                threshold=threshold, tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
+                threads=threads, precision=precision, tta=tta, device=device, indexes=indexes,
+                coregister=coregister, match_histograms=match_histograms, min_area=min_area, simplify=simplify,
+                fill_holes=fill_holes, vectorize=vectorize, geojson_crs=geojson_crs, qgis_project=qgis_project,
+                quicklook=quicklook, resume=resume, progress=progress, t0=t0,
+            )
         if xr_tmp is not None:  # the GeoTIFFs written from xarray inputs live as long as the result
             result._tmp = (result._tmp, xr_tmp)
         return result
-    except BaseException:
+    except BaseException as exc:
         if xr_tmp is not None:
             xr_tmp.cleanup()
-        if tmp_holder is None:  # leave no empty output folder behind (a resume folder keeps it), nor its parents
+        if tmp_holder is None and not isinstance(exc, OutputFolderBusyError):  # (the folder is the other run's)
+            # leave no empty output folder behind (a resume folder keeps it), nor its parents
             for folder in created:
                 try:
                     folder.rmdir()
@@ -1051,6 +1086,15 @@ def _detect_checked(before: Any, after: Any, model: Any, out: Path, tmp_holder: 
                     f"{before_name} and {after_name} are not georeferenced (no CRS): a QGIS project needs "
                     "georeferenced layers; drop --qgis-project (qgis_project=True), or georeference both"
                 )
+            if vectorize:  # the GeoJSON's CRS (or none without a CRS), decided before the prediction runs
+                from changedet.export.vector import plan_geojson
+                from changedet.geodesy import grid_bounds
+
+                write_geojson, geojson_crs = plan_geojson(
+                    pair.crs, geojson_crs, bounds=grid_bounds(pair.transform, pair.width, pair.height),
+                    source=before_name)
+                if not write_geojson:
+                    names.remove(OUTPUT_NAMES["geojson"])
             with torch_threads(threads):
                 return _run(
                     pair, net, meta, method, out, tmp_holder, names,
@@ -1204,8 +1248,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
                 min_area=min_area, simplify=simplify, fill_holes=fill_holes, before_date=before_date,
                 after_date=after_date, model=str(model_report.get("name")),
             )
-            write_vectors(polygons, staging / OUTPUT_NAMES["gpkg"], staging / OUTPUT_NAMES["geojson"],
-                          geojson_crs=geojson_crs if pair.crs is not None else None, overwrite=True)
+            write_vectors(polygons, staging / OUTPUT_NAMES["gpkg"],
+                          staging / OUTPUT_NAMES["geojson"] if OUTPUT_NAMES["geojson"] in names else None,
+                          geojson_crs=geojson_crs, overwrite=True)
             timings["vectorize"] = time.perf_counter() - t1
 
         from changedet.geodesy import area_summary
@@ -1230,8 +1275,9 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
                        # what the engine used: the tile edge shrinks to cover the scene evenly (engine_grid)
                        "tile_size_used": stats.tile_size, "overlap_used": stats.overlap},
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
-                          # what changes.geojson holds: without a CRS its coordinates are pixels, not WGS84
-                          "geojson_crs": geojson_crs if pair.crs is not None else None} if vectorize else None,
+                          # the CRS of changes.geojson (None: the raster's); none is written without a CRS
+                          "geojson_crs": geojson_crs,
+                          "geojson_written": OUTPUT_NAMES["geojson"] in names} if vectorize else None,
             "summary": _summary(stats, polygons, area_summary(
                 staging / OUTPUT_NAMES["change"], pair.crs, pair.transform, pair.width, pair.height,
                 int(stats.valid_pixels), int(stats.changed_pixels), px_area)),
@@ -1275,8 +1321,10 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         result.output_dir = out.absolute()
         return result
     except (OSError, RasterioError, CPLE_BaseError) as exc:
-        if isinstance(exc, ChangedetError):
-            raise
+        from changedet.errors import RasterReadError
+
+        if isinstance(exc, ChangedetError) and not (isinstance(exc, RasterReadError) and str(staging) in str(exc)):
+            raise  # (an output this run wrote that cannot be read back, truncated by a full disk, is a write failure)
         # a write failure (disk full, permissions changed, file system gone): no output was moved into place
         resume_hint = (" Rerun the same command with --resume (resume=True) to continue from the finished blocks."
                        if partial_dir.is_dir() else "")

@@ -22,6 +22,7 @@ __all__ = [
     "CoregistrationWarning",
     "InputError",
     "InputRangeWarning",
+    "ModelArgumentError",
     "ModelError",
     "NoOverlapError",
     "NotGeoreferencedError",
@@ -29,6 +30,7 @@ __all__ = [
     "NothingToCompareWarning",
     "OutputError",
     "OutputExistsError",
+    "OutputFolderBusyError",
     "PairMismatchError",
     "PairWarning",
     "RasterReadError",
@@ -82,6 +84,12 @@ class ModelError(ChangedetError):
     """A model cannot be created or used."""
 
 
+class ModelArgumentError(ModelError, InputError):
+    """A model's constructor arguments (``model_kwargs``) are not accepted, e.g. a misspelt name: bad input."""
+
+    exit_code = EXIT_USAGE
+
+
 class UnknownModelError(ModelError, ValueError):
     """A model or bundled checkpoint name is not known; the message lists the known names."""
 
@@ -104,6 +112,10 @@ class CheckpointError(ModelError):
 
 class OutputError(ChangedetError, OSError):
     """An output cannot be written (read-only folder, disk full, ...)."""
+
+
+class OutputFolderBusyError(OutputError):
+    """Another changedet run is writing into the output folder (``changedet.api.output_folder_lock``)."""
 
 
 class OutputExistsError(ChangedetError, FileExistsError):

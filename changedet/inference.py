@@ -373,6 +373,9 @@ class StripWriter:
         if resume and self.partial.exists():
             self.ds = rasterio.open(self.partial, "r+")
         else:
+            # an earlier run's file (unreadable after a full disk, say) is removed first: GDAL's Create opens the
+            # file it replaces and fails on a corrupt one, which kept every later run from starting over
+            self.partial.unlink(missing_ok=True)
             self.ds = rasterio.open(self.partial, "w", **profile)
             self.ds.set_band_description(1, description)
             if self.tags:

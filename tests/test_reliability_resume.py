@@ -358,3 +358,67 @@ def test_staging_left_by_a_killed_run_is_removed(scene: tuple[Path, Path], check
     alive.mkdir()
     detect(before, after, output_dir=out, **_options("cva", checkpoint))
     assert not stale.exists() and alive.exists()
+
+
+@pytest.mark.parametrize("flag", ["resume", "overwrite"])
+def test_an_unreadable_partial_file_is_replaced_not_fatal(scene: tuple[Path, Path], checkpoint: Path,
+                                                          tmp_path: Path, flag: str) -> None:
+    """What a full disk leaves (a TIFF header pointing past the end of the file): the next run, once space is
+    freed, starts over instead of failing on it every time (GDAL's Create opened the old file and gave up)."""
+    import struct
+
+    before, after = scene
+    out = tmp_path / "out"
+    (out / ".changedet-partial").mkdir(parents=True)
+    (out / ".changedet-partial" / "probability.partial.tif").write_bytes(
+        b"II*\x00" + struct.pack("<I", 610304) + bytes(100))
+    result = detect(before, after, output_dir=out, **{flag: True}, **_options("cva", checkpoint))
+    whole = detect(before, after, output_dir=tmp_path / "whole", **_options("cva", checkpoint))
+    assert result.report["summary"] == whole.report["summary"]
+    _assert_same_rasters(out, tmp_path / "whole")
+
+
+def test_a_cog_cut_short_by_a_full_disk_is_an_output_error(scene: tuple[Path, Path], checkpoint: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GDAL's COG driver returns without an error when a full disk cuts the copy short: the run read the file back,
+    so it no longer ends with exit 0 and an unreadable probability.tif (nor with an input error when vectorising)."""
+    import os
+
+    import rasterio.shutil
+
+    from changedet.errors import OutputError
+
+    real_copy = rasterio.shutil.copy
+
+    def cut_short(src: str, dst: str, **kw: Any) -> None:
+        real_copy(src, dst, **kw)
+        os.truncate(dst, os.path.getsize(dst) // 2)
+
+    monkeypatch.setattr(rasterio.shutil, "copy", cut_short)
+    before, after = scene
+    out = tmp_path / "out"
+    for vectorize in (False, True):
+        with pytest.raises(OutputError, match="check the free disk space"):
+            detect(before, after, output_dir=out, vectorize=vectorize, overwrite=True, **_options("cva", checkpoint))
+        assert {p.name for p in out.iterdir()} <= {".changedet-partial"}
+
+
+def test_a_second_run_into_a_folder_in_use_fails_at_once(scene: tuple[Path, Path], checkpoint: Path,
+                                                          tmp_path: Path) -> None:
+    """Two runs into one new folder used to both exit 0 with mixed outputs (one's report.json, the other's
+    change.tif): the second now fails with an OutputError and touches nothing."""
+    from changedet.api import output_folder_lock
+    from changedet.errors import OutputError
+    from changedet.series import detect_series
+
+    before, after = scene
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_folder_lock(out):  # as a first run holds it (another open file description: flock says no)
+        with pytest.raises(OutputError, match="another changedet run is writing into this folder"):
+            detect(before, after, output_dir=out, **_options("cva", checkpoint))
+        with pytest.raises(OutputError, match="another changedet run is writing into this folder"):
+            detect_series([before, after], output_dir=out, method="cva", quicklook=False, keep_order=True)
+        assert list(out.iterdir()) == []
+    result = detect(before, after, output_dir=out, **_options("cva", checkpoint))  # free again
+    assert result.paths["change"].exists()

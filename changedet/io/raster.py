@@ -28,6 +28,7 @@ import rasterio
 import rasterio.errors
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError  # GDAL's own errors (a truncated file) are not RasterioError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReader, DatasetWriter
@@ -265,6 +266,25 @@ def crs_to_string(crs: CRS | None) -> str | None:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
+def unsupported_input_message(obj: Any) -> str:
+    """Why ``obj`` cannot be read as a raster input, and what to pass instead (the message of an InputError).
+
+    >>> unsupported_input_message(42)
+    'an int was given where a raster is expected; changedet reads a path (str or pathlib.Path, any raster GDAL reads, a .vrt file included), a dataset opened with rasterio.open(), or an xarray.DataArray with a CRS (rioxarray)'
+    """
+    accepted = ("changedet reads a path (str or pathlib.Path, any raster GDAL reads, a .vrt file included), a "
+                "dataset opened with rasterio.open(), or an xarray.DataArray with a CRS (rioxarray)")
+    kind = type(obj).__name__
+    if kind == "WarpedVRT" and hasattr(obj, "src_dataset"):
+        src = getattr(obj.src_dataset, "name", "the source file")
+        return (f"{obj.name}: a rasterio WarpedVRT is not accepted; {accepted}. changedet aligns AFTER onto "
+                f"BEFORE's grid itself (reprojecting and resampling it): pass the file the VRT was made from "
+                f"({src}), or save the VRT with rasterio.shutil.copy(vrt, 'after.vrt', driver='VRT') and pass "
+                "that path")
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return f"{article} {kind} was given where a raster is expected; {accepted}"
+
+
 def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool = True) -> DatasetReader:
     """Open a raster for reading, with clear errors for every way a file can be unusable.
 
@@ -296,7 +316,11 @@ def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool =
     -----
     NotGeoreferencedWarning
         The raster has no CRS/geotransform (e.g. a PNG): pixel coordinates are used.
+    InputError
+        ``path`` is not a path (e.g. a rasterio ``WarpedVRT``): the message says what is accepted.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(unsupported_input_message(path))
     text = os.fspath(path)
     is_vsi = text.startswith("/vsi")
     p = Path(text)
@@ -932,8 +956,19 @@ def to_cog(
     }
     try:
         rasterio.shutil.copy(os.fspath(src), os.fspath(dst), **opts)
-    except rasterio.errors.RasterioError as exc:
-        raise OutputError(f"{name or dst}: writing the Cloud-Optimised GeoTIFF failed ({exc}).") from exc
+        _read_back(dst)
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+        raise OutputError(f"{name or dst}: writing the Cloud-Optimised GeoTIFF failed ({exc}); check the free disk "
+                          "space.") from exc
+
+
+def _read_back(path: PathLike) -> None:
+    """Open a GeoTIFF just written and read its last block: GDAL's COG driver does not report a write that a full
+    disk cut short (the copy returned, and the file could not be opened: found by filling a small tmpfs)."""
+    with rasterio.open(path) as ds:
+        bh, bw = ds.block_shapes[0]
+        row, col = (ds.height - 1) // bh * bh, (ds.width - 1) // bw * bw
+        ds.read(ds.count, window=Window(col, row, ds.width - col, ds.height - row))
 
 
 def overview_factors(width: int, height: int, blocksize: int) -> list[int]:

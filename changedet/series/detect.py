@@ -25,6 +25,8 @@ from changedet.series.outputs import (
     _index_entries,
     _iso,
     _polygon_attributes,
+    _remove_empty_folders,
+    _remove_outputs_not_written,
     _save_quicklook,
     _source_name,
     _write_series_project,
@@ -72,7 +74,7 @@ def detect_series(
     quicklook: bool = True,
     overwrite: bool = False,
     resume: bool = False,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | bool | None = None,
 ) -> SeriesResult:
     """Detect what changed, and when, in a series of N >= 2 rasters of one site.
 
@@ -82,7 +84,8 @@ def detect_series(
     Parameters
     ----------
     rasters
-        Paths (any GDAL raster) or open rasterio datasets of the dates, in any order.
+        Paths (any GDAL raster), open rasterio datasets or ``xarray.DataArray`` objects of (band, y, x) with a
+        CRS (rioxarray; written to temporary GeoTIFFs that live as long as the result) of the dates, in any order.
     model, method, checkpoint, threshold
         As in :func:`changedet.api.detect`: one model (or unsupervised method) for every pair. Unsupervised
         methods are fitted on each pair separately; supervised models with ``"scene"`` normalisation use each
@@ -103,6 +106,7 @@ def detect_series(
     resume
         Not supported for series (an :class:`~changedet.errors.InputError` says so); rerun instead.
     progress
+        ``True`` draws a progress bar on stderr (tqdm, as ``detect(progress=True)``); or a
         ``progress(tiles_done, tiles_total, pixels_done)`` callback.
 
     Returns
@@ -133,6 +137,7 @@ def detect_series(
         _checked_tta,
         _resolve_for_input,
         _sample_for_fit,
+        output_folder_lock,
         torch_threads,
     )
     from changedet.export.vector import geojson_crs_option
@@ -154,6 +159,23 @@ def detect_series(
     if method != "model" and model is not None:
         raise InputError(f"--model {model} is only used with --method model, not {method}")
 
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise InputError(f"progress must be True, False, None or a callable(tiles_done, tiles_total, pixels_done), "
+                         f"not {type(progress).__name__}")
+    bar = None
+    if isinstance(progress, bool):  # True: the tqdm bar of `changedet detect` (detect(progress=True))
+        from changedet.inference import TileProgress
+
+        bar = TileProgress(enabled=True) if progress else None
+        progress = bar
+    from changedet._xarray import is_xarray, write_dataarrays
+    from changedet.api import _XARRAY_TMP_PREFIX, _in_memory
+
+    xr_tmp = None  # the GeoTIFFs written from xarray inputs, kept as long as the result
+    rasters = list(rasters)
+    if any(is_xarray(r) for r in rasters):
+        xr_tmp = tempfile.TemporaryDirectory(prefix=_XARRAY_TMP_PREFIX)
+        rasters = write_dataarrays(rasters, xr_tmp.name, [f"input_{k + 1}" for k in range(len(rasters))])
     sources, infos = order_by_date(rasters, keep_order=keep_order)
     dates = [_label(i, k) for k, i in enumerate(infos)]  # the date (or the file's stem): the tags' and legend's
     labels = list(dates)  # unique: folder names and pair labels; a date given twice is numbered -1, -2 ...
@@ -176,7 +198,10 @@ def detect_series(
         names.append(SERIES_OUTPUT_NAMES["quicklook"])
     if qgis_project:
         names.append(SERIES_OUTPUT_NAMES["project"])
-    _check_outputs(out, names, overwrite, False)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # the folders this run creates, deepest first
+    _check_outputs(out, names, overwrite, False)  # fails early (clash, not writable)
+    _remove_empty_folders(created)  # made again when the outputs are staged: a failed run leaves no folder
+    failed = True
 
     # -- model or method (the first date decides the bands, as BEFORE does in detect) ---------------------------
     source_names = [_source_name(s) for s in sources]
@@ -192,8 +217,11 @@ def detect_series(
                         ordered=(sources, infos))
     staging = out / f".changedet-staging-{os.getpid()}"
     restore = contextlib.ExitStack()
-    restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too), then restored
     try:
+        out.mkdir(parents=True, exist_ok=True)  # removed after the early check; a failed run removes it again
+        restore.enter_context(output_folder_lock(out))  # no second run writes into this folder meanwhile
+        _check_outputs(out, names, overwrite, False)  # again: a run that held the folder may have finished
+        restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too), restored
         timings["open_and_check"] = time.perf_counter() - t0
         # -- one predictor per pair -------------------------------------------------------------------------
         predictors: list[Any] = []
@@ -326,7 +354,9 @@ def detect_series(
             "mode": mode,
             "order": "given" if keep_order else "date",
             "inputs": [
-                {"index": k, "label": labels[k], "source": source_names[k], "date": _iso(infos[k].date),
+                {"index": k, "label": labels[k],
+                 "source": "xarray.DataArray (in memory)" if _in_memory(source_names[k]) else source_names[k],
+                 "date": _iso(infos[k].date),
                  "date_source": getattr(infos[k], "date_source", None),
                  **{key: v for key, v in infos[k].to_dict().items()
                     if key in ("driver", "crs", "width", "height", "count", "dtypes", "nodata", "res")}}
@@ -377,15 +407,25 @@ def detect_series(
             os.replace(item, target)
         if qgis_project:
             _write_series_project(out, source_names, [_moved(p, staging, out) for p in pairs])
+        if overwrite:  # polygons, a project or other pairs' folders of an earlier series would stay beside it
+            _remove_outputs_not_written(out, names)
         os.replace(staging / SERIES_OUTPUT_NAMES["report"], out / SERIES_OUTPUT_NAMES["report"])
         paths = {k: out / v for k, v in SERIES_OUTPUT_NAMES.items() if v in names and (out / v).exists()}
+        failed = False
         return SeriesResult(output_dir=out, paths=paths, report=report, pairs=[_moved(p, staging, out) for p in pairs],
                             labels=labels, dates=list(stack.dates), crs=stack.crs, transform=stack.transform,
-                            _polygons=polygons, _tmp=tmp_holder)
+                            _polygons=polygons, _tmp=tmp_holder if xr_tmp is None else (tmp_holder, xr_tmp))
     finally:
         restore.close()
         stack.close()
         shutil.rmtree(staging, ignore_errors=True)
+        if bar is not None:
+            bar.close()
+        if failed:
+            if tmp_holder is None:
+                _remove_empty_folders(created)
+            if xr_tmp is not None:
+                xr_tmp.cleanup()
 
 
 def _moved(pair: SeriesPair, staging: Path, out: Path) -> SeriesPair:
