@@ -1,16 +1,19 @@
 """xarray / rioxarray inputs: write a ``DataArray`` to a GeoTIFF that the raster path of changedet reads.
 
 :func:`changedet.detect` accepts ``xarray.DataArray`` objects (from ``rioxarray.open_rasterio``, stackstac,
-odc-stac, ...) for BEFORE and AFTER. Their CRS and transform come from the ``rio`` accessor of rioxarray; the array is
-written block by block (a dask-backed array is computed one block of rows at a time), with the band coordinate as
-band descriptions (so ``B04``/``B03``/``B02`` are matched by name) and a scalar ``time`` coordinate as the
-acquisition date.
+odc-stac, ...) for BEFORE and AFTER, and :func:`changedet.detect_series` for every date. Their CRS and transform come
+from the ``rio`` accessor of rioxarray; the array is written block by block (a dask-backed array is computed one
+block of rows at a time) north-up and west-to-east (increasing y or decreasing x coordinates are flipped), with the
+band coordinate as band descriptions (so ``B04``/``B03``/``B02`` are matched by name; integer band numbers pick the
+names of rioxarray's ``long_name`` attribute, which keeps the file's order when bands are reordered) and a scalar
+``time`` coordinate as the acquisition date. float16 (which GDAL cannot store) is written as float32.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from changedet.errors import InputError
 
-__all__ = ["dataarray_to_geotiff", "is_xarray"]
+__all__ = ["dataarray_to_geotiff", "is_xarray", "write_dataarrays"]
 
 _DATE_ATTRS = ("ACQUISITION_DATE", "acquisition_date", "datetime", "date", "time", "start_datetime")
 
@@ -71,8 +74,8 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
     Raises
     ------
     InputError
-        A Dataset instead of a DataArray, no spatial dimensions, more than one non-spatial dimension, or rioxarray
-        is not installed.
+        A Dataset instead of a DataArray, no spatial dimensions, more than one non-spatial dimension, a data type
+        that a GeoTIFF cannot hold (e.g. object or text), or rioxarray is not installed.
 
     Examples
     --------
@@ -129,22 +132,19 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
     else:
         band_dim = None
         da = da.transpose(y_dim, x_dim).expand_dims("band")
-    # south-up coordinates (y growing with the row): flip to north-up. Without coordinate values the rows are in
-    # the order of the transform written with .rio.write_transform (da[y_dim] is then just 0, 1, 2...)
+    # south-up coordinates (y growing with the row) are flipped to north-up, and x decreasing with the column to
+    # west-to-east, so that the transform has a positive pixel width and a negative pixel height as GDAL's grids
+    # (and the overlap test) expect. Without coordinate values the rows and columns are in the order of the
+    # transform written with .rio.write_transform (da[y_dim] is then just 0, 1, 2...)
     if y_dim in da.coords and da.sizes[y_dim] > 1 and float(da[y_dim][1]) > float(da[y_dim][0]):
         da = da.isel({y_dim: slice(None, None, -1)})
+    if x_dim in da.coords and da.sizes[x_dim] > 1 and float(da[x_dim][1]) < float(da[x_dim][0]):
+        da = da.isel({x_dim: slice(None, None, -1)})
     crs = da.rio.crs
     transform = da.rio.transform(recalc=True)
     count, height, width = (int(s) for s in da.shape)
 
-    descriptions: list[str | None] = [None] * count
-    if band_dim is not None and band_dim in da.coords:
-        values = [v.item() if hasattr(v, "item") else v for v in da[band_dim].values]
-        if all(isinstance(v, str) for v in values):
-            descriptions = list(values)
-    long_name = data.attrs.get("long_name")
-    if all(d is None for d in descriptions) and isinstance(long_name, (list, tuple)) and len(long_name) == count:
-        descriptions = [str(v) for v in long_name]
+    descriptions = _band_names(da, band_dim, data.attrs.get("long_name"), count)
 
     if date is None:
         for coord in ("time", "t", "date"):
@@ -158,9 +158,7 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
                 if date:
                     break
 
-    dtype = np.dtype(da.dtype)
-    if dtype == np.bool_:
-        dtype = np.dtype("uint8")
+    dtype = _gdal_dtype(np.dtype(da.dtype), name)
     nodata = da.rio.nodata if da.rio.nodata is not None else da.rio.encoded_nodata
     profile = {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
@@ -180,6 +178,112 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
         if date is not None:
             dst.update_tags(ACQUISITION_DATE=date.isoformat())
     return out
+
+
+def write_dataarrays(inputs: Sequence[Any], folder: str | os.PathLike[str], names: Sequence[str]) -> list[Any]:
+    """``inputs`` with every ``xarray.DataArray`` written to ``folder/<name>.tif`` (:func:`dataarray_to_geotiff`);
+    paths and open datasets are returned as given.
+
+    Before anything is written, a DataArray without a CRS beside an input that has one is refused with the fix
+    (``.rio.write_crs(...)``): past this point it is only a temporary GeoTIFF without georeferencing, and the
+    pair check could only name that file.
+
+    Raises
+    ------
+    NotGeoreferencedError
+        A DataArray has no CRS and another input has one.
+    InputError
+        As :func:`dataarray_to_geotiff`.
+    """
+    crss = [_crs_of(src) for src in inputs]
+    known = [(_display(src, n), c) for src, n, c in zip(inputs, names, crss, strict=True) if c is not None]
+    for src, name, crs in zip(inputs, names, crss, strict=True):
+        if is_xarray(src) and crs is None and known:
+            from changedet.errors import NotGeoreferencedError
+            from changedet.io.raster import crs_to_string
+
+            other, other_crs = known[0]
+            code = crs_to_string(other_crs) or "EPSG:xxxx"
+            code = code if code.startswith("EPSG:") else "EPSG:xxxx"
+            raise NotGeoreferencedError(
+                f"{name}: the xarray.DataArray has no CRS but {other} has one ({crs_to_string(other_crs)}), so "
+                f"the two cannot be placed on one grid. Give the DataArray its CRS with rioxarray: pass "
+                f"da.rio.write_crs(\"{code}\") when its x/y coordinates are in that CRS (and "
+                "da.rio.write_transform(...) when it has no x/y coordinate values)"
+            )
+    return [dataarray_to_geotiff(src, Path(os.fspath(folder)) / f"{name}.tif", name=name) if is_xarray(src) else src
+            for src, name in zip(inputs, names, strict=True)]
+
+
+def _display(src: Any, name: str) -> str:
+    """What an input is called in messages: its path, an open dataset's name, else ``name``."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)  # type: ignore[return-value]
+    return f"{name} (xarray.DataArray)" if is_xarray(src) else str(getattr(src, "name", name))
+
+
+def _crs_of(src: Any) -> Any:
+    """The CRS of an input (a DataArray's ``.rio.crs``, an open dataset's or a raster file's), None when it has none
+    or cannot be read here (the errors come later, from the usual checks)."""
+    import warnings
+
+    try:
+        if is_xarray(src):
+            import rioxarray  # noqa: F401 - registers the .rio accessor
+
+            return src.rio.crs
+        if isinstance(src, (str, os.PathLike)):
+            import rasterio
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with rasterio.open(os.fspath(src)) as ds:
+                    return ds.crs
+        return getattr(src, "crs", None)
+    except Exception:  # noqa: BLE001 - unreadable here: open_pair reports it with the file's name
+        return None
+
+
+def _band_names(da: Any, band_dim: Any, long_name: Any, count: int) -> list[str | None]:
+    """Band descriptions: the band coordinate when it holds names, else rioxarray's ``long_name`` attribute picked
+    by the band coordinate.
+
+    ``rioxarray.open_rasterio`` numbers the bands 1..n (the band coordinate) and keeps the file's band names in
+    ``attrs["long_name"]`` in file order; the attribute is not updated when bands are selected or reordered
+    (``da.isel(band=[3, 2, 1])`` keeps all n names), so each band takes the name at its band number. Names are
+    only used when every band number is an integer in 1..len(long_name); otherwise the bands are unnamed.
+    """
+    values: list[Any] = []
+    if band_dim is not None and band_dim in da.coords:
+        values = [v.item() if hasattr(v, "item") else v for v in da[band_dim].values]
+    elif band_dim is None and "band" in da.coords and da["band"].size == 1:  # one band selected: da.sel(band=4)
+        values = [da["band"].values.reshape(-1)[0].item()]
+    if len(values) == count and all(isinstance(v, str) for v in values):
+        return list(values)
+    names = [long_name] if isinstance(long_name, str) else long_name
+    if (isinstance(names, (list, tuple)) and len(values) == count
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= len(names)
+                    for v in values)):
+        return [str(names[int(v) - 1]) for v in values]
+    return [None] * count
+
+
+def _gdal_dtype(dtype: np.dtype, name: str) -> np.dtype:
+    """The GeoTIFF data type of an array: bool as uint8, float16 (which GDAL cannot write) as float32."""
+    from rasterio.dtypes import check_dtype
+
+    if dtype == np.bool_:
+        return np.dtype("uint8")
+    if dtype == np.float16:
+        return np.dtype("float32")
+    if dtype.kind == "f" and dtype.itemsize > 8:  # long double
+        return np.dtype("float64")
+    if not check_dtype(dtype):
+        raise InputError(
+            f"{name}: the DataArray's data type {dtype.name} cannot be written to a GeoTIFF; convert it, e.g. "
+            ".astype('float32')"
+        )
+    return dtype
 
 
 def _date_of(value: Any) -> _dt.date | None:

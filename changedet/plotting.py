@@ -247,6 +247,18 @@ def _date(result: ChangeResult, which: str) -> str | None:
     return ((result.report.get("inputs") or {}).get(which) or {}).get("date")
 
 
+def _polygons_area_m2(polys: Any) -> float | None:
+    """Sum of the polygons' ``area_m2`` (0 for none; None without polygons or without areas, i.e. no CRS)."""
+    if polys is None:
+        return None
+    if not len(polys):
+        return 0.0
+    if "area_m2" not in polys.columns:
+        return None
+    areas = np.asarray(polys["area_m2"], dtype="float64")
+    return float(areas.sum()) if np.isfinite(areas).all() else None
+
+
 def _area_text(m2: float | None) -> str:
     if m2 is None:
         return ""
@@ -376,7 +388,8 @@ def plot_result(
                    edgecolor=OUTLINE_COLOR, linewidth=1.0 if len(polys) < 300 else 0.5)
     n = 0 if polys is None else len(polys)
     summary = result.report.get("summary") or {}
-    area = _area_text(summary.get("changed_area_m2"))
+    # the polygons' own area: with min_area (or fill_holes, simplify) it differs from the mask's changed area
+    area = _area_text(_polygons_area_m2(polys))
     titles[3] += f": {n}" + (f", {area}" if area else "")
 
     for ax, title in zip(axes.flat, titles, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -372,3 +373,19 @@ def test_import_changedet_io_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
     ).stdout.strip()
     assert out == "False"
+
+
+def test_a_warped_vrt_is_a_clear_input_error_saying_what_is_accepted(tmp_path: Path) -> None:
+    from rasterio.vrt import WarpedVRT
+
+    from changedet.api import detect
+    from changedet.errors import InputError
+    before, after = make_pair(tmp_path, "aligned", size=32)
+    with rasterio.open(after) as src, WarpedVRT(src, crs="EPSG:4326") as vrt:
+        with pytest.raises(InputError, match=r"WarpedVRT is not accepted; .*rasterio\.open\(\).*xarray\.DataArray"):
+            open_raster(vrt)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match=rf"pass the file the VRT was made from \({re.escape(str(after))}\)"):
+            detect(before, vrt, method="cva", output_dir=tmp_path / "o", quicklook=False)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(InputError, match="a list was given where a raster is expected"):
+        open_raster([before])  # type: ignore[arg-type]

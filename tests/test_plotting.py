@@ -305,3 +305,21 @@ def test_plot_result_on_axes_images_are_axesimages(projected: ChangeResult) -> N
     fig = plot_result(projected)
     for ax in _map_axes(fig):
         assert all(isinstance(im, AxesImage) for im in ax.get_images())
+
+
+def test_the_polygon_panel_gives_the_area_of_the_polygons_drawn_not_of_the_unfiltered_mask(tmp_path: Path) -> None:
+    from changedet.plotting import _area_text
+
+    before, after = make_pair(tmp_path, "aligned", size=96)
+    paint_change(after, (10, 10, 24, 30))  # 720 px of 10 m: 72,000 m2, kept
+    paint_change(after, (60, 60, 6, 6))  # 36 px: 3,600 m2, below min_area
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = detect(before, after, method="cva", min_area=10_000, output_dir=tmp_path / "o", quicklook=False)
+    polys = res.polygons
+    assert len(polys) == 1
+    mask_area, poly_area = res.report["summary"]["changed_area_m2"], float(polys.area_m2.sum())
+    assert mask_area >= poly_area + 3_000  # the small block is in the mask, not in the polygons
+    title = _map_axes(res.plot())[3].get_title()
+    assert title == f"change polygons over AFTER: 1, {_area_text(poly_area)}"
+    assert _area_text(mask_area) not in title

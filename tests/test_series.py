@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -19,6 +20,7 @@ from scipy import ndimage
 from changedet.errors import (
     InputError,
     NoOverlapError,
+    OutputError,
     OutputExistsError,
     PairWarning,
     ReprojectedInputWarning,
@@ -426,7 +428,27 @@ def test_outputs_are_atomic_an_interrupted_run_leaves_nothing(series_files: list
 
     with pytest.raises(KeyboardInterrupt):
         detect_series(series_files, output_dir=out, method="cva", tile_size=32, overlap=8, progress=boom)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # not even the folder it created (as detect)
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        detect_series(series_files, output_dir=out, method="cva", tile_size=32, overlap=8, progress=boom)
+    assert list(out.iterdir()) == []  # a folder that was there stays, empty
+
+
+def test_progress_true_draws_a_bar_like_detect_and_a_bad_progress_writes_nothing(
+    series_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    series = detect_series(series_files[:3], output_dir=tmp_path / "o", method="cva", threshold=THR,
+                           tile_size=64, overlap=16, quicklook=False, progress=True)
+    assert series.report["summary"]["n_pairs"] == 2 and series.paths["report"].is_file()
+    err = capsys.readouterr().err
+    assert "tile/s" in err and re.search(r"\b(\d+)/\1 \[", err), err  # tqdm's bar, up to the last tile
+    detect_series(series_files[:3], output_dir=tmp_path / "q", method="cva", threshold=THR, quicklook=False,
+                  progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(InputError, match="progress must be True, False, None or a callable"):
+        detect_series(series_files[:3], output_dir=tmp_path / "p" / "q", method="cva", progress="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "p").exists()
 
 
 def test_existing_outputs_need_overwrite(series_files: list[Path], tmp_path: Path) -> None:
@@ -448,6 +470,66 @@ def test_temporary_output_folder_and_save(series_files: list[Path], tmp_path: Pa
     assert (dest / "first_change.tif").exists() and (dest / series.pairs[0].paths["change"].parent.name).is_dir()
     with pytest.raises(OutputExistsError):
         series.save(dest)
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_save_with_overwrite_leaves_one_result_without_the_outputs_of_an_earlier_series(
+    series_files: list[Path], tmp_path: Path
+) -> None:
+    kw = {"method": "cva", "threshold": THR, "quicklook": False}
+    four = detect_series(series_files, qgis_project=True, **kw)  # 3 pairs, polygons, project
+    two = detect_series(series_files[:2], vectorize=False, **kw)  # 1 pair, no polygons, no project
+    dest = tmp_path / "kept"
+    four.save(dest)
+    assert len([p for p in dest.iterdir() if p.name.startswith("pair_")]) == 3
+    (dest / "notes.txt").write_text("mine")  # not an output: left alone
+    before = _tree(dest)
+    with pytest.raises(OutputExistsError, match="pass overwrite=True"):
+        two.save(dest)
+    assert _tree(dest) == before  # nothing copied
+    assert two.save(dest, overwrite=True) == dest
+    assert _tree(dest) == sorted([*_tree(two.output_dir), "notes.txt"])
+    assert json.loads((dest / "report.json").read_text())["summary"]["n_pairs"] == 1
+    assert not any((dest / n).exists() for n in ("changes.gpkg", "changes.geojson", "changes.qml", "project.qgs"))
+
+
+def test_save_rewrites_the_project_for_the_new_folder_and_saving_in_place_does_nothing(
+    series_files: list[Path], tmp_path: Path
+) -> None:
+    import re
+
+    out = tmp_path / "run"
+    series = detect_series(series_files[:3], output_dir=out, method="cva", threshold=THR, quicklook=False,
+                           qgis_project=True)
+    dest = tmp_path / "a" / "b" / "copy"  # another depth: paths relative to the run folder would break
+    series.save(dest)
+    sources = re.findall(r"<datasource>([^<|]*)", (dest / "project.qgs").read_text())
+    assert len(sources) == 4  # BEFORE, AFTER, first change, polygons
+    for src in sources:
+        assert not os.path.isabs(src) and (dest / src).resolve().is_file(), src
+    assert {series_files[0].resolve(), series_files[2].resolve()} <= {(dest / src).resolve() for src in sources}
+    snapshot = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert series.save(out, overwrite=True) == out  # its own folder: nothing to copy, no error
+    assert series.save(out) == out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == snapshot
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        series.save(tmp_path / "file")
+
+
+def test_detect_series_overwrite_removes_the_outputs_of_an_earlier_longer_series(
+    series_files: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    kw = {"method": "cva", "threshold": THR, "quicklook": False}
+    detect_series(series_files, output_dir=out, qgis_project=True, **kw)
+    two = detect_series(series_files[:2], output_dir=out, overwrite=True, vectorize=False, **kw)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*two.report["outputs"], "change_count.qml", "first_change.qml", "last_change.qml"])
+    assert [p.name for p in out.iterdir() if p.name.startswith("pair_")] == [two.pairs[0].paths["change"].parent.name]
 
 
 def test_qgis_styles_colour_each_date_and_the_project_shows_first_change(
@@ -608,3 +690,24 @@ def test_a_series_keeps_the_raster_crs_in_geojson_with_input(series_files: list[
     series = detect_series(series_files[:3], output_dir=tmp_path / "o", method="cva", threshold=THR,
                            geojson_crs="input", quicklook=False)
     assert pyogrio.read_info(series.paths["geojson"])["crs"] == "EPSG:32631"
+
+
+# ----------------------------------------------------------------------------------------------- xarray inputs
+def test_dataarrays_give_the_same_series_as_their_files(series_files: list[Path], tmp_path: Path) -> None:
+    rioxarray = pytest.importorskip("rioxarray")
+    from changedet.errors import NotGeoreferencedError
+
+    kw = {"method": "cva", "threshold": THR, "quicklook": False, "tile_size": 64, "overlap": 16}
+    files = detect_series(series_files[:3], output_dir=tmp_path / "f", **kw)
+    arrays = [rioxarray.open_rasterio(p) for p in series_files[:3]]
+    series = detect_series([arrays[2], arrays[0], arrays[1]], output_dir=tmp_path / "x", qgis_project=True, **kw)
+    assert series.labels == files.labels == DATES[:3]  # the ACQUISITION_DATE tags travel as attrs
+    for name in ("first_change", "change_count", "last_change"):
+        np.testing.assert_array_equal(getattr(series, name), getattr(files, name))
+    assert len(series.polygons) == len(files.polygons)
+    assert {i["source"] for i in series.report["inputs"]} == {"xarray.DataArray (in memory)"}
+    assert "changedet-xarray-" not in (tmp_path / "x" / "project.qgs").read_text()
+    bare = arrays[1].drop_vars("spatial_ref")
+    with pytest.raises(NotGeoreferencedError, match=r"input_2: the xarray\.DataArray has no CRS .*rio\.write_crs"):
+        detect_series([arrays[0], bare, arrays[2]], output_dir=tmp_path / "y", **kw)
+    assert not (tmp_path / "y").exists()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
+from changedet.errors import InputError
 from changedet.series.stack import _zeroed
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
@@ -97,7 +98,8 @@ def predict_series(
     thresholds
         Probability threshold of each pair.
     tile_size, overlap, blend, batch_size, prefetch, progress
-        As in :func:`~changedet.inference.predict_pair`.
+        As in :func:`~changedet.inference.predict_pair` (``progress`` is None or a callable; :func:`detect_series`
+        turns ``progress=True`` into a :class:`~changedet.inference.TileProgress` bar).
     pair_tags, index_tags
         Metadata tags of each pair's rasters and of the three series rasters.
 
@@ -121,6 +123,9 @@ def predict_series(
     n_pairs = len(pairs)
     if not (n_pairs == len(predictors) == len(pair_dirs) == len(thresholds)):
         raise ValueError("pairs, predictors, pair_dirs and thresholds must have the same length")
+    if progress is not None and not callable(progress):  # checked before any output is started
+        raise InputError(f"progress must be None or a callable(tiles_done, tiles_total, pixels_done), not "
+                         f"{type(progress).__name__} (detect_series turns progress=True into a progress bar)")
     out_dir = Path(out_dir)
     H, W = int(stack.height), int(stack.width)
     multiples = {max(1, int(p.multiple)) for p in predictors}

@@ -6,6 +6,7 @@ import datetime as _dt
 import itertools
 import logging
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ SERIES_OUTPUT_NAMES = {
     "quicklook": "quicklook.png",
     "project": "project.qgs",
 }
+#: QGIS styles written beside the series rasters and polygons (``changes.qml`` with the polygons only).
+SERIES_SIDE_CARS = ("change_count.qml", "first_change.qml", "last_change.qml", "changes.qml")
+_PAIR_DIR = re.compile(r"pair_\d{2,}_.+")
 
 #: Attribute columns of the series polygons (plus ``geometry``), see the module docstring.
 SERIES_COLUMNS: tuple[str, ...] = (
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SERIES_COLUMNS",
     "SERIES_OUTPUT_NAMES",
+    "SERIES_SIDE_CARS",
     "SeriesPair",
     "SeriesResult",
     "date_colors",
@@ -197,22 +202,61 @@ class SeriesResult:
         return self.polygons
 
     def save(self, output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Copy every output (pair folders included) into ``output_dir``; return it."""
-        dest = Path(output_dir)
-        dest.mkdir(parents=True, exist_ok=True)
-        items = [p for p in self.output_dir.iterdir() if not p.name.startswith(".")]
-        clash = [p.name for p in items if (dest / p.name).exists()]
-        if clash and not overwrite:
-            from changedet.errors import OutputExistsError
+        """Copy every output (pair folders, rasters, styles, vectors, quick-look, report) into ``output_dir``.
 
+        The folder is created if needed; each file and pair folder is copied under a temporary name and renamed
+        when complete, ``report.json`` last. ``project.qgs`` is written again for the new folder (its layer paths
+        are relative to it). With ``overwrite``, the outputs of an earlier series run in ``output_dir`` that this
+        result lacks (polygons, a quick-look, a project, the folders of other pairs) are removed, so the folder
+        holds one result. Saving into :attr:`output_dir` itself does nothing.
+
+        Returns
+        -------
+        pathlib.Path
+            ``output_dir``.
+
+        Raises
+        ------
+        OutputExistsError
+            An output of the same name exists in ``output_dir`` and ``overwrite`` is False (nothing is written,
+            no folder is created).
+        OutputError
+            ``output_dir`` exists and is not a folder.
+        """
+        from changedet.errors import OutputError, OutputExistsError
+
+        dest = Path(output_dir)
+        if dest.exists() and dest.resolve() == self.output_dir.resolve():
+            return dest
+        if dest.exists() and not dest.is_dir():
+            raise OutputError(f"{dest}: exists and is not a folder; give a folder to save the outputs into")
+        names = self._output_names()
+        clash = [n for n in names if (dest / n).exists()]
+        if clash and not overwrite:
             raise OutputExistsError(f"{dest}: {', '.join(clash)} exist(s); pass overwrite=True to replace them")
-        for p in items:
-            target = dest / p.name
-            if p.is_dir():
-                shutil.copytree(p, target, dirs_exist_ok=True)
-            else:
-                shutil.copy2(p, target)
+        dest.mkdir(parents=True, exist_ok=True)
+        report, project = SERIES_OUTPUT_NAMES["report"], SERIES_OUTPUT_NAMES["project"]
+        for name in names:
+            if name in (report, project):
+                continue  # the project is written again below, with paths relative to dest; the report last
+            _copy_atomic(self.output_dir / name, dest / name)
+        if "project" in self.paths:
+            inputs = self.report.get("inputs") or []
+            sources = [str(i.get("source") or "") for i in inputs] or [self.pairs[0].before_source,
+                                                                       self.pairs[-1].after_source]
+            _write_series_project(dest, sources, self.pairs)
+        if overwrite:
+            _remove_outputs_not_written(dest, names)
+        _copy_atomic(self.output_dir / report, dest / report)
         return dest
+
+    def _output_names(self) -> list[str]:
+        """Names (files and pair folders) of this result's outputs in :attr:`output_dir`, styles included."""
+        listed = self.report.get("outputs")
+        names = list(listed) if listed else [p.name for p in self.paths.values()] + [
+            p.paths["change"].parent.name for p in self.pairs]
+        names += [n for n in SERIES_SIDE_CARS if (self.output_dir / n).exists()]
+        return [n for n in dict.fromkeys(names) if (self.output_dir / n).exists()]
 
     def __repr__(self) -> str:
         s = self.report.get("summary", {})
@@ -229,6 +273,60 @@ def _source_name(src: Any) -> str:
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
     return str(getattr(src, "name", src))
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a file or a folder to ``dst`` under a temporary name, then rename it into place (replacing ``dst``)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        if src.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            elif dst.exists() or dst.is_symlink():
+                dst.unlink()
+        else:
+            shutil.copy2(src, tmp)
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
+    """Remove the series outputs of an earlier run in ``out`` that are not in ``names`` (this run's outputs).
+
+    Polygons, a quick-look or a project left from a run that wrote them, or the folder of a pair that this series
+    does not have, would describe another series beside the new ``report.json``. Only the names a series run
+    writes are touched (:data:`SERIES_OUTPUT_NAMES`, :data:`SERIES_SIDE_CARS` and ``pair_NN_*`` folders holding a
+    ``change.tif`` or ``probability.tif``).
+    """
+    keep = set(names)
+    stale = [n for n in SERIES_OUTPUT_NAMES.values() if n not in keep]
+    if SERIES_OUTPUT_NAMES["gpkg"] not in keep:
+        stale.append("changes.qml")  # the polygon layer's style, written with the polygons
+    for name in stale:
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    for item in out.iterdir() if out.is_dir() else ():
+        if (item.name not in keep and _PAIR_DIR.fullmatch(item.name) and item.is_dir() and not item.is_symlink()
+                and any((item / f).exists() for f in ("change.tif", "probability.tif"))):
+            shutil.rmtree(item)
+
+
+def _remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: the output folders a failed run created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def pair_dir_name(index: int, before_label: str, after_label: str) -> str:
@@ -400,10 +498,13 @@ def _write_series_project(out: Path, stack_sources: Sequence[str], pairs: Sequen
     """``project.qgs``: first and last dates as RGB, polygons, and first_change styled per date."""
     import xml.etree.ElementTree as ET
 
+    from changedet.api import _in_memory
     from changedet.export import write_qgis_project
     from changedet.export.qgis import DOCTYPE
 
-    inputs = [Path(n).resolve() if Path(n).is_file() else None for n in (stack_sources[0], stack_sources[-1])]
+    # in-memory (xarray) inputs are left out: their temporary GeoTIFFs go away with the result
+    inputs = [Path(n).resolve() if n and Path(n).is_file() and not _in_memory(n) else None
+              for n in (stack_sources[0], stack_sources[-1])]
     path = write_qgis_project(out, before=inputs[0], after=inputs[1], probability=None,
                               change=SERIES_OUTPUT_NAMES["first_change"],
                               polygons=SERIES_OUTPUT_NAMES["gpkg"] if (out / SERIES_OUTPUT_NAMES["gpkg"]).exists()

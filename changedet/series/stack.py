@@ -340,7 +340,7 @@ def open_series(
         ref = sources[0] if isinstance(sources[0], DatasetReader) else open_raster(sources[0])
         if ref is not sources[0]:
             owned.append(ref)
-        per_date = bool(indexes) and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes)
+        per_date = bool(indexes) and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes or ())
         if per_date and len(indexes) != len(sources):  # type: ignore[arg-type]
             raise InputError(f"indexes: {len(indexes)} lists of bands for {len(sources)} dates; give one per date")  # type: ignore[arg-type]
         for k, src in enumerate(sources[1:], start=1):
