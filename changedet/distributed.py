@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from changedet._version import __version__
-from changedet.errors import ChangedetError, ChangedetWarning, InputError
+from changedet.errors import ChangedetError, ChangedetWarning, InputError, OutputError, UnknownModelError
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -668,6 +668,8 @@ class BatchReport:
     path: Path
     meta: dict[str, Any]
     pairs: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the last write of ``batch-report.json`` failed (disk full, read-only folder), or None.
+    write_error: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -676,17 +678,37 @@ class BatchReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when every pair is done or skipped, 1 otherwise."""
+        """0 when every pair is done or skipped and the report could be written, 1 otherwise."""
         c = self.counts
-        return 0 if c["failed"] == 0 and c["pending"] == 0 else 1
+        return 0 if c["failed"] == 0 and c["pending"] == 0 and self.write_error is None else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.meta, "updated": _now(), "counts": self.counts, "pairs": self.pairs}
 
     def write(self) -> None:
+        """Write the report atomically; an :class:`~changedet.errors.OutputError` (exit 1) when it cannot be."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str, allow_nan=False))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str, allow_nan=False))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise OutputError(f"{self.path}: cannot write the batch report ({exc.strerror or exc}); check the free "
+                              "disk space and write permission of the batch folder") from exc
+
+    def write_or_warn(self) -> None:
+        """:meth:`write` while pairs are running: a failure is a warning (once) and :attr:`write_error`, so that
+        a full disk does not abandon the pairs still running; the exit code then says the batch did not finish
+        cleanly."""
+        try:
+            self.write()
+        except OutputError as exc:
+            if self.write_error is None:
+                warnings.warn(f"{exc}; the pairs go on", ChangedetWarning, stacklevel=2)
+            self.write_error = str(exc)
+        else:
+            self.write_error = None
 
     def table(self) -> str:
         """A plain-text summary table, one row per pair."""
@@ -779,12 +801,38 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"unknown detect option for the batch: {exc}") from None
     if options.get("method", "model") not in METHODS:
         raise InputError(f"unknown method {options['method']!r}; choose one of {', '.join(METHODS)}")
+    _check_detect_options(options)
     out = dict(options)
     for key in ("model", "checkpoint"):  # workers may have another working folder
         value = out.get(key)
         if value is not None and not _is_remote(str(value)) and Path(value).expanduser().exists():
             out[key] = str(Path(value).expanduser().resolve())
     return out
+
+
+def _check_detect_options(options: dict[str, Any]) -> None:
+    """What detect checks before it reads anything, checked once before the cluster starts: an unknown model or a
+    CUDA device that is not there fails the batch at once (exit 2) instead of failing every pair, with retries."""
+    from changedet.api import _check_options as check_detect
+    from changedet.api import _checked_tta
+    from changedet.export.vector import geojson_crs_option
+    from changedet.models.bundled import _looks_like_path, list_bundled
+    from changedet.models.registry import list_models
+    from changedet.tiling import DEFAULT_OVERLAP
+
+    method = options.get("method", "model")
+    _checked_tta(options.get("tta", "none"), method)
+    check_detect(overlap=options.get("overlap", DEFAULT_OVERLAP), blend=options.get("blend", "cosine"),
+                 geojson_crs=geojson_crs_option(options.get("geojson_crs", "EPSG:4326"))
+                 if options.get("vectorize", True) else None,
+                 device=options.get("device") if method == "model" else None, tile_size=options.get("tile_size"),
+                 threshold=options.get("threshold"), indexes=options.get("indexes"))
+    model = options.get("model")
+    if method != "model" or model is None or options.get("checkpoint") is not None or _is_remote(str(model)):
+        return
+    known = [m.name for m in list_bundled()] + list(list_models())
+    if str(model) not in known and not _looks_like_path(str(model)):
+        raise UnknownModelError(str(model), known, what="model")
 
 
 def run_batch(
@@ -904,11 +952,11 @@ def run_batch(
                                                    "traceback": exc.traceback_text})
             except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError...: the pair failed
                 rec.update(status="failed", error={"type": type(exc).__name__, "message": str(exc)})
-            report.write()
+            report.write_or_warn()
             if on_update is not None:
                 on_update(rec, report)
     finally:
         client.cancel(list(futures))
     report.meta["finished"] = _now()
-    report.write()
+    report.write_or_warn()
     return report

@@ -66,17 +66,28 @@ def _run(pairs_csv: Path, output_dir: Path, scheduler: str | None, workers: int 
                          else f" {rec.get('seconds', 0):.1f} s")
                 click.echo(f"[{finished}/{total}] {rec['status']} {rec['name']}{extra}", err=True)
 
-        report = run_batch(pairs_csv, output_dir, client=client, retries=retries, overwrite=overwrite,
-                           block_pixels=block_pixels, block_rows=block_rows, on_update=_update,
-                           threads=threads_per_worker, **options)
+        try:
+            report = run_batch(pairs_csv, output_dir, client=client, retries=retries, overwrite=overwrite,
+                               block_pixels=block_pixels, block_rows=block_rows, on_update=_update,
+                               threads=threads_per_worker, **options)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (changedet.errors.Terminated)
+            from changedet.errors import exit_code_for
+
+            click.echo("interrupted: the pairs finished so far are in place; a pair that was running keeps its "
+                       "finished blocks in its hidden .changedet-partial folder: run the same command again to "
+                       "continue (finished pairs are skipped, interrupted ones resume)", err=True)
+            raise SystemExit(exit_code_for(exc)) from None
     if as_json:
         echo_json(report.to_dict())
     else:
         click.echo(report.table())
         click.echo(f"report: {report.path}")
-    if report.exit_code:
+    if report.write_error is not None:
+        click.echo(f"error: {report.write_error}", err=True)
+    if report.counts["failed"]:
         c = report.counts
         click.echo(f"error: {c['failed']} of {len(report.pairs)} pairs failed; see {report.path}", err=True)
+    if report.exit_code:
         click.get_current_context().exit(report.exit_code)
 
 
