@@ -348,7 +348,21 @@ def _source_name(src: Any) -> str:
     return str(name if name is not None else src)
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first (none when the path cannot even be looked up:
+    :func:`_check_outputs` then says why)."""
+    try:
+        return [d for d in (folder, *folder.parents) if not d.exists()]
+    except OSError:
+        return []
+
+
 def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resume: bool) -> None:
+    try:
+        output_dir.exists()
+    except OSError as exc:  # a name longer than the file system allows (ENAMETOOLONG), say
+        raise OutputError(f"{output_dir}: cannot write there ({exc.strerror or exc}); choose another output "
+                          "folder") from None
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"{output_dir}: exists and is not a folder; give a folder path with -o/--output-dir")
     existing = [n for n in names if (output_dir / n).exists()]
@@ -1022,7 +1036,7 @@ def detect(
         names.append(OUTPUT_NAMES["quicklook"])
     if qgis_project:
         names.append(OUTPUT_NAMES["project"])
-    created = [d for d in (out, *out.parents) if not d.exists()]  # the folders this run creates, deepest first
+    created = _missing_folders(out)  # the folders this run creates, deepest first
     _check_outputs(out, names, overwrite, resume)
     xr_tmp = None
     try:

@@ -441,3 +441,15 @@ def test_threads_apply_to_the_run_only_and_bad_options_fail_before_reading(tmp_p
     with pytest.raises(InputError, match="--threshold"):
         detect_series([before, after], threshold=1.5, output_dir=tmp_path / "series")
     assert not (tmp_path / "series").exists()
+
+
+@pytest.mark.parametrize(("name", "value"), [("CHANGEDET_GDAL_CACHE_MB", "256.5"), ("CHANGEDET_GDAL_CACHE_MB", "abc"),
+                                             ("CHANGEDET_GDAL_THREADS", "two"), ("CHANGEDET_GDAL_THREADS", "0")])
+def test_documented_environment_variables_that_are_not_counts_are_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=f"{name}='{value}' is not a whole number >= 1"):
+        detect(before, after, method="cva", output_dir=tmp_path / "out")
+    monkeypatch.setenv(name, "64")
+    assert detect(before, after, method="cva", output_dir=tmp_path / "ok", quicklook=False).paths["change"].exists()

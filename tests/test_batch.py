@@ -325,3 +325,58 @@ def test_cli_starts_its_own_local_cluster_and_prints_the_dashboard(tmp_path: Pat
     report = json.loads(result.stdout)
     assert report["workers"] == 2 and report["counts"]["done"] == 2
     assert report["dashboard"].startswith("http://")
+
+
+def test_detect_options_are_checked_before_any_cluster_is_used(tmp_path: Path) -> None:
+    """An unknown model, a CUDA device that is not there or a threshold out of range used to start the cluster and
+    fail every pair (with retries): now an error before the client is touched (client=None here)."""
+    from changedet.errors import UnknownModelError
+
+    pairs = [BatchPair("p", "before.tif", "after.tif")]
+    with pytest.raises(UnknownModelError, match="nosuchmodel"):
+        run_batch(pairs, tmp_path / "out", client=None, model="nosuchmodel")
+    for bad, text in [({"threshold": 2.0}, "--threshold"), ({"overlap": -1}, "--overlap"),
+                      ({"tta": "nope"}, "test-time augmentation")]:
+        with pytest.raises(InputError, match=text):
+            run_batch(pairs, tmp_path / "out", client=None, **bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_report_that_cannot_be_written_is_an_output_error_or_a_warning(tmp_path: Path) -> None:
+    from changedet.distributed import BatchReport
+    from changedet.errors import ChangedetWarning, OutputError
+
+    report = BatchReport(tmp_path / "gone" / "batch-report.json", {"started": "now"},
+                         [{"name": "p", "status": "done"}])
+    with pytest.raises(OutputError, match="cannot write the batch report"):
+        report.write()  # before the pairs start: the batch stops (exit 1), nothing is running yet
+    with pytest.warns(ChangedetWarning, match="the pairs go on"):
+        report.write_or_warn()  # while pairs run: they go on, and the exit code says the batch is not clean
+    assert report.exit_code == 1 and report.write_error is not None
+    (tmp_path / "gone").mkdir()
+    report.write_or_warn()
+    assert report.exit_code == 0 and json.loads(report.path.read_text())["counts"]["done"] == 1
+
+
+def test_ctrl_c_in_a_batch_says_what_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import types
+
+    import changedet.distributed as dist
+
+    @contextlib.contextmanager
+    def fake_client(*_a: object, **_k: object):  # type: ignore[no-untyped-def]
+        yield types.SimpleNamespace(scheduler_info=lambda: {"workers": {}},
+                                    scheduler=types.SimpleNamespace(address="inproc://test"))
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dist, "open_client", fake_client)
+    monkeypatch.setattr(dist, "run_batch", interrupted)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("before,after\na.tif,b.tif\n")
+    res = CliRunner().invoke(cli, ["batch", str(csv), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 130
+    assert "run the same command again to continue" in res.output
+    assert "no partial output was left behind" not in res.output

@@ -215,3 +215,32 @@ def test_stack_command(runner: CliRunner, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "is a directory; give a file name" in res.output
     res = runner.invoke(cli, ["stack", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.tif")])
     assert res.exit_code == 2 and "not a folder" in res.output
+
+
+def test_gdal_virtual_paths_reach_gdal_as_given(runner: CliRunner, tmp_path: Path) -> None:
+    """click.Path collapsed the // of an absolute /vsizip/ path (and https:// in /vsicurl/): `info` said
+    "not a raster format GDAL can read" for a path gdalinfo opens."""
+    import zipfile
+
+    from changedet.cli._common import RASTER
+
+    before, _ = make_pair(tmp_path, "aligned", size=64)
+    with zipfile.ZipFile(tmp_path / "pair.zip", "w") as z:
+        z.write(before, "before.tif")
+    vsi = f"/vsizip/{tmp_path / 'pair.zip'}/before.tif"  # /vsizip//tmp/... for an absolute archive path
+    assert vsi.startswith("/vsizip//")
+    res = runner.invoke(cli, ["info", vsi, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["width"] == 64
+    assert RASTER.convert("/vsicurl/https://host/a.tif", None, None) == "/vsicurl/https://host/a.tif"
+    assert RASTER.convert("a/../b.tif", None, None) == Path("a/../b.tif")
+
+
+def test_a_path_too_long_for_the_file_system_is_a_clear_error(runner: CliRunner, tmp_path: Path) -> None:
+    long = "x" * 300  # over the 255 bytes a file name may have: ENAMETOOLONG, which used to be a traceback
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    res = runner.invoke(cli, ["info", str(tmp_path / f"{long}.tif")])
+    assert res.exit_code == 2 and "cannot be opened (File name too long)" in res.output
+    res = runner.invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / long), "--method", "cva"])
+    assert res.exit_code == 1 and "cannot write there (File name too long)" in res.output
+    assert "Traceback" not in res.output

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -38,6 +40,24 @@ def run_guarded(fn: Callable[[], T]) -> T:
     except KeyboardInterrupt as exc:
         click.echo("interrupted: no partial output was left behind", err=True)
         sys.exit(exit_code_for(exc))
+
+
+class RasterPath(click.ParamType):
+    """A raster argument: a local path (``pathlib.Path``), or GDAL's virtual file systems and URLs kept as the text
+    given (``click.Path`` turned ``/vsizip//abs/path.zip/x.tif`` into ``/vsizip/abs/...`` and ``/vsicurl/https://``
+    into ``https:/``, which GDAL then could not open)."""
+
+    name = "raster"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, Path):
+            return value
+        text = os.fspath(value)
+        return text if text.startswith("/vsi") or "://" in text else Path(text)
+
+
+#: The type of every raster argument of the CLI.
+RASTER = RasterPath()
 
 
 def echo_json(obj: Any) -> None:

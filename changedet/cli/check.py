@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from changedet.cli._common import echo_json
+from changedet.cli._common import RASTER, echo_json
 
 
 def parse_indexes(text: str | None) -> list[int] | tuple[list[int], list[int]] | None:
@@ -94,8 +94,8 @@ def _default_model(before: Path, after: Path, report: Any) -> dict[str, Any] | N
 
 
 @click.command("check")
-@click.argument("before", type=click.Path(path_type=Path))
-@click.argument("after", type=click.Path(path_type=Path))
+@click.argument("before", type=RASTER)
+@click.argument("after", type=RASTER)
 @click.option(
     "--indexes",
     default=None,

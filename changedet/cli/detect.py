@@ -7,7 +7,7 @@ from typing import Any, get_args
 
 import click
 
-from changedet.cli._common import echo_json, quiet
+from changedet.cli._common import RASTER, echo_json, quiet
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from changedet.types import TTA
 
@@ -28,7 +28,7 @@ def _indexes(
 
 
 @click.command("detect")
-@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("rasters", nargs=-1, required=True, type=RASTER)
 @click.option("-o", "--output-dir", required=True, type=click.Path(path_type=Path), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, help="Bundled model name, checkpoint path, or architecture (with --checkpoint). Default: chosen from band count and pixel size.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint (.safetensors + .json) for an architecture named with --model.")

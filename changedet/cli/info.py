@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from changedet.cli._common import echo_json
+from changedet.cli._common import RASTER, echo_json
 
 
 @click.command("info")
-@click.argument("raster", type=click.Path(path_type=Path))
+@click.argument("raster", type=RASTER)
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON on stdout.")
 def command(raster: Path, as_json: bool) -> None:
     """Describe RASTER: size, bands and their names, CRS, pixel size (also in metres), bounds, nodata,

@@ -322,19 +322,24 @@ def open_raster(path: PathLike, *, max_samples: int | None = None, probe: bool =
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(unsupported_input_message(path))
     text = os.fspath(path)
-    is_vsi = text.startswith("/vsi")
+    is_vsi = text.startswith("/vsi") or "://" in text  # GDAL's virtual file systems and URLs (https://, s3://)
     p = Path(text)
     if not is_vsi:
-        if p.is_dir():
-            raise RasterReadError(
-                f"{text}: is a directory, not a raster. Pass a raster file; to combine a folder of single-band "
-                f"files into one raster run `changedet stack {text} -o stacked.tif`."
-            )
-        if not p.exists():
-            hint = "" if p.is_absolute() else f" (relative paths start at {Path.cwd()})"
-            raise RasterReadError(f"{text}: no such file. Check the path{hint}.")
-        if p.is_file() and p.stat().st_size == 0:
-            raise RasterReadError(f"{text}: the file is empty (0 bytes). Re-download or re-export it.")
+        try:
+            if p.is_dir():
+                raise RasterReadError(
+                    f"{text}: is a directory, not a raster. Pass a raster file; to combine a folder of single-band "
+                    f"files into one raster run `changedet stack {text} -o stacked.tif`."
+                )
+            if not p.exists():
+                hint = "" if p.is_absolute() else f" (relative paths start at {Path.cwd()})"
+                raise RasterReadError(f"{text}: no such file. Check the path{hint}.")
+            if p.is_file() and p.stat().st_size == 0:
+                raise RasterReadError(f"{text}: the file is empty (0 bytes). Re-download or re-export it.")
+        except OSError as exc:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+            if isinstance(exc, RasterReadError):
+                raise
+            raise RasterReadError(f"{text}: cannot be opened ({exc.strerror or exc}). Check the path.") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)

@@ -135,6 +135,7 @@ def detect_series(
         _check_options,
         _check_outputs,
         _checked_tta,
+        _missing_folders,
         _resolve_for_input,
         _sample_for_fit,
         output_folder_lock,
@@ -198,7 +199,7 @@ def detect_series(
         names.append(SERIES_OUTPUT_NAMES["quicklook"])
     if qgis_project:
         names.append(SERIES_OUTPUT_NAMES["project"])
-    created = [d for d in (out, *out.parents) if not d.exists()]  # the folders this run creates, deepest first
+    created = _missing_folders(out)  # the folders this run creates, deepest first
     _check_outputs(out, names, overwrite, False)  # fails early (clash, not writable)
     _remove_empty_folders(created)  # made again when the outputs are staged: a failed run leaves no folder
     failed = True
