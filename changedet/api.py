@@ -626,6 +626,13 @@ def _resolve_for_input(model: Any, checkpoint: Any, info: Any, select: Any, sour
     from changedet.models.bundled import resolve_model
 
     pixel = _pixel_metres(info)
+    if select:  # out-of-range bands first: `--indexes 20` is not "no bundled model takes 1 bands"
+        from changedet.errors import PairMismatchError
+
+        bad = [i for i in (select[0] if _is_pair_form(select) else select) if not 1 <= int(i) <= info.count]
+        if bad:
+            raise PairMismatchError(f"{source}: band index {bad} out of range; it has {info.count} band(s) and "
+                                    f"indexes are 1-based (1..{info.count}).")
     n_in = _n_selected(select) if select else info.count
     peek = _peek_meta(model, checkpoint, n_in, pixel, None if select else info)
     if peek is not None:  # match the checkpoint's bands by name before loading it

@@ -220,6 +220,13 @@ def test_report_names_the_checkpoint_file_even_when_it_carries_a_bundled_name(tm
     assert bundled["checkpoint"] == "s2-rgb" and bundled["weights_sha256"] not in (None, sha)
 
 
+def test_an_index_out_of_range_is_said_before_any_model_is_chosen(tmp_path: Path) -> None:
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=13)
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "out"), "--indexes", "20"])
+    assert res.exit_code == 2
+    assert "band index [20] out of range; it has 13 band(s)" in res.output  # not "no bundled model takes 1 bands"
+
+
 def test_band_count_mismatch_names_both_numbers(tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=64, bands=4)
     ckpt = _checkpoint(tmp_path, ["a", "b", "c"])
