@@ -41,6 +41,7 @@ __all__ = [
     "confusion_matrix",
     "evaluate_paths",
     "f1_optimal_threshold",
+    "label_nodata_class",
     "otsu_threshold",
     "pair_files",
     "pool",
@@ -372,6 +373,54 @@ def binarize_truth(
     return change, known
 
 
+def label_nodata_class(
+    nodata: float | None,
+    found: Iterable[float],
+    *,
+    change_values: Sequence[float] | None = None,
+    no_change_values: Sequence[float] | None = None,
+) -> str | None:
+    """The class (``"change"`` or ``"no change"``) that a label raster's nodata value stands for, or None when it
+    stands for none and may mean "unknown".
+
+    A label tagged ``nodata=0`` (what ``gdal_rasterize -a_nodata 0`` and QGIS write for 0/255 or 0/1 masks) would
+    otherwise lose its whole "no change" class. With ``change_values``, the classes are those values and
+    ``no_change_values`` (default: 0, as every non-change value is no change); without them, 0 is "no change", except
+    in OSCD's 1/2 labels (``found``, the values of the label's other pixels, hold 2 and nothing but 1 and 2), where
+    0 means unknown.
+
+    >>> label_nodata_class(0, {255.0})
+    'no change'
+    >>> label_nodata_class(255, {0.0, 1.0}) is None  # changedet's own change.tif: 0/1, nodata 255
+    True
+    >>> label_nodata_class(0, {1.0, 2.0}) is None  # OSCD: 0 is unknown
+    True
+    >>> label_nodata_class(255, {0.0}, change_values=[255])
+    'change'
+    """
+    if nodata is None or not math.isfinite(float(nodata)):
+        return None
+    nd = float(nodata)
+    if change_values is not None:
+        if nd in {float(v) for v in change_values}:
+            return "change"
+        no_change = {0.0} if no_change_values is None else {float(v) for v in no_change_values}
+        return "no change" if nd in no_change else None
+    if no_change_values is not None:
+        return "no change" if nd in {float(v) for v in no_change_values} else None
+    values = {float(v) for v in found}
+    return "no change" if nd == 0.0 and not (2.0 in values and values <= {1.0, 2.0}) else None
+
+
+def label_nodata_message(path: str | Path, nodata: float, cls: str) -> str:
+    """The warning given when a label's nodata value is read as a class (:func:`label_nodata_class`)."""
+    return (
+        f"{path}: its nodata value {nodata:g} is also the label's {cls!r} value, so it is read as {cls}, not as "
+        f"unknown (as nodata, it would remove the {cls} class); to mark unknown pixels, give them a value of their "
+        f"own and tag that as nodata (or remove the tag: gdal_edit.py -unsetnodata {Path(path).name})"
+    )
+
+
 def pair_files(
     pred: str | Path, truth: str | Path, *, probability: bool = False
 ) -> list[tuple[Path, Path]]:
@@ -436,8 +485,8 @@ def pair_files(
     return [(preds[k], truths[k]) for k in common]
 
 
-def _read_band(path: Path) -> tuple[np.ndarray, np.ndarray, Any, Any]:
-    """Read band 1 of a raster: (data, valid mask from nodata, crs, transform)."""
+def _read_band(path: Path) -> tuple[np.ndarray, np.ndarray, Any, Any, float | None]:
+    """Read band 1 of a raster: (data, valid mask from nodata, crs, transform, nodata value)."""
     import warnings
 
     import rasterio
@@ -450,6 +499,7 @@ def _read_band(path: Path) -> tuple[np.ndarray, np.ndarray, Any, Any]:
                 data = ds.read(1, masked=True)
                 crs, transform = ds.crs, ds.transform
                 count = ds.count
+                nodata = ds.nodata
     except RasterioIOError as exc:
         from changedet.errors import RasterReadError
 
@@ -462,7 +512,7 @@ def _read_band(path: Path) -> tuple[np.ndarray, np.ndarray, Any, Any]:
     values = np.ma.getdata(data)
     if np.issubdtype(values.dtype, np.floating):
         valid &= np.isfinite(values)
-    return values, valid, crs, transform
+    return values, valid, crs, transform, nodata
 
 
 def evaluate_paths(
@@ -484,7 +534,9 @@ def evaluate_paths(
     truth : path
         The reference raster(s): non-zero is change unless ``truth_change_values`` says which values are; a truth
         holding only 1 and 2 is read as OSCD's labels (1 no change, 2 change), with a warning, and so is a truth of
-        1s only beside such truths (an OSCD scene without change).
+        1s only beside such truths (an OSCD scene without change). Its nodata pixels are left out, unless the nodata
+        value is a class (:func:`label_nodata_class`: a 0/255 truth tagged ``nodata=0``), read as that class with
+        a warning.
     threshold : float, optional
         Predict change where the prediction value is >= threshold (for probability rasters).
     ignore_value : float, optional
@@ -502,10 +554,23 @@ def evaluate_paths(
     matrices: list[ConfusionMatrix] = []
     oscd_labels: list[str] = []
     ones_only: list[int] = []  # rows whose truth holds only 1s: OSCD's "no change" when the others are OSCD
+    nodata_warned: set[Path] = set()  # truths whose nodata value is a class, warned about once
 
     def score(pred_path: Path, truth_path: Path, oscd: bool | None) -> tuple[dict[str, Any], ConfusionMatrix, bool]:
-        p, p_valid, p_crs, p_transform = _read_band(pred_path)
-        t, t_valid, t_crs, t_transform = _read_band(truth_path)
+        p, p_valid, p_crs, p_transform, _ = _read_band(pred_path)
+        t, t_valid, t_crs, t_transform, t_nodata = _read_band(truth_path)
+        if t_nodata is not None and not t_valid.all():
+            cls = label_nodata_class(t_nodata, np.unique(t[t_valid]), change_values=truth_change_values,
+                                     no_change_values=truth_no_change_values)
+            if cls is not None:  # a 0/255 truth tagged nodata=0: its "no change" pixels are not unknown
+                import warnings
+
+                from changedet.errors import ChangedetWarning
+
+                if truth_path not in nodata_warned:
+                    nodata_warned.add(truth_path)
+                    warnings.warn(label_nodata_message(truth_path, t_nodata, cls), ChangedetWarning, stacklevel=3)
+                t_valid = t_valid | (t == t_nodata)
         if p.shape != t.shape:
             raise InputError(
                 f"{pred_path}: {p.shape[1]}x{p.shape[0]} pixels but the truth {truth_path} has "

@@ -10,11 +10,15 @@ arguments. A run:
    the contrastive/triplet losses of metric models, optionally with online hard example mining);
 3. after each epoch predicts the *whole* validation scenes (one forward pass per scene, overlap-tiled above
    ``val_tile_size``), records pooled metrics at 0.5 and at the F1-optimal threshold in ``metrics.csv`` and
-   ``curves.png``, keeps the best weights by validation F1 and stops after ``patience`` epochs without progress;
+   ``curves.png``, keeps the best weights by validation F1 (by validation loss where the validation scenes hold no
+   change, with a warning) and stops after ``patience`` epochs without progress;
 4. calibrates the decision threshold on the validation scenes (F1-optimal on the precision-recall curve, or Otsu),
    plots ``pr_curve.png`` and writes the checkpoint ``<out>/<name>.safetensors`` + ``<name>.json`` with band names,
-   normalisation, pixel size, threshold, metrics at the calibrated threshold and at 0.5, the configuration and the
-   data split.
+   normalisation, pixel size, threshold, metrics at the calibrated threshold and at 0.5, the configuration (with
+   absolute paths) and the data split.
+
+Every output is written into the hidden ``<out>/.changedet-staging-<pid>/`` folder (``metrics.csv`` there after
+each epoch) and moved into ``out`` once all are complete: an interrupted or failed run leaves ``out`` as it was.
 
 On the CPU the run is deterministic for a given ``seed`` (torch and numpy generators seeded, deterministic
 algorithms requested). Progress goes to a callback (``progress=True`` shows a tqdm bar on stderr); nothing is printed.
@@ -34,7 +38,9 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +62,7 @@ from changedet.calibration import (
 )
 from changedet.data.augment import Augment
 from changedet.data.generic import Scene
-from changedet.data.sampling import ChipDataset, PreparedScene, prepare_scenes
+from changedet.data.sampling import ChipDataset, PreparedScene, parse_normalization, prepare_scenes
 from changedet.ddp import (
     DEFAULT_TIMEOUT,
     DistContext,
@@ -70,7 +76,7 @@ from changedet.ddp import (
     run_on_main,
     state_dict_digest,
 )
-from changedet.errors import InputError, OutputExistsError
+from changedet.errors import ChangedetWarning, InputError, OutputExistsError
 from changedet.evaluation import confusion_matrix, f1_optimal_threshold, pool
 
 log = logging.getLogger(__name__)
@@ -382,6 +388,41 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _staging(out: Path, main: bool) -> Iterator[Path]:
+    """The hidden folder ``out/.changedet-staging-<pid>`` where a run writes ``metrics.csv`` each epoch and its
+    outputs at the end, before they are moved into ``out``; removed on exit whatever happens, with ``out`` itself
+    when this run created it and left it empty (an interrupted or failed run leaves nothing behind). Only the main
+    process touches the disk (the staging folders of killed runs are removed by :func:`_remove_stale_staging`)."""
+    staging = out / f".changedet-staging-{os.getpid()}"
+    created = main and not out.exists()
+    try:
+        yield staging
+    finally:
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only if empty
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders left in ``out`` by runs that were killed (their process no longer exists)."""
+    for item in out.glob(".changedet-staging-*"):
+        try:
+            pid = int(item.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(item, ignore_errors=True)
+        except OSError:  # alive but not ours, or no way to tell: leave it
+            continue
+
+
 def _curves_figure(history: list[dict[str, Any]], best_epoch: int) -> Any:
     """The training-curve figure: losses per epoch, validation scores at the epochs that were validated."""
     from matplotlib.figure import Figure
@@ -556,6 +597,81 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
+def _class_counts(scenes: Sequence[Scene]) -> tuple[int, int]:
+    """(changed, unchanged) valid labelled pixels of scenes."""
+    changed = unchanged = 0
+    for s in scenes:
+        if s.label is None:
+            continue
+        n_valid = int(np.count_nonzero(s.valid))
+        n_changed = int(np.count_nonzero(s.label[s.valid]))
+        changed += n_changed
+        unchanged += n_valid - n_changed
+    return changed, unchanged
+
+
+def _scene_names(scenes: Sequence[Scene], limit: int = 5) -> str:
+    names = [s.name for s in scenes]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _no_change_message(scenes: Sequence[Scene], dataset: Mapping[str, Any] | None) -> str:
+    """Why the training scenes hold no changed pixel: the label values found and the change_values that match none."""
+    from changedet.data.generic import _label_values
+
+    files = [Path(str(s.meta["label"])) for s in scenes if s.meta.get("label")][:5]
+    found: set[float] = set()
+    for f in files:
+        with contextlib.suppress(InputError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found |= _label_values(f)
+    shown = "{" + ", ".join(f"{v:g}" for v in sorted(found)[:10]) + (", ..." if len(found) > 10 else "") + "}"
+    where = f" ({', '.join(str(f) for f in files[:3])}{' ...' if len(files) > 3 else ''})" if files else ""
+    change_values = dataset.get("change_values") if isinstance(dataset, Mapping) else None
+    head = f"the training scenes ({_scene_names(scenes)}) hold no changed pixel, so there is nothing to learn"
+    if change_values is not None:
+        values = f" {shown}{where}" if files else ""
+        return (f"{head}: change_values {change_values} matches none of their labels' values{values}; set "
+                "change_values to the value(s) that mark change" + (f" (e.g. [{max(found):g}])" if found - {0.0} else ""))
+    if files:
+        return (f"{head}: their labels hold only the values {shown}{where}, read as no change; check the labels, "
+                "or say which values are change with change_values")
+    return f"{head}: every labelled pixel is 0 (no change); give scenes whose labels hold change"
+
+
+def _check_label_classes(train: Sequence[Scene], val: Sequence[Scene], dataset: Mapping[str, Any] | None) -> bool:
+    """Check that the splits' labels hold both classes: an :class:`InputError` when the training scenes hold no
+    changed pixel, a :class:`~changedet.errors.ChangedetWarning` when a split holds one class only. Returns whether
+    the validation scenes hold change (else their F1 is undefined and the epoch is chosen by validation loss)."""
+    changed, unchanged = _class_counts(train)
+    if changed == 0:
+        raise InputError(_no_change_message(train, dataset))
+    if unchanged == 0:
+        warnings.warn(
+            f"the training scenes ({_scene_names(train)}) hold only changed pixels, no unchanged one: check the "
+            "labels (a label tagged with nodata 0 loses its no-change class) and change_values", ChangedetWarning,
+            stacklevel=3,
+        )
+    if not val:
+        return True
+    changed, unchanged = _class_counts(val)
+    if changed == 0:
+        warnings.warn(
+            f"the validation scenes ({_scene_names(val)}) hold no changed pixel: their F1 is undefined, so the "
+            "best epoch is chosen by validation loss and the threshold is not calibrated (0.5); add a validation "
+            "scene with change (val_names...) for F1-based selection and calibration", ChangedetWarning,
+            stacklevel=3,
+        )
+        return False
+    if unchanged == 0:
+        warnings.warn(
+            f"the validation scenes ({_scene_names(val)}) hold only changed pixels, no unchanged one: their scores "
+            "and the calibrated threshold say little; check the labels (a label tagged with nodata 0 loses its "
+            "no-change class) and change_values", ChangedetWarning, stacklevel=3,
+        )
+    return True
+
+
 def _auto_pos_weight(ds: ChipDataset, cap: float) -> float:
     pos = neg = 0
     scenes = ds.scenes
@@ -631,9 +747,14 @@ def train(
     Parameters
     ----------
     out : path
-        Output folder: ``<name>.safetensors``, ``<name>.json``, ``metrics.csv``, ``curves.png``, ``pr_curve.png``.
+        Output folder: ``<name>.safetensors``, ``<name>.json``, ``metrics.csv``, ``curves.png``, ``pr_curve.png``,
+        moved there from a hidden staging folder once all are written (``metrics.csv`` is updated in
+        ``<out>/.changedet-staging-<pid>/`` during the run); an interrupted or failed run leaves nothing behind.
     dataset : mapping, optional
-        A dataset spec for :func:`changedet.data.load_dataset` (``type: oscd|airchange|folders|list`` ...).
+        A dataset spec for :func:`changedet.data.load_dataset` (``type: oscd|airchange|folders|list`` ...); its
+        relative paths are resolved against ``config_base`` (else the current folder) and recorded absolute. The
+        training scenes must hold changed pixels (else an :class:`InputError` naming the label values found and
+        ``change_values``); a split of one class only gives a :class:`~changedet.errors.ChangedetWarning`.
     train_scenes, val_scenes : sequence of Scene, optional
         In-memory scenes instead of ``dataset`` (e.g. synthetic data). Without validation scenes there is no early
         stopping and the threshold is calibrated on the training scenes (recorded in the checkpoint).
@@ -659,9 +780,12 @@ def train(
     augment : bool or mapping
         ``True`` (flips and 90-degree rotations), ``False``, or ``{flips, rotations, date_swap, gain, offset}``.
     normalization : str or mapping
-        ``"scene"`` (per-date z-score) or ``"fixed"`` (statistics from the training scenes, or given mean/std).
+        ``"scene"`` (per-date z-score) or ``"fixed"`` (statistics from the training scenes, or given mean/std:
+        ``{mode: fixed, mean: [...], std: [...]}``, both or neither; other keys are errors).
     patience : int, optional
-        Stop after this many validations without a better validation F1 (None: never).
+        Stop after this many validations without a better validation F1 (None: never; at least 1). Where the
+        validation scenes hold no changed pixel (F1 undefined) the best epoch is the one with the lowest validation
+        loss (the last one for metric losses), recorded as ``training.best_epoch_by`` in the checkpoint.
     min_epochs, val_every, val_tile_size : validation schedule and the tile size of whole-scene prediction.
     ema : float, optional
         Decay of an exponential moving average of the weights (e.g. ``0.99``: a horizon of about 100 optimiser
@@ -697,14 +821,15 @@ def train(
     description, checkpoint_name : str
         Stored in the checkpoint (``checkpoint_name`` is the short model name, e.g. ``s2-13band``).
     overwrite : bool
-        Replace the outputs of an earlier run in ``out``.
+        Replace the outputs of an earlier run in ``out`` (its plots are removed when this run writes none).
     plots : bool
         Write ``curves.png`` and ``pr_curve.png``.
     progress : bool or callable, optional
         ``True`` for a tqdm bar on stderr, or a callback receiving event dicts (``start``, ``step``, ``epoch``,
         ``end``).
     config_base : path, optional
-        Folder against which relative dataset paths are resolved (the config file's folder).
+        Folder against which relative dataset paths are resolved (the config file's folder; default: the current
+        folder).
     distributed : bool, optional
         Data-parallel training with ``torch.distributed`` (see Notes). ``None`` (default): when launched by
         ``torchrun`` with more than one process (or inside a process group of several ranks the caller created);
@@ -760,6 +885,9 @@ def train(
                             ("val_tile_size", val_tile_size, 2 * 64 + 1)):  # predict_scene's overlap is 64
         if not isinstance(value, int) or value < low:
             raise InputError(f"{key} must be an integer >= {low}, got {value!r}")
+    parse_normalization(normalization)  # unknown keys, a mean without a std...: before anything is read
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise InputError(f"patience must be >= 1 or null (never stop early), got {patience!r}")
     if lr <= 0:
         raise InputError(f"lr must be > 0, got {lr}")
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 < ema < 1.0):
@@ -769,6 +897,13 @@ def train(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; give a folder path as out (--out)")
+    # the checkpoint records absolute paths, so that `changedet calibrate` finds the data again from any folder
+    config["out"] = str(out.absolute())
+    config["config_base"] = str(Path(config_base).expanduser().resolve()) if config_base is not None else str(Path.cwd())
+    if isinstance(dataset, Mapping):
+        from changedet.data.spec import resolve_paths
+
+        dataset = config["dataset"] = resolve_paths(dataset, config_base)
     weights_path, json_path = checkpoint_paths(out / name)
     outputs = [weights_path, json_path, out / "metrics.csv", out / "curves.png", out / "pr_curve.png"]
     dev = torch.device(device)
@@ -777,9 +912,13 @@ def train(
     if ddp_backend is not None:
         _check_choice("ddp_backend", ddp_backend, ("gloo", "nccl"))
 
-    with distributed_context(dev, enabled=distributed, backend=ddp_backend, timeout=ddp_timeout) as dctx:
+    with (
+        distributed_context(dev, enabled=distributed, backend=ddp_backend, timeout=ddp_timeout) as dctx,
+        _staging(out, dctx is None or dctx.is_main) as staging,
+    ):
         # In a distributed run (torchrun) every rank runs this function on the same data with the same seed; rank 0
-        # alone checks and writes the outputs (run_on_main hands its result or its error to every rank).
+        # alone checks and writes the outputs (run_on_main hands its result or its error to every rank), first into
+        # the staging folder, moved into `out` once complete.
         main = dctx is None or dctx.is_main
         world = 1 if dctx is None else dctx.world_size
         if dctx is not None:
@@ -824,6 +963,7 @@ def train(
             raise InputError("no training data: give dataset (a spec mapping) or train_scenes")
         if not train_list:
             raise InputError("the dataset holds no training scene")
+        val_has_change = _check_label_classes(train_list, val_list, dataset)
         calibrated_on = "val"
         if not val_list:
             log.warning("no validation scenes: no early stopping; the threshold is calibrated on the training scenes")
@@ -951,10 +1091,19 @@ def train(
             # the weights that are validated, calibrated and saved: the moving average's copy, or the network's
             eval_net: nn.Module = ema_net.module if ema_net is not None else net  # type: ignore[assignment]
             best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(eval_net.state_dict())
+            # the best epoch: by validation F1, or where the validation scenes hold no change (F1 undefined) by
+            # validation loss, or (metric losses, which are not computed on whole scenes) the last epoch
+            select_by = "f1" if val_has_change else ("last" if metric_loss else "val_loss")
             stale = 0
             epoch = 0
             chips_seen = 0
-            run_on_main(lambda: out.mkdir(parents=True, exist_ok=True), dctx)
+
+            def make_folders() -> None:
+                out.mkdir(parents=True, exist_ok=True)
+                _remove_stale_staging(out)
+                staging.mkdir(exist_ok=True)
+
+            run_on_main(make_folders, dctx)
             try:
                 for epoch in range(1, epochs + 1):
                     t0 = time.perf_counter()
@@ -1016,7 +1165,12 @@ def train(
 
                         row.update(run_on_main(val_fields, dctx))  # the same metrics, so the same decision
                         row["val_seconds"] = round(time.perf_counter() - t1, 3)
-                        score = row["val_f1_best"] if row["val_f1_best"] is not None else -1.0
+                        if select_by == "f1":
+                            score = row["val_f1_best"] if row["val_f1_best"] is not None else -1.0
+                        elif select_by == "val_loss" and row.get("val_loss") is not None:
+                            score = -float(row["val_loss"])
+                        else:
+                            score = float(epoch)
                         if score > best_score:
                             best_score, best_epoch, best_state = score, epoch, copy.deepcopy(eval_net.state_dict())
                             improved, stale = True, 0
@@ -1026,11 +1180,12 @@ def train(
                         best_epoch, best_state = epoch, copy.deepcopy(eval_net.state_dict())
                     row["best"] = improved
                     history.append(row)
-                    run_on_main(lambda: _write_csv(out / "metrics.csv", history), dctx)
+                    run_on_main(lambda: _write_csv(staging / "metrics.csv", history), dctx)
                     if progress_cb:
                         progress_cb({"event": "epoch", **row})
                     if patience is not None and val_list and stale >= patience and epoch >= min_epochs:
-                        log.info("early stopping at epoch %d (best %d, val F1 %.4f)", epoch, best_epoch, best_score)
+                        log.info("early stopping at epoch %d (best %d by %s)", epoch, best_epoch,
+                                 "validation F1" if select_by == "f1" else "validation loss")
                         break
             finally:
                 if progress_cb:
@@ -1099,6 +1254,7 @@ def train(
                 "data": split_info,
                 "epochs_run": epoch,
                 "best_epoch": best_epoch,
+                "best_epoch_by": select_by if val_list else "last",
                 "pos_weight": pw,
                 "seconds": round(time.perf_counter() - started, 1),
                 "torch": torch.__version__,
@@ -1120,16 +1276,29 @@ def train(
                 name=checkpoint_name or name,
                 description=description,
             )
+            # every output into the staging folder, then moved into `out` (the checkpoint last); the outputs of an
+            # earlier run that this one does not write (plots: false) are removed, as they describe another model
+            _write_csv(staging / "metrics.csv", history)
             files = {"metrics": str(out / "metrics.csv")}
             if plots:
                 if history:
-                    _plot_curves(out / "curves.png", history, best_epoch)
+                    _plot_curves(staging / "curves.png", history, best_epoch)
                     files["curves"] = str(out / "curves.png")
-                plot_pr_curve(calibration, out / "pr_curve.png",
+                plot_pr_curve(calibration, staging / "pr_curve.png",
                               title=f"{model}: precision-recall on {calibrated_on} ({', '.join(metrics['scenes'][:4])})")
                 files["pr_curve"] = str(out / "pr_curve.png")
             cpu_net = net.to("cpu").to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-            checkpoint = save_checkpoint(cpu_net, out / name, meta, overwrite=True)
+            staged_weights, staged_json = checkpoint_paths(save_checkpoint(cpu_net, staging / name, meta,
+                                                                          overwrite=True))
+            for key in ("metrics", "curves", "pr_curve"):
+                if key in files:
+                    os.replace(staging / Path(files[key]).name, files[key])
+            os.replace(staged_weights, weights_path)
+            os.replace(staged_json, json_path)
+            for key, file_name in (("curves", "curves.png"), ("pr_curve", "pr_curve.png")):
+                if key not in files:
+                    (out / file_name).unlink(missing_ok=True)
+            checkpoint = weights_path
             files["checkpoint"] = str(checkpoint)
             summary = {"checkpoint": str(checkpoint), "out": str(out), "threshold": float(calibration.threshold),
                        "metrics": metrics, "files": files}
@@ -1293,7 +1462,8 @@ def _checkpoint_probabilities(
             )
         if scene.label is None:
             raise InputError(f"{scene.meta.get('before') or scene.name}: no label; calibration needs labelled scenes")
-    prepared, _ = prepare_scenes(val_scenes, normalization=meta.normalization)
+    norm = {k: v for k, v in (meta.normalization or {}).items() if k in ("mode", "mean", "std")}
+    prepared, _ = prepare_scenes(val_scenes, normalization=norm)
     with _torch_settings(threads, True, dev):
         net = net.to(dev)
         _, probs, _ = _validate(net, prepared, None, dev, int(config.get("val_tile_size") or 1024), False)

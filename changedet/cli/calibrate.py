@@ -15,8 +15,9 @@ from changedet.cli._common import echo_json
               help="Where to write the calibrated checkpoint (.safetensors; its .json is written beside it).")
 @click.option("--scenes", "scenes", type=click.Path(path_type=Path), default=None,
               help="Calibrate on these labelled scenes instead of the checkpoint's validation split: a CSV or YAML "
-                   "list with columns name, before, after, label (paths relative to the list; binary labels 0/1, "
-                   "0/255 or OSCD's 1/2, their nodata ignored): the `list` dataset of `changedet train`.")
+                   "list (UTF-8) with columns name, before, after, label (paths relative to the list; binary labels "
+                   "0/1, 0/255 or OSCD's 1/2, their nodata pixels left out unless nodata is a class value, such as 0 "
+                   "of a 0/255 mask): the `list` dataset of `changedet train`.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (OUT may be CHECKPOINT itself).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, default=None, help="Torch threads (default: torch's).")

@@ -161,8 +161,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str,
     if path is not None:
         if not path.is_file():
             raise InputError(f"{path}: no such config file; give a YAML file of train() keyword arguments")
+        from changedet.data.generic import read_text
+
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(read_text(path, encoding="utf-8-sig", what="config"))
         except yaml.YAMLError as exc:
             raise InputError(f"{path}: not valid YAML ({exc})") from exc
         if loaded is None:

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from changedet.data.generic import Scene, oscd_no_change_labels, read_pair_files
+from changedet.data.generic import Scene, oscd_no_change_labels, read_pair_files, read_text
 from changedet.errors import InputError
 
 __all__ = ["list_folder_pairs", "read_folders"]
@@ -80,7 +80,8 @@ def list_folder_pairs(
         if not list_file.is_file():
             lists = sorted(p.stem for p in (root / "list").glob("*.txt")) if (root / "list").is_dir() else []
             raise InputError(f"{list_file}: no such list; lists present: {', '.join(lists) or 'none'}")
-        names = [Path(line.strip()).stem for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = read_text(list_file, encoding="utf-8-sig", what="list")
+        names = [Path(line.strip()).stem for line in text.splitlines() if line.strip()]
         absent = [n for n in names if n not in present]
         if absent:
             raise InputError(

@@ -18,6 +18,7 @@ A list file names one pair per row, relative paths resolved against the list's f
 from __future__ import annotations
 
 import csv
+import io
 import math
 import warnings
 from collections.abc import Sequence
@@ -30,9 +31,9 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferencedWarning
 from rasterio.warp import Resampling, reproject
 
-from changedet.errors import InputError
+from changedet.errors import InputError, NoOverlapError
 
-__all__ = ["Scene", "read_list", "read_pair_files"]
+__all__ = ["Scene", "read_label_raster", "read_list", "read_pair_files", "read_text"]
 
 
 @dataclass
@@ -168,21 +169,80 @@ def open_dataset(path: str | Path) -> Any:
         return open_raster(Path(path))
 
 
+def read_text(path: str | Path, *, encoding: str = "utf-8", newline: str | None = None, what: str = "file") -> str:
+    """The text of a list or config file; a file in another encoding than UTF-8 (Windows-1252, as Excel's "CSV
+    (Comma delimited)" saves it) is an :class:`~changedet.errors.InputError` that names the file and asks for UTF-8.
+
+    ``encoding="utf-8-sig"`` also drops the byte-order mark of Excel's "CSV UTF-8"; ``newline=""`` keeps line ends
+    as they are (what :mod:`csv` expects).
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding=encoding, newline=newline) as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        how = "in Excel: Save as 'CSV UTF-8'" if path.suffix.lower() == ".csv" else "in a text editor: Save as, UTF-8"
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}, e.g. an accented letter "
+            f"saved as Windows-1252); save the {what} as UTF-8 ({how})"
+        ) from exc
+
+
 def read_raster(path: str | Path) -> tuple[np.ndarray, np.ndarray, Any, Affine, list[str]]:
     """Read all bands of a raster: (float32 (band,row,col), valid (row,col), crs, transform, band names).
 
     ``valid`` is False where any band is nodata or non-finite. Band names are the band descriptions, else
     ``band1, band2, ...``. Non-georeferenced files get ``crs=None`` and the identity transform.
     """
+    values, valid, crs, transform, names, _ = _read_raster(path)
+    return values, valid, crs, transform, names
+
+
+def _read_raster(path: str | Path) -> tuple[np.ndarray, np.ndarray, Any, Affine, list[str], float | None]:
+    """:func:`read_raster` and the file's nodata value."""
     with open_dataset(path) as ds:
         data = ds.read(masked=True)
         crs = ds.crs
         transform = ds.transform if (ds.crs is not None or not ds.transform.is_identity) else Affine.identity()
         names = [d if d else f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+        nodata = ds.nodata
     values = np.ma.getdata(data).astype(np.float32, copy=False)
     valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0), dtype=bool)
     valid &= np.isfinite(values).all(axis=0)
-    return values, valid, crs, transform, [str(n) for n in names]
+    return values, valid, crs, transform, [str(n) for n in names], nodata
+
+
+def read_label_raster(
+    path: str | Path,
+    *,
+    change_values: Sequence[float] | None = None,
+    no_change_values: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, Any, Affine]:
+    """Read a label raster like :func:`read_raster`: (float32 (band,row,col), known (row,col), crs, transform).
+
+    The label's nodata value marks unknown pixels, unless it is one of the label's classes
+    (:func:`changedet.evaluation.label_nodata_class`): a 0/255 mask tagged ``nodata=0`` (``gdal_rasterize -a_nodata
+    0``) keeps its 0s as "no change", with a :class:`~changedet.errors.ChangedetWarning` naming the file, instead of
+    losing its whole no-change class.
+    """
+    from changedet.errors import ChangedetWarning
+    from changedet.evaluation import label_nodata_class, label_nodata_message
+
+    path = Path(path)
+    values, valid, crs, transform, _, nodata = _read_raster(path)
+    if nodata is None or valid.all():
+        return values, valid, crs, transform
+    held = ~valid & np.isfinite(values).all(axis=0) & (values == np.float32(nodata)).any(axis=0)
+    if not held.any():
+        return values, valid, crs, transform
+    band = _label_band(path, values)
+    found = np.unique(band[valid]) if valid.any() else np.zeros(0)
+    cls = label_nodata_class(nodata, found, change_values=change_values, no_change_values=no_change_values)
+    if cls is None:
+        return values, valid, crs, transform
+    warnings.warn(label_nodata_message(path, float(nodata), cls), ChangedetWarning, stacklevel=3)
+    return values, valid | held, crs, transform
 
 
 def reproject_to_grid(
@@ -346,7 +406,10 @@ def read_pair_files(
     """Read one before/after(/label) triple of rasters into a :class:`Scene` on the BEFORE grid.
 
     AFTER is resampled onto the BEFORE grid (bilinear) when the grids differ, and the label (nearest) when its grid
-    differs; non-georeferenced files must then have identical sizes.
+    differs; non-georeferenced files must then have identical sizes. The label's nodata value marks unknown pixels
+    unless it is a label class (a 0/255 mask tagged ``nodata=0``: see :func:`read_label_raster`). A label whose
+    footprint does not overlap BEFORE is a :class:`~changedet.errors.NoOverlapError`; a scene left without any
+    valid labelled pixel gives a :class:`~changedet.errors.ChangedetWarning` naming its files.
     """
     before, after = Path(before), Path(after)
     b, b_valid, crs, transform, names = read_raster(before)
@@ -371,7 +434,9 @@ def read_pair_files(
     lab = None
     if label is not None:
         label = Path(label)
-        lv, l_valid, l_crs, l_transform, _ = read_raster(label)
+        lv, l_valid, l_crs, l_transform = read_label_raster(
+            label, change_values=change_values, no_change_values=no_change_values
+        )
         if not same_grid(shape, transform, crs, lv.shape[1:], l_transform, l_crs):
             if l_crs is None and lv.shape[1:] == shape:
                 pass  # pixel-aligned label without georeferencing (OSCD style)
@@ -381,15 +446,31 @@ def read_pair_files(
                     "the label must be on the BEFORE grid"
                 )
             else:
+                source_shape = lv.shape[1:]
+                had_data = bool(l_valid.any())
                 lv = np.where(l_valid[None], lv, np.nan)
                 lv = reproject_to_grid(lv, l_transform, l_crs, shape, transform, crs, Resampling.nearest)
                 l_valid = np.isfinite(lv).all(axis=0)
                 lv = np.nan_to_num(lv, nan=0.0)
+                if had_data and not l_valid.any():
+                    raise NoOverlapError(
+                        f"{label}: does not overlap {before} (label bounds {_bounds(source_shape, l_transform)} in "
+                        f"{l_crs}, image bounds {_bounds(shape, transform)} in {crs}); its CRS or transform is "
+                        "wrong, or it belongs to another scene"
+                    )
         lab, known = label_from_array(
             _label_band(label, lv), l_valid, change_values=change_values, no_change_values=no_change_values,
             where=str(label),
         )
         valid &= known
+        if not valid.any():
+            from changedet.errors import ChangedetWarning
+
+            warnings.warn(
+                f"{name or before.stem}: no pixel holds data in both {before} and {after} and a known label in "
+                f"{label} (nodata, outside a date's footprint or unknown label values): the scene has nothing to "
+                "train or score on", ChangedetWarning, stacklevel=2,
+            )
     if all(n.startswith("band") for n in names) and not all(n.startswith("band") for n in a_names):
         names = a_names
     scene = Scene(
@@ -407,17 +488,27 @@ def read_pair_files(
     return scene.select_bands(bands) if bands else scene
 
 
+def _bounds(shape: Sequence[int], transform: Affine) -> str:
+    """``(west, south, east, north)`` of a (rows, cols) grid, for messages."""
+    from rasterio.transform import array_bounds
+
+    return "(" + ", ".join(f"{v:.8g}" for v in array_bounds(shape[0], shape[1], transform)) + ")"
+
+
 def _list_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark; spaces around cells and names are dropped
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = [{str(k).strip().lower(): v.strip() if isinstance(v, str) else v for k, v in r.items() if k}
-                    for r in csv.DictReader(fh)]
+        text = read_text(path, encoding="utf-8-sig", newline="", what="list")
+        rows = [{str(k).strip().lower(): v.strip() if isinstance(v, str) else v for k, v in r.items() if k}
+                for r in csv.DictReader(io.StringIO(text, newline=""))]
     elif suffix in (".yaml", ".yml", ".json"):
         import yaml
 
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(read_text(path, encoding="utf-8-sig", what="list"))
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML ({exc})") from exc
         if isinstance(loaded, dict):
             loaded = loaded.get("pairs", loaded.get("scenes"))
         if not isinstance(loaded, list) or not all(isinstance(r, dict) for r in loaded):

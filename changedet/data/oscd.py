@@ -34,6 +34,7 @@ from changedet.data.generic import (
     Scene,
     _band_indexes,
     open_dataset,
+    read_text,
     reproject_to_grid,
     same_grid,
 )
@@ -140,7 +141,7 @@ def _read_dates(city_dir: Path) -> tuple[str | None, str | None]:
     if not path.is_file():
         return None, None
     found: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path, encoding="utf-8-sig", what="dates file").splitlines():
         if ":" in line:
             key, value = (s.strip() for s in line.split(":", 1))
             try:

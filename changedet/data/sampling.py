@@ -20,7 +20,7 @@ inference does. Each scene is normalised once and cached in memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "band_statistics",
     "fixed_statistics",
     "normalize_array",
+    "parse_normalization",
     "prepare_scenes",
 ]
 
@@ -122,16 +123,56 @@ class PreparedScene:
         return s[rows + size, cols + size] - s[rows, cols + size] - s[rows + size, cols] + s[rows, cols]
 
 
-def _normalization_mode(normalization: dict[str, Any] | str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+_NORMALIZATION_KEYS = ("mode", "mean", "std")
+
+
+def parse_normalization(normalization: Any) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """(mode, mean or None, std or None) of a ``normalization`` value, checked: unknown keys, a mean without a std
+    (or the reverse), statistics in ``scene`` mode and std values that are not > 0 are errors naming the problem."""
     if isinstance(normalization, str):
         normalization = {"mode": normalization}
+    if not isinstance(normalization, Mapping):
+        raise InputError(
+            f"normalization must be 'scene', 'fixed' or a mapping {{mode: fixed, mean: [...], std: [...]}}, "
+            f"got {normalization!r}"
+        )
+    unknown = sorted(str(k) for k in normalization if k not in _NORMALIZATION_KEYS)
+    if unknown:
+        raise InputError(
+            f"unknown normalization key(s) {unknown}; known keys: {', '.join(_NORMALIZATION_KEYS)} "
+            "(e.g. {mode: fixed, mean: [...], std: [...]})"
+        )
     mode = normalization.get("mode", "scene")
     if mode not in ("scene", "fixed"):
         raise InputError(f"unknown normalization mode {mode!r}; choose 'scene' or 'fixed'")
-    mean, std = normalization.get("mean"), normalization.get("std")
-    if mode == "fixed" and (not mean or not std):
-        return mode, None, None
-    return mode, (None if not mean else np.asarray(mean, np.float32)), (None if not std else np.asarray(std, np.float32))
+    given: dict[str, np.ndarray | None] = {}
+    for key in ("mean", "std"):
+        value = normalization.get(key)
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            given[key] = None  # absent (a checkpoint's scene entry holds empty lists)
+            continue
+        try:
+            arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError):
+            arr = np.zeros((0, 0))
+        if arr.ndim != 1 or not np.isfinite(arr).all():
+            raise InputError(f"normalization {key} must be a list of numbers, one per band, got {value!r}")
+        given[key] = arr.astype(np.float32)
+    mean, std = given["mean"], given["std"]
+    if mode == "scene" and (mean is not None or std is not None):
+        raise InputError(
+            "normalization mean/std are used only with mode: fixed (mode scene computes each date's own "
+            "statistics); write {mode: fixed, mean: [...], std: [...]} or drop them"
+        )
+    if (mean is None) != (std is None):
+        missing, present = ("std", "mean") if std is None else ("mean", "std")
+        raise InputError(
+            f"normalization {present} given without {missing}; give both (one value per band), or neither to "
+            "compute them from the training scenes"
+        )
+    if std is not None and not (std > 0).all():
+        raise InputError(f"normalization std values must be > 0, got {[float(v) for v in std]}")
+    return mode, mean, std
 
 
 def prepare_scenes(
@@ -147,8 +188,10 @@ def prepare_scenes(
     scenes : sequence of Scene
         Labelled scenes with the same bands.
     normalization : dict or str
-        ``"scene"`` / ``{"mode": "scene"}``, or ``{"mode": "fixed", "mean": [...], "std": [...]}``;
-        ``{"mode": "fixed"}`` without statistics computes them from ``scenes`` (:func:`fixed_statistics`).
+        ``"scene"`` / ``{"mode": "scene"}``, or ``{"mode": "fixed", "mean": [...], "std": [...]}`` (one value per
+        band, std > 0); ``{"mode": "fixed"}`` without statistics computes them from ``scenes``
+        (:func:`fixed_statistics`). Other keys, a mean without a std (or the reverse) and statistics with mode
+        ``scene`` raise :class:`~changedet.errors.InputError`.
     chip_size : int
         Scenes smaller than this are padded (with invalid pixels) at the bottom/right.
 
@@ -167,16 +210,25 @@ def prepare_scenes(
             raise InputError(
                 f"scene {s.name} has bands {s.band_names} but {scenes[0].name} has {names}; use the same bands"
             )
-    mode, mean, std = _normalization_mode(normalization)
-    if mode == "fixed" and mean is None:
-        mean, std = fixed_statistics(scenes)
-    if mode == "fixed" and (len(mean) != len(names) or len(std) != len(names)):  # type: ignore[arg-type]
-        raise InputError(f"fixed normalization needs {len(names)} mean/std values, got {len(mean)}/{len(std)}")  # type: ignore[arg-type]
+    mode, mean, std = parse_normalization(normalization)
     entry: dict[str, Any] = {"mode": mode, "mean": [], "std": []}
     if mode == "fixed":
-        entry = {"mode": "fixed", "mean": [float(v) for v in mean], "std": [float(v) for v in std]}  # type: ignore[union-attr]
+        if mean is None or std is None:
+            mean, std = fixed_statistics(scenes)
+        if len(mean) != len(names) or len(std) != len(names):
+            raise InputError(
+                f"fixed normalization needs {len(names)} mean/std values (one per band: {', '.join(names)}), "
+                f"got {len(mean)} mean and {len(std)} std values"
+            )
+        entry = {"mode": "fixed", "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
     prepared = []
     for s in scenes:
+        if not s.valid.any():
+            source = s.meta.get("label") or s.meta.get("before")
+            raise InputError(
+                f"scene {s.name}{f' ({source})' if source else ''}: no valid pixel (no pixel holds data in both "
+                "dates and a known label); check its files' footprints and nodata, or leave the scene out"
+            )
         if mode == "scene":
             mb, sb = band_statistics(s.before, s.valid)
             ma, sa = band_statistics(s.after, s.valid)

@@ -23,7 +23,7 @@ from typing import Any
 from changedet.data.generic import Scene
 from changedet.errors import InputError
 
-__all__ = ["DatasetSplit", "load_dataset"]
+__all__ = ["DatasetSplit", "load_dataset", "resolve_paths"]
 
 #: Keys of a dataset mapping that hold paths (relative ones resolve against ``base``).
 PATH_KEYS = ("root", "path", "val_root", "val_path")
@@ -54,6 +54,19 @@ class DatasetSplit:
 def _path(value: Any, base: Path | None) -> Path:
     p = Path(str(value)).expanduser()
     return (p if p.is_absolute() or base is None else base / p).resolve()
+
+
+def resolve_paths(spec: Mapping[str, Any], base: str | Path | None = None) -> dict[str, Any]:
+    """A copy of a dataset mapping whose paths (:data:`PATH_KEYS`) are absolute: relative ones resolved against
+    ``base`` (the config file's folder), or the current directory without it. What a checkpoint records, so that
+    ``changedet calibrate`` finds the data again from any folder."""
+    out = dict(spec)
+    base_path = Path(base).expanduser() if base is not None else None
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, (str, Path)) and str(value) and "://" not in str(value):
+            out[key] = str(_path(value, base_path.resolve() if base_path is not None else Path.cwd()))
+    return out
 
 
 def _check_disjoint(train: list[str], val: list[str], test: list[str]) -> None:
@@ -181,17 +194,24 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
             k: spec[k] for k in ("before_dir", "after_dir", "label_dir", "pixel_size", "band_names", "change_values",
                                  "no_change_values") if k in spec
         }
-        train_scenes = read_folders(root, split=spec.get("split"), names=_names(spec.get("names"), "names"), **common)
         val_scenes: list[Scene] = []
+        val_set: set[str] = set()
         if spec.get("val_root") or spec.get("val_split") or spec.get("val_names"):
             val_root = _path(spec["val_root"], base_path) if spec.get("val_root") else root
             val_scenes = read_folders(
                 val_root, split=spec.get("val_split"), names=_names(spec.get("val_names"), "val_names"), **common
             )
             val_set = {s.name for s in val_scenes} if val_root == root else set()
-            train_scenes = [s for s in train_scenes if s.name not in val_set]
         test = _names(spec.get("test_names"), "test_names") or []
-        train_scenes = [s for s in train_scenes if s.name not in test]
+        train_names = _names(spec.get("names"), "names")
+        if val_set or test:  # each scene read once: not the validation and test scenes again for training
+            from changedet.data.folders import list_folder_pairs
+
+            dirs = {k: spec[k] for k in ("before_dir", "after_dir", "label_dir") if k in spec}
+            listed = list_folder_pairs(root, split=spec.get("split"), warn_unmatched=False, **dirs)
+            train_names = [n for n in (train_names if train_names is not None else listed)
+                           if n not in val_set and n not in test]
+        train_scenes = read_folders(root, split=spec.get("split"), names=train_names, **common)
         _check_disjoint([s.name for s in train_scenes], [s.name for s in val_scenes], test)
         info.update(root=str(root), train=[s.name for s in train_scenes], val=[s.name for s in val_scenes], test=test)
         return DatasetSplit(train_scenes, val_scenes, info)

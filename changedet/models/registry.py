@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from changedet.errors import ModelError, UnknownModelError
+from changedet.errors import ModelArgumentError, ModelError, UnknownModelError
 
 __all__ = [
     "ChangeModel",
@@ -103,8 +103,11 @@ def create_model(name: str, **kwargs: Any) -> ChangeModel:
     ------
     UnknownModelError
         If ``name`` is not registered (the message lists the known names).
+    ModelArgumentError
+        If a keyword argument is not accepted by the architecture (a :class:`ModelError` and an
+        :class:`~changedet.errors.InputError`: exit 2 in the CLI).
     ModelError
-        If a keyword argument is not accepted by the architecture or has an invalid value.
+        If a keyword argument has an invalid value.
 
     Examples
     --------
@@ -117,8 +120,8 @@ def create_model(name: str, **kwargs: Any) -> ChangeModel:
     cls = model_class(name)
     try:
         return cls(**kwargs)
-    except TypeError as exc:
-        raise ModelError(f"cannot create model {name!r} with {sorted(kwargs)}: {exc}") from exc
+    except TypeError as exc:  # an unknown (misspelt) or missing keyword: bad input, exit 2 in the CLI
+        raise ModelArgumentError(f"cannot create model {name!r} with {sorted(kwargs)}: {exc}") from exc
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
