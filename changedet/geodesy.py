@@ -85,7 +85,8 @@ def needs_geodesic_area(crs: Any, bounds: Sequence[float]) -> bool:
 
 
 def geodesic_area_perimeter(geoms: np.ndarray, crs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute areas (m^2) and perimeters (m) of shapely ``geoms`` in ``crs``, on its ellipsoid.
+    """Absolute areas (m^2, holes subtracted) and perimeters (m, hole edges included) of shapely ``geoms`` in
+    ``crs``, on its ellipsoid.
 
     Edges are first densified (to 1/512 of the geometries' extent, at most 0.1 degree in a geographic CRS): a
     polygon edge is straight in the map, not a geodesic, and merged pixel outlines run for many degrees along a
@@ -112,8 +113,27 @@ def geodesic_area_perimeter(geoms: np.ndarray, crs: Any) -> tuple[np.ndarray, np
             return np.column_stack([lon, lat])
 
         geoms = shapely.transform(geoms, project)
-    out = np.array([geod.geometry_area_perimeter(g) for g in geoms], dtype="float64").reshape(-1, 2)
-    return np.abs(out[:, 0]), out[:, 1]
+    out = np.array([_polygon_area_perimeter(geod, g) for g in geoms], dtype="float64").reshape(-1, 2)
+    return out[:, 0], out[:, 1]
+
+
+def _polygon_area_perimeter(geod: Any, geom: Any) -> tuple[float, float]:
+    """Area (exterior minus holes, whatever the rings' orientation) and perimeter (every ring, holes included, as
+    ``shapely.length`` and QGIS measure it) of a lon/lat (Multi)Polygon on ``geod``.
+
+    :meth:`pyproj.Geod.geometry_area_perimeter` leaves the holes out of the perimeter and adds their signed areas,
+    which subtracts them only when they wind against the exterior.
+    """
+    area = perimeter = 0.0
+    for part in shapely.get_parts(geom):
+        if part.is_empty or not hasattr(part, "exterior"):
+            continue
+        for k, ring in enumerate((part.exterior, *part.interiors)):
+            lon, lat = ring.xy
+            a, p = geod.polygon_area_perimeter(lon, lat)
+            area += abs(a) if k == 0 else -abs(a)
+            perimeter += p
+    return abs(area), perimeter
 
 
 def local_metric_crs(geoms: Any, crs: Any) -> Any:

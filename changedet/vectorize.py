@@ -31,7 +31,7 @@ import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import shapely
@@ -113,8 +113,15 @@ class _Source:
             self.dataset.close()
 
 
-def _open_source(obj: Any, what: str, nodata: float | None) -> tuple[_Source, Any, Any]:
-    """Wrap an array, a path or an open dataset; return it with the dataset's (transform, crs) if any."""
+#: ``nodata="auto"`` for an array: 255, the nodata of ``change.tif`` (and of :attr:`ChangeResult.mask`).
+ARRAY_NODATA = 255
+
+
+def _open_source(obj: Any, what: str, nodata: float | str | None) -> tuple[_Source, Any, Any]:
+    """Wrap an array, a path or an open dataset; return it with the dataset's (transform, crs) if any.
+
+    ``nodata``: ``"auto"`` (the dataset's declared nodata, none when it declares none; :data:`ARRAY_NODATA` for an
+    array), None (no nodata value) or a number, which wins over what a dataset declares."""
     if isinstance(obj, np.ndarray) or (hasattr(obj, "__array__") and not hasattr(obj, "read")):
         arr = np.asarray(obj)
         if arr.ndim == 3 and arr.shape[0] == 1:
@@ -124,7 +131,7 @@ def _open_source(obj: Any, what: str, nodata: float | None) -> tuple[_Source, An
                 f"{what}: expected a 2-D array (row, col) or a single-band (1, row, col) array, found shape "
                 f"{arr.shape}; pass one band, e.g. array[0]."
             )
-        return _Source(what, array=arr, nodata=nodata), None, None
+        return _Source(what, array=arr, nodata=ARRAY_NODATA if isinstance(nodata, str) else nodata), None, None
     if isinstance(obj, (str, os.PathLike)):
         from changedet.io.raster import open_raster
 
@@ -140,7 +147,7 @@ def _open_source(obj: Any, what: str, nodata: float | None) -> tuple[_Source, An
         )
     if ds.count != 1:
         log.info("%s has %d bands; band 1 is used as the %s", path, ds.count, what)
-    src = _Source(path, dataset=ds, owned=owned, nodata=ds.nodata if ds.nodata is not None else nodata)
+    src = _Source(path, dataset=ds, owned=owned, nodata=ds.nodata if isinstance(nodata, str) else nodata)
     georef = ds.crs is not None
     return src, (ds.transform if georef or not ds.transform.is_identity else None), ds.crs
 
@@ -279,10 +286,41 @@ def _simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
         simplified = shapely.simplify(geoms, tolerance, preserve_topology=True)
     bad = shapely.is_empty(simplified) | ~shapely.is_valid(simplified)
     if bad.any():  # never lose a polygon to simplification
-        simplified[bad] = shapely.make_valid(shapely.simplify(geoms[bad], tolerance, preserve_topology=True))
-        still = shapely.is_empty(simplified)
-        simplified[still] = geoms[still]
-    return simplified
+        simplified[bad] = shapely.simplify(geoms[bad], tolerance, preserve_topology=True)
+    return _valid_polygons(simplified, geoms)
+
+
+#: Parts of a repaired polygon smaller than this fraction of its area are numerical slivers and dropped.
+_SLIVER = 1e-6
+
+
+def _polygonal_parts(geom: Any) -> list[Any]:
+    """The Polygons of ``make_valid(geom)``: lines and points that a collapsed part leaves are dropped."""
+    try:
+        fixed = shapely.make_valid(geom, method="structure", keep_collapsed=False)
+    except TypeError:  # pragma: no cover - shapely < 2.1: the default method, then keep the polygons
+        fixed = shapely.make_valid(geom)
+    parts = shapely.get_parts(shapely.get_parts(fixed))  # a collection may hold a MultiPolygon
+    return [q for q in parts if q.geom_type == "Polygon" and not q.is_empty]
+
+
+def _valid_polygons(geoms: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Each of ``geoms`` as one valid Polygon: an invalid one (a simplified outline whose vertex came to touch or
+    cross an edge, often only after reprojection) is repaired, keeping its polygonal parts and dropping slivers
+    and collapsed lines; one that does not repair into a single Polygon is replaced by ``fallback`` (the exact
+    pixel outline, valid by construction), as is an empty one."""
+    out = np.asarray(geoms, dtype=object).copy()
+    bad = np.flatnonzero(shapely.is_empty(out) | ~shapely.is_valid(out) | (shapely.get_type_id(out) != 3))
+    for i in bad:
+        g = out[i]
+        if g is None or g.is_empty:
+            out[i] = fallback[i]
+            continue
+        parts = _polygonal_parts(g)
+        total = sum(q.area for q in parts)
+        parts = [q for q in parts if q.area > _SLIVER * total]
+        out[i] = parts[0] if len(parts) == 1 and parts[0].is_valid else fallback[i]
+    return out
 
 
 def _apply_affine(geoms: np.ndarray, transform: Affine) -> np.ndarray:
@@ -306,7 +344,7 @@ def vectorize(
     min_area: float = 0.0,
     simplify: float = 0.0,
     fill_holes: float = 0.0,
-    nodata: float | None = 255,
+    nodata: float | Literal["auto"] | None = "auto",
     window_size: int = 4096,
     before_date: Any = None,
     after_date: Any = None,
@@ -333,11 +371,18 @@ def vectorize(
         and after it, so that no polygon written is smaller).
     simplify : float
         Topology-preserving simplification tolerance in metres (polygons that share edges keep sharing them);
-        0 keeps the exact pixel outlines.
+        0 keeps the exact pixel outlines. Every polygon stays one valid Polygon (in a geographic or Web Mercator
+        CRS too, where it is simplified in UTM and taken back): a rounding error that makes an outline cross
+        itself is repaired, slivers and collapsed lines are dropped, and the rare outline that would split into
+        several parts keeps its exact pixel outline.
     fill_holes : float
         Fill holes smaller than this, in square metres; changed polygons inside a filled hole are absorbed.
-    nodata : float or None
-        Value of ``mask`` that means no data (the dataset's own nodata wins for files). Default 255.
+    nodata : float, "auto" or None
+        Value of ``mask`` that means no data (neither change nor polygon). ``"auto"`` (default): for a file or
+        dataset, the nodata value it declares (255 in the ``change.tif`` that detect writes) and none when it
+        declares none, so that a 0/255 mask (a LEVIR-CD label, an exported binary mask) is vectorised with 255 as
+        change; for an array, 255 (the nodata of :attr:`changedet.ChangeResult.mask`). A number overrides what the
+        file declares; None means every non-zero value is change.
     window_size : int
         Side of the square windows read one at a time (bounds the memory); polygons cut by window edges are
         merged, so the result does not depend on it.
@@ -357,6 +402,8 @@ def vectorize(
         When the input has no CRS, coordinates are the ``transform``'s (pixel coordinates, column/row, without
         one), ``area_m2`` and ``perimeter_m`` are NaN, ``min_area``/``fill_holes``/``simplify`` are read in
         those units (pixels) and a :class:`~changedet.errors.NotGeoreferencedWarning` is issued.
+        ``attrs["pixel_size"]`` holds the pixel size in CRS units, by which
+        :func:`changedet.export.write_vectors` densifies edges before reprojecting them.
 
     Raises
     ------
@@ -395,6 +442,11 @@ def vectorize(
     window_size = int(window_size)
     if mask is None and probability is None:
         raise InputError("vectorize needs a mask, or a probability and a threshold; both are None.")
+    if nodata is not None and nodata != "auto":
+        try:
+            nodata = float(nodata)
+        except (TypeError, ValueError):
+            raise InputError(f"nodata must be a number, 'auto' or None, found {nodata!r}.") from None
     if mask is None and threshold is None:
         raise InputError(
             "vectorize: a probability without a mask needs a threshold (probability >= threshold is change); "
@@ -498,8 +550,9 @@ def vectorize(
             local = gpd.GeoSeries(geoms, crs=crs_obj)
             metric = local_metric_crs(local, crs_obj)  # the UTM zone; near the poles an azimuthal projection
             simplified = _simplify(np.asarray(local.to_crs(metric).values), simplify)
-            geoms = np.asarray(gpd.GeoSeries(simplified, crs=metric).to_crs(crs_obj).values)
-            geoms = shapely.make_valid(geoms)
+            # valid in the metric CRS, a simplified outline can cross itself by a rounding error once taken back
+            back = np.asarray(gpd.GeoSeries(simplified, crs=metric).to_crs(crs_obj).values)
+            geoms = _valid_polygons(back, geoms)
         else:
             geoms = _simplify(geoms, simplify / scale)
         geoms, stats = drop_small(geoms, stats)  # simplifying can take a polygon under the minimum: it holds
@@ -529,7 +582,10 @@ def vectorize(
         "model": np.full(n, model if model is None else str(model), dtype=object),
         "threshold": np.full(n, np.nan if threshold is None else float(threshold), dtype="float64"),
     }
-    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs_obj), crs=crs_obj)
+    gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs_obj), crs=crs_obj)
+    # the pixel size in CRS units: write_vectors densifies reprojected edges by it
+    gdf.attrs["pixel_size"] = float(min(math.hypot(affine.a, affine.d), math.hypot(affine.b, affine.e)))
+    return gdf
 
 
 def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float | None, size: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -384,3 +385,70 @@ def test_polar_simplify_works_and_wide_geographic_polygons_are_densified():
     lat = np.r_[np.full(2001, 60.0), np.full(2001, 70.0)]
     exact = abs(Geod(ellps="WGS84").polygon_area_perimeter(lon, lat)[0])
     assert gdf["area_m2"].sum() == pytest.approx(exact, rel=1e-3)  # was 4.9 % short
+
+
+# ------------------------------------------------------------------------------------------------------ nodata
+def test_a_0_255_mask_file_without_declared_nodata_is_vectorised_as_change(tmp_path):
+    mask = np.zeros((40, 40), dtype="uint8")
+    mask[5:15, 5:15] = 255  # a binary mask exported as 0/255 (LEVIR-CD labels, most GIS exports)
+    mask[25:30, 25:35] = 255
+    plain = make_geotiff(tmp_path / "plain.tif", mask, crs=UTM, transform=T_UTM)  # declares no nodata
+    gdf = vectorize(plain)
+    assert len(gdf) == 2 and gdf["pixel_count"].tolist() == [100, 50]
+    # a file that declares 255 as nodata (changedet's change.tif) keeps it as nodata
+    declared = make_geotiff(tmp_path / "declared.tif", mask, crs=UTM, transform=T_UTM, nodata=255)
+    assert len(vectorize(declared)) == 0
+    # nodata= overrides what the file declares, both ways
+    assert len(vectorize(plain, nodata=255)) == 0
+    assert len(vectorize(declared, nodata=None)) == 2
+    # an array declares nothing: 255 is nodata, as in ChangeResult.mask
+    assert len(vectorize(mask, transform=T_UTM, crs=UTM)) == 0
+    with pytest.raises(InputError, match="nodata must be a number"):
+        vectorize(mask, transform=T_UTM, crs=UTM, nodata="x")
+
+
+def test_cli_vectorize_takes_255_as_change_without_declared_nodata_and_has_a_nodata_option(tmp_path):
+    from click.testing import CliRunner
+
+    from changedet.cli.main import cli
+
+    mask = np.zeros((40, 40), dtype="uint8")
+    mask[5:15, 5:15] = 255
+    mask[20:22, 20:22] = 7  # another value: nodata with --nodata 7
+    plain = make_geotiff(tmp_path / "plain.tif", mask, crs=UTM, transform=T_UTM)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["vectorize", str(plain), str(tmp_path / "a.gpkg"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["pixels"] == 104
+    r = runner.invoke(cli, ["vectorize", str(plain), str(tmp_path / "b.gpkg"), "--nodata", "255", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["pixels"] == 4
+    r = runner.invoke(cli, ["vectorize", str(plain), str(tmp_path / "c.gpkg"), "--nodata", "7", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["pixels"] == 100
+    declared = make_geotiff(tmp_path / "declared.tif", mask, crs=UTM, transform=T_UTM, nodata=255)
+    r = runner.invoke(cli, ["vectorize", str(declared), str(tmp_path / "d.gpkg"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["pixels"] == 4
+    r = runner.invoke(cli, ["vectorize", str(declared), str(tmp_path / "e.gpkg"), "--nodata", "none", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["pixels"] == 104
+    r = runner.invoke(cli, ["vectorize", str(plain), str(tmp_path / "f.gpkg"), "--nodata", "abc"])
+    assert r.exit_code == 2 and "--nodata" in r.output and not (tmp_path / "f.gpkg").exists()
+
+
+# ------------------------------------------------------------------------------------------ simplify validity
+@pytest.mark.parametrize(("crs", "transform"), [
+    ("EPSG:4326", from_origin(10.35, 43.72, 0.0001, 0.0001)),  # OSCD-like (Pisa): simplified in UTM
+    ("EPSG:3857", from_origin(1152000, 5420000, 10, 10)),
+    (UTM, T_UTM),
+])
+def test_simplify_always_gives_valid_polygons(crs, transform):
+    from scipy import ndimage
+
+    # blobs whose simplified outlines, taken back from UTM to degrees, crossed themselves by a rounding error:
+    # make_valid then gave a GeometryCollection (a polygon and a line) that write_vectors refused after the run
+    field = ndimage.gaussian_filter(np.random.default_rng(2).random((150, 150)), 1.5) > 0.52
+    exact = vectorize(field.astype("uint8"), transform=transform, crs=crs)
+    for tol in (10.0, 15.0, 25.0):
+        g = vectorize(field.astype("uint8"), transform=transform, crs=crs, simplify=tol)
+        assert set(g.geom_type) == {"Polygon"}, (tol, g.geom_type.value_counts().to_dict())
+        assert g.is_valid.all()
+        assert len(g) == len(exact) and g["pixel_count"].sum() == exact["pixel_count"].sum()
+        assert g["area_m2"].sum() == pytest.approx(exact["area_m2"].sum(), rel=0.15)  # small blobs, 1-2.5 px

@@ -12,6 +12,18 @@ from changedet.cli._common import echo_json
 _FORMATS = {".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}
 
 
+def _nodata(value: str | None) -> float | str | None:
+    """``--nodata``: not given -> "auto" (the raster's declared nodata), 'none' -> None, else a number."""
+    if value is None:
+        return "auto"
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or 'none'", param_hint="--nodata") from None
+
+
 def _sibling_report(raster: Path) -> dict[str, Any]:
     """report.json of the `changedet detect` folder RASTER sits in, if any (threshold, model, dates)."""
     import json
@@ -38,8 +50,13 @@ def _sibling_report(raster: Path) -> dict[str, Any]:
               help="Topology-preserving simplification tolerance (m).")
 @click.option("--fill-holes", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Fill holes smaller than this (m2).")
+@click.option("--nodata", default=None, metavar="VALUE",
+              help="Mask value that means no data (not change); 'none' for none. Default: the value RASTER "
+                   "declares (255 in a changedet change.tif), none when it declares none, so a 0/255 mask "
+                   "gives polygons of its 255 pixels.")
 @click.option("--geojson-crs", default="EPSG:4326", show_default=True,
-              help="CRS of a GeoJSON OUT (RFC 7946 WGS84 by default); 'input' keeps the raster's CRS.")
+              help="CRS of a GeoJSON OUT (RFC 7946 WGS84 by default; a local/engineering CRS that cannot be "
+                   "transformed to WGS84 is kept, with a warning); 'input' keeps the raster's CRS.")
 @click.option("--window-size", type=click.IntRange(2), default=4096, show_default=True,
               help="Pixels per side of the windows read at a time (bounds the memory).")
 @click.option("--model", default=None, help="Model name recorded in the 'model' attribute.")
@@ -50,8 +67,9 @@ def _sibling_report(raster: Path) -> dict[str, Any]:
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def command(raster: Path, out: Path, threshold: float | None, probability: Path | None, geojson_crs: str,
-            style: bool, overwrite: bool, as_json: bool, **options: Any) -> None:
-    """Vectorise a change mask RASTER (non-zero = change, nodata ignored) into polygons written to OUT.
+            nodata: str | None, style: bool, overwrite: bool, as_json: bool, **options: Any) -> None:
+    """Vectorise a change mask RASTER (non-zero = change, except RASTER's declared nodata or --nodata) into
+    polygons written to OUT.
 
     OUT is a GeoPackage (.gpkg, keeps the raster's CRS, QGIS style embedded) or GeoJSON (.geojson, WGS84 per
     RFC 7946 unless --geojson-crs input). A float RASTER is read as a change probability: change is
@@ -62,13 +80,14 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
 
     from changedet.errors import InputError
     from changedet.export import write_vectors
-    from changedet.export.vector import geojson_crs_option
+    from changedet.export.vector import geojson_crs_option, resolve_geojson_crs
     from changedet.io.raster import open_raster
     from changedet.vectorize import vectorize
 
     kind = _FORMATS.get(out.suffix.lower())
     if kind is None:
         raise click.BadParameter(f"{out}: give a .gpkg or .geojson file name", param_hint="OUT")
+    options["nodata"] = _nodata(nodata)
     import warnings
 
     from changedet.errors import NotGeoreferencedWarning
@@ -78,6 +97,10 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
         with open_raster(raster) as ds:
             is_float = np.dtype(ds.dtypes[0]).kind == "f"
             tags = ds.tags()
+            raster_crs, bounds = ds.crs, tuple(ds.bounds)
+    crs = geojson_crs_option(geojson_crs)
+    if kind == "geojson":  # before the work: a local CRS keeps itself in the default GeoJSON (with a warning)
+        crs = resolve_geojson_crs(raster_crs, crs, bounds=bounds, source=str(raster))
     report = _sibling_report(raster)
     if options["model"] is None and isinstance(report.get("model"), dict):
         options["model"] = report["model"].get("name")
@@ -103,7 +126,6 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
             threshold = float(tag)
         mask, prob = None, raster
     gdf = vectorize(mask, prob, threshold=threshold, **options)
-    crs = geojson_crs_option(geojson_crs)
     paths = write_vectors(
         gdf,
         gpkg_path=out if kind == "gpkg" else None,

@@ -5,26 +5,44 @@ only partly supports the 1.4 written by default by newer GDALs). GeoJSON follows
 longitude/latitude, counter-clockwise exterior rings; ``geojson_crs=None`` keeps the input CRS instead (GDAL
 writes it in a ``crs`` member, outside RFC 7946). Every file is written under a temporary name in its folder and
 renamed when complete, so a failure leaves nothing half-written.
+
+Reprojected for the GeoJSON, the polygons keep their shape: their edges are first densified to a few pixels (edges
+straight in the input CRS are curves in longitude/latitude: 2 km off on a 100 km polar-stereographic square
+otherwise), a polygon that crosses the antimeridian is cut there and one that holds a pole is closed along the pole's
+parallel (RFC 7946, section 3.1.9), and the coordinates keep enough decimals for a tenth of the shortest edge (one
+pixel for pixel outlines; RFC 7946's usual 7 decimals, 1 cm, merge the vertices of centimetre pixels).
+:func:`resolve_geojson_crs` decides, before any work, the CRS a GeoJSON can be written in.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from changedet.errors import InputError, OutputError, OutputExistsError
+import numpy as np
+
+from changedet.errors import ChangedetWarning, InputError, OutputError, OutputExistsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
 
-__all__ = ["DEFAULT_LAYER", "GPKG_VERSION", "geojson_crs_option", "write_vectors"]
+__all__ = ["DEFAULT_LAYER", "GEOJSON_CRS", "GPKG_VERSION", "geojson_crs_option", "plan_geojson",
+           "resolve_geojson_crs", "write_vectors"]
 
 #: Layer name of the polygons in ``changes.gpkg``.
 DEFAULT_LAYER = "changes"
 #: GeoPackage version written (QGIS 3.22's GDAL reads 1.2 fully).
 GPKG_VERSION = "1.2"
+#: The default CRS of the GeoJSON: WGS84 longitude/latitude, as RFC 7946 requires.
+GEOJSON_CRS = "EPSG:4326"
+#: Edges longer than this many pixels (the shortest edge of the polygons) are densified before reprojection.
+DENSIFY_PIXELS = 4
+#: GeoJSON coordinates keep enough decimals for this fraction of the shortest edge (a pixel for pixel outlines).
+PRECISION_FRACTION = 0.1
 
 
 def geojson_crs_option(value: str | None) -> str | None:
@@ -37,6 +55,276 @@ def geojson_crs_option(value: str | None) -> str | None:
     if isinstance(value, str) and value.strip().lower() in ("input", "keep", "none"):
         return None
     return value
+
+
+def _pyproj(crs: Any) -> Any:
+    from pyproj import CRS as PCRS
+
+    return PCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+
+
+def _is_wgs84_lonlat(crs: Any) -> bool:
+    """Whether ``crs`` is RFC 7946's (EPSG:4326 or OGC:CRS84, whatever its axis order)."""
+    pcrs = _pyproj(crs)
+    return pcrs.to_epsg() == 4326 or pcrs.equals("OGC:CRS84", ignore_axis_order=True)
+
+
+def _transformer(src: Any, dst: Any, bounds: Sequence[float] | None = None) -> Any:
+    """A pyproj transformer from ``src`` to ``dst`` (x/y = lon/lat order), or None when PROJ has no way from one
+    to the other (an engineering/local CRS, a datum without a known transformation) or, with ``bounds`` (left,
+    bottom, right, top in ``src``), when their corners or centre do not transform to finite coordinates."""
+    from pyproj import Transformer
+    from pyproj.exceptions import ProjError
+
+    try:
+        tr = Transformer.from_crs(_pyproj(src), _pyproj(dst), always_xy=True)
+        if bounds is not None:
+            x0, y0, x1, y1 = (float(v) for v in bounds)
+            xs, ys = tr.transform([x0, x1, x1, x0, (x0 + x1) / 2], [y0, y0, y1, y1, (y0 + y1) / 2])
+            if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+                return None
+    except (ProjError, ValueError, TypeError):
+        return None
+    return tr
+
+
+def _nameable(crs: Any) -> bool:
+    """Whether a GeoJSON names ``crs`` in its ``crs`` member: GDAL writes an authority code there (such as
+    ``urn:ogc:def:crs:EPSG::32631``) when the CRS's definition carries one; a CRS without one (a local ``ENGCRS``,
+    a custom WKT, a planetary CRS read back from a GeoTIFF) gets no member, and readers then take the coordinates
+    for WGS84 longitude/latitude. Asked of GDAL itself, by writing an empty GeoJSON in memory."""
+    import io
+
+    import geopandas as gpd
+    import pyogrio
+
+    try:
+        pcrs = _pyproj(crs)
+    except Exception:  # noqa: BLE001 - not a CRS pyproj reads: no GeoJSON can name it
+        return False
+    try:
+        buf = io.BytesIO()
+        empty = gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=pcrs))
+        pyogrio.write_dataframe(empty, buf, driver="GeoJSON", layer="probe", geometry_type="Polygon")
+        return b'"crs"' in buf.getvalue()
+    except Exception:  # noqa: BLE001 - a pyogrio that cannot write to memory: the definition's own code decides
+        return "id" in pcrs.to_json_dict()
+
+
+def _unreachable(crs: Any, geojson_crs: Any, bounds: Sequence[float] | None, source: str) -> InputError | None:
+    """None when polygons in ``crs`` can be taken to ``geojson_crs`` (or either is None), else the error that says
+    why not and what to do."""
+    if geojson_crs is None or crs is None or _transformer(crs, geojson_crs, bounds) is not None:
+        return None
+    target = "WGS84 longitude/latitude (RFC 7946)" if _is_wgs84_lonlat(geojson_crs) else f"{geojson_crs}"
+    fix = ("give --geojson-crs input (geojson_crs=None) to keep the input CRS" if _nameable(crs) else
+           "write a GeoPackage (.gpkg) instead, or pass --geojson-crs input (geojson_crs=None) to write the "
+           "coordinates without a CRS (GeoJSON readers will take them for longitude/latitude)")
+    return InputError(
+        f"{source}: its CRS ({_pyproj(crs).name!r}) cannot be transformed to {target} (a local or engineering CRS, "
+        f"or no known transformation between the two); {fix}"
+    )
+
+
+def _kept_crs_warning(crs: Any, source: str) -> None:
+    warnings.warn(
+        f"{source}: its CRS ({_pyproj(crs).name!r}) cannot be transformed to WGS84 longitude/latitude (a local or "
+        "engineering CRS): the GeoJSON keeps that CRS, named in its 'crs' member (outside RFC 7946), as with "
+        "--geojson-crs input (geojson_crs=None)",
+        ChangedetWarning,
+        stacklevel=3,
+    )
+
+
+def resolve_geojson_crs(crs: Any, geojson_crs: Any, *, bounds: Sequence[float] | None = None,
+                        source: str = "the polygons") -> Any:
+    """The CRS a GeoJSON of polygons in ``crs`` is written in when ``geojson_crs`` is asked for (``changedet
+    vectorize``), decided before any work, so that a run does not fail at its very end.
+
+    ``geojson_crs`` is returned as it is when the polygons can be transformed to it (over ``bounds``, their
+    extent in ``crs``, when given), and when it is None (keep ``crs``) or ``crs`` is None (:func:`write_vectors`
+    refuses that case for a ``geojson_crs``). When PROJ cannot take ``crs`` there (a local or engineering CRS,
+    ``ENGCRS`` in WKT): for the default :data:`GEOJSON_CRS` (WGS84, RFC 7946) and a ``crs`` that a GeoJSON can
+    name (an authority code), None (the GeoJSON keeps ``crs``), with a :class:`~changedet.errors.ChangedetWarning`
+    that says so; otherwise an :class:`~changedet.errors.InputError` (a GeoJSON without a ``crs`` member would be
+    read as longitude/latitude).
+
+    >>> resolve_geojson_crs("EPSG:32631", "EPSG:4326")
+    'EPSG:4326'
+    """
+    error = _unreachable(crs, geojson_crs, bounds, source)
+    if error is None:
+        return geojson_crs
+    if _is_wgs84_lonlat(geojson_crs) and _nameable(crs):
+        _kept_crs_warning(crs, source)
+        return None
+    raise error
+
+
+def plan_geojson(crs: Any, geojson_crs: Any, *, bounds: Sequence[float] | None = None,
+                 source: str = "the input") -> tuple[bool, Any]:
+    """``(write, geojson_crs)`` for the ``changes.geojson`` of a run on a grid in ``crs`` (``changedet detect``),
+    decided before the prediction.
+
+    A GeoJSON is written when it can say where its coordinates are: in ``geojson_crs`` when ``crs`` can be
+    transformed to it, else, for the default WGS84, in ``crs`` itself (named in a ``crs`` member) with a
+    :class:`~changedet.errors.ChangedetWarning`. It is not written, with a warning, when readers would take its
+    coordinates for WGS84 longitude/latitude: without a CRS (pixel coordinates), or in a CRS that a GeoJSON cannot
+    name (a local/engineering CRS without an authority code); ``changes.gpkg`` holds the polygons then. An
+    explicit ``geojson_crs`` that ``crs`` cannot be transformed to is an :class:`~changedet.errors.InputError`.
+
+    >>> plan_geojson("EPSG:32631", "EPSG:4326")
+    (True, 'EPSG:4326')
+    """
+    from changedet.errors import NotGeoreferencedWarning
+
+    if crs is None:
+        warnings.warn(
+            f"{source}: not georeferenced: changes.geojson is not written (GeoJSON readers take coordinates without "
+            "a CRS for WGS84 longitude/latitude); the polygons, in pixel coordinates, are in changes.gpkg",
+            NotGeoreferencedWarning,
+            stacklevel=2,
+        )
+        return False, None
+    error = _unreachable(crs, geojson_crs, bounds, source)
+    if error is not None and not _is_wgs84_lonlat(geojson_crs):
+        raise error
+    if (error is not None or geojson_crs is None) and not _nameable(crs):
+        why = "cannot be transformed to WGS84 longitude/latitude (a local or engineering CRS) and " if error else ""
+        warnings.warn(
+            f"{source}: its CRS ({_pyproj(crs).name!r}) {why}cannot be named in a GeoJSON (no authority code): "
+            "changes.geojson is not written (its readers would take the coordinates for longitude/latitude); the "
+            "polygons are in changes.gpkg, which keeps the CRS",
+            ChangedetWarning,
+            stacklevel=2,
+        )
+        return False, None
+    if error is not None:
+        _kept_crs_warning(crs, source)
+        return True, None
+    return True, geojson_crs
+
+
+def _edge_extents(geoms: np.ndarray) -> np.ndarray:
+    """max(|dx|, |dy|) of every non-zero edge of the polygons (a pixel's size for pixel outlines)."""
+    import shapely
+
+    rings = shapely.get_rings(geoms)
+    coords, index = shapely.get_coordinates(rings, return_index=True)
+    if len(coords) < 2:
+        return np.zeros(0)
+    same = index[1:] == index[:-1]
+    d = np.abs(np.diff(coords, axis=0))[same].max(axis=1)
+    return d[d > 0]
+
+
+def _precision(geoms: np.ndarray) -> int:
+    """Decimals that keep a tenth of the shortest edge of ``geoms`` (at least RFC 7946's usual 7, at most 15)."""
+    d = _edge_extents(geoms)
+    if not len(d):
+        return 7
+    return int(min(15, max(7, math.ceil(-math.log10(PRECISION_FRACTION * float(d.min()))))))
+
+
+def _reproject(geoms: np.ndarray, src: Any, dst: Any, where: Path, pixel: float | None = None) -> np.ndarray:
+    """``geoms`` (in ``src``) in ``dst``: edges densified first to :data:`DENSIFY_PIXELS` pixels of size ``pixel``
+    (in ``src`` units; without it, to the shorter of 4 times the 5th percentile of the edges and 1/1024 of the
+    polygons' extent), so that they stay within a fraction of a pixel of the straight edges they were; in
+    longitude/latitude, cut at the antimeridian and closed at a pole they hold (:func:`_unwrap_lonlat`)."""
+    import shapely
+
+    tr = _transformer(src, dst)
+    if tr is None:
+        raise InputError(
+            f"{where}: the polygons' CRS ({_pyproj(src).name!r}) cannot be transformed to {dst}; pass "
+            "geojson_crs=None (--geojson-crs input) to keep it"
+        )
+    if not len(geoms):
+        return geoms
+    x0, y0, x1, y1 = shapely.total_bounds(geoms)
+    extent = max(x1 - x0, y1 - y0)
+    if pixel is not None and math.isfinite(pixel) and pixel > 0:
+        step = DENSIFY_PIXELS * pixel
+    else:
+        d = _edge_extents(geoms)
+        step = min(DENSIFY_PIXELS * float(np.percentile(d, 5)), extent / 1024) if len(d) else 0.0
+    step = max(step, extent / 2**16)  # bounds the vertices a scene-wide polygon gains
+    if step > 0 and math.isfinite(step):
+        geoms = shapely.segmentize(geoms, step)
+
+    def fn(xy: np.ndarray) -> np.ndarray:
+        x, y = tr.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    out = shapely.transform(geoms, fn)
+    if not np.isfinite(shapely.get_coordinates(out)).all():
+        raise InputError(
+            f"{where}: some polygons fall outside the area where {dst} is defined from their CRS "
+            f"({_pyproj(src).name!r}); pass geojson_crs=None (--geojson-crs input) to keep it"
+        )
+    if _pyproj(dst).is_geographic:
+        fix = np.zeros(len(out), bool)
+        b = shapely.bounds(out)
+        fix |= (b[:, 2] - b[:, 0]) > 180.0  # crosses the antimeridian
+        back = _transformer(dst, src)
+        for pole in (90.0, -90.0):  # holds a pole
+            px, py = back.transform(0.0, pole) if back is not None else (np.nan, np.nan)
+            if np.isfinite(px) and np.isfinite(py):
+                fix |= shapely.contains_xy(geoms, px, py)
+        for i in np.flatnonzero(fix):
+            out[i] = _unwrap_lonlat(out[i])
+    bad = np.flatnonzero(~shapely.is_valid(out))
+    if len(bad):  # never written invalid, nor silently: repaired (polygonal parts kept) and said
+        from changedet.vectorize import _polygonal_parts
+
+        for i in bad:
+            parts = _polygonal_parts(out[i])
+            out[i] = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+        warnings.warn(
+            f"{where}: {len(bad)} polygon(s) were no longer valid in {_pyproj(dst).name} (an outline that passes "
+            "within a few pixels of a pole or of where that CRS is undefined); repaired with make_valid, so their "
+            "shape there is approximate: keep the input CRS (--geojson-crs input) for exact outlines",
+            ChangedetWarning,
+            stacklevel=3,
+        )
+    return out
+
+
+def _unwrap_lonlat(geom: Any) -> Any:
+    """A lon/lat (Multi)Polygon whose rings jump across the antimeridian or go round a pole, as RFC 7946 wants it:
+    longitudes unwrapped along each ring, a ring round a pole closed along the pole's parallel, the result cut
+    into [-180, 180]."""
+    import shapely
+    import shapely.affinity
+
+    from changedet.vectorize import _polygonal_parts
+
+    def ring_polygon(ring: Any) -> Any:
+        xy = np.asarray(ring.coords)
+        lon = np.unwrap(xy[:, 0], period=360.0)
+        lat = xy[:, 1]
+        turn = lon[-1] - lon[0]
+        pts = list(zip(lon, lat, strict=True))
+        if abs(turn) > 180.0:  # goes round a pole: close it along the pole's parallel
+            cap = 90.0 if float(np.mean(lat)) > 0 else -90.0
+            pts += [(lon[-1], cap), (lon[0], cap)]
+        parts = _polygonal_parts(shapely.Polygon(pts))
+        return parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+
+    parts: list[Any] = []
+    box = shapely.box(-180.0, -90.0, 180.0, 90.0)
+    for part in shapely.get_parts(geom):
+        shell = ring_polygon(part.exterior)
+        for hole in part.interiors:
+            h = ring_polygon(hole)  # taken out of every copy of the shell
+            copies = shapely.union_all([shapely.affinity.translate(h, k * 360.0) for k in range(-2, 3)],
+                                       grid_size=1e-12)
+            shell = shapely.difference(shell, copies, grid_size=1e-12)
+        for k in (-1, 0, 1):  # what lies beyond +-180 comes back from the other side
+            piece = shapely.intersection(shapely.affinity.translate(shell, k * 360.0), box, grid_size=1e-12)
+            parts.extend(q for q in shapely.get_parts(piece) if q.geom_type == "Polygon" and not q.is_empty)
+    merged = shapely.union_all(parts, grid_size=1e-12) if parts else geom
+    return shapely.orient_polygons(merged) if hasattr(shapely, "orient_polygons") else merged
 
 
 def _geometry_type(gdf: gpd.GeoDataFrame) -> str:
@@ -70,7 +358,11 @@ def write_vectors(
     gpkg_path, geojson_path : path, optional
         Outputs; at least one. The GeoPackage keeps ``gdf``'s CRS.
     geojson_crs : CRS-like or None
-        CRS of the GeoJSON: ``"EPSG:4326"`` (default) writes RFC 7946 GeoJSON; None keeps ``gdf``'s CRS.
+        CRS of the GeoJSON: ``"EPSG:4326"`` (default) writes RFC 7946 GeoJSON; None keeps ``gdf``'s CRS (a
+        ``crs`` member). Reprojected polygons are densified first, cut at the antimeridian and closed at a pole
+        (so a few may become MultiPolygons), and RFC 7946 coordinates keep enough decimals for a tenth of the
+        shortest edge (see the module's notes). :func:`resolve_geojson_crs` tells beforehand whether ``gdf``'s
+        CRS can be taken there.
     overwrite : bool
         Replace existing outputs; without it an existing output raises :class:`OutputExistsError` before
         anything is written.
@@ -90,7 +382,9 @@ def write_vectors(
     OutputExistsError
         An output exists and ``overwrite`` is False.
     InputError
-        Nothing to write to, non-polygon geometries, or GeoJSON in WGS84 requested for data without a CRS.
+        Nothing to write to, non-polygon geometries, GeoJSON in another CRS requested for data without a CRS, or
+        a ``geojson_crs`` that ``gdf``'s CRS cannot be transformed to (a local/engineering CRS): raised before
+        anything is written.
 
     Examples
     --------
@@ -128,6 +422,21 @@ def write_vectors(
     for col in gdf.columns:  # all-None object columns: make them strings, not an unknown type
         if col != gdf.geometry.name and gdf[col].dtype == object:
             gdf[col] = gdf[col].astype("string").astype(object).where(gdf[col].notna(), None)
+    out = gdf
+    geojson_options: dict[str, str] = {"WRITE_NAME": "NO"}
+    if geojson is not None:  # reprojected before anything is written: a CRS PROJ cannot take fails here
+        if geojson_crs is not None and gdf.crs is not None and not gdf.crs.equals(_pyproj(geojson_crs)):
+            import geopandas as gpd
+
+            target = _pyproj(geojson_crs)
+            pixel = gdf.attrs.get("pixel_size")  # set by changedet.vectorize
+            moved = _reproject(np.asarray(gdf.geometry.values), gdf.crs, target, geojson,
+                               float(pixel) if isinstance(pixel, (int, float)) else None)
+            out = gpd.GeoDataFrame(gdf.drop(columns=gdf.geometry.name),
+                                   geometry=gpd.GeoSeries(moved, index=gdf.index, crs=target), crs=target)
+        if geojson_crs is not None and out.crs is not None and _is_wgs84_lonlat(out.crs):
+            geojson_options = {"RFC7946": "YES",
+                               "COORDINATE_PRECISION": str(_precision(np.asarray(out.geometry.values)))}
 
     written: dict[str, Path] = {}
     try:
@@ -154,17 +463,14 @@ def write_vectors(
                         tmp.write_text(polygon_style_qml(), encoding="utf-8")
                     written["qml"] = qml
             if geojson is not None:
-                out = gdf if geojson_crs is None else gdf.to_crs(geojson_crs)
-                rfc = geojson_crs is not None and out.crs is not None and out.crs.to_epsg() == 4326
                 with atomic_output(geojson, overwrite=overwrite) as tmp:
                     pyogrio.write_dataframe(
                         out,
                         tmp,
                         driver="GeoJSON",
                         layer=layer,  # the FeatureCollection's "name" (else the temporary file's stem)
-                        geometry_type=geometry_type,
-                        promote_to_multi=geometry_type == "MultiPolygon",
-                        layer_options={"RFC7946": "YES"} if rfc else {"WRITE_NAME": "NO"},
+                        geometry_type=_geometry_type(out),
+                        layer_options=geojson_options,
                     )
                 written["geojson"] = geojson
     except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
