@@ -222,3 +222,19 @@ def test_a_polygon_across_the_antimeridian_is_cut_there(tmp_path):
     lon0, _, lon1, _ = geom.bounds
     assert lon0 == -180.0 and lon1 == 180.0
     assert _geodesic_area(geom) == pytest.approx(gdf.area_m2.iloc[0], rel=1e-3)
+
+
+def test_a_series_without_crs_writes_no_wgs84_looking_geojson(tmp_path):
+    from changedet.series import detect_series
+
+    rng = np.random.default_rng(0)
+    dates = [rng.normal(100, 5, (3, 30, 40)).astype("float32") for _ in range(3)]
+    dates[2][:, 10:20, 10:25] += 60
+    paths = [make_geotiff(tmp_path / f"d{k}.tif", img, crs=None) for k, img in enumerate(dates)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = detect_series(paths, method="cva", keep_order=True, output_dir=tmp_path / "out", quicklook=False)
+    assert any("changes.geojson is not written" in str(w.message) for w in caught)
+    assert not (tmp_path / "out" / "changes.geojson").exists() and "geojson" not in res.paths
+    assert (tmp_path / "out" / "changes.gpkg").exists()
+    assert res.report["vectorize"]["geojson_written"] is False

@@ -223,6 +223,16 @@ def detect_series(
         restore.enter_context(output_folder_lock(out))  # no second run writes into this folder meanwhile
         _check_outputs(out, names, overwrite, False)  # again: a run that held the folder may have finished
         restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too), restored
+        write_geojson = vectorize
+        if vectorize:  # the GeoJSON's CRS (or none without a CRS), decided before the prediction, as detect does
+            from changedet.export.vector import plan_geojson
+            from changedet.geodesy import grid_bounds
+
+            write_geojson, geojson_crs = plan_geojson(
+                stack.crs, geojson_crs, bounds=grid_bounds(stack.transform, stack.width, stack.height),
+                source=source_names[0])
+            if not write_geojson:
+                names.remove(SERIES_OUTPUT_NAMES["geojson"])
         timings["open_and_check"] = time.perf_counter() - t0
         # -- one predictor per pair -------------------------------------------------------------------------
         predictors: list[Any] = []
@@ -337,8 +347,9 @@ def detect_series(
                                   after_date=stack.dates[-1], model=str(model_report.get("name")),
                                   threshold=common_thr)
             polygons = _polygon_attributes(polygons, staging, pairs)
-            write_vectors(polygons, staging / SERIES_OUTPUT_NAMES["gpkg"], staging / SERIES_OUTPUT_NAMES["geojson"],
-                          geojson_crs=geojson_crs if stack.crs is not None else None, overwrite=True)
+            write_vectors(polygons, staging / SERIES_OUTPUT_NAMES["gpkg"],
+                          staging / SERIES_OUTPUT_NAMES["geojson"] if write_geojson else None,
+                          geojson_crs=geojson_crs, overwrite=True)
             timings["vectorize"] = time.perf_counter() - t1
         if quicklook:
             t2 = time.perf_counter()
@@ -372,7 +383,7 @@ def detect_series(
             "thresholds": thresholds,
             "tiling": {"tile_size": tile_size, "overlap": overlap, "blend": blend, "batch_size": batch_size},
             "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
-                          "geojson_crs": geojson_crs,
+                          "geojson_crs": geojson_crs if write_geojson else None, "geojson_written": write_geojson,
                           "attributes": "first_change/first_change_date/last_change_date/n_changes: majority "
                                         "(mode) over the polygon's changed pixels (ties: the earlier pair); "
                                         "earliest_change_date: minimum; max_changes: maximum"} if vectorize else None,
