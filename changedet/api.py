@@ -14,7 +14,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -37,6 +36,12 @@ from changedet.errors import (
     OutputError,
     OutputExistsError,
     OutputFolderBusyError,
+)
+from changedet.io.bands import (  # noqa: F401 - band_colours and identified_bands are part of this module's API
+    _bands_by_colour,
+    _bands_by_s2_order,
+    band_colours,
+    identified_bands,
 )
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
@@ -460,27 +465,6 @@ def _select_bands(info: Any, meta: Any, indexes: Any, source: str) -> Any:
     )
 
 
-def identified_bands(info: Any, want: Sequence[str]) -> list[int] | None:
-    """1-based indexes of a model's bands ``want`` in a raster, where the raster tells which band is which.
-
-    By band name (``B04`` in a 13-band stack, any case), else by colour (:func:`band_colours`: GDAL's colour
-    interpretation, or names such as ``Red``, ``SR_B4``), else by Sentinel-2 band order for an unnamed 13-band
-    raster (:func:`_bands_by_s2_order`). None when nothing identifies them (then only the band count can decide).
-
-    >>> from types import SimpleNamespace as NS
-    >>> identified_bands(NS(count=3, colorinterp=(), descriptions=("B02", "B03", "B04")), ["B04", "B03", "B02"])
-    [3, 2, 1]
-    """
-    want = [str(w) for w in want]
-    names = [str(d).strip().upper() if d else "" for d in (info.descriptions or ())]
-    if want and all(w.upper() in names for w in want):
-        return [names.index(w.upper()) + 1 for w in want]
-    by_colour = _bands_by_colour(info, want)
-    if by_colour is not None:
-        return by_colour
-    return _bands_by_s2_order(info, want)
-
-
 def _bands_per_date(infos: Sequence[Any], meta: Any, select: Any) -> Any:
     """The bands each date feeds the model when the user named none: the first date's selection (``select``, from
     :func:`_select_bands`), and for each later date its own where its names or colours identify the model's bands
@@ -510,110 +494,6 @@ def _warn_named_mismatch(info: Any, want: list[str], chosen: list[int], source: 
             f"on {', '.join(want)} in that order; leave --indexes out to pick them by name", ChangedetWarning,
             stacklevel=4,
         )
-
-
-def _bands_by_s2_order(info: Any, want: list[str]) -> list[int] | None:
-    """1-based indexes of a Sentinel-2 model's bands in a 13-band input whose bands carry no Sentinel-2 names.
-
-    A 13-band raster is taken to hold Sentinel-2 L1C's bands in sensor order (B01..B08, B8A, B09..B12, as
-    ``changedet stack`` and most L1C exports write them), so ``s2-rgb`` reads bands 4, 3, 2. None when the input has
-    another band count, names any Sentinel-2 band (then names decide) or the model has a band outside that list.
-    """
-    from changedet.models.bundled import S2_BANDS
-
-    names = {str(d).strip().upper() for d in (info.descriptions or ()) if d}
-    wanted = [str(w).strip().upper() for w in want]
-    if info.count != len(S2_BANDS) or not wanted or names & set(S2_BANDS) or not set(wanted) <= set(S2_BANDS):
-        return None
-    return [S2_BANDS.index(w) + 1 for w in wanted]
-
-
-#: Band names of a model that stand for a colour (Sentinel-2's true-colour bands, also numbered without the zero
-#: as Google Earth Engine and Landsat 8/9 do, or plain names).
-_COLOUR_OF = {"RED": "red", "GREEN": "green", "BLUE": "blue", "R": "red", "G": "green", "B": "blue",
-              "B04": "red", "B03": "green", "B02": "blue", "B4": "red", "B3": "green", "B2": "blue"}
-
-
-#: Landsat Collection 2 surface-reflectance band names of the visible bands: Landsat 8/9 (which has SR_B6, SWIR 1)
-#: and Landsat 4-7 (SR_B1-SR_B5 and SR_B7; band 6 is thermal, ST_B6).
-_LANDSAT_89 = {"SR_B2": "blue", "SR_B3": "green", "SR_B4": "red"}
-_LANDSAT_47 = {"SR_B1": "blue", "SR_B2": "green", "SR_B3": "red"}
-
-
-def band_colours(info: Any) -> list[str]:
-    """The colour each band of ``info`` stands for: ``"red"``, ``"green"``, ``"blue"``, ``"alpha"`` or ``""``.
-
-    GDAL's colour interpretation where it marks one of those, else the band description: ``Red``, ``Green``,
-    ``Blue`` (any case; also ``R``, ``G``, ``B``), Sentinel-2's ``B04``, ``B03``, ``B02``, or Landsat Collection 2
-    ``SR_B4``, ``SR_B3``, ``SR_B2`` (Landsat 8/9) and ``SR_B3``, ``SR_B2``, ``SR_B1`` (Landsat 4-7); the same for
-    a Level-1 stack named ``B1`` .. ``B7`` (all of B1-B5 and B7 present). Which Landsat: :func:`_landsat_is_89`.
-
-    >>> from types import SimpleNamespace as NS
-    >>> band_colours(NS(colorinterp=("gray",) * 4, descriptions=("Blue", "Green", "Red", "NIR")))
-    ['blue', 'green', 'red', '']
-    >>> band_colours(NS(colorinterp=(), descriptions=tuple(f"SR_B{i}" for i in range(1, 8))))
-    ['', 'blue', 'green', 'red', '', '', '']
-    """
-    interp = [str(c).lower() for c in (getattr(info, "colorinterp", None) or ())]
-    names = [str(d).strip().upper() if d else "" for d in (getattr(info, "descriptions", None) or ())]
-    level1 = {"B1", "B2", "B3", "B4", "B5", "B7"} <= set(names)  # a Landsat Level-1 stack (`changedet stack`)
-    dtypes = [str(d) for d in (getattr(info, "dtypes", None) or ())]
-    landsat = _LANDSAT_89 if _landsat_is_89(names, dtypes, level1) else _LANDSAT_47
-    if level1:
-        names = [f"SR_{n}" if re.fullmatch(r"B[1-9]", n) else n for n in names]
-    out = []
-    for i in range(max(len(interp), len(names))):
-        ci = interp[i] if i < len(interp) else ""
-        if ci in ("red", "green", "blue", "alpha"):
-            out.append(ci)
-            continue
-        name = names[i] if i < len(names) else ""
-        out.append(_COLOUR_OF.get(name) or landsat.get(name) or "")
-    return out
-
-
-def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool) -> bool:
-    """Whether Landsat band names (upper case) number the bands as Landsat 8/9 do (2 blue, 3 green, 4 red) rather
-    than Landsat 4-7 (1 blue, 2 green, 3 red).
-
-    Level-1 ``B1`` .. ``B7``: Landsat 8/9 when B10 or B11 (its thermal bands) is present; Landsat 4-7 when B6_VCID_*
-    (Landsat 7's thermal) is, or when B6 is absent (``changedet stack`` leaves Landsat 4-7's thermal B6 out); with a
-    B6 and neither, the data type decides: Landsat 4-7 Level-1 products are 8-bit, Landsat 8/9's 16-bit.
-    Surface reflectance ``SR_B*``: Landsat 8/9 when SR_B6 (SWIR 1; Landsat 4-7's band 6 is ST_B6) is present, or
-    when only its numbering finds blue, green and red (``SR_B2``, ``SR_B3``, ``SR_B4`` alone).
-
-    >>> _landsat_is_89(["B1", "B2", "B3", "B4", "B5", "B6", "B7"], ["uint8"] * 7, True)
-    False
-    >>> _landsat_is_89(["SR_B2", "SR_B3", "SR_B4"], ["uint16"] * 3, False)
-    True
-    """
-    have = set(names)
-    if level1:
-        if have & {"B10", "B11"}:
-            return True
-        if any(n.startswith("B6_VCID") for n in have) or "B6" not in have:
-            return False
-        return not (dtypes and all(d == "uint8" for d in dtypes))
-    if "SR_B6" in have:
-        return True
-    rgb = {"blue", "green", "red"}
-    return not rgb <= {_LANDSAT_47[n] for n in have if n in _LANDSAT_47} and rgb <= {
-        _LANDSAT_89[n] for n in have if n in _LANDSAT_89}
-
-
-def _bands_by_colour(info: Any, want: Sequence[str]) -> list[int] | None:
-    """1-based bands of ``info`` whose colour (:func:`band_colours`) matches a model's colour bands.
-
-    For an RGBA drone orthomosaic, an RGB + near-infrared raster or a Landsat stack fed to a 3-band RGB model: the
-    bands marked or named red, green and blue (each once), in the model's order. None when the model's bands are
-    not colours or the input does not mark each of them exactly once.
-    """
-    found = [_COLOUR_OF.get(str(w).strip().upper()) for w in want]
-    colours = [c for c in found if c is not None]
-    have = band_colours(info)
-    if not colours or len(colours) != len(found) or any(have.count(c) != 1 for c in colours):
-        return None
-    return [have.index(c) + 1 for c in colours]
 
 
 def _resolve_for_input(model: Any, checkpoint: Any, info: Any, select: Any, source: str) -> tuple[Any, Any, Any]:

@@ -419,6 +419,8 @@ def test_series_dates_read_the_models_bands_by_their_own_names(tmp_path: Path) -
     (["B1", "B2", "B3", "B4", "B5", "B7"], "uint16", ["B3", "B2", "B1"]),  # `changedet stack` of Landsat 4-7
     (["B2", "B3", "B4"], "uint16", ["B4", "B3", "B2"]),  # Earth Engine's Sentinel-2 / Landsat 8 numbering
     (["SR_B2", "SR_B3", "SR_B4"], "uint16", ["SR_B4", "SR_B3", "SR_B2"]),  # Landsat 8/9 surface reflectance, visible
+    (["B1", "B2", "B3"], "uint8", ["B3", "B2", "B1"]),  # Landsat 5 Level-1 visible bands (8-bit)
+    (["B1", "B2", "B3", "B4"], "uint8", ["B3", "B2", "B1"]),  # ... with near-infrared
 ])
 def test_landsat_and_unpadded_band_numbers_feed_red_green_blue(tmp_path: Path, names: list[str], dtype: str,
                                                                bands: list[str]) -> None:
@@ -431,6 +433,22 @@ def test_landsat_and_unpadded_band_numbers_feed_red_green_blue(tmp_path: Path, n
     assert result.report["grid"]["bands"] == bands
 
 
+def test_the_spacecraft_tag_settles_the_landsat_numbering() -> None:
+    from changedet.api import band_colours
+
+    subset = tuple(f"SR_B{i}" for i in range(1, 6))  # SR_B1-SR_B5: Landsat 4-7 or 8/9? The names cannot tell
+    l8 = SimpleNamespace(colorinterp=(), descriptions=subset, dtypes=("uint16",) * 5, tags={"SPACECRAFT_ID": "LANDSAT_8"})
+    assert band_colours(l8) == ["", "blue", "green", "red", ""]
+    l5 = SimpleNamespace(colorinterp=(), descriptions=subset, dtypes=("uint16",) * 5, tags={"SPACECRAFT_ID": "LANDSAT_5"})
+    assert band_colours(l5) == ["blue", "green", "red", "", ""]
+    level1 = SimpleNamespace(colorinterp=(), descriptions=("B1", "B2", "B3", "B4"), dtypes=("uint16",) * 4,
+                             tags={"SPACECRAFT_ID": "LANDSAT_7"})
+    assert band_colours(level1) == ["blue", "green", "red", ""]
+    # Sentinel-2 and Landsat 8 number the visible bands alike; Earth Engine's S2 names have no zero
+    gee = SimpleNamespace(colorinterp=(), descriptions=("B1", "B2", "B3", "B4", "B8A"), dtypes=("uint16",) * 5)
+    assert band_colours(gee) == ["", "blue", "green", "red", ""]
+
+
 def test_band_colours_prefer_the_colour_interpretation_to_names() -> None:
     from changedet.api import band_colours
 
@@ -439,6 +457,13 @@ def test_band_colours_prefer_the_colour_interpretation_to_names() -> None:
     plain = SimpleNamespace(colorinterp=("gray", "undefined", "undefined"), descriptions=("Blue", None, "R"))
     assert band_colours(plain) == ["blue", "", "red"]
     assert band_colours(SimpleNamespace(colorinterp=("gray",), descriptions=("SR_B2",))) == ["green"]  # 4-7 numbering
+    # ... but not GDAL's default red, green, blue(, alpha) of any 3 or 4 byte bands when names say otherwise
+    stacked = SimpleNamespace(colorinterp=("red", "green", "blue", "alpha"), descriptions=("blue", "green", "nir", "red"),
+                              dtypes=("uint8",) * 4)
+    assert band_colours(stacked) == ["blue", "green", "", "red"]
+    deliberate = SimpleNamespace(colorinterp=("blue", "green", "red"), descriptions=("B1", "B2", "B3"),
+                                 dtypes=("uint8",) * 3)
+    assert band_colours(deliberate) == ["blue", "green", "red"]
 
 
 def test_unnamed_uncoloured_band_counts_without_a_default_are_a_clear_error(tmp_path: Path) -> None:

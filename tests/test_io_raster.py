@@ -389,3 +389,19 @@ def test_a_warped_vrt_is_a_clear_input_error_saying_what_is_accepted(tmp_path: P
     assert not (tmp_path / "o").exists()
     with pytest.raises(InputError, match="a list was given where a raster is expected"):
         open_raster([before])  # type: ignore[arg-type]
+
+
+def test_cog_writer_marks_no_colours_on_three_or_four_byte_bands(tmp_path: Path) -> None:
+    """GDAL marks 3 or 4 byte bands red, green, blue(, alpha) by position unless told otherwise: a stack of
+    blue.tif, green.tif, nir.tif, red.tif then had its red band drawn as transparency."""
+    from rasterio.transform import from_origin
+
+    from changedet.io.raster import COGWriter, raster_info
+
+    for n in (3, 4):
+        path = tmp_path / f"s{n}.tif"
+        with COGWriter(path, width=64, height=64, count=n, dtype="uint8", crs="EPSG:32631",
+                       transform=from_origin(0, 0, 10, 10), descriptions=["blue", "green", "nir", "red"][:n]) as w:
+            w.write(np.ones((n, 64, 64), "uint8"))
+        info = raster_info(path)
+        assert not set(info.colorinterp) & {"red", "green", "blue", "alpha"}, info.colorinterp

@@ -72,6 +72,32 @@ def _common_named_bands(before: Path, after: Path) -> tuple[tuple[list[int], lis
                    f"({', '.join(str(n) for n in common)}), as detect picks a model's bands by name")
 
 
+def _model_bands_of_other_counts(before: Path, after: Path) -> tuple[tuple[list[int], list[int]] | None, str | None]:
+    """For two rasters with different band counts that share no band names (a Landsat 5 and a Landsat 8 stack, say):
+    the bands detect's default model reads in each, found by name or colour, and a note saying so; detect compares
+    those. ``(None, None)`` when the counts match or no default model finds its bands in both."""
+    from changedet.api import default_model_for
+    from changedet.errors import ChangedetError
+    from changedet.io.bands import identified_bands
+    from changedet.io.raster import raster_info
+    from changedet.models.bundled import list_bundled
+
+    try:
+        info_a = raster_info(after)
+        if raster_info(before).count == info_a.count:
+            return None, None
+        found = default_model_for(before, after)
+    except ChangedetError:
+        return None, None
+    want = next(m.band_names for m in list_bundled() if m.name == found["name"])
+    if identified_bands(info_a, want or []) is None:  # AFTER's bands were not found, only assumed at BEFORE's places
+        return None, None
+    idx, bands = found["indexes"], found["bands"]
+    return (idx["before"], idx["after"]), (
+        f"bands: different counts; checked the bands detect's default model {found['name']} reads in each, by name "
+        f"or colour: {', '.join(bands['before'])} of BEFORE and {', '.join(bands['after'])} of AFTER")
+
+
 def _default_model(before: Path, after: Path, report: Any) -> dict[str, Any] | None:
     """The bundled model ``detect`` would run on the pair without ``--model`` (a note in the report), or None and a
     note saying why none would, so that check's OK does not hide the error detect gives."""
@@ -135,6 +161,8 @@ def command(
     note = None
     if selected is None:
         selected, note = _common_named_bands(before, after)
+    if selected is None:
+        selected, note = _model_bands_of_other_counts(before, after)
     report = check_pair(before, after, indexes=selected, estimate_shift=shift, resampling=resampling)
     if note:
         report.notes.append(note)

@@ -260,6 +260,16 @@ class _Plan:
     )  # source georeferencing for the warper (pixel frame when not georeferenced)
 
 
+def _same_colours(info_b: RasterInfo, ib: list[int], info_a: RasterInfo, ia: list[int]) -> bool:
+    """Whether the selected bands of both dates stand for the same colours, each known (:func:`band_colours`)."""
+    from changedet.io.bands import band_colours
+
+    cb, ca = band_colours(info_b), band_colours(info_a)
+    pick_b = [cb[i - 1] if i <= len(cb) else "" for i in ib]
+    pick_a = [ca[i - 1] if i <= len(ca) else "" for i in ia]
+    return all(pick_b) and pick_b == pick_a
+
+
 def _normalize_indexes(
     indexes: Indexes, nb: int, na: int, report: PairReport
 ) -> tuple[list[int], list[int]] | None:
@@ -382,7 +392,8 @@ def _analyze(
             )
         db = [info_b.descriptions[i - 1] for i in ib]
         da = [info_a.descriptions[i - 1] for i in ia]
-        if all(db) and all(da) and [str(d).lower() for d in db] != [str(d).lower() for d in da]:
+        if all(db) and all(da) and [str(d).lower() for d in db] != [str(d).lower() for d in da] and not (
+                _same_colours(info_b, ib, info_a, ia)):  # B04 and SR_B4 are both red: no need to check them
             report.warn(
                 f"{na_name}: band names {list(da)} differ from {nb_name} ({list(db)}); check that the bands "
                 "correspond, or pick each date's bands: --indexes BEFORE:AFTER such as 1,2,3:3,2,1 (indexes=([1, 2, 3], "

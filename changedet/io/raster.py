@@ -838,6 +838,11 @@ class COGWriter:
             "zlevel": 1,
             "bigtiff": "IF_SAFER",
             "interleave": self.interleave,
+            # grey bands, whatever their count: GDAL marks 3 or 4 Byte bands red, green, blue (, alpha) by
+            # position otherwise, and a stack of blue.tif, green.tif, red.tif (sorted by name) then read as
+            # red, green, blue in QGIS and in detect, which trusts colour marks (its red band became alpha with a
+            # fourth file)
+            "photometric": "MINISBLACK",
         }
         try:
             with warnings.catch_warnings():
