@@ -39,7 +39,7 @@ from rasterio.features import shapes as _shapes
 from rasterio.windows import Window
 from scipy import ndimage
 
-from changedet.errors import InputError, NotGeoreferencedWarning, RasterReadError
+from changedet.errors import ChangedetWarning, InputError, NotGeoreferencedWarning, RasterReadError
 from changedet.geodesy import geodesic_area_perimeter, grid_bounds, local_metric_crs, needs_geodesic_area
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -365,7 +365,9 @@ def vectorize(
         Georeferencing of array inputs (rasterio ``Affine`` and anything ``pyproj.CRS`` accepts). Taken from the
         dataset when a path or dataset is given and these are None.
     threshold : float, optional
-        Decision threshold: required when ``mask`` is None, otherwise only stored in the ``threshold`` column.
+        Decision threshold: required when ``mask`` is None, otherwise only stored in the ``threshold`` column (a
+        mask file tagged by ``detect`` stores its own ``THRESHOLD``; another value given here is a warning, since
+        the polygons are the mask's: give the probability alone to threshold again).
     min_area : float
         Drop polygons smaller than this, in square metres (after ``fill_holes``; with ``simplify``, both before
         and after it, so that no polygon written is smaller).
@@ -489,9 +491,16 @@ def vectorize(
         model = model if model is not None else tags.get("MODEL")
         before_date = before_date if before_date is not None else tags.get("BEFORE_DATE")
         after_date = after_date if after_date is not None else tags.get("AFTER_DATE")
-        if threshold is None and msrc is not None and tags.get("THRESHOLD"):
+        if msrc is not None and tags.get("THRESHOLD"):
             with contextlib.suppress(ValueError):
-                threshold = float(tags["THRESHOLD"])  # the column only: the mask is already thresholded
+                made_at = float(tags["THRESHOLD"])  # the column only: the mask is already thresholded
+                if threshold is not None and not math.isclose(threshold, made_at):
+                    warnings.warn(
+                        f"{msrc.name} was thresholded at {made_at:g}, not {threshold:g}: the polygons are those of the "
+                        f"mask and their threshold column says {made_at:g}; to threshold again at {threshold:g}, give "
+                        "the probability raster alone (changedet vectorize probability.tif OUT --threshold ...)",
+                        ChangedetWarning, stacklevel=2)
+                threshold = made_at
         crs_obj = _CRS.from_user_input(crs) if crs is not None else None
         georeferenced = crs_obj is not None
         if not georeferenced:

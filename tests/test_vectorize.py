@@ -452,3 +452,20 @@ def test_simplify_always_gives_valid_polygons(crs, transform):
         assert g.is_valid.all()
         assert len(g) == len(exact) and g["pixel_count"].sum() == exact["pixel_count"].sum()
         assert g["area_m2"].sum() == pytest.approx(exact["area_m2"].sum(), rel=0.15)  # small blobs, 1-2.5 px
+
+
+def test_a_threshold_other_than_the_masks_is_a_warning_and_not_written_into_the_polygons(tmp_path):
+    from changedet.api import detect
+    from changedet.errors import ChangedetWarning
+    from changedet.testing import make_pair, paint_change
+    from changedet.vectorize import vectorize as vec
+
+    before, after = make_pair(tmp_path, "aligned", size=96)
+    paint_change(after, (30, 50, 20, 30))
+    r = detect(before, after, method="cva", output_dir=tmp_path / "out", quicklook=False)
+    made_at = r.report["threshold"]
+    with pytest.warns(ChangedetWarning, match="give the probability raster alone"):
+        gdf = vec(r.paths["change"], r.paths["probability"], threshold=0.99)
+    assert set(gdf["threshold"].round(6)) == {round(made_at, 6)}  # the mask's polygons, labelled with its threshold
+    again = vec(None, r.paths["probability"], threshold=0.99)  # thresholding again: the probability alone
+    assert set(again["threshold"]) <= {0.99} and len(again) <= len(gdf)
