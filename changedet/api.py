@@ -1284,17 +1284,10 @@ def _remove_stale_staging(out: Path) -> None:
 
 
 def _root_message(exc: BaseException) -> str:
-    """The message of an exception and of the errors it was raised from (GDAL's real reason comes first)."""
-    parts: list[str] = []
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        text = str(cur).strip()
-        if text and "See previous exception" not in text and text not in parts:
-            parts.append(text)
-        cur = cur.__cause__ or cur.__context__
-    return "; ".join(reversed(parts)) or type(exc).__name__
+    """:func:`changedet.errors.root_message` (kept under this name for the callers here)."""
+    from changedet.errors import root_message
+
+    return root_message(exc)
 
 
 _XARRAY_TMP_PREFIX = "changedet-xarray-"  # the folder of the GeoTIFFs written from xarray inputs

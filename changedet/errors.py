@@ -38,6 +38,7 @@ __all__ = [
     "Terminated",
     "UnknownModelError",
     "exit_code_for",
+    "root_message",
 ]
 
 EXIT_OK = 0
@@ -150,6 +151,21 @@ class NothingToCompareWarning(ChangedetWarning):
 
 class InputRangeWarning(ChangedetWarning):
     """The input's per-band statistics are far outside those the model was trained on (other units or scaling)."""
+
+
+def root_message(exc: BaseException) -> str:
+    """The message of an exception and of the errors it was raised from, GDAL's real reason first: rasterio's
+    "Read failed. See previous exception for details." alone never named the missing file behind a VRT."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = str(cur).strip()
+        if text and "See previous exception" not in text and text not in parts:
+            parts.append(text)
+        cur = cur.__cause__ or cur.__context__
+    return "; ".join(reversed(parts)) or type(exc).__name__
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -405,3 +405,20 @@ def test_cog_writer_marks_no_colours_on_three_or_four_byte_bands(tmp_path: Path)
             w.write(np.ones((n, 64, 64), "uint8"))
         info = raster_info(path)
         assert not set(info.colorinterp) & {"red", "green", "blue", "alpha"}, info.colorinterp
+
+
+def test_a_vrt_whose_source_is_missing_names_that_source(tmp_path: Path) -> None:
+    """rasterio's "Read failed. See previous exception for details." alone never named the missing file."""
+    import rasterio.shutil
+
+    from changedet.errors import RasterReadError
+    from changedet.io.raster import open_raster
+    from changedet.testing import make_geotiff
+
+    src = make_geotiff(tmp_path / "part.tif", np.ones((1, 32, 32), "uint16"))
+    with rasterio.open(src) as ds:
+        rasterio.shutil.copy(ds, tmp_path / "mosaic.vrt", driver="VRT")
+    src.unlink()
+    with pytest.raises(RasterReadError, match=r"part\.tif: No such file") as err:
+        open_raster(tmp_path / "mosaic.vrt")
+    assert "See previous exception" not in str(err.value)

@@ -43,6 +43,7 @@ from changedet.errors import (
     PairWarning,
     RasterReadError,
     ReprojectedInputWarning,
+    root_message,
 )
 from changedet.io.coregister import COREGISTRATION_WARN_PX, ShiftEstimate, estimate_pair_shift
 from changedet.io.raster import RasterInfo, crs_to_string, open_raster, raster_info
@@ -1108,7 +1109,7 @@ def _read_masked(
         mask = ds.read_masks(idx[0], window=window, out_shape=(h, w)) if use_mask else None
     except rasterio.errors.RasterioError as exc:
         raise RasterReadError(
-            f"{ds.name}: cannot read window {window} ({exc}); the file may be truncated."
+            f"{ds.name}: cannot read window {window} ({root_message(exc)}); the file may be truncated."
         ) from exc
     if all(np.issubdtype(np.dtype(ds.dtypes[i - 1]), np.integer) for i in idx):
         valid = np.ones((h, w), bool)  # integers are always finite: skip a pass over every band

@@ -40,6 +40,7 @@ from changedet.errors import (
     OutputError,
     OutputExistsError,
     RasterReadError,
+    root_message,
 )
 
 __all__ = [
@@ -472,7 +473,7 @@ def _validate(ds: DatasetReader, text: str, limit: int, probe: bool) -> None:
             ds.read(bidx, window=win)
     except (*_CORRUPT_HEADER_ERRORS, MemoryError) as exc:
         raise RasterReadError(
-            f"{text}: the header is readable but the pixel data are not ({exc}); the file is probably truncated "
+            f"{text}: the header is readable but the pixel data are not ({root_message(exc)}); the file is probably truncated "
             "or corrupt. Re-download or re-export it."
         ) from exc
 
@@ -612,7 +613,7 @@ def read_window(
         return ds.read(idx, window=window, out_dtype=out_dtype)
     except rasterio.errors.RasterioError as exc:
         raise RasterReadError(
-            f"{ds.name}: cannot read window {window} ({exc}); the file may be truncated or corrupt."
+            f"{ds.name}: cannot read window {window} ({root_message(exc)}); the file may be truncated or corrupt."
         ) from exc
 
 
