@@ -215,7 +215,7 @@ def test_stack_command(runner: CliRunner, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["stack", str(tmp_path / "d"), "-o", str(tmp_path / "adir")])
     assert res.exit_code == 2 and "is a directory; give a file name" in res.output
     res = runner.invoke(cli, ["stack", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.tif")])
-    assert res.exit_code == 2 and "not a folder" in res.output
+    assert res.exit_code == 2 and "nothing: does not exist" in res.output
 
 
 def test_gdal_virtual_paths_reach_gdal_as_given(runner: CliRunner, tmp_path: Path) -> None:

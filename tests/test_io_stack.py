@@ -146,7 +146,7 @@ def test_sentinel2_safe_products(tmp_path: Path, level: str) -> None:
         info = raster_info(out)
         assert info.descriptions == tuple(want)
         assert (info.width, info.height) == (48, 48) and info.res == (10.0, 10.0) and info.nodata == 0
-        assert info.date == dt.date(2019, 5, 1)
+        assert info.date == dt.date(2019, 5, 1) and info.tags["SPACECRAFT_ID"] == "SENTINEL_2B"
         with rasterio.open(out) as ds:
             np.testing.assert_array_equal(ds.read(2), b02)  # B02 from its 10 m file, not a coarser copy
     # the .zip as downloaded, read in place
@@ -184,7 +184,8 @@ def test_bands_in_another_crs_stack_and_a_band_given_twice_is_refused(tmp_path: 
     geo = np.zeros((h, w), "uint16")
     reproject(band, geo, src_transform=t_utm, src_crs="EPSG:32631", dst_transform=t, dst_crs="EPSG:4326")
     make_geotiff(tmp_path / "d" / "x_B04.tif", geo, crs="EPSG:4326", transform=t)
-    out = stack_bands(tmp_path / "d", tmp_path / "s.tif")  # was "x_B04.tif does not overlap x_B02.tif"
+    with pytest.warns(ReprojectedInputWarning, match=r"CRS of x_B04\.tif \(EPSG:4326\) differs"):
+        out = stack_bands(tmp_path / "d", tmp_path / "s.tif")  # was "x_B04.tif does not overlap x_B02.tif"
     with rasterio.open(out) as ds:
         assert ds.crs.to_epsg() == 32631 and ds.descriptions == ("B02", "B03", "B04")
         assert ds.read(3)[10:90, 10:90].mean() == pytest.approx(band[10:90, 10:90].mean(), rel=0.01)
@@ -270,6 +271,7 @@ def test_landsat_collection2_scene_folders(tmp_path: Path, mission: str, level: 
     info = raster_info(paths["20200612"])
     assert list(info.descriptions) == names
     assert info.res == (30.0, 30.0) and info.nodata == 0 and info.date == dt.date(2020, 6, 12)
+    assert info.tags["SPACECRAFT_ID"] == f"LANDSAT_{int(mission[2:])}"  # tells Landsat 4-7 from 8/9 numbering
     colours = band_colours(info)
     assert [names[colours.index(c)] for c in ("red", "green", "blue")] == rgb
 

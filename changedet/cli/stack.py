@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from changedet.cli._common import echo_json, quiet
 
 
 @click.command("stack")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="FOLDER | FILE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Output GeoTIFF.")
 @click.option(
     "--resampling",
@@ -29,17 +30,36 @@ from changedet.cli._common import echo_json, quiet
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def command(folder: Path, out: Path, resampling: str, interleave: str, overwrite: bool, as_json: bool) -> None:
-    """Stack the single-band rasters of FOLDER into OUT on the finest grid.
+def command(inputs: tuple[Path, ...], out: Path, resampling: str, interleave: str, overwrite: bool,
+            as_json: bool) -> None:
+    """Stack the single-band rasters of FOLDER (or the FILEs given) into OUT on the finest grid.
 
-    Sentinel-2 bands (file names ending in B01..B12 or B8A, e.g. an OSCD city's imgs_1 folder) are ordered as on
-    the sensor (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12); other files are ordered naturally and named
-    after their file names. Band names become band descriptions, the date found in the file names becomes the
-    ACQUISITION_DATE tag. OUT is a tiled, compressed Cloud-Optimised GeoTIFF written atomically, band-interleaved
-    unless --interleave pixel.
+    \b
+    FOLDER may be:
+    - a folder of single-band files, e.g. an OSCD city's imgs_1 folder;
+    - a Sentinel-2 product as ESA delivers it: the .SAFE folder, one of its
+      GRANULE/<name> folders or its IMG_DATA folder, or the downloaded .zip,
+      read in place (L1C: 13 bands; L2A: 12, no B10, each band from its
+      finest R10m/R20m/R60m file; an R10m/R20m/R60m folder alone gives only
+      that resolution's bands, with a warning);
+    - a Landsat scene folder: USGS Collection 2 (LC09_L2SP_..., LC08_L1TP_...),
+      Earth Engine exports (LT05_199026_20110615_B1.tif) or band files beside
+      an MTL.txt: the reflective 30 m bands under Landsat's own names (SR_B1..
+      or B1..), without the panchromatic, thermal and QA layers.
 
-    FOLDER may also be a Sentinel-2 .SAFE product (L1C: 13 bands; L2A: 12, no B10), one of its GRANULE/<name>
-    folders or its IMG_DATA folder: the finest file of each band is stacked and 0 is the nodata value.
+    Sentinel-2 bands (file names ending in B01..B12 or B8A) are ordered as on the sensor (B01 B02 B03 B04 B05 B06
+    B07 B08 B8A B09 B10 B11 B12); the layers that are not reflectance bands (TCI, AOT, WVP, SCL, QA..., shown with
+    -v) are left out; 0 is nodata for Sentinel-2 (16-bit) and Landsat bands. Other files are ordered naturally (or
+    as given) and named after their file names. The grid is that of the band with the finest pixel in metres; bands
+    in another CRS are reprojected onto it, with a warning.
+
+    Band names become band descriptions. The ACQUISITION_DATE tag is the date in OSCD's dates.txt beside an
+    imgs_1/imgs_2 folder, else the sensing date of the Sentinel-2 product (its metadata or product name) or of the
+    Landsat MTL file, else the first date in the file names, else in the folder name. The SPACECRAFT_ID tag names
+    the sensor where the files tell it (LANDSAT_5, LANDSAT_8, SENTINEL_2A, ...). OUT is a tiled, compressed
+    Cloud-Optimised GeoTIFF written atomically, band-interleaved unless --interleave pixel.
+
+    Several FILEs instead of a FOLDER stack exactly those files (e.g. to pick one of two files of a band).
     """
     from changedet.io.raster import raster_info
     from changedet.io.stack import stack_bands
@@ -48,8 +68,14 @@ def command(folder: Path, out: Path, resampling: str, interleave: str, overwrite
         if not quiet():
             click.echo(f"  band {done}/{total}", err=True)
 
-    path = stack_bands(folder, out, overwrite=overwrite, resampling=resampling, interleave=interleave,
-                       progress=progress)
+    one = inputs[0]
+    if len(inputs) == 1 and (one.is_dir() or not one.exists() or one.suffix.lower() == ".zip"):
+        path = stack_bands(one, out, overwrite=overwrite, resampling=resampling, interleave=interleave,
+                           progress=progress)
+    else:
+        parent = Path(os.path.commonpath([os.path.abspath(p.parent) for p in inputs]))
+        path = stack_bands(parent, out, files=list(inputs), overwrite=overwrite, resampling=resampling,
+                           interleave=interleave, progress=progress)
     info = raster_info(path)
     if as_json:
         echo_json(info.to_dict())

@@ -2,10 +2,14 @@
 
 This is how a Sentinel-2 date delivered as one file per band (e.g. an OSCD city's ``imgs_1`` folder: B01..B12 and
 B8A at 10, 20 and 60 m) becomes one raster that :func:`~changedet.io.alignment.open_pair` can compare: every band is
-resampled onto the grid of the finest band, bands are ordered as on the sensor (B01, B02, B03, B04, B05, B06, B07,
-B08, B8A, B09, B10, B11, B12) and named in the band descriptions, and the acquisition date found in the file names
-is written as the ``ACQUISITION_DATE`` tag. Any other folder of single-band files works too: bands are then named
-after the files and ordered naturally (``band2`` before ``band10``).
+resampled onto the grid of the finest band (pixel sizes compared in metres, degrees converted), bands are ordered as
+on the sensor (B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B10, B11, B12) and named in the band descriptions,
+the acquisition (sensing) date is written as the ``ACQUISITION_DATE`` tag and, where the files tell, the sensor as
+the ``SPACECRAFT_ID`` tag (``SENTINEL_2A``, ``LANDSAT_5``, ...). Sentinel-2 layers that are not reflectance bands
+(``TCI``, ``AOT``, ``WVP``, ``SCL``, ...) are left out. Landsat files (named with a Landsat product id, as USGS and
+Google Earth Engine export them, or beside an ``MTL`` file) keep Landsat's own band names (``B1``, ``SR_B4``) without
+the thermal, panchromatic and QA layers. Any other folder of single-band files works too: bands are then named after
+the files and ordered naturally (``band2`` before ``band10``).
 
 The output is a Cloud-Optimised GeoTIFF (tiled, DEFLATE, overviews) written under a temporary name and renamed when
 complete; memory use is bounded by one block row of one band.
@@ -14,11 +18,14 @@ complete; memory use is bounded by one block row of one band.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import logging
+import math
 import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +36,13 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from changedet.errors import ChangedetWarning, InputError, NotGeoreferencedWarning
+from changedet.errors import ChangedetWarning, InputError, NotGeoreferencedWarning, ReprojectedInputWarning
 from changedet.io.raster import COGWriter, date_from_name, open_raster
 
 __all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "landsat_band_files", "list_band_files",
            "safe_band_files", "stack_bands"]
+
+log = logging.getLogger(__name__)
 
 #: Sentinel-2 MSI bands in sensor (wavelength) order.
 SENTINEL2_BANDS: tuple[str, ...] = (
@@ -44,6 +53,22 @@ SENTINEL2_BANDS: tuple[str, ...] = (
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt", ".bil", ".dat", ".envi")
 
 _S2_TOKEN = re.compile(r"(?:^|[^A-Za-z0-9])B(0?[1-9]|1[0-2]|8A)(?:$|[^A-Za-z0-9])", re.IGNORECASE)
+#: Sentinel-2 layers that are not reflectance bands: true colour (``TCI``, Earth Search's ``visual``, Earth Engine's
+#: ``TCI_R``), the L2A aerosol, water vapour and scene classification maps, cloud/snow probabilities, quality and
+#: mask layers, previews. Matched at the end of a file name, before an L2A resolution suffix (``_SCL_20m``).
+_S2_AUX = re.compile(
+    r"(?:^|[_\-. ])(?:TCI(?:_[RGB])?|AOT|WVP|SCL|CLD|SNW|CLDPRB|SNWPRB|PVI|PREVIEW|VISUAL|THUMBNAIL|QA\w*|MSK_\w+)"
+    r"(?:_\d+m)?$",
+    re.IGNORECASE,
+)
+#: ``S2A_``, ``S2B_``, ... in a product, granule or file name: which Sentinel-2 satellite.
+_S2_SAT = re.compile(r"(?:^|[^A-Za-z0-9])S2([A-D])_", re.IGNORECASE)
+#: Product, granule and file names of the Sentinel-2 format used until December 2016 (``S2A_OPER_PRD_MSIL1C_PDMC_...``,
+#: ``S2A_OPER_MSI_L1C_TL_SGS__...``, Sen2Cor's ``S2A_USER_...``): their first date is the *processing* time; the
+#: product name carries the sensing date after ``_V``.
+_S2_OLD_FORMAT = re.compile(r"^S2[A-D]_(?:OPER|USER)_", re.IGNORECASE)
+#: Names that only Sentinel-2 products carry: tile and sensing time (``T31UDQ_20190501T105031_B02``), product types.
+_S2_NAME = re.compile(r"(?:^|_)(?:T\d{2}[A-Z]{3}_\d{8}T\d{6}|MSIL1C|MSIL2A|MSI_L1C|MSI_L2A)(?:_|$)", re.IGNORECASE)
 _NATURAL = re.compile(r"(\d+)")
 
 
@@ -69,6 +94,91 @@ def band_name_from_file(path: str | os.PathLike[str]) -> str | None:
 _RES_SUFFIX = re.compile(r"_(\d+)m$", re.IGNORECASE)
 
 
+@dataclass
+class _Layout:
+    """What a folder (or list of files) holds: the band files to stack and what is known about them."""
+
+    paths: list[Path]
+    names: list[str]
+    sensor: str = "other"  # "sentinel2", "landsat" or "other"
+    spacecraft: str | None = None  # SPACECRAFT_ID tag: LANDSAT_5, SENTINEL_2A, SENTINEL_2, ...
+    date: _dt.date | None = None  # sensing date from product metadata or product names
+    skipped: list[str] = field(default_factory=list)  # files left out (names)
+
+
+def _read_text(path: Path, limit: int = 4 * 1024 * 1024) -> str:
+    try:
+        if path.stat().st_size > limit:
+            return ""
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _s2_product_info(names: Sequence[str], xml_texts: Sequence[str]) -> tuple[_dt.date | None, str | None]:
+    """Sensing date and ``SPACECRAFT_ID`` of a Sentinel-2 product from its metadata and names.
+
+    ``names`` are the product (``.SAFE``) and granule names, most telling first; ``xml_texts`` the granule's and the
+    product's metadata files. The date is the granule's ``SENSING_TIME``, else the product's
+    ``PRODUCT_START_TIME``/``DATATAKE_SENSING_START``, else the validity start ``_V<date>`` of an old-format product
+    name, else the first date of a name in the current format (never the processing date of an old-format name).
+
+    >>> _s2_product_info(["S2A_OPER_PRD_MSIL1C_PDMC_20161205T183354_R051_V20161130T105422_20161130T105422.SAFE"], [])
+    (datetime.date(2016, 11, 30), 'SENTINEL_2A')
+    >>> _s2_product_info(["S2B_MSIL2A_20190501T105029_N0212_R051_T31UDQ_20190501T130520.SAFE"], [])
+    (datetime.date(2019, 5, 1), 'SENTINEL_2B')
+    """
+    date: _dt.date | None = None
+    for pattern in (r"<SENSING_TIME[^>]*>\s*(\d{4}-\d{2}-\d{2})",
+                    r"<(?:PRODUCT_START_TIME|DATATAKE_SENSING_START)[^>]*>\s*(\d{4}-\d{2}-\d{2})"):
+        hit = next((m for m in (re.search(pattern, t) for t in xml_texts) if m is not None), None)
+        if hit is not None:
+            try:
+                date = _dt.date.fromisoformat(hit.group(1))
+                break
+            except ValueError:
+                continue
+    for name in names:
+        if date is not None:
+            break
+        v = re.search(r"_V(\d{8})T\d{6}", name)
+        if v is not None:
+            date = date_from_name(v.group(1))
+        elif not _S2_OLD_FORMAT.match(name):
+            date = date_from_name(name)
+    sat = next((m.group(1).upper() for m in (re.search(r"<SPACECRAFT_NAME>\s*Sentinel-2([A-D])", t, re.IGNORECASE)
+                                             for t in xml_texts) if m is not None), None)
+    if sat is None:
+        sat = next((m.group(1).upper() for m in (_S2_SAT.search(n) for n in [*names, *xml_texts]) if m is not None),
+                   None)
+    return date, (f"SENTINEL_2{sat}" if sat else None)
+
+
+def _enclosing_safe(d: Path) -> tuple[Path | None, Path | None]:
+    """The ``.SAFE`` folder that ``d`` is (or lies in) and its granule folder (the one ``d`` is in, else the only
+    one), each None when there is none."""
+    d = Path(os.path.abspath(d))
+    chain = [d, *list(d.parents)[:4]]
+    safe = next((p for p in chain if p.suffix.upper() == ".SAFE"), None)
+    granule = next((p for p in chain if p.parent.name == "GRANULE"), None)
+    if granule is None and safe is not None:
+        found = [p for p in (safe / "GRANULE").glob("*") if p.is_dir()]
+        granule = found[0] if len(found) == 1 else None
+    return safe, granule
+
+
+def _s2_folder_info(d: Path, file_names: Sequence[str] = ()) -> tuple[_dt.date | None, str | None]:
+    """:func:`_s2_product_info` for a folder on disk: its enclosing ``.SAFE`` product and granule (names and
+    metadata XML), then the file names, then the folder's name."""
+    safe, granule = _enclosing_safe(d)
+    names = [p.name for p in (safe, granule) if p is not None]
+    xml = [_read_text(f) for g in (granule, safe) if g is not None for f in sorted(g.glob("*.xml")) if f.is_file()]
+    date, spacecraft = _s2_product_info([*names, *file_names, d.name], xml)
+    if spacecraft is None and safe is not None:
+        spacecraft = "SENTINEL_2"
+    return date, spacecraft
+
+
 def safe_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
     """The band files of a Sentinel-2 SAFE product (L1C or L2A), finest resolution per band, in sensor order.
 
@@ -84,20 +194,31 @@ def safe_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
     InputError
         A product with several granules (older multi-tile L1C products): give one ``GRANULE/<granule>`` folder.
     """
-    d = Path(os.fspath(folder))
+    layout = _safe_layout(Path(os.fspath(folder)))
+    return None if layout is None else layout.paths
+
+
+def _safe_layout(d: Path) -> _Layout | None:
     if d.is_file() and d.suffix.lower() == ".zip":
         import zipfile
 
         try:
             with zipfile.ZipFile(d) as z:
                 members = [m for m in z.namelist() if not m.endswith("/")]
+                meta = [m for m in members if m.lower().endswith(".xml") and (
+                    m.count("/") == 1 or (m.count("/") == 3 and "/GRANULE/" in m))]
+                xml = [z.read(m).decode("utf-8", "replace") for m in meta if z.getinfo(m).file_size < 4 * 1024 * 1024]
         except (OSError, zipfile.BadZipFile) as exc:
             raise InputError(f"{d}: not a readable ZIP archive ({exc}); download the product again.") from exc
         root = f"/vsizip/{{{d.resolve().as_posix()}}}"  # braces: an absolute path that survives pathlib
-        files = [Path(f"{root}/{m}") for m in members]
         granules = sorted({m.split("/IMG_DATA/")[0] for m in members if "/IMG_DATA/" in m})
-        in_img = [(f, m) for f, m in zip(files, members, strict=True) if "/IMG_DATA/" in m]
-        return _safe_pick(d, granules, [f for f, _ in in_img])
+        files = [Path(f"{root}/{m}") for m in members if "/IMG_DATA/" in m]
+        layout = _safe_pick(d, granules, files)
+        if layout is not None:
+            names = [n for m in members[:1] for n in m.split("/")[:1]] + [Path(g).name for g in granules] + [d.stem]
+            layout.date, spacecraft = _s2_product_info(names, xml)
+            layout.spacecraft = spacecraft or "SENTINEL_2"
+        return layout
     if (d / "IMG_DATA").is_dir():
         img_dirs = [d / "IMG_DATA"]
     elif d.name == "IMG_DATA":
@@ -106,58 +227,15 @@ def safe_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
         img_dirs = sorted(p for p in d.glob("GRANULE/*/IMG_DATA") if p.is_dir())
     if not img_dirs:
         return None
-    return _safe_pick(d, [str(p.parent) for p in img_dirs], sorted(f for f in img_dirs[0].rglob("*") if f.is_file()))
+    layout = _safe_pick(d, [str(p.parent) for p in img_dirs],
+                        sorted(f for f in img_dirs[0].rglob("*") if f.is_file()))
+    if layout is not None:
+        layout.date, spacecraft = _s2_folder_info(img_dirs[0].parent, [p.name for p in layout.paths])
+        layout.spacecraft = spacecraft or "SENTINEL_2"
+    return layout
 
 
-_LANDSAT = re.compile(
-    r"^L[COTEM]0[4-9]_(?P<level>L1TP|L1GT|L1GS|L2SP|L2SR)_\d{6}_\d{8}_\d{8}_\d{2}_(?:T1|T2|RT)_(?P<band>.+)$",
-    re.IGNORECASE,
-)
-
-
-def landsat_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
-    """The reflective 30 m band files of a Landsat Collection 2 scene folder, in band order, or None.
-
-    Level-2 (``..._L2SP_...``): the surface-reflectance bands ``SR_B1`` .. ``SR_B7`` (Landsat 8/9) or ``SR_B1`` ..
-    ``SR_B5``, ``SR_B7`` (Landsat 4-7). Level-1 (``..._L1TP_...``): ``B1`` .. ``B7`` and ``B9`` (Landsat 8/9
-    cirrus). Skipped: the 15 m panchromatic ``B8`` (it would put every band on a 15 m grid), the thermal bands
-    (``ST_B10``, ``B10``, ``B11``, ``ST_B6``, ``B6``; other units and resolution), the ``QA`` layers and
-    angle/metadata files. None when the folder does not hold a Landsat Collection 2 scene.
-
-    Raises
-    ------
-    InputError
-        The folder holds the bands of several scenes: stack each scene from its own folder.
-    """
-    d = Path(os.fspath(folder))
-    if not d.is_dir():
-        return None
-    scenes: dict[str, list[tuple[int, Path]]] = {}
-    for f in sorted(d.iterdir()):
-        m = _LANDSAT.match(f.stem)
-        if m is None or not f.is_file() or f.suffix.lower() not in (".tif", ".tiff"):
-            continue
-        band = m.group("band").upper()
-        scene = f.stem[: m.start("band")]
-        if m.group("level").upper().startswith("L2"):
-            num = re.fullmatch(r"SR_B([1-7])", band)
-            keep = num is not None
-        else:
-            num = re.fullmatch(r"B([1-79])", band)
-            keep = num is not None and not (num.group(1) == "6" and f.stem.upper().startswith(("LT0", "LE0", "LM0")))
-        if keep and num is not None:
-            scenes.setdefault(scene, []).append((int(num.group(1)), f))
-    if not scenes:
-        return None
-    if len(scenes) > 1:
-        raise InputError(
-            f"{d}: holds the bands of {len(scenes)} Landsat scenes ({', '.join(s.rstrip('_') for s in sorted(scenes))});"
-            " stack one scene at a time: put each scene's files in its own folder."
-        )
-    return [f for _n, f in sorted(next(iter(scenes.values())))]
-
-
-def _safe_pick(source: Path, granules: Sequence[str], files: Sequence[Path]) -> list[Path] | None:
+def _safe_pick(source: Path, granules: Sequence[str], files: Sequence[Path]) -> _Layout | None:
     """The finest file of each Sentinel-2 band among ``files`` (of one granule), in sensor order."""
     if len(granules) > 1:
         raise InputError(
@@ -165,19 +243,142 @@ def _safe_pick(source: Path, granules: Sequence[str], files: Sequence[Path]) -> 
             f"({', '.join(Path(g).name for g in granules)}); stack one of them: give its GRANULE/<name> folder."
         )
     best: dict[str, tuple[int, Path]] = {}
+    skipped = []
     for f in files:
         if f.suffix.lower() not in RASTER_SUFFIXES:
             continue
-        band = band_name_from_file(f)
+        band = None if _S2_AUX.search(f.stem) else band_name_from_file(f)
         if band is None:
-            continue  # TCI, AOT, WVP, SCL, ...
+            skipped.append(f.name)  # TCI, AOT, WVP, SCL, ...
+            continue
         m = _RES_SUFFIX.search(f.stem)
         res = int(m.group(1)) if m else 0
         if band not in best or res < best[band][0]:
             best[band] = (res, f)
     if not best:
         return None
-    return [best[b][1] for b in SENTINEL2_BANDS if b in best]
+    order = [b for b in SENTINEL2_BANDS if b in best]
+    return _Layout([best[b][1] for b in order], order, "sentinel2", skipped=skipped)
+
+
+#: A Landsat product id at the start of a file name, as USGS (``LC08_L2SP_196025_20200612_20200824_02_T1_``,
+#: Collections 1 and 2) and Google Earth Engine (``LT05_199026_20110615_``) name band files; any case.
+_LANDSAT_ID = re.compile(
+    r"^L[COTEM]0(?P<num>[4-9])_(?:[A-Z0-9]{4}_)?\d{6}_\d{8}(?:_\d{8}_\d{2}_[A-Z0-9]{2})?_", re.IGNORECASE
+)
+#: A Landsat band at the end of a file name: ``B4``, ``SR_B4``, ``ST_B10``.
+_LANDSAT_BAND = re.compile(r"(?:^|[_\-. ])((?:SR_|ST_)?B\d{1,2})$", re.IGNORECASE)
+
+
+def _landsat_reflective(band: str, number: int) -> bool:
+    """Whether a Landsat band name (``SR_B4``, ``B6``, ``ST_B10``, ``QA_PIXEL``) of Landsat ``number`` is one of the
+    reflective 30 m bands: ``SR_B1`` .. ``SR_B7``; Landsat 8/9 ``B1`` .. ``B7`` and ``B9`` (not the 15 m
+    panchromatic ``B8``, nor the thermal ``B10``/``B11``); Landsat 4-7 ``B1`` .. ``B5`` and ``B7`` (not the thermal
+    ``B6``, nor Landsat 7's panchromatic ``B8``)."""
+    m = re.fullmatch(r"(SR_)?B(\d{1,2})", band.upper())
+    if m is None:
+        return False  # ST_B*, QA_*, angle bands
+    n = int(m.group(2))
+    if m.group(1):
+        return 1 <= n <= 7
+    return n in ((1, 2, 3, 4, 5, 6, 7, 9) if number >= 8 else (1, 2, 3, 4, 5, 7))
+
+
+def _read_mtl(d: Path) -> tuple[int | None, _dt.date | None]:
+    """The Landsat number (``SPACECRAFT_ID = "LANDSAT_8"``) and ``DATE_ACQUIRED`` of an ``MTL.txt``/``_MTL.xml``
+    file in ``d``, each None where there is none."""
+    number: int | None = None
+    date: _dt.date | None = None
+    if not d.is_dir():
+        return None, None
+    for f in sorted(d.iterdir()):
+        if not re.search(r"(?:^|_)MTL\.(?:txt|xml)$", f.name, re.IGNORECASE) or not f.is_file():
+            continue
+        text = _read_text(f, 1024 * 1024)
+        sc = re.search(r"SPACECRAFT_ID\W*LANDSAT_([4-9])\b", text, re.IGNORECASE)
+        acq = re.search(r"DATE_ACQUIRED\W*(\d{4}-\d{2}-\d{2})", text, re.IGNORECASE)
+        number = number or (int(sc.group(1)) if sc else None)
+        if date is None and acq is not None:
+            try:
+                date = _dt.date.fromisoformat(acq.group(1))
+            except ValueError:
+                pass
+    return number, date
+
+
+def _landsat_band(path: Path, mtl_number: int | None) -> tuple[str, int, str] | None:
+    """``(scene, landsat number, band)`` of a Landsat band file: a file named with a Landsat product id, or, beside
+    an MTL file that names the satellite, a file whose name ends with a band (``B4.TIF``). None otherwise."""
+    stem = path.stem
+    m = _LANDSAT_ID.match(stem)
+    if m is not None:
+        return stem[: m.end()].upper(), int(m.group("num")), stem[m.end():].upper()
+    if mtl_number is not None:
+        b = _LANDSAT_BAND.search(stem)
+        if b is not None:
+            return stem[: b.start(1)].upper(), mtl_number, b.group(1).upper()
+    return None
+
+
+def _landsat_layout(source: Path, files: Sequence[Path], mtl_number: int | None = None, *,
+                    select: bool = True) -> _Layout | None:
+    """The Landsat bands among ``files``, in band order with Landsat's names, or None when no file is a Landsat band.
+
+    ``select``: keep only the reflective 30 m bands of one scene (:func:`_landsat_reflective`; surface reflectance
+    ``SR_B*`` where a scene has both), as for a folder; False keeps every given file (an explicit list), but all of
+    them must then be Landsat files.
+    """
+    parsed = {p: _landsat_band(p, mtl_number) for p in files}
+    if not any(parsed.values()) or (not select and not all(parsed.values())):
+        return None
+    kept = {p: v for p, v in parsed.items() if v is not None and (not select or _landsat_reflective(v[2], v[1]))}
+    scenes: dict[str, list[tuple[int, str, Path]]] = {}
+    for p, (scene, _num, band) in kept.items():
+        scenes.setdefault(scene, []).append((int(re.sub(r"\D", "", band) or 0), band, p))
+    if len(scenes) > 1:
+        raise InputError(
+            f"{source}: holds the bands of {len(scenes)} Landsat scenes "
+            f"({', '.join(s.rstrip('_') or '?' for s in sorted(scenes))}); stack one scene at a time: put each scene's "
+            "files in its own folder."
+        )
+    if not scenes:
+        raise InputError(
+            f"{source}: Landsat files ({', '.join(p.name for p in files)}) but no reflective 30 m band among them "
+            "(B1..B7, SR_B1..SR_B7; the thermal, panchromatic and QA layers are not stacked)."
+        )
+    bands = next(iter(scenes.values()))
+    if select and any(b.startswith("SR_") for _n, b, _p in bands):
+        bands = [t for t in bands if t[1].startswith("SR_")]
+    bands = sorted(bands, key=lambda t: (t[0], t[1])) if select else bands
+    chosen = {p for _n, _b, p in bands}
+    number = next(v[1] for p, v in kept.items() if v is not None and p in chosen)
+    return _Layout([p for _n, _b, p in bands], [b for _n, b, _p in bands], "landsat",
+                   spacecraft=f"LANDSAT_{number}", skipped=[p.name for p in files if p not in chosen])
+
+
+def landsat_band_files(folder: str | os.PathLike[str]) -> list[Path] | None:
+    """The reflective 30 m band files of a Landsat scene folder, in band order, or None.
+
+    The band files are those named with a Landsat product id, as USGS delivers them (Collection 2 Level-2
+    ``LC09_L2SP_...``, Level-1 ``LC08_L1TP_...``, Collection 1) and as Google Earth Engine exports them
+    (``LT05_199026_20110615_B1.tif``; any case), or, in a folder with an ``MTL.txt`` that names the satellite, files
+    whose names end with a band (``B4.TIF``). Kept: the surface-reflectance bands ``SR_B1`` .. ``SR_B7`` (Landsat
+    8/9) or ``SR_B1`` .. ``SR_B5``, ``SR_B7`` (Landsat 4-7); else ``B1`` .. ``B7`` and ``B9`` (Landsat 8/9 cirrus) or
+    ``B1`` .. ``B5``, ``B7`` (Landsat 4-7). Skipped: the 15 m panchromatic ``B8`` (it would put every band on a 15 m
+    grid), the thermal bands (``ST_B10``, ``B10``, ``B11``, ``ST_B6``, ``B6``; other units and resolution), the
+    ``QA`` layers and angle/metadata files. None when the folder does not hold Landsat band files.
+
+    Raises
+    ------
+    InputError
+        The folder holds the bands of several scenes (stack each scene from its own folder), or Landsat files but
+        no reflective band.
+    """
+    d = Path(os.fspath(folder))
+    if not d.is_dir():
+        return None
+    layout = _landsat_layout(d, list_band_files(d), _read_mtl(d)[0])
+    return None if layout is None else layout.paths
 
 
 def list_band_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -271,6 +472,155 @@ def _coverage_problems(bands: Sequence[_Band], ref: _Band, folder: Any) -> list[
     return partial
 
 
+def _named_layout(source: Any, paths: list[Path]) -> _Layout:
+    """Band names and order of files named as Landsat or Sentinel-2 bands (sensor names and order), else after the
+    files (given order)."""
+    landsat = _landsat_layout(Path(os.fspath(source)), paths, select=False)
+    if landsat is not None:
+        return landsat
+    s2 = [band_name_from_file(p) for p in paths]
+    if all(s2) and len(set(s2)) < len(s2):  # Sentinel-2 band files, one band twice (a copy, two resolutions)
+        twice = sorted({b for b in s2 if s2.count(b) > 1})  # type: ignore[type-var]
+        shown = "; ".join(f"{b}: " + ", ".join(p.name for p, n in zip(paths, s2, strict=True) if n == b)
+                          for b in twice)
+        raise InputError(
+            f"{source}: several files hold the same Sentinel-2 band ({shown}); keep one file per band: move the "
+            "others out of the folder, or name the files to stack (`changedet stack FILE FILE ... -o OUT.tif`; in "
+            "Python stack_bands(..., files=[...]))"
+        )
+    if all(s2):
+        order = sorted(range(len(paths)), key=lambda i: SENTINEL2_BANDS.index(s2[i]))  # type: ignore[arg-type]
+        return _Layout([paths[i] for i in order], [str(s2[i]) for i in order], "sentinel2")
+    names = _generic_names(paths)
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"{source}: several files give the band name(s) {sorted(dup)}; rename them.")
+    return _Layout(list(paths), names)
+
+
+def _folder_layout(d: Path, out: Path) -> _Layout:
+    """The band files of a folder (or a Sentinel-2 ``.zip``): a SAFE product, a Landsat scene, a folder of
+    Sentinel-2 band files (its non-reflectance layers left out) or any other folder of rasters."""
+    safe = _safe_layout(d)
+    if safe is not None:
+        return safe
+    if not d.is_dir():
+        raise InputError(f"{d}: a ZIP archive without Sentinel-2 band files; extract it and stack the folder.")
+    rasters = [p for p in list_band_files(d) if p.resolve() != out]
+    mtl_number, mtl_date = _read_mtl(d)
+    landsat = _landsat_layout(d, rasters, mtl_number)
+    if landsat is not None:
+        landsat.date = mtl_date
+        return landsat
+    if not rasters:
+        raise InputError(
+            f"{d}: no raster files ({', '.join(RASTER_SUFFIXES)}) found; give the folder that holds one file per band."
+        )
+    aux = [p for p in rasters if _S2_AUX.search(p.stem)]
+    rest = [p for p in rasters if p not in aux]
+    skipped = []
+    if aux and rest and all(band_name_from_file(p) for p in rest):  # Sentinel-2 bands and L2A/TCI layers
+        rasters, skipped = rest, [p.name for p in aux]
+    layout = _named_layout(d, rasters)
+    layout.skipped = skipped
+    if layout.sensor == "sentinel2":
+        res = {m.group(1) for m in (_RES_SUFFIX.search(p.stem) for p in layout.paths) if m is not None}
+        if len(res) == 1 and all(_RES_SUFFIX.search(p.stem) for p in layout.paths):
+            _safe, granule = _enclosing_safe(d)
+            warnings.warn(
+                f"{d}: holds only the {res.pop()} m files of a Sentinel-2 L2A product ({', '.join(layout.names)} "
+                f"stacked); to stack every band, each from its finest resolution, give the product's .SAFE folder or "
+                f"its GRANULE/<name> folder{f' ({granule})' if granule is not None else ''}",
+                ChangedetWarning, stacklevel=3,
+            )
+    return layout
+
+
+def _bundled_s2_models() -> dict[str, list[str]]:
+    """The Sentinel-2 bands each bundled model reads (from the model cards' JSON beside the weights; no torch)."""
+    out = {}
+    for f in sorted((Path(__file__).resolve().parents[1] / "weights").glob("*.json")):
+        try:
+            bands = [str(b).upper() for b in json.loads(f.read_text(encoding="utf-8")).get("band_names") or []]
+        except (OSError, ValueError, AttributeError):
+            continue
+        if bands and set(bands) <= set(SENTINEL2_BANDS):
+            out[f.stem] = bands
+    return out
+
+
+def _warn_missing_s2_bands(folder: Any, names: Sequence[str]) -> None:
+    """Warn when a Sentinel-2 stack holds at least half of a bundled model's bands but not all of them (B10 aside:
+    L2A products have none), naming the missing bands."""
+    have = set(names)
+    models = _bundled_s2_models()
+    short = {}
+    for model, bands in models.items():
+        need = [b for b in bands if b != "B10" or "B10" in have]
+        missing = [b for b in need if b not in have]
+        if missing and 2 * (len(need) - len(missing)) >= len(need):
+            short[model] = missing
+    if short:
+        missing = [b for b in SENTINEL2_BANDS if any(b in m for m in short.values())]
+        warnings.warn(
+            f"{folder}: Sentinel-2 band(s) {', '.join(missing)} missing (stacked: {', '.join(names)}); the bundled "
+            + ", ".join(f"{m} model reads {', '.join(models[m])}" for m in short)
+            + ": add the missing band files to use it on this stack",
+            ChangedetWarning, stacklevel=3,
+        )
+
+
+def _only_sentinel2(folder: Path, paths: Sequence[Path], skipped: Sequence[str]) -> bool:
+    """Whether Sentinel-2 band files are surely Sentinel-2's (no other sensor has a B8A, Sen2Cor's SCL/AOT/WVP
+    layers or a true-colour TCI, or names files after a tile and sensing time) when no name gives the satellite."""
+    return (any(band_name_from_file(p) == "B8A" for p in paths)
+            or any(re.search(r"(?:^|[_\-. ])(?:SCL|AOT|WVP|TCI)(?:_\d+m)?$", Path(s).stem, re.IGNORECASE)
+                   for s in skipped)
+            or any(_S2_NAME.search(n) for n in [folder.name, *(p.stem for p in paths)]))
+
+
+def _pixel_area_m2(b: _Band) -> float:
+    """A band's pixel area in square metres: degrees converted at the band's centre latitude, other linear units
+    by the CRS's factor (pixel units for a band without georeferencing)."""
+    det = abs(b.transform.determinant)
+    if b.crs is None:
+        return det
+    if b.crs.is_geographic:
+        lat = max(-89.0, min(89.0, (b.transform * (b.width / 2, b.height / 2))[1]))
+        return det * 111_320.0 * math.cos(math.radians(lat)) * 110_574.0
+    try:
+        factor = float(b.crs.linear_units_factor[1])
+    except Exception:  # noqa: BLE001 - a CRS without linear units: take them as metres
+        factor = 1.0
+    return det * factor * factor
+
+
+def _reference_band(bands: Sequence[_Band], folder: Any) -> _Band:
+    """The band whose grid the stack takes: the finest pixel in metres; bands within 10 % of it tie, and the tie
+    goes to the CRS most bands share, then the finer pixel, then more pixels, then file order. Warns naming the bands
+    in other CRSs, which are reprojected."""
+    areas = [_pixel_area_m2(b) for b in bands]
+    finest = min(areas)
+    crs_count: dict[str, int] = {}
+    for b in bands:
+        key = b.crs.to_wkt()  # type: ignore[union-attr]
+        crs_count[key] = crs_count.get(key, 0) + 1
+    tied = [i for i, a in enumerate(areas) if a <= finest * 1.21]  # 1.1 ** 2: 10 % in pixel size
+    i_ref = min(tied, key=lambda i: (-crs_count[bands[i].crs.to_wkt()], areas[i],  # type: ignore[union-attr]
+                                     -bands[i].width * bands[i].height, i))
+    ref = bands[i_ref]
+    other = [b for b in bands if b.crs != ref.crs]
+    if other:
+        crss = ", ".join(dict.fromkeys(b.crs.to_string() for b in other))  # type: ignore[union-attr]
+        warnings.warn(
+            f"{folder}: the CRS of {', '.join(b.path.name for b in other)} ({crss}) differs from that of "
+            f"{ref.path.name} ({ref.crs.to_string()}), the band with the finest pixel "  # type: ignore[union-attr]
+            f"({math.sqrt(areas[i_ref]):.3g} m); reprojected onto its grid",
+            ReprojectedInputWarning, stacklevel=3,
+        )
+    return ref
+
+
 def stack_bands(
     folder: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -287,9 +637,12 @@ def stack_bands(
     Parameters
     ----------
     folder
-        Folder of single-band rasters (``.tif``, ``.jp2``, ...), a Sentinel-2 ``.SAFE`` product (L1C or L2A; see
-        :func:`safe_band_files`: the finest file of each band, 0 as nodata) or a Landsat Collection 2 scene folder
-        (:func:`landsat_band_files`: the reflective 30 m bands, 0 as nodata). Ignored when ``files`` is given.
+        Folder of single-band rasters (``.tif``, ``.jp2``, ...), a Sentinel-2 ``.SAFE`` product or its ``.zip`` (L1C
+        or L2A; see :func:`safe_band_files`: the finest file of each band) or a Landsat scene folder
+        (:func:`landsat_band_files`: the reflective 30 m bands under Landsat's names). In a folder of Sentinel-2 band
+        files (an L2A ``IMG_DATA/R10m`` folder, Earth Search's ``B01.tif`` .. ``B12.tif``) the layers that are not
+        reflectance bands (``TCI``, ``AOT``, ``WVP``, ``SCL``, ``QA*``, ...) are left out (logged at INFO). With
+        ``files``, used only to name the source and to find the date and the product around the files.
     out
         Output GeoTIFF.
     overwrite
@@ -297,7 +650,8 @@ def stack_bands(
     resampling
         How coarser bands are resampled onto the finest grid (``bilinear``, ``nearest``, ``cubic``, ...).
     files
-        Explicit list of files, used in the given order (unless all carry Sentinel-2 band names).
+        Explicit list of files, used in the given order (unless all carry Sentinel-2 band names, or all are Landsat
+        band files: then named and ordered as on the sensor); nothing is left out.
     blocksize
         Tile size of the output.
     progress
@@ -308,6 +662,23 @@ def stack_bands(
         ``changedet detect`` 16-24 % faster end to end at 8192 px (README, Performance); reading every band is
         10-35 % slower than from ``"pixel"`` (each block holds all bands) and a 13-band model 3-7 % slower end to end.
 
+    Notes
+    -----
+    The grid is that of the band with the finest pixel measured in metres (pixel sizes in degrees converted at the
+    band's latitude); bands within 10 % of it tie and the CRS most bands share wins. Bands in another CRS are
+    reprojected onto it with a :class:`~changedet.errors.ReprojectedInputWarning` naming them.
+
+    Without a declared nodata value, 0 is nodata for Landsat bands and for Sentinel-2 bands stored as 16-bit (or
+    wider) integers: ESA's and USGS's fill value.
+
+    The ``ACQUISITION_DATE`` tag: OSCD's ``dates.txt`` beside an ``imgs_1``/``imgs_2`` folder; else the sensing date
+    of a Sentinel-2 product (granule ``SENSING_TIME``, product start time, the ``_V<date>`` of an old-format product
+    name, a current-format product or file name; the date in an old-format ``S2A_OPER_..._TL_...`` file name is the
+    processing date and is not used) or a Landsat ``MTL`` file's ``DATE_ACQUIRED``; else the first date in the file
+    names, then in the folder name. The ``SPACECRAFT_ID`` tag names the sensor where the files tell it (Landsat
+    product ids or the ``MTL`` file: ``LANDSAT_5`` .. ``LANDSAT_9``; Sentinel-2: ``SENTINEL_2A`` .. ``SENTINEL_2D``,
+    ``SENTINEL_2`` where the satellite is not named).
+
     Returns
     -------
     pathlib.Path
@@ -316,58 +687,55 @@ def stack_bands(
     Raises
     ------
     InputError
-        The folder has no raster, a file has more than one band, two files have the same band name, or the files
-        mix georeferenced and non-georeferenced rasters (or differ in size without georeferencing).
+        The folder does not exist or has no raster, a file has more than one band, two files have the same band
+        name, the folder holds several Landsat scenes, or the files mix georeferenced and non-georeferenced rasters
+        (or differ in size without georeferencing).
     RasterReadError
         A file cannot be read.
     OutputExistsError
         ``out`` exists and ``overwrite`` is False.
+
+    Warns
+    -----
+    ChangedetWarning
+        A folder with only one resolution of an L2A product; a Sentinel-2 stack that misses some of the bands a
+        bundled model reads; files with different nodata values; bands that do not cover the whole grid; old-format
+        Sentinel-2 names without a sensing date.
+    ReprojectedInputWarning
+        Bands in another CRS than the grid's.
     """
-    safe: list[Path] | None = None
-    landsat: list[Path] | None = None
+    src_dir = Path(os.fspath(folder))
     if files is None:
-        d = Path(os.fspath(folder))
+        d = src_dir
+        if not d.exists():
+            raise InputError(f"{d}: does not exist; give the folder that holds one file per band.")
         if not d.is_dir() and not (d.is_file() and d.suffix.lower() == ".zip"):
             raise InputError(f"{d}: not a folder; give the folder that holds one file per band.")
-        out_resolved = Path(os.fspath(out)).resolve()
-        safe = safe_band_files(d)
-        landsat = landsat_band_files(d) if safe is None else None
-        if safe is None and not d.is_dir():
-            raise InputError(f"{d}: a ZIP archive without Sentinel-2 band files; extract it and stack the folder.")
-        paths = [p for p in (safe or landsat or list_band_files(d)) if str(p).startswith("/vsi") or p.resolve() != out_resolved]
-        if not paths:
-            raise InputError(
-                f"{d}: no raster files ({', '.join(RASTER_SUFFIXES)}) found; give the folder that holds one file per band."
-            )
+        layout = _folder_layout(d, Path(os.fspath(out)).resolve())
     else:
         paths = [Path(os.fspath(p)) for p in files]
         if not paths:
             raise InputError("stack_bands: the list of files is empty.")
+        layout = _named_layout(folder, paths)
     try:
         rs = Resampling[resampling.lower()]
     except KeyError:
         raise InputError(
             f"resampling {resampling!r} is not known; use nearest, bilinear, cubic or average."
         ) from None
-
-    s2 = [band_name_from_file(p) for p in paths]
-    if landsat:  # Landsat's own band names: its B2 is Sentinel-2's B02 on Landsat 8/9 but not on Landsat 4-7
-        names = [_LANDSAT.match(p.stem).group("band").upper() for p in paths]  # type: ignore[union-attr]
-    elif all(s2) and len(set(s2)) < len(s2):  # Sentinel-2 band files, one band twice (a copy, two resolutions)
-        twice = sorted({b for b in s2 if s2.count(b) > 1})  # type: ignore[type-var]
-        shown = "; ".join(f"{b}: " + ", ".join(p.name for p, n in zip(paths, s2, strict=True) if n == b)
-                          for b in twice)
-        raise InputError(f"{folder}: several files hold the same Sentinel-2 band ({shown}); keep one file per "
-                         "band (or give the files to stack with files=[...])")
-    elif all(s2):
-        order = sorted(range(len(paths)), key=lambda i: SENTINEL2_BANDS.index(s2[i]))  # type: ignore[arg-type]
-        paths = [paths[i] for i in order]
-        names = [str(s2[i]) for i in order]
-    else:
-        names = _generic_names(paths)
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise InputError(f"{folder}: several files give the band name(s) {sorted(dup)}; rename them.")
+    paths, names = layout.paths, layout.names
+    if layout.skipped:
+        log.info("%s: left out %s (%s)", folder, ", ".join(layout.skipped),
+                 "thermal, panchromatic, QA and other files that are not the scene's reflective 30 m bands"
+                 if layout.sensor == "landsat" else "layers that are not reflectance bands")
+    if layout.sensor == "sentinel2":
+        if layout.spacecraft is None:  # a folder of band files, not a SAFE product: look around it
+            date, layout.spacecraft = _s2_folder_info(src_dir, [p.name for p in paths]) if src_dir.is_dir() \
+                else _s2_product_info([p.name for p in paths], [])
+            layout.date = layout.date or date
+            if layout.spacecraft is None and _only_sentinel2(src_dir, paths, layout.skipped):
+                layout.spacecraft = "SENTINEL_2"
+        _warn_missing_s2_bands(folder, names)
 
     bands: list[_Band] = []
     for p, name in zip(paths, names, strict=True):
@@ -401,13 +769,7 @@ def stack_bands(
     georeferenced = georefs == {True}
 
     if georeferenced:
-        # finest grid: smallest pixel area among the bands in the most common CRS, then most pixels, then first
-        crs_counts: dict[str, int] = {}
-        for b in bands:
-            crs_counts[b.crs.to_wkt()] = crs_counts.get(b.crs.to_wkt(), 0) + 1  # type: ignore[union-attr]
-        main_crs = max(crs_counts, key=lambda k: crs_counts[k])
-        cands = [b for b in bands if b.crs.to_wkt() == main_crs]  # type: ignore[union-attr]
-        ref = min(cands, key=lambda b: (abs(b.transform.a * b.transform.e), -b.width * b.height))
+        ref = _reference_band(bands, folder)
     else:
         sizes = {(b.width, b.height) for b in bands}
         if len(sizes) > 1:
@@ -428,9 +790,13 @@ def stack_bands(
             f"the stack marks every file's nodata pixels with {nodata:g}",
             ChangedetWarning, stacklevel=2,
         )
-    if files is None and (safe or landsat) and not declared:
-        # ESA's L1C/L2A products and USGS's Landsat Collection 2 bands mark pixels outside the swath with 0 (fill)
-        # without a nodata tag
+    fill_zero = layout.sensor == "landsat" or (
+        layout.sensor == "sentinel2"
+        and all(np.dtype(b.dtype).kind in "ui" and np.dtype(b.dtype).itemsize >= 2 for b in bands)
+    )
+    if fill_zero and not declared:
+        # ESA's L1C/L2A products and USGS's Landsat bands mark pixels outside the swath with 0 (fill) without a
+        # nodata tag
         nodata = 0
         bands = [_Band(b.path, b.name, b.crs, b.transform, b.width, b.height, b.dtype, 0) for b in bands]
     if georeferenced:
@@ -445,14 +811,27 @@ def stack_bands(
                 + (", the files' nodata value)" if nodata_declared else "), as no file declares a nodata value"),
                 ChangedetWarning, stacklevel=2,
             )
-    date = _dates_txt_date(Path(os.fspath(folder)))
-    if date is None:
-        date = next((d for d in (date_from_name(p) for p in paths) if d is not None), None)
-    if date is None:
-        date = date_from_name(Path(os.fspath(folder)).name)
-    tags = {"STACK_SOURCE": Path(os.fspath(folder)).name, "STACK_BANDS": ",".join(names)}
+    date = _dates_txt_date(src_dir) or layout.date
+    processing = None
+    for text in ([] if date is not None else [*(p.name for p in paths), src_dir.name]):
+        if _S2_OLD_FORMAT.match(text):  # its date is the processing time
+            processing = processing or date_from_name(text)
+            continue
+        date = date_from_name(text)
+        if date is not None:
+            break
+    if date is None and processing is not None:
+        warnings.warn(
+            f"{folder}: the date in the file names ({processing.isoformat()}) is the Sentinel-2 processing date, not "
+            "the sensing date, and no product metadata was found: no ACQUISITION_DATE written; stack the .SAFE "
+            "product (its name carries the sensing date after _V) to record it",
+            ChangedetWarning, stacklevel=2,
+        )
+    tags = {"STACK_SOURCE": src_dir.name, "STACK_BANDS": ",".join(names)}
     if date is not None:
         tags["ACQUISITION_DATE"] = date.isoformat()
+    if layout.spacecraft is not None:
+        tags["SPACECRAFT_ID"] = layout.spacecraft
 
     width, height = ref.width, ref.height
     rows = max(blocksize, (4 * 1024 * 1024) // max(1, width * dtype.itemsize) // blocksize * blocksize)
