@@ -494,7 +494,9 @@ def vectorize(
         if msrc is not None and tags.get("THRESHOLD"):
             with contextlib.suppress(ValueError):
                 made_at = float(tags["THRESHOLD"])  # the column only: the mask is already thresholded
-                if threshold is not None and not math.isclose(threshold, made_at):
+                if threshold is not None and math.isclose(threshold, made_at, rel_tol=1e-5, abs_tol=1e-6):
+                    made_at = threshold  # the same threshold (the tag keeps 6 significant digits)
+                elif threshold is not None:
                     warnings.warn(
                         f"{msrc.name} was thresholded at {made_at:g}, not {threshold:g}: the polygons are those of the "
                         f"mask and their threshold column says {made_at:g}; to threshold again at {threshold:g}, give "

@@ -469,3 +469,17 @@ def test_a_threshold_other_than_the_masks_is_a_warning_and_not_written_into_the_
     assert set(gdf["threshold"].round(6)) == {round(made_at, 6)}  # the mask's polygons, labelled with its threshold
     again = vec(None, r.paths["probability"], threshold=0.99)  # thresholding again: the probability alone
     assert set(again["threshold"]) <= {0.99} and len(again) <= len(gdf)
+
+
+def test_detect_gives_no_threshold_warning_for_its_own_mask(tmp_path):
+    """The THRESHOLD tag keeps 6 significant digits of the calibrated threshold: the same threshold, not another."""
+    from changedet.api import detect
+    from changedet.errors import ChangedetWarning
+    from changedet.testing import make_pair, paint_change
+
+    before, after = make_pair(tmp_path, "aligned", size=96)
+    paint_change(after, (30, 50, 20, 30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChangedetWarning)  # it said "thresholded at 0.123457, not 0.123457"
+        r = detect(before, after, method="cva", threshold=0.123456789, output_dir=tmp_path / "out", quicklook=False)
+    assert set(r.polygons["threshold"]) == {0.123456789}
