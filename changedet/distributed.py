@@ -827,12 +827,25 @@ def _check_detect_options(options: dict[str, Any]) -> None:
                  if options.get("vectorize", True) else None,
                  device=options.get("device") if method == "model" else None, tile_size=options.get("tile_size"),
                  threshold=options.get("threshold"), indexes=options.get("indexes"))
-    model = options.get("model")
-    if method != "model" or model is None or options.get("checkpoint") is not None or _is_remote(str(model)):
+    indexes = options.get("indexes")
+    if indexes and len(indexes) == 2 and all(isinstance(i, (list, tuple)) for i in indexes) and (
+            len(indexes[0]) != len(indexes[1])):
+        raise InputError(f"--indexes {indexes[0]} and {indexes[1]}: select as many bands in BEFORE as in AFTER")
+    if method != "model":
+        return
+    from changedet.models.checkpoint import read_meta
+
+    model, checkpoint = options.get("model"), options.get("checkpoint")
+    if checkpoint is not None and not _is_remote(str(checkpoint)):
+        read_meta(checkpoint)  # a CheckpointError naming the file when it is missing or unreadable
+    if model is None or checkpoint is not None or _is_remote(str(model)):
         return
     known = [m.name for m in list_bundled()] + list(list_models())
-    if str(model) not in known and not _looks_like_path(str(model)):
+    if str(model) in known:
+        return
+    if not _looks_like_path(str(model)):
         raise UnknownModelError(str(model), known, what="model")
+    read_meta(model)
 
 
 def run_batch(

@@ -336,10 +336,23 @@ def test_detect_options_are_checked_before_any_cluster_is_used(tmp_path: Path) -
     with pytest.raises(UnknownModelError, match="nosuchmodel"):
         run_batch(pairs, tmp_path / "out", client=None, model="nosuchmodel")
     for bad, text in [({"threshold": 2.0}, "--threshold"), ({"overlap": -1}, "--overlap"),
-                      ({"tta": "nope"}, "test-time augmentation")]:
+                      ({"tta": "nope"}, "test-time augmentation"),
+                      ({"indexes": ([4, 3, 2], [1, 2])}, "as many bands in BEFORE as in AFTER")]:
         with pytest.raises(InputError, match=text):
             run_batch(pairs, tmp_path / "out", client=None, **bad)
+    from changedet.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="nonexist"):  # it failed in every pair
+        run_batch(pairs, tmp_path / "out", client=None, model="fc-ef", checkpoint=str(tmp_path / "nonexist"))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_batch_command_refuses_bad_options_before_starting_a_cluster(tmp_path: Path) -> None:
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("before,after\na.tif,b.tif\n")
+    res = CliRunner().invoke(cli, ["batch", str(csv), "-o", str(tmp_path / "out"), "-m", "nosuchmodel"])
+    assert res.exit_code == 2 and "nosuchmodel" in res.output
+    assert "dask:" not in res.output  # no cluster was started
 
 
 def test_a_batch_report_that_cannot_be_written_is_an_output_error_or_a_warning(tmp_path: Path) -> None:

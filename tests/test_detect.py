@@ -415,7 +415,7 @@ def test_series_dates_read_the_models_bands_by_their_own_names(tmp_path: Path) -
 
 @pytest.mark.parametrize(("names", "dtype", "bands"), [
     (["B1", "B2", "B3", "B4", "B5", "B6", "B7"], "uint8", ["B3", "B2", "B1"]),  # Landsat 5 TM Level-1 (B6 thermal)
-    (["B1", "B2", "B3", "B4", "B5", "B6", "B7"], "uint16", ["B4", "B3", "B2"]),  # Landsat 8/9 OLI Level-1
+    ([f"B{i}" for i in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)], "uint16", ["B4", "B3", "B2"]),  # Landsat 8/9 Level-1
     (["B1", "B2", "B3", "B4", "B5", "B7"], "uint16", ["B3", "B2", "B1"]),  # `changedet stack` of Landsat 4-7
     (["B2", "B3", "B4"], "uint16", ["B4", "B3", "B2"]),  # Earth Engine's Sentinel-2 / Landsat 8 numbering
     (["SR_B2", "SR_B3", "SR_B4"], "uint16", ["SR_B4", "SR_B3", "SR_B2"]),  # Landsat 8/9 surface reflectance, visible
@@ -431,6 +431,23 @@ def test_landsat_and_unpadded_band_numbers_feed_red_green_blue(tmp_path: Path, n
         result = detect(before, after, output_dir=tmp_path / "out", quicklook=False, vectorize=False)
     assert result.report["model"]["name"] == "s2-rgb"
     assert result.report["grid"]["bands"] == bands
+
+
+@pytest.mark.parametrize("names", [["B1", "B2", "B3", "B4"], ["B1", "B2", "B3", "B4", "B5", "B6", "B7"]])
+def test_landsat_numbers_either_sensor_fits_are_not_guessed(tmp_path: Path, names: list[str]) -> None:
+    """16-bit B1 .. Bn without B10/B11 or a SPACECRAFT_ID tag: Landsat 5 (B3 red) or 8 (B4 red)? Guessing fed
+    Landsat 5's near-infrared as red; without a guess detect asks for the bands, as it did before the names were read."""
+    before, after = make_pair(tmp_path, "aligned", size=64, bands=len(names), descriptions=names, res=30.0)
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2 and f"no bundled model takes {len(names)} bands" in res.output
+    with rasterio.open(before, "r+") as ds:
+        ds.update_tags(SPACECRAFT_ID="LANDSAT_5")
+    with rasterio.open(after, "r+") as ds:
+        ds.update_tags(SPACECRAFT_ID="LANDSAT_5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = detect(before, after, output_dir=tmp_path / "tagged", quicklook=False, vectorize=False)
+    assert result.report["grid"]["bands"] == ["B3", "B2", "B1"]
 
 
 def test_the_spacecraft_tag_settles_the_landsat_numbering() -> None:

@@ -38,11 +38,13 @@ def _run(pairs_csv: Path, output_dir: Path, scheduler: str | None, workers: int 
     blocks of --block-rows rows processed on different workers and merged seamlessly. Exit code 1 when any pair
     failed.
     """
+    from changedet.distributed import _check_options as check_batch_options
     from changedet.distributed import _require_distributed, dashboard_link, open_client, read_pairs, run_batch
     from changedet.export.vector import geojson_crs_option
 
     options["geojson_crs"] = geojson_crs_option(options.pop("geojson_crs"))
     read_pairs(pairs_csv)  # validate the CSV before starting a cluster
+    check_batch_options({k: v for k, v in options.items() if v is not None})  # and detect's options
     show = not quiet()
     ctx = click.get_current_context()
     verbose = int((ctx.find_root().obj or {}).get("verbose", 0))

@@ -757,7 +757,8 @@ def _assess_validity(pair: AlignedPair, report: PairReport, allow_empty: bool = 
 
 
 def _warn_zero_fill(arr: np.ndarray, valid: np.ndarray, nodata: float | None, name: str, report: PairReport) -> None:
-    """A warning when many compared pixels of one date are exactly 0 in every band while its nodata is not 0: the
+    """A warning when one block of compared pixels of one date, more than :data:`ZERO_FILL_WARN` of them, is exactly
+    0 in every band while its nodata is not 0 (the share said is that block's): the
     fill of a swath edge or of an export without ``-a_nodata`` (a 0 is no Sentinel-2 or Landsat value). Compared as
     data, such pixels skew the date's normalisation and come out as change (a 100-column 0 strip in a 563-column
     OSCD scene doubled the changed share and lost half of the real change elsewhere)."""
@@ -766,11 +767,19 @@ def _warn_zero_fill(arr: np.ndarray, valid: np.ndarray, nodata: float | None, na
     zero = (arr == 0).all(axis=0) & valid
     share = float(zero.sum()) / float(valid.sum())
     if share > ZERO_FILL_WARN:
+        from scipy import ndimage
+
+        # fill is one block (a swath edge, a footprint's outside); the zeros of an 8-bit export stretched with a
+        # 2-98 % cut are dark water and shadow in hundreds of specks, which the warning's advice would blank
+        labels, n = ndimage.label(zero)
+        largest = int(np.bincount(labels.ravel())[1:].max()) if n else 0
+        share = largest / float(valid.sum())
+    if share > ZERO_FILL_WARN:
         declared = "declares no nodata" if nodata is None else f"declares nodata {nodata:g}"
         report.warn(
-            f"{name}: {_pct(share)} of the compared pixels are 0 in every band and the file {declared}: if they "
-            "are fill (outside a swath or a footprint), they are compared as data, skew the normalisation and come "
-            f"out as change; declare them nodata (`gdal_edit.py -a_nodata 0 {name}` in place, or `gdal_translate -of "
+            f"{name}: a block of {_pct(share)} of the compared pixels is 0 in every band and the file {declared}: if "
+            "it is fill (outside a swath or a footprint), its pixels are compared as data, skew the normalisation "
+            f"and come out as change; declare 0 as nodata (`gdal_edit.py -a_nodata 0 {name}` in place, or `gdal_translate -of "
             "VRT -a_nodata 0` to a VRT beside it, the file untouched) and run again.",
             PairWarning,
         )

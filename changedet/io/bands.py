@@ -87,8 +87,11 @@ def band_colours(info: Any) -> list[str]:
     level1 = _landsat_level1_names(names)
     dtypes = [str(d) for d in (getattr(info, "dtypes", None) or ())]
     spacecraft = str((getattr(info, "tags", None) or {}).get("SPACECRAFT_ID", "")).upper()
-    landsat = _LANDSAT_89 if _landsat_is_89(names, dtypes, level1, spacecraft) else _LANDSAT_47
-    if level1 and landsat is _LANDSAT_47:  # B1, B2, B3 are blue, green, red: read them as Landsat 4-7's SR_ names
+    is_89 = _landsat_is_89(names, dtypes, level1, spacecraft)
+    landsat = _LANDSAT_89 if is_89 else _LANDSAT_47
+    if level1 and is_89 is None:  # B1 .. Bn that only the sensor could tell apart: no colour from the names
+        names = ["" if re.fullmatch(r"B(?:[1-9]|1[01])", n) else n for n in names]
+    elif level1 and not is_89:  # B1, B2, B3 are blue, green, red: read them as Landsat 4-7's SR_ names
         names = [f"SR_{n}" if re.fullmatch(r"B[1-9]", n) else n for n in names]
     named = [_COLOUR_OF.get(n) or landsat.get(n) or "" for n in names]
     if _gdal_default_rgb(interp, dtypes) and any(named):
@@ -120,7 +123,7 @@ def _landsat_level1_names(names: Sequence[str]) -> bool:
         {"B1", "B2", "B3", "B4"} & set(named))
 
 
-def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool, spacecraft: str = "") -> bool:
+def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool, spacecraft: str = "") -> bool | None:
     """Whether Landsat band names (upper case) number the bands as Landsat 8/9 and Sentinel-2 do (2 blue, 3 green,
     4 red) rather than Landsat 4-7 (1 blue, 2 green, 3 red).
 
@@ -128,8 +131,10 @@ def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool, sp
     ``LANDSAT_9``, ``SENTINEL_2*``: yes). Level-1 names ``B1`` .. ``B11``: Landsat 8/9 when B10 or B11 (its thermal
     bands) is present; Landsat 4-7 when B6_VCID_* (Landsat 7's thermal) is, when the data are 8-bit (Landsat 4-7
     Level-1 products are, Landsat 8/9's and Sentinel-2's 16-bit), or when all of B1-B5 and B7 are present without
-    B6 (``changedet stack`` leaves Landsat 4-7's thermal B6 out); otherwise Landsat 8/9 (a 16-bit ``B2, B3, B4``
-    from Earth Engine's Sentinel-2 or Landsat 8). Surface reflectance ``SR_B*``: Landsat 8/9 when SR_B6 (SWIR 1;
+    B6 (``changedet stack`` leaves Landsat 4-7's thermal B6 out); Landsat 8/9 numbering without B1 (a 16-bit ``B2,
+    B3, B4`` from Earth Engine's Sentinel-2 or Landsat 8); None (undecided: the names give no colour) for other
+    16-bit or float ``B1`` .. ``Bn``, which either numbering fits (a B1-B4 or B1-B7 export of Landsat 5 or 8).
+    Surface reflectance ``SR_B*``: Landsat 8/9 when SR_B6 (SWIR 1;
     Landsat 4-7's band 6 is ST_B6) is present, or when only its numbering finds blue, green and red (``SR_B2``,
     ``SR_B3``, ``SR_B4`` alone).
 
@@ -137,6 +142,8 @@ def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool, sp
     False
     >>> _landsat_is_89(["B1", "B2", "B3"], ["uint16"] * 3, True, "LANDSAT_5")
     False
+    >>> _landsat_is_89(["B1", "B2", "B3", "B4"], ["uint16"] * 4, True) is None  # Landsat 5 or 8? Only a tag can say
+    True
     >>> _landsat_is_89(["SR_B2", "SR_B3", "SR_B4"], ["uint16"] * 3, False)
     True
     """
@@ -150,7 +157,9 @@ def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool, sp
             return True
         if any(n.startswith("B6_VCID") for n in have) or (dtypes and all(d == "uint8" for d in dtypes)):
             return False
-        return not ({"B1", "B2", "B3", "B4", "B5", "B7"} <= have and "B6" not in have)
+        if {"B1", "B2", "B3", "B4", "B5", "B7"} <= have and "B6" not in have:
+            return False
+        return None if "B1" in have else True
     if "SR_B6" in have:
         return True
     rgb = {"blue", "green", "red"}
