@@ -152,6 +152,30 @@ def _open_source(obj: Any, what: str, nodata: float | str | None) -> tuple[_Sour
     return src, (ds.transform if georef or not ds.transform.is_identity else None), ds.crs
 
 
+#: The values of the ``change.tif`` that detect writes: 0 no change, 1 change, 255 no data.
+DETECT_MASK_VALUES = (0, 1, ARRAY_NODATA)
+
+
+def _detect_encoded_nodata(src: _Source, size: int) -> int | None:
+    """The number of 255 pixels when ``src`` (a file or dataset that declares no nodata) holds only the values 0, 1
+    and 255 with both 1 and 255 present: detect's ``change.tif`` encoding (255 = no data) whose nodata tag was
+    lost (``gdal_translate -a_nodata none``, a re-export); None otherwise (a 0/255 or 0/1 mask, any other value).
+    Read window by window; stops at the first window holding another value."""
+    if src.dataset is None or src.dtype.kind not in "uif":
+        return None
+    height, width = src.shape
+    ones = n255 = 0
+    for _i, _j, win in _windows(height, width, size):
+        m = src.read(win)
+        is0, is1, is255 = m == 0, m == 1, m == ARRAY_NODATA
+        n1, n2 = int(np.count_nonzero(is1)), int(np.count_nonzero(is255))
+        if int(np.count_nonzero(is0)) + n1 + n2 != m.size:  # another value (NaN included): not that encoding
+            return None
+        ones += n1
+        n255 += n2
+    return n255 if ones and n255 else None
+
+
 def _source_tags(src: _Source | None) -> dict[str, str]:
     """The dataset tags of a path/dataset source, upper-cased keys; empty for arrays."""
     ds = getattr(src, "dataset", None)
@@ -383,8 +407,11 @@ def vectorize(
         Value of ``mask`` that means no data (neither change nor polygon). ``"auto"`` (default): for a file or
         dataset, the nodata value it declares (255 in the ``change.tif`` that detect writes) and none when it
         declares none, so that a 0/255 mask (a LEVIR-CD label, an exported binary mask) is vectorised with 255 as
-        change; for an array, 255 (the nodata of :attr:`changedet.ChangeResult.mask`). A number overrides what the
-        file declares; None means every non-zero value is change.
+        change; but a file that declares none and holds only the values 0, 1 and 255 (both 1 and 255 present:
+        detect's encoding, its nodata tag lost) has 255 as nodata, with a
+        :class:`~changedet.errors.ChangedetWarning` that says so. For an array, 255 (the nodata of
+        :attr:`changedet.ChangeResult.mask`). A number overrides what the file declares; None means every non-zero
+        value is change.
     window_size : int
         Side of the square windows read one at a time (bounds the memory); polygons cut by window edges are
         merged, so the result does not depend on it.
@@ -394,7 +421,10 @@ def vectorize(
         Model name stored in the ``model`` column.
 
     When the inputs are files (or datasets) that ``changedet detect`` wrote, ``model``, the dates and (for a mask)
-    the ``threshold`` column default to their tags (``MODEL``, ``BEFORE_DATE``, ``AFTER_DATE``, ``THRESHOLD``).
+    the ``threshold`` column default to their tags (``MODEL``, ``BEFORE_DATE``, ``AFTER_DATE``, ``THRESHOLD``; in a
+    series, ``CHANGEDET_MODEL``, ``CHANGEDET_THRESHOLD`` and the first and last of ``DATES``). A series'
+    ``change_count.tif``, ``first_change.tif`` or ``last_change.tif`` gives the polygons of the pixels that changed
+    at least once: those of the series' ``changes.gpkg``, without its per-pair attributes.
 
     Returns
     -------
@@ -464,6 +494,18 @@ def vectorize(
         if mask is not None:
             msrc, ds_transform, ds_crs = _open_source(mask, "mask", nodata)
             sources.append(msrc)
+            if nodata == "auto" and msrc.nodata is None:  # detect's 0/1/255 mask whose nodata tag was lost
+                n_nodata = _detect_encoded_nodata(msrc, window_size)
+                if n_nodata is not None:
+                    msrc.nodata = float(ARRAY_NODATA)
+                    warnings.warn(
+                        f"{msrc.name}: declares no nodata value but holds only the values 0, 1 and 255, as the "
+                        f"change.tif of changedet detect does (0 no change, 1 change, 255 no data): its {n_nodata} "
+                        "pixels of 255 are read as no data, not as change; pass --nodata none (nodata=None) to count "
+                        "them as change, or --nodata 255 (nodata=255) to say that they are no data",
+                        ChangedetWarning,
+                        stacklevel=2,
+                    )
         if probability is not None:
             psrc, p_transform, p_crs = _open_source(probability, "probability", None)
             sources.append(psrc)
@@ -486,14 +528,19 @@ def vectorize(
             ds_crs = ds_crs if ds_crs is not None else p_crs
         transform = transform if transform is not None else ds_transform
         crs = crs if crs is not None else ds_crs
-        # what detect tagged its rasters with (MODEL, BEFORE_DATE, AFTER_DATE, THRESHOLD) fills what is not given
+        # what detect tagged its rasters with (MODEL, BEFORE_DATE, AFTER_DATE, THRESHOLD; in a series CHANGEDET_MODEL,
+        # CHANGEDET_THRESHOLD and DATES, first to last) fills what is not given
         tags = _source_tags(msrc) or _source_tags(psrc)
-        model = model if model is not None else tags.get("MODEL")
-        before_date = before_date if before_date is not None else tags.get("BEFORE_DATE")
-        after_date = after_date if after_date is not None else tags.get("AFTER_DATE")
-        if msrc is not None and tags.get("THRESHOLD"):
+        series_dates = [d.strip() for d in tags.get("DATES", "").split(",") if d.strip()]
+        model = model if model is not None else (tags.get("MODEL") or tags.get("CHANGEDET_MODEL"))
+        if before_date is None:
+            before_date = tags.get("BEFORE_DATE") or (series_dates[0] if len(series_dates) > 1 else None)
+        if after_date is None:
+            after_date = tags.get("AFTER_DATE") or (series_dates[-1] if len(series_dates) > 1 else None)
+        threshold_tag = tags.get("THRESHOLD") or tags.get("CHANGEDET_THRESHOLD")
+        if msrc is not None and threshold_tag:
             with contextlib.suppress(ValueError):
-                made_at = float(tags["THRESHOLD"])  # the column only: the mask is already thresholded
+                made_at = float(threshold_tag)  # the column only: the mask is already thresholded
                 if threshold is not None and math.isclose(threshold, made_at, rel_tol=1e-5, abs_tol=1e-6):
                     made_at = threshold  # the same threshold (the tag keeps 6 significant digits)
                 elif threshold is not None:

@@ -27,6 +27,8 @@ from changedet.vectorize import vectorize
 LOCAL_WKT = ('ENGCRS["Site grid",EDATUM["Site datum"],CS[Cartesian,2],AXIS["easting (X)",east,LENGTHUNIT["metre",1]],'
              'AXIS["northing (Y)",north,LENGTHUNIT["metre",1]]]')
 MARS = "IAU_2015:49910"  # Mars equirectangular: has an authority code, and no way to WGS84
+# a custom transverse Mercator: transforms to WGS84, but no GeoJSON can name it (no authority code)
+TMERC = "+proj=tmerc +lat_0=0 +lon_0=-1.6 +k=0.9996 +x_0=500000 +y_0=0 +ellps=WGS84 +units=m +no_defs"
 WGS84 = Geod(ellps="WGS84")
 
 
@@ -45,7 +47,9 @@ def _geodesic_area(geom) -> float:
 # ---------------------------------------------------------------------------------------------- which CRS
 def test_resolve_and_plan_geojson_crs():
     assert resolve_geojson_crs("EPSG:32631", "EPSG:4326") == "EPSG:4326"
-    assert resolve_geojson_crs(LOCAL_WKT, None) is None
+    assert resolve_geojson_crs("EPSG:32631", None) is None and resolve_geojson_crs(None, None) is None
+    with pytest.raises(InputError, match=r"cannot be named in a GeoJSON.*\.gpkg"):  # as plan_geojson: not written
+        resolve_geojson_crs(LOCAL_WKT, None)
     with pytest.warns(ChangedetWarning, match="keeps that CRS"):  # nameable: kept, in the 'crs' member
         assert resolve_geojson_crs(MARS, "EPSG:4326") is None
     with pytest.raises(InputError, match=r"Site grid.*cannot be transformed.*GeoPackage"):
@@ -130,8 +134,62 @@ def test_cli_vectorize_with_a_local_crs(tmp_path):
     assert not (tmp_path / "a.geojson").exists()
     r = runner.invoke(cli, ["vectorize", str(local), str(tmp_path / "a.gpkg")])
     assert r.exit_code == 0, r.output
+    # no GeoJSON can name it: 'input' would write coordinates that readers take for longitude/latitude
     r = runner.invoke(cli, ["vectorize", str(local), str(tmp_path / "b.geojson"), "--geojson-crs", "input"])
-    assert r.exit_code == 0 and len(_features(tmp_path / "b.geojson")) == 1
+    assert r.exit_code == 2 and "cannot be named" in r.output and ".gpkg" in r.output, r.output
+    assert not (tmp_path / "b.geojson").exists()
+
+
+def test_the_geojson_advice_is_true_for_the_command_that_gets_it():
+    # detect writes no changes.geojson in a CRS no GeoJSON can name, whatever --geojson-crs: "input" is no way out
+    with pytest.raises(InputError) as detect_error:
+        plan_geojson(LOCAL_WKT, "EPSG:3857")
+    assert "leave --geojson-crs out" in str(detect_error.value)
+    assert "--geojson-crs input" not in str(detect_error.value)  # it said "pass --geojson-crs input"
+    with pytest.warns(ChangedetWarning, match="changes.geojson is not written"):  # following the advice
+        assert plan_geojson(LOCAL_WKT, "EPSG:4326") == (False, None)
+    # vectorize writes the OUT it is given: a GeoPackage is the way
+    with pytest.raises(InputError) as vectorize_error:
+        resolve_geojson_crs(LOCAL_WKT, "EPSG:3857")
+    assert "GeoPackage" in str(vectorize_error.value) and "--geojson-crs input" not in str(vectorize_error.value)
+    # a CRS a GeoJSON can name: keeping it is a way out for both
+    for plan in (plan_geojson, resolve_geojson_crs):
+        with pytest.raises(InputError, match="give --geojson-crs input"):
+            plan(MARS, "EPSG:32631")
+
+
+def test_cli_vectorize_help_says_what_a_crs_without_a_code_gives():
+    r = CliRunner().invoke(cli, ["vectorize", "--help"], terminal_width=200)
+    text = " ".join(r.output.split())
+    assert "a local/engineering CRS that cannot be transformed to WGS84 is kept, with a warning" not in text
+    assert "when it has an authority code" in text and "write a .gpkg OUT" in text
+
+
+def test_vectorize_refuses_geojson_crs_input_in_a_crs_that_no_geojson_can_name(tmp_path):
+    """A custom transverse Mercator: detect writes no GeoJSON in it; vectorize wrote one without a 'crs' member."""
+    mask = np.zeros((40, 40), "uint8")
+    mask[5:15, 5:15] = 1
+    tif = make_geotiff(tmp_path / "t.tif", mask, crs=TMERC, transform=from_origin(492000, 4841000, 10, 10))
+    runner = CliRunner()
+    r = runner.invoke(cli, ["vectorize", str(tif), str(tmp_path / "t.geojson"), "--geojson-crs", "input"])
+    assert r.exit_code == 2, r.output
+    assert "cannot be named in a GeoJSON" in r.output and ".gpkg" in r.output
+    assert "leave --geojson-crs out" in r.output  # it can be taken to WGS84
+    assert not (tmp_path / "t.geojson").exists()
+    with pytest.warns(ChangedetWarning, match="changes.geojson is not written"):  # detect's plan agrees
+        assert plan_geojson(TMERC, None) == (False, None)
+    # following the advice: RFC 7946 longitude/latitude, or a GeoPackage that keeps the CRS
+    r = runner.invoke(cli, ["vectorize", str(tif), str(tmp_path / "t.geojson")])
+    assert r.exit_code == 0, r.output
+    lon, lat = np.asarray(_features(tmp_path / "t.geojson")[0]["geometry"]["coordinates"][0]).T
+    assert (-2 < lon).all() and (lon < -1).all() and (43 < lat).all() and (lat < 44).all()
+    r = runner.invoke(cli, ["vectorize", str(tif), str(tmp_path / "t.gpkg"), "--geojson-crs", "input"])
+    assert r.exit_code == 0, r.output
+    # write_vectors itself: no GeoJSON with geojson_crs=None that would be read as longitude/latitude
+    gdf = vectorize(tif)
+    with pytest.raises(InputError, match=r"cannot be named in a GeoJSON.*geojson_path=None"):
+        write_vectors(gdf, tmp_path / "w.gpkg", tmp_path / "w.geojson", geojson_crs=None)
+    assert not (tmp_path / "w.gpkg").exists() and not (tmp_path / "w.geojson").exists()
 
 
 # ------------------------------------------------------------------------------------------ not georeferenced

@@ -483,3 +483,86 @@ def test_detect_gives_no_threshold_warning_for_its_own_mask(tmp_path):
         warnings.simplefilter("error", ChangedetWarning)  # it said "thresholded at 0.123457, not 0.123457"
         r = detect(before, after, method="cva", threshold=0.123456789, output_dir=tmp_path / "out", quicklook=False)
     assert set(r.polygons["threshold"]) == {0.123456789}
+
+
+def test_a_0_1_255_mask_without_declared_nodata_keeps_255_as_nodata_with_a_warning(tmp_path):
+    """detect's change.tif (0/1, 255 = no data) whose nodata tag was lost: 255 stays no data, and it is said."""
+    from changedet.errors import ChangedetWarning
+
+    mask = np.zeros((40, 40), dtype="uint8")
+    mask[5:15, 5:15] = 1  # 100 changed pixels
+    mask[:, 30:] = 255  # 400 pixels of no data, in the last window only (window_size=16)
+    plain = make_geotiff(tmp_path / "plain.tif", mask, crs=UTM, transform=T_UTM)  # declares no nodata
+    with pytest.warns(ChangedetWarning, match=r"only the values 0, 1 and 255.*400 pixels of 255.*--nodata none"):
+        gdf = vectorize(plain, window_size=16)
+    assert gdf["pixel_count"].tolist() == [100]  # was 2 polygons, 500 pixels: the no-data strip as change
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert vectorize(plain, nodata=None)["pixel_count"].sum() == 500  # asked for: 255 is change
+        assert vectorize(plain, nodata=255)["pixel_count"].tolist() == [100]  # said: no warning
+        zero255 = make_geotiff(tmp_path / "z.tif", np.where(mask == 1, 0, mask), crs=UTM, transform=T_UTM)
+        assert vectorize(zero255)["pixel_count"].tolist() == [400]  # a 0/255 mask: 255 is still change
+        other = mask.copy()
+        other[0, 0] = 7  # another value: not detect's encoding, every non-zero value is change
+        assert vectorize(make_geotiff(tmp_path / "o.tif", other, crs=UTM, transform=T_UTM))["pixel_count"].sum() == 501
+
+
+def test_cli_vectorize_reads_a_lost_nodata_255_as_nodata(tmp_path):
+    from click.testing import CliRunner
+
+    from changedet.cli.main import cli
+
+    mask = np.zeros((40, 40), dtype="uint8")
+    mask[5:15, 5:15] = 1
+    mask[30:, :] = 255
+    plain = make_geotiff(tmp_path / "plain.tif", mask, crs=UTM, transform=T_UTM)
+    from changedet.errors import ChangedetWarning
+
+    with pytest.warns(ChangedetWarning, match="--nodata none"):
+        r = CliRunner().invoke(cli, ["vectorize", str(plain), str(tmp_path / "a.gpkg"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["pixels"] == 100  # was 500: the no-data rows as change
+    r = CliRunner().invoke(cli, ["vectorize", str(plain), str(tmp_path / "b.gpkg"), "--json", "--nodata", "none"])
+    assert r.exit_code == 0 and json.loads(r.output)["pixels"] == 500
+
+
+# ------------------------------------------------------------------------------------------ a series' rasters
+def test_cli_vectorize_on_a_series_rasters_gives_the_series_polygons(tmp_path):
+    """report.json of a series holds a list of inputs: vectorize read it as a pair's dict and crashed."""
+    import pyogrio
+    from click.testing import CliRunner
+
+    from changedet.cli.main import cli
+    from changedet.series import detect_series
+
+    dates = ["2019-05-01", "2020-05-01", "2021-05-01"]
+    base = np.random.default_rng(0).normal(1000, 5, (3, 64, 64)).astype("float32")
+    paths = []
+    for k, dt in enumerate(dates):
+        arr = base.copy()
+        arr[:, 8:24, 8:24] += 800 * (k >= 1)  # appears at the 2nd date
+        arr[:, 40:56, 36:56] += 800 * (k >= 2)  # appears at the 3rd
+        paths.append(make_geotiff(tmp_path / f"d{k}.tif", arr, tags={"ACQUISITION_DATE": dt}, crs=UTM,
+                                  transform=T_UTM))
+    out = tmp_path / "s"
+    detect_series(paths, output_dir=out, method="cva", threshold=0.9, tile_size=64, quicklook=False)
+    own = pyogrio.read_dataframe(out / "changes.gpkg", layer="changes")
+    assert len(own) == 2
+    runner = CliRunner()
+    for name in ("change_count", "first_change", "last_change"):
+        r = runner.invoke(cli, ["vectorize", str(out / f"{name}.tif"), str(tmp_path / f"{name}.gpkg"), "--json"])
+        assert r.exit_code == 0, r.output  # was an AttributeError
+        gdf = pyogrio.read_dataframe(tmp_path / f"{name}.gpkg", layer="changes")
+        assert gdf["pixel_count"].tolist() == own["pixel_count"].tolist()
+        assert all(a.equals(b) for a, b in zip(gdf.geometry, own.geometry, strict=True))
+        for col in ("before_date", "after_date", "model", "threshold"):
+            assert gdf[col].tolist() == own[col].tolist(), col
+    assert set(own["before_date"]) == {dates[0]} and set(own["after_date"]) == {dates[-1]}
+    # in Python too, the series' tags give the dates and the model
+    gdf = vectorize(out / "change_count.tif")
+    assert set(gdf["before_date"]) == {dates[0]} and set(gdf["after_date"]) == {dates[-1]}
+    assert set(gdf["model"]) == set(own["model"])
+    # a pair's probability in a series folder carries its threshold as CHANGEDET_THRESHOLD
+    pair = next(p for p in out.iterdir() if p.name.startswith("pair_01"))
+    r = runner.invoke(cli, ["vectorize", str(pair / "probability.tif"), str(tmp_path / "p.gpkg"), "--json"])
+    assert r.exit_code == 0, r.output

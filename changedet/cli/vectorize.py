@@ -36,6 +36,38 @@ def _sibling_report(raster: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _report_defaults(report: dict[str, Any]) -> dict[str, Any]:
+    """``model``, ``before_date``, ``after_date`` and ``threshold`` from a detect ``report.json``, None where it
+    gives none. A pair's report has ``inputs: {"before": {...}, "after": {...}}``; a series' has a list of the
+    dates' inputs: its first and last dates then, as in the series' ``changes.gpkg``, and its threshold when every
+    pair used the same one."""
+
+    def date(item: Any) -> Any:
+        return item.get("date") if isinstance(item, dict) else None
+
+    model = report.get("model")
+    inputs = report.get("inputs")
+    if isinstance(inputs, dict):  # a pair
+        before, after = date(inputs.get("before")), date(inputs.get("after"))
+    elif isinstance(inputs, list) and len(inputs) > 1:  # a series, in date order
+        before, after = date(inputs[0]), date(inputs[-1])
+    else:
+        before = after = None
+    dates = report.get("dates")
+    if isinstance(dates, list) and len(dates) > 1:
+        before, after = before or dates[0], after or dates[-1]
+    threshold = report.get("threshold")
+    per_pair = report.get("thresholds")
+    if isinstance(per_pair, list) and len({str(t) for t in per_pair}) > 1:
+        threshold = None  # the pairs of a series thresholded differently: no one threshold for the polygons
+    return {
+        "model": model.get("name") if isinstance(model, dict) else None,
+        "before_date": before,
+        "after_date": after,
+        "threshold": float(threshold) if isinstance(threshold, (int, float)) and 0 <= threshold <= 1 else None,
+    }
+
+
 @click.command("vectorize")
 @click.argument("raster", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
@@ -53,10 +85,13 @@ def _sibling_report(raster: Path) -> dict[str, Any]:
 @click.option("--nodata", default=None, metavar="VALUE",
               help="Mask value that means no data (not change); 'none' for none. Default: the value RASTER "
                    "declares (255 in a changedet change.tif), none when it declares none, so a 0/255 mask "
-                   "gives polygons of its 255 pixels.")
+                   "gives polygons of its 255 pixels; but a mask declaring none that holds only 0, 1 and 255 "
+                   "(a change.tif that lost its nodata tag) has 255 as nodata, with a warning.")
 @click.option("--geojson-crs", default="EPSG:4326", show_default=True,
-              help="CRS of a GeoJSON OUT (RFC 7946 WGS84 by default; a local/engineering CRS that cannot be "
-                   "transformed to WGS84 is kept, with a warning); 'input' keeps the raster's CRS.")
+              help="CRS of a GeoJSON OUT (RFC 7946 WGS84 by default); 'input' keeps the raster's CRS, named in "
+                   "the GeoJSON's 'crs' member. A CRS that cannot be transformed to WGS84 is kept, with a warning, "
+                   "when it has an authority code (EPSG, IAU...); a CRS without one (a local/engineering or custom "
+                   "CRS) cannot be named in a GeoJSON: write a .gpkg OUT (an error otherwise).")
 @click.option("--window-size", type=click.IntRange(2), default=4096, show_default=True,
               help="Pixels per side of the windows read at a time (bounds the memory).")
 @click.option("--model", default=None, help="Model name recorded in the 'model' attribute.")
@@ -69,7 +104,8 @@ def _sibling_report(raster: Path) -> dict[str, Any]:
 def command(raster: Path, out: Path, threshold: float | None, probability: Path | None, geojson_crs: str,
             nodata: str | None, style: bool, overwrite: bool, as_json: bool, **options: Any) -> None:
     """Vectorise a change mask RASTER (non-zero = change, except RASTER's declared nodata or --nodata) into
-    polygons written to OUT.
+    polygons written to OUT. A series' change_count.tif, first_change.tif or last_change.tif gives the polygons
+    of the pixels that changed at least once (those of its changes.gpkg, without the per-pair attributes).
 
     OUT is a GeoPackage (.gpkg, keeps the raster's CRS, QGIS style embedded) or GeoJSON (.geojson, WGS84 per
     RFC 7946 unless --geojson-crs input). A float RASTER is read as a change probability: change is
@@ -99,14 +135,12 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
             tags = ds.tags()
             raster_crs, bounds = ds.crs, tuple(ds.bounds)
     crs = geojson_crs_option(geojson_crs)
-    if kind == "geojson":  # before the work: a local CRS keeps itself in the default GeoJSON (with a warning)
+    if kind == "geojson":  # before the work: a CRS the GeoJSON cannot be written in is refused here
         crs = resolve_geojson_crs(raster_crs, crs, bounds=bounds, source=str(raster))
-    report = _sibling_report(raster)
-    if options["model"] is None and isinstance(report.get("model"), dict):
-        options["model"] = report["model"].get("name")
-    for which in ("before", "after"):
-        if options[f"{which}_date"] is None:
-            options[f"{which}_date"] = (report.get("inputs", {}).get(which) or {}).get("date")
+    defaults = _report_defaults(_sibling_report(raster))
+    for key in ("model", "before_date", "after_date"):
+        if options[key] is None:
+            options[key] = defaults[key]
     mask: Any = raster
     prob: Any = probability
     if is_float:
@@ -116,7 +150,8 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
                 "change mask as RASTER, or only the probability with --threshold."
             )
         if threshold is None:
-            tag = tags.get("threshold") or tags.get("THRESHOLD") or report.get("threshold")
+            tag = (tags.get("threshold") or tags.get("THRESHOLD") or tags.get("CHANGEDET_THRESHOLD")
+                   or defaults["threshold"])
             if tag is None:
                 raise InputError(
                     f"{raster}: is a float raster (a probability), so a --threshold is needed "
@@ -125,6 +160,8 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
                 )
             threshold = float(tag)
         mask, prob = None, raster
+    elif threshold is None and not (tags.get("THRESHOLD") or tags.get("CHANGEDET_THRESHOLD")):
+        threshold = defaults["threshold"]  # the threshold column of a mask without its own tag (a series' count)
     gdf = vectorize(mask, prob, threshold=threshold, **options)
     paths = write_vectors(
         gdf,

@@ -3,7 +3,8 @@
 The GeoPackage keeps the input CRS and is written as GeoPackage 1.2 (read in full by the GDAL of QGIS 3.22, which
 only partly supports the 1.4 written by default by newer GDALs). GeoJSON follows RFC 7946 by default: WGS84
 longitude/latitude, counter-clockwise exterior rings; ``geojson_crs=None`` keeps the input CRS instead (GDAL
-writes it in a ``crs`` member, outside RFC 7946). Every file is written under a temporary name in its folder and
+writes it in a ``crs`` member, outside RFC 7946; a CRS without an authority code cannot be named there, and is
+refused rather than written in a GeoJSON that readers would take for longitude/latitude). Every file is written under a temporary name in its folder and
 renamed when complete, so a failure leaves nothing half-written.
 
 Reprojected for the GeoJSON, the polygons keep their shape: their edges are first densified to a few pixels (edges
@@ -111,18 +112,49 @@ def _nameable(crs: Any) -> bool:
         return "id" in pcrs.to_json_dict()
 
 
-def _unreachable(crs: Any, geojson_crs: Any, bounds: Sequence[float] | None, source: str) -> InputError | None:
+#: What to do instead of a GeoJSON in a CRS that no GeoJSON can name, as each caller can do it: the advice is
+#: true for the command that gets it (detect skips changes.geojson; vectorize writes the OUT it is given).
+_UNNAMEABLE_FIX = {
+    "detect": ("leave --geojson-crs out (geojson_crs='EPSG:4326', the default); changes.geojson is then not "
+               "written, with a warning, and the polygons are in changes.gpkg, which keeps the CRS"),
+    "vectorize": "write a GeoPackage instead (an OUT ending in .gpkg), which keeps the CRS",
+    "write_vectors": "write the GeoPackage alone (geojson_path=None), which keeps the CRS",
+}
+
+
+def _keep_advice(crs: Any, caller: str) -> str:
+    """What to do when polygons in ``crs`` cannot be taken to the GeoJSON CRS asked for, with its leading
+    separator: keep ``crs`` in the GeoJSON when a GeoJSON can name it, else what ``caller`` (a key of
+    :data:`_UNNAMEABLE_FIX`) can do instead."""
+    if _nameable(crs):
+        return "; give --geojson-crs input (geojson_crs=None) to keep the input CRS, named in the GeoJSON's 'crs' member"
+    return (", and a GeoJSON cannot name it either (no authority code: its readers would take the coordinates for "
+            f"WGS84 longitude/latitude): {_UNNAMEABLE_FIX[caller]}")
+
+
+def _unreachable(crs: Any, geojson_crs: Any, bounds: Sequence[float] | None, source: str,
+                 caller: str) -> InputError | None:
     """None when polygons in ``crs`` can be taken to ``geojson_crs`` (or either is None), else the error that says
-    why not and what to do."""
+    why not and what ``caller`` (a key of :data:`_UNNAMEABLE_FIX`) can do."""
     if geojson_crs is None or crs is None or _transformer(crs, geojson_crs, bounds) is not None:
         return None
     target = "WGS84 longitude/latitude (RFC 7946)" if _is_wgs84_lonlat(geojson_crs) else f"{geojson_crs}"
-    fix = ("give --geojson-crs input (geojson_crs=None) to keep the input CRS" if _nameable(crs) else
-           "write a GeoPackage (.gpkg) instead, or pass --geojson-crs input (geojson_crs=None) to write the "
-           "coordinates without a CRS (GeoJSON readers will take them for longitude/latitude)")
     return InputError(
         f"{source}: its CRS ({_pyproj(crs).name!r}) cannot be transformed to {target} (a local or engineering CRS, "
-        f"or no known transformation between the two); {fix}"
+        f"or no known transformation between the two){_keep_advice(crs, caller)}"
+    )
+
+
+def _unnamed_crs_error(crs: Any, where: str, option: str, fix: str, default: str,
+                       bounds: Sequence[float] | None = None) -> InputError:
+    """The error for a GeoJSON asked for in ``crs`` itself (``option``) when no GeoJSON can name ``crs``: ``fix``,
+    and ``default`` (the way to the RFC 7946 default) when ``crs`` can be transformed to WGS84."""
+    to_wgs84 = _transformer(crs, GEOJSON_CRS, bounds) is not None
+    return InputError(
+        f"{where}: its CRS ({_pyproj(crs).name!r}) cannot be named in a GeoJSON (no authority code: a custom or "
+        f"local CRS), so with {option} the GeoJSON would have no 'crs' member and its readers would take the "
+        f"coordinates for WGS84 longitude/latitude; {fix}"
+        + (f", or {default} to write RFC 7946 longitude/latitude" if to_wgs84 else "")
     )
 
 
@@ -142,17 +174,25 @@ def resolve_geojson_crs(crs: Any, geojson_crs: Any, *, bounds: Sequence[float] |
     vectorize``), decided before any work, so that a run does not fail at its very end.
 
     ``geojson_crs`` is returned as it is when the polygons can be transformed to it (over ``bounds``, their
-    extent in ``crs``, when given), and when it is None (keep ``crs``) or ``crs`` is None (:func:`write_vectors`
-    refuses that case for a ``geojson_crs``). When PROJ cannot take ``crs`` there (a local or engineering CRS,
-    ``ENGCRS`` in WKT): for the default :data:`GEOJSON_CRS` (WGS84, RFC 7946) and a ``crs`` that a GeoJSON can
-    name (an authority code), None (the GeoJSON keeps ``crs``), with a :class:`~changedet.errors.ChangedetWarning`
-    that says so; otherwise an :class:`~changedet.errors.InputError` (a GeoJSON without a ``crs`` member would be
-    read as longitude/latitude).
+    extent in ``crs``, when given), and when ``crs`` is None (:func:`write_vectors` refuses that case for a
+    ``geojson_crs``; None writes the coordinates as they are). None (keep ``crs``) is returned as it is when a
+    GeoJSON can name ``crs`` (an authority code, written in its ``crs`` member), and is an
+    :class:`~changedet.errors.InputError` when it cannot (a custom WKT or a local CRS: readers would take the
+    coordinates for WGS84 longitude/latitude), as :func:`plan_geojson` does not write one for ``changedet detect``.
+    When PROJ cannot take ``crs`` to ``geojson_crs`` (a local or engineering CRS, ``ENGCRS`` in WKT): for the
+    default :data:`GEOJSON_CRS` (WGS84, RFC 7946) and a ``crs`` that a GeoJSON can name, None (the GeoJSON keeps
+    ``crs``), with a :class:`~changedet.errors.ChangedetWarning` that says so; otherwise an
+    :class:`~changedet.errors.InputError` that says to write a GeoPackage instead.
 
     >>> resolve_geojson_crs("EPSG:32631", "EPSG:4326")
     'EPSG:4326'
     """
-    error = _unreachable(crs, geojson_crs, bounds, source)
+    if geojson_crs is None:
+        if crs is not None and not _nameable(crs):
+            raise _unnamed_crs_error(crs, source, "--geojson-crs input (geojson_crs=None)",
+                                     _UNNAMEABLE_FIX["vectorize"], "leave --geojson-crs out (EPSG:4326)", bounds)
+        return None
+    error = _unreachable(crs, geojson_crs, bounds, source, "vectorize")
     if error is None:
         return geojson_crs
     if _is_wgs84_lonlat(geojson_crs) and _nameable(crs):
@@ -171,7 +211,9 @@ def plan_geojson(crs: Any, geojson_crs: Any, *, bounds: Sequence[float] | None =
     :class:`~changedet.errors.ChangedetWarning`. It is not written, with a warning, when readers would take its
     coordinates for WGS84 longitude/latitude: without a CRS (pixel coordinates), or in a CRS that a GeoJSON cannot
     name (a local/engineering CRS without an authority code); ``changes.gpkg`` holds the polygons then. An
-    explicit ``geojson_crs`` that ``crs`` cannot be transformed to is an :class:`~changedet.errors.InputError`.
+    explicit ``geojson_crs`` that ``crs`` cannot be transformed to is an :class:`~changedet.errors.InputError`
+    whose advice is detect's (``--geojson-crs input``, or leaving ``--geojson-crs`` out where no GeoJSON can name
+    ``crs``).
 
     >>> plan_geojson("EPSG:32631", "EPSG:4326")
     (True, 'EPSG:4326')
@@ -186,7 +228,7 @@ def plan_geojson(crs: Any, geojson_crs: Any, *, bounds: Sequence[float] | None =
             stacklevel=2,
         )
         return False, None
-    error = _unreachable(crs, geojson_crs, bounds, source)
+    error = _unreachable(crs, geojson_crs, bounds, source, "detect")
     if error is not None and not _is_wgs84_lonlat(geojson_crs):
         raise error
     if (error is not None or geojson_crs is None) and not _nameable(crs):
@@ -236,8 +278,8 @@ def _reproject(geoms: np.ndarray, src: Any, dst: Any, where: Path, pixel: float 
     tr = _transformer(src, dst)
     if tr is None:
         raise InputError(
-            f"{where}: the polygons' CRS ({_pyproj(src).name!r}) cannot be transformed to {dst}; pass "
-            "geojson_crs=None (--geojson-crs input) to keep it"
+            f"{where}: the polygons' CRS ({_pyproj(src).name!r}) cannot be transformed to {dst}"
+            f"{_keep_advice(src, 'write_vectors')}"
         )
     if not len(geoms):
         return geoms
@@ -260,7 +302,7 @@ def _reproject(geoms: np.ndarray, src: Any, dst: Any, where: Path, pixel: float 
     if not np.isfinite(shapely.get_coordinates(out)).all():
         raise InputError(
             f"{where}: some polygons fall outside the area where {dst} is defined from their CRS "
-            f"({_pyproj(src).name!r}); pass geojson_crs=None (--geojson-crs input) to keep it"
+            f"({_pyproj(src).name!r}){_keep_advice(src, 'write_vectors')}"
         )
     if _pyproj(dst).is_geographic:
         fix = np.zeros(len(out), bool)
@@ -359,7 +401,7 @@ def write_vectors(
         Outputs; at least one. The GeoPackage keeps ``gdf``'s CRS.
     geojson_crs : CRS-like or None
         CRS of the GeoJSON: ``"EPSG:4326"`` (default) writes RFC 7946 GeoJSON; None keeps ``gdf``'s CRS (a
-        ``crs`` member). Reprojected polygons are densified first, cut at the antimeridian and closed at a pole
+        ``crs`` member; a CRS that a GeoJSON cannot name, without an authority code, is an InputError). Reprojected polygons are densified first, cut at the antimeridian and closed at a pole
         (so a few may become MultiPolygons), and RFC 7946 coordinates keep enough decimals for a tenth of the
         shortest edge (see the module's notes). :func:`resolve_geojson_crs` tells beforehand whether ``gdf``'s
         CRS can be taken there.
@@ -382,9 +424,9 @@ def write_vectors(
     OutputExistsError
         An output exists and ``overwrite`` is False.
     InputError
-        Nothing to write to, non-polygon geometries, GeoJSON in another CRS requested for data without a CRS, or
-        a ``geojson_crs`` that ``gdf``'s CRS cannot be transformed to (a local/engineering CRS): raised before
-        anything is written.
+        Nothing to write to, non-polygon geometries, GeoJSON in another CRS requested for data without a CRS,
+        a ``geojson_crs`` that ``gdf``'s CRS cannot be transformed to (a local/engineering CRS), or
+        ``geojson_crs=None`` for a CRS that a GeoJSON cannot name: raised before anything is written.
 
     Examples
     --------
@@ -418,6 +460,9 @@ def write_vectors(
             f"{geojson}: the polygons have no CRS, so they cannot be written as WGS84 GeoJSON; "
             "pass geojson_crs=None (--geojson-crs input) to write them in their own coordinates."
         )
+    if geojson is not None and geojson_crs is None and gdf.crs is not None and not _nameable(gdf.crs):
+        raise _unnamed_crs_error(gdf.crs, f"{geojson}: the polygons", "geojson_crs=None",
+                                 _UNNAMEABLE_FIX["write_vectors"], "give geojson_crs='EPSG:4326' (the default)")
     gdf = gdf.copy()
     for col in gdf.columns:  # all-None object columns: make them strings, not an unknown type
         if col != gdf.geometry.name and gdf[col].dtype == object:
