@@ -704,9 +704,10 @@ def _ignored_options(*, method: str, vectorize: bool, precision: str, device: st
 
 def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device: str | None,
                    tile_size: int | None = None, threshold: float | None = None, threads: int | None = None,
-                   indexes: Any = None) -> None:
+                   indexes: Any = None, n_dates: int = 2) -> None:
     """Options that can be checked before anything is read or written (an :class:`InputError` naming the option);
-    the tile size is checked against the scene and the model once both are known."""
+    the tile size is checked against the scene and the model once both are known. ``indexes`` is one list of bands
+    for every date or one list per date: ``n_dates`` lists (BEFORE, AFTER for a pair; one per raster of a series)."""
     import math
     import numbers
 
@@ -718,10 +719,21 @@ def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
                                 or threads < 1):
         raise InputError(f"--threads must be a whole number >= 1 (or None: torch's choice), got {threads!r}")
-    if indexes is not None and (isinstance(indexes, (str, bytes)) or not isinstance(indexes, Sequence) or not all(
-            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in _flat(indexes))):
-        raise InputError(f"--indexes must be a list of 1-based band numbers such as [4, 3, 2], or a BEFORE/AFTER pair "
-                         f"of lists such as ([1, 2, 3], [3, 2, 1]); got {indexes!r}")
+    if indexes is not None:
+        lists = isinstance(indexes, Sequence) and len(indexes) > 0 and all(
+            isinstance(s, Sequence) and not isinstance(s, (str, bytes)) for s in indexes)
+        if isinstance(indexes, (str, bytes)) or not isinstance(indexes, Sequence) or not all(
+                isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                for i in ([i for part in indexes for i in part] if lists else indexes)):
+            per_date = "a BEFORE/AFTER pair of lists" if n_dates == 2 else f"one list per raster ({n_dates})"
+            raise InputError(f"--indexes must be a list of 1-based band numbers such as [4, 3, 2], or {per_date} "
+                             f"such as ({', '.join(['[1, 2, 3]', '[3, 2, 1]', *['[1, 2, 3]'] * (n_dates - 2)])}); "
+                             f"got {indexes!r}")
+        if lists and len(indexes) != n_dates:
+            raise InputError(
+                f"--indexes gives {len(indexes)} lists of bands for {n_dates} rasters: give one list for every date, "
+                f"or one list per raster, in the order the rasters are given ({n_dates} lists; on the command line "
+                f"separated by ':', such as {':'.join(['1,2,3', '3,2,1', *['1,2,3'] * (n_dates - 2)])})")
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0:
         raise InputError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
     if isinstance(tile_size, numbers.Integral) and not isinstance(tile_size, bool) and overlap >= tile_size:
@@ -1267,13 +1279,38 @@ def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
 
 
 def _remove_stale_staging(out: Path) -> None:
-    """Remove staging folders left in ``out`` by runs that were killed (their process no longer exists)."""
+    """Remove staging folders left in ``out`` by runs that were killed (their process no longer exists).
+
+    Called at the start of a run (pair ``detect`` and series), while it holds :func:`output_folder_lock` and before
+    it makes its own staging folder: one named with this process's pid is then a dead run's whose pid came round
+    again (pid 1 in every one-shot container, or any pid reused after a ``kill -9``), since a live run into ``out``
+    would hold the lock. It is removed rather than reused: a run that adopted it moved the dead run's files (its
+    pair folders, its ``.changedet-partial``) into place beside its own. Without ``fcntl`` (Windows), where no lock
+    is taken, this process's own folder is left alone (another thread of it may be writing there).
+    """
+    try:
+        import fcntl  # noqa: F401 - only whether output_folder_lock really locks
+    except ImportError:  # pragma: no cover - Windows
+        locked = False
+    else:
+        locked = True
     for item in out.glob(".changedet-staging-*"):
         try:
             pid = int(item.name.rsplit("-", 1)[1])
         except ValueError:
             continue
         if pid == os.getpid():
+            if not locked:  # pragma: no cover - Windows
+                continue
+            try:
+                shutil.rmtree(item)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # reusing it would move a dead run's files into place
+                raise OutputError(
+                    f"{item}: the staging folder of a killed run (its pid is this run's) cannot be removed ({exc}); "
+                    "delete it, then rerun"
+                ) from exc
             continue
         try:
             os.kill(pid, 0)

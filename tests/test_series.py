@@ -711,3 +711,237 @@ def test_dataarrays_give_the_same_series_as_their_files(series_files: list[Path]
     with pytest.raises(NotGeoreferencedError, match=r"input_2: the xarray\.DataArray has no CRS .*rio\.write_crs"):
         detect_series([arrays[0], bare, arrays[2]], output_dir=tmp_path / "y", **kw)
     assert not (tmp_path / "y").exists()
+
+
+# ----------------------------------------------------------------------------------------------- staging, disk full
+DEAD_PID = 2**22 + 12345  # above Linux's pid_max: no such process
+
+
+def _staging_of_a_dead_run(out: Path, pid: int) -> Path:
+    """What ``kill -9`` of a series leaves: its staging folder with a pair folder and its partial files."""
+    staging = out / f".changedet-staging-{pid}"
+    (staging / "pair_07_2000-01-01_2001-01-01").mkdir(parents=True)
+    (staging / "pair_07_2000-01-01_2001-01-01" / "change.tif").write_bytes(b"a dead run's")
+    (staging / ".changedet-partial").mkdir()
+    (staging / ".changedet-partial" / "change_count.partial.tif").write_bytes(b"half")
+    return staging
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_staging_folders_of_killed_runs_are_removed_ours_too_and_never_reused(
+    series_files: list[Path], tmp_path: Path, overwrite: bool
+) -> None:
+    """A killed run's staging folder goes at the next run; one named with this process's pid (pid 1 again in a
+    one-shot container) is a dead run's too, since the output folder's lock rules out a live one: it was reused,
+    and its pair folder moved into place beside the new series' (exit 0)."""
+    out = tmp_path / "o"
+    with pytest.raises(ProcessLookupError):
+        os.kill(DEAD_PID, 0)
+    ours = _staging_of_a_dead_run(out, os.getpid())
+    dead = _staging_of_a_dead_run(out, DEAD_PID)
+    alive = out / f".changedet-staging-{os.getppid()}"  # a live process's (another namespace's) is left alone
+    alive.mkdir()
+    series = detect_series(series_files[:3], output_dir=out, method="cva", threshold=THR, quicklook=False,
+                           vectorize=False, overwrite=overwrite)
+    assert not ours.exists() and not dead.exists() and alive.exists()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        alive.name, *(p.paths["change"].parent.name for p in series.pairs)]
+    assert series.report["summary"]["n_pairs"] == 2
+
+
+def test_a_run_refused_by_the_lock_leaves_the_staging_folder_of_its_pid_alone(
+    series_files: list[Path], tmp_path: Path
+) -> None:
+    """The folder's lock is held (by another PID namespace's run of the same pid, say): that run's staging folder
+    is not ours to remove."""
+    from changedet.api import output_folder_lock
+    from changedet.errors import OutputFolderBusyError
+
+    out = tmp_path / "o"
+    theirs = _staging_of_a_dead_run(out, os.getpid())
+    with output_folder_lock(out), pytest.raises(OutputFolderBusyError):
+        detect_series(series_files[:3], output_dir=out, method="cva", threshold=THR, quicklook=False)
+    assert (theirs / ".changedet-partial" / "change_count.partial.tif").is_file()
+
+
+def test_a_write_failure_during_a_series_is_an_output_error_with_nothing_written(
+    series_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the rasters are streamed (rasterio's "Write failed" from the writer thread) is the
+    OutputError of a two-date detect, not a traceback; nothing is left, not even the folder the run created."""
+    from rasterio.errors import RasterioIOError
+
+    from changedet.inference import StripWriter
+
+    def full(self: StripWriter, array: np.ndarray, row_off: int) -> None:
+        raise RasterioIOError("Write failed. See previous exception for details.") from OSError(
+            28, "No space left on device")
+
+    monkeypatch.setattr(StripWriter, "write", full)
+    out = tmp_path / "o"
+    with pytest.raises(OutputError) as info:
+        detect_series(series_files[:3], output_dir=out, method="cva", threshold=THR, quicklook=False)
+    msg = str(info.value)
+    assert msg.startswith(f"{out}: writing the outputs failed (") and "No space left on device" in msg, msg
+    assert "no output was written. Check the free disk space" in msg and "See previous exception" not in msg
+    assert not out.exists()
+
+
+def test_a_cog_a_full_disk_cut_short_is_the_same_output_error_without_the_staging_path(
+    series_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """changedet's own error about a file of the staging folder (the COG conversion's read-back) names a hidden
+    folder that is gone once the run fails: it becomes the output folder's write failure."""
+    from changedet.inference import StripWriter
+
+    def cut_short(self: StripWriter, keep_partial: bool = False) -> Path:
+        raise OutputError(f"{self.final_path}: writing the Cloud-Optimised GeoTIFF failed (TIFFReadDirectory:Failed "
+                          "to read directory at offset 720896); check the free disk space.") from OSError(
+            28, "No space left on device")
+
+    monkeypatch.setattr(StripWriter, "finalize", cut_short)
+    out = tmp_path / "o"
+    out.mkdir()
+    with pytest.raises(OutputError, match=r"writing the outputs failed \(.*No space left on device") as info:
+        detect_series(series_files[:3], output_dir=out, method="cva", threshold=THR, quicklook=False)
+    assert str(info.value).startswith(f"{out}: ") and ".changedet-staging" not in str(info.value)
+    assert list(out.iterdir()) == []
+
+
+_FSIZE_CHILD = r"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from changedet.cli.main import cli
+sys.argv = ["changedet", *sys.argv[2:]]
+cli()
+"""
+
+
+@pytest.mark.parametrize("limit", [20_000, 60_000])
+def test_cli_series_on_a_full_disk_exits_one_with_the_output_error(
+    series_files: list[Path], tmp_path: Path, limit: int
+) -> None:
+    """A full disk, simulated with a file-size limit (RLIMIT_FSIZE, no root needed): it used to end in
+    rasterio's traceback ("RasterioIOError: Write failed") from the series engine's writer, exit 1."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-c", _FSIZE_CHILD, str(limit), "-q", "detect",
+                          *map(str, series_files[:3]), "-o", str(out), "--method", "cva", "--no-quicklook"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert f"error: {out}: writing the outputs failed (" in res.stderr, res.stderr
+    assert "Check the free disk space" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------- bands per date
+def _with_bands_reversed(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` with its bands in the opposite order (a date delivered as B, G, R)."""
+    with rasterio.open(src) as ds:
+        return make_geotiff(dst, ds.read()[::-1], tags=ds.tags(), origin=(ds.transform.c, ds.transform.f))
+
+
+def test_indexes_with_one_list_per_raster_follow_their_rasters_into_date_order(
+    series_files: list[Path], tmp_path: Path
+) -> None:
+    """``indexes=[[...], [...], [...]]``: one list per raster as given (the order of the CLI's lists too), each
+    kept with its raster when the dates are sorted; a date whose bands stand in another order reads its own."""
+    d2019, d2020, d2021 = series_files[:3]
+    rev = _with_bands_reversed(d2020, tmp_path / "in" / "scene_rev.tif")
+    kw = {"method": "cva", "threshold": THR, "quicklook": False, "vectorize": False, "tile_size": 64, "overlap": 16}
+    plain = detect_series([d2019, d2020, d2021], output_dir=tmp_path / "plain", **kw)
+    given = [rev, d2021, d2019]  # not in date order: the lists are the rasters'
+    series = detect_series(given, indexes=[[3, 2, 1], [1, 2, 3], [1, 2, 3]], output_dir=tmp_path / "s", **kw)
+    assert series.labels == DATES[:3]
+    for name in ("first_change", "change_count", "last_change"):
+        np.testing.assert_array_equal(getattr(series, name), getattr(plain, name), err_msg=name)
+    assert [a["indexes"] for a in series.report["alignment"]] == [
+        {"before": [1, 2, 3], "after": [3, 2, 1]}, {"before": [1, 2, 3], "after": [1, 2, 3]}]
+    # the reversed date read as given differs: the lists above did matter
+    wrong = detect_series(given, output_dir=tmp_path / "w", **kw)
+    assert not np.array_equal(wrong.change_count, plain.change_count)
+
+
+def test_open_series_takes_one_list_per_raster_in_the_order_given(series_files: list[Path], tmp_path: Path) -> None:
+    d2019, d2020, d2021 = series_files[:3]
+    rev = _with_bands_reversed(d2020, tmp_path / "in" / "scene_rev.tif")
+    with open_series([rev, d2021, d2019], indexes=[[3, 2, 1], [1, 2, 3], [2, 3, 1]]) as stack:
+        assert [r.to_dict()["indexes"] for r in stack.pair_reports] == [
+            {"before": [2, 3, 1], "after": [3, 2, 1]}, {"before": [2, 3, 1], "after": [1, 2, 3]}]
+
+
+def test_one_list_per_raster_feeds_a_supervised_model_each_dates_own_bands(
+    series_files: list[Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from changedet.models import create_model
+    from changedet.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(create_model("fc-siam-diff", in_channels=3), tmp_path / "tiny",
+                           CheckpointMeta(band_names=["B1", "B2", "B3"], pixel_size=10.0, threshold=0.5, name="tiny"))
+    d2019, d2020, d2021 = series_files[:3]
+    rev = _with_bands_reversed(d2020, tmp_path / "in" / "scene_rev.tif")
+    kw = {"model": str(ckpt), "quicklook": False, "vectorize": False, "tile_size": 64, "overlap": 16}
+    plain = detect_series([d2019, d2020, d2021], output_dir=tmp_path / "plain", **kw)
+    series = detect_series([d2019, rev, d2021], indexes=([1, 2, 3], [3, 2, 1], [1, 2, 3]),
+                           output_dir=tmp_path / "s", **kw)
+    for k in range(2):
+        np.testing.assert_allclose(series.pairs[k].probability, plain.pairs[k].probability, atol=1e-6)
+
+
+def test_indexes_lists_must_be_one_per_raster(series_files: list[Path], tmp_path: Path) -> None:
+    kw = {"method": "cva", "quicklook": False}
+    with pytest.raises(InputError, match=r"2 lists of bands for 3 rasters: give one list for every date, or one "
+                                         r"list per raster.*1,2,3:3,2,1:1,2,3"):
+        detect_series(series_files[:3], indexes=([1, 2, 3], [3, 2, 1]), output_dir=tmp_path / "a", **kw)
+    with pytest.raises(InputError, match=r"one list per raster \(3\)"):
+        detect_series(series_files[:3], indexes=([1, 2, 3], [3, 2, "x"], [1, 2, 3]), output_dir=tmp_path / "b",
+                      **kw)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_indexes_take_one_list_per_raster_separated_by_colons(series_files: list[Path], tmp_path: Path) -> None:
+    from changedet.cli.main import cli
+
+    d2019, d2020, d2021 = series_files[:3]
+    rev = _with_bands_reversed(d2020, tmp_path / "in" / "scene_rev.tif")
+    common = ["--method", "cva", "--threshold", str(THR), "--no-quicklook", "--no-vectorize"]
+    res = CliRunner().invoke(cli, ["detect", str(d2021), str(rev), str(d2019), "-o", str(tmp_path / "o"),
+                                   "--indexes", "1-3:3,2,1:1,2,3", *common], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [a["indexes"]["after"] for a in rep["alignment"]] == [[3, 2, 1], [1, 2, 3]]
+    for lists, n in (("1,2,3:3,2,1", 3), ("1,2,3:3,2,1:1,2,3:1,2,3", 3), ("1,2,3:3,2,1:1,2,3", 2)):
+        res = CliRunner().invoke(cli, ["detect", *map(str, series_files[:n]), "-o", str(tmp_path / "x"),
+                                       "--indexes", lists, *common])
+        assert res.exit_code == 2, res.output
+        assert f"band lists separated by ':' for {n} rasters" in res.output, res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_band_name_warning_of_a_series_gives_advice_a_series_takes(series_files: list[Path],
+                                                                       tmp_path: Path) -> None:
+    """The warning about a date whose bands are named differently used to advise --indexes BEFORE:AFTER, which a
+    series refused; its advice (one list per raster, separated by ':') now runs."""
+    from changedet.cli.main import cli
+
+    d2019, d2020, d2021 = series_files[:3]
+    named = []
+    for k, (src, names) in enumerate([(d2019, ["B04", "B03", "B02"]), (d2020, ["Band 1", "Band 2", "Band 3"]),
+                                      (d2021, ["B04", "B03", "B02"])]):
+        with rasterio.open(src) as ds:
+            named.append(make_geotiff(tmp_path / "in" / f"named_{k}.tif", ds.read(), tags=ds.tags(),
+                                      descriptions=names))
+    with pytest.warns(PairWarning, match="band names") as caught:
+        detect_series(named, method="cva", output_dir=tmp_path / "w", quicklook=False, vectorize=False)
+    advice = next(str(w.message) for w in caught if "band names" in str(w.message))
+    assert "one list per raster separated by ':'" in advice and "1,2,3:3,2,1:1,2,3 for three" in advice, advice
+    example = re.search(r"(\d,\d,\d:\d,\d,\d:\d,\d,\d) for three", advice).group(1)  # type: ignore[union-attr]
+    res = CliRunner().invoke(cli, ["detect", *map(str, named), "-o", str(tmp_path / "o"), "--indexes", example,
+                                   "--method", "cva", "--no-quicklook", "--no-vectorize"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import click
 
 from changedet.cli._common import RASTER, echo_json
 
 
-def parse_indexes(text: str | None) -> list[int] | tuple[list[int], list[int]] | None:
-    """Parse ``--indexes``: ``1,2,3``, ranges ``1-3``, or ``BEFORE:AFTER`` such as ``1,2,3:3,2,1``.
+@overload
+def parse_indexes(text: str | None, most: Literal[2] = 2) -> list[int] | tuple[list[int], list[int]] | None: ...
+@overload
+def parse_indexes(text: str | None, most: int | None) -> list[int] | tuple[list[int], ...] | None: ...
+def parse_indexes(text: str | None, most: int | None = 2) -> list[int] | tuple[list[int], ...] | None:
+    """Parse ``--indexes``: ``1,2,3``, ranges ``1-3``, or one list per raster separated by ``:`` (``BEFORE:AFTER``
+    such as ``1,2,3:3,2,1``; ``changedet detect`` with a series takes one per date, ``most=None``).
 
-    >>> parse_indexes("1-3,5"), parse_indexes("1,2:2,1"), parse_indexes(None)
-    ([1, 2, 3, 5], ([1, 2], [2, 1]), None)
+    >>> parse_indexes("1-3,5"), parse_indexes("1,2:2,1"), parse_indexes("1:2:3", most=None), parse_indexes(None)
+    ([1, 2, 3, 5], ([1, 2], [2, 1]), ([1], [2], [3]), None)
     """
     if text is None:
         return None
@@ -25,8 +30,9 @@ def parse_indexes(text: str | None) -> list[int] | tuple[list[int], list[int]] |
     def one(part: str) -> list[int]:
         out: list[int] = []
         if not part.strip():
-            raise click.BadParameter(
-                f"{text!r}: a side of BEFORE:AFTER is empty; give both, e.g. 1,2,3:3,2,1", param_hint="--indexes")
+            side = "a side of BEFORE:AFTER" if text.count(":") == 1 else "one of the lists separated by ':'"
+            raise click.BadParameter(f"{text!r}: {side} is empty; give every one, e.g. 1,2,3:3,2,1",
+                                     param_hint="--indexes")
         for tok in part.split(","):
             tok = tok.strip()
             if not tok:
@@ -46,8 +52,11 @@ def parse_indexes(text: str | None) -> list[int] | tuple[list[int], list[int]] |
         return out
 
     if ":" in text:
-        b, a = text.split(":", 1)
-        return one(b), one(a)
+        parts = text.split(":")
+        if most is not None and len(parts) > most:
+            raise click.BadParameter(f"{text!r}: {len(parts)} lists separated by ':' for {most} rasters; give "
+                                     "BEFORE:AFTER such as 1,2,3:3,2,1", param_hint="--indexes")
+        return tuple(one(p) for p in parts)
     return one(text)
 
 

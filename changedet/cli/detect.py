@@ -14,11 +14,13 @@ from changedet.types import TTA
 
 def _indexes(
     _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> list[int] | tuple[list[int], list[int]] | None:
-    """``--indexes``: ``4,3,2``, ranges ``1-3``, or BEFORE:AFTER such as ``1,2,3:3,2,1`` (as ``changedet check``)."""
+) -> list[int] | tuple[list[int], ...] | None:
+    """``--indexes``: ``4,3,2``, ranges ``1-3``, or one list per raster separated by ``:``: BEFORE:AFTER such as
+    ``1,2,3:3,2,1`` (as ``changedet check``), ``4,3,2:3,2,1:4,3,2`` for three dates (checked against the rasters
+    in the command)."""
     from changedet.cli.check import parse_indexes
 
-    out = parse_indexes(value)
+    out = parse_indexes(value, most=None)
     if out is None:
         return None
     lists = out if isinstance(out, tuple) else (out,)
@@ -42,7 +44,7 @@ def _indexes(
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True)
 @click.option("--tta", type=click.Choice(get_args(TTA)), default="none", show_default=True, help="Test-time augmentation: mean probability over flipped/rotated (d4: 8 views) and/or date-swapped views of each tile; one forward pass per view.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--indexes", callback=_indexes, default=None, help="1-based bands to use, e.g. 4,3,2, or BEFORE:AFTER such as 1,2,3:3,2,1 (default: by band name, else all).")
+@click.option("--indexes", callback=_indexes, default=None, help="1-based bands to use, e.g. 4,3,2, or one list per raster separated by ':', in the order given: BEFORE:AFTER such as 1,2,3:3,2,1, or 4,3,2:3,2,1:4,3,2 for three dates (default: by band name, else all).")
 @click.option("--coregister", is_flag=True, help="Estimate and correct a global sub-pixel shift of AFTER.")
 @click.option("--match-histograms", is_flag=True, help="Match AFTER's histograms to BEFORE per band.")
 @click.option("--min-area", type=click.FloatRange(0), default=0.0, show_default=True, help="Drop polygons smaller than this (m2, also in geographic CRSs).")
@@ -68,8 +70,11 @@ def command(rasters: tuple[Path, ...], output_dir: Path, geojson_crs: str, as_js
     if len(rasters) < 2:
         raise click.UsageError("give at least two rasters: BEFORE AFTER [MORE...]")
     options["geojson_crs"] = geojson_crs  # 'input' (the raster CRS) is understood by detect and detect_series
-    if isinstance(options.get("indexes"), tuple) and len(rasters) > 2:
-        raise click.BadParameter("BEFORE:AFTER band lists apply to two rasters; give one list for a series",
+    lists = options.get("indexes")
+    if isinstance(lists, tuple) and len(lists) != len(rasters):
+        example = ":".join(["1,2,3", "3,2,1", *["1,2,3"] * (len(rasters) - 2)])
+        raise click.BadParameter(f"{len(lists)} band lists separated by ':' for {len(rasters)} rasters; give one "
+                                 f"list for every date (4,3,2), or one per raster in the order given ({example})",
                                  param_hint="--indexes")
     from changedet.inference import TileProgress
 

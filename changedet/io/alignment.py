@@ -397,8 +397,9 @@ def _analyze(
                 _same_colours(info_b, ib, info_a, ia)):  # B04 and SR_B4 are both red: no need to check them
             report.warn(
                 f"{na_name}: band names {list(da)} differ from {nb_name} ({list(db)}); check that the bands "
-                "correspond, or pick each date's bands: --indexes BEFORE:AFTER such as 1,2,3:3,2,1 (indexes=([1, 2, 3], "
-                "[3, 2, 1]) in Python).",
+                "correspond, or pick each date's bands: --indexes with one list per raster separated by ':', in the "
+                "order given, such as 1,2,3:3,2,1 for two rasters or 1,2,3:3,2,1:1,2,3 for three (in Python one "
+                "list per raster: indexes=([1, 2, 3], [3, 2, 1])).",
                 PairWarning,
             )
 

@@ -33,7 +33,7 @@ from changedet.series.outputs import (
     pair_dir_name,
     paletted_style_qml,
 )
-from changedet.series.stack import MODES, _label, open_series, order_by_date, series_pairs
+from changedet.series.stack import MODES, _given_positions, _label, open_series, order_by_date, series_pairs
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def detect_series(
     precision: str = "float32",
     tta: str = "none",
     device: str = "cpu",
-    indexes: Sequence[int] | None = None,
+    indexes: Sequence[int] | Sequence[Sequence[int]] | None = None,
     coregister: bool = False,
     match_histograms: bool = False,
     min_area: float = 0.0,
@@ -96,9 +96,14 @@ def detect_series(
         ``"consecutive"`` (each date against the previous one) or ``"reference"`` (each date against the first).
     keep_order
         Keep the order given instead of sorting by acquisition date (needed when dates are unknown).
-    tile_size, overlap, blend, batch_size, threads, precision, tta, device, indexes, coregister, match_histograms
+    tile_size, overlap, blend, batch_size, threads, precision, tta, device, coregister, match_histograms
         As in :func:`changedet.api.detect`; every later date is aligned (and co-registered, histogram-matched)
         onto the first date.
+    indexes
+        1-based bands read from every date (``[4, 3, 2]``), or one list per raster in the order ``rasters`` are
+        given (``[[4, 3, 2], [3, 2, 1], [4, 3, 2]]``: a date whose bands are numbered or named differently;
+        the lists follow their rasters when the dates are sorted). CLI: ``--indexes 4,3,2:3,2,1:4,3,2``. Default:
+        the model's bands by name (each date its own where its names or colours identify them), else all.
     min_area, simplify, fill_holes, vectorize, geojson_crs
         Vectorisation of the pixels that changed at least once (see :mod:`changedet.series` for the attributes).
     qgis_project, quicklook, overwrite
@@ -120,6 +125,8 @@ def detect_series(
         match, dates without common area (:class:`~changedet.errors.NoOverlapError`), ...
     OutputExistsError
         An output exists and ``overwrite`` is False.
+    OutputError
+        Writing the outputs failed (a full disk, say): no output was written (as in :func:`changedet.api.detect`).
 
     Examples
     --------
@@ -136,6 +143,7 @@ def detect_series(
         _check_outputs,
         _checked_tta,
         _missing_folders,
+        _remove_stale_staging,
         _resolve_for_input,
         _sample_for_fit,
         output_folder_lock,
@@ -146,6 +154,7 @@ def detect_series(
     from changedet.inference import ScorerPredictor, TorchPredictor
 
     t0 = time.perf_counter()
+    rasters = list(rasters)
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if method not in METHODS:
@@ -154,7 +163,7 @@ def detect_series(
     geojson_crs = geojson_crs_option(geojson_crs)
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
                    device=device if method == "model" else None, threshold=threshold, threads=threads,
-                   indexes=indexes)
+                   indexes=indexes, n_dates=len(rasters))
     if resume:
         raise InputError("--resume is not supported with more than two dates; rerun the series (with --overwrite)")
     if method != "model" and model is not None:
@@ -173,11 +182,14 @@ def detect_series(
     from changedet.api import _XARRAY_TMP_PREFIX, _in_memory
 
     xr_tmp = None  # the GeoTIFFs written from xarray inputs, kept as long as the result
-    rasters = list(rasters)
     if any(is_xarray(r) for r in rasters):
         xr_tmp = tempfile.TemporaryDirectory(prefix=_XARRAY_TMP_PREFIX)
         rasters = write_dataarrays(rasters, xr_tmp.name, [f"input_{k + 1}" for k in range(len(rasters))])
     sources, infos = order_by_date(rasters, keep_order=keep_order)
+    per_date = bool(indexes) and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes or ())
+    if per_date:  # one list per raster as given: each follows its raster into date order
+        given = _given_positions(rasters, sources)
+        indexes = [list(indexes[k]) for k in given]  # type: ignore[index, arg-type]
     dates = [_label(i, k) for k, i in enumerate(infos)]  # the date (or the file's stem): the tags' and legend's
     labels = list(dates)  # unique: folder names and pair labels; a date given twice is numbered -1, -2 ...
     for k, lab in enumerate(dates):
@@ -207,21 +219,30 @@ def detect_series(
     # -- model or method (the first date decides the bands, as BEFORE does in detect) ---------------------------
     source_names = [_source_name(s) for s in sources]
     meta = net = None
-    select = list(indexes) if indexes else None
+    select: Any = list(indexes) if indexes else None
     if method == "model":
-        net, meta, select = _resolve_for_input(model, checkpoint, infos[0], select, source_names[0])
+        # the first date decides the model from its own list; every date then reads its own (open_series)
+        net, meta, first = _resolve_for_input(model, checkpoint, infos[0], select[0] if per_date else select,
+                                              source_names[0])
+        select = [first, *select[1:]] if per_date else first
         if not indexes:  # a later date whose band names or colours stand in another order reads its own
             select = _bands_per_date(infos, meta, select)
 
     timings: dict[str, float] = {}
     stack = open_series(sources, indexes=select, coregister=coregister, match_histograms=match_histograms,
                         ordered=(sources, infos))
+    from rasterio._err import CPLE_BaseError  # GDAL's own errors (e.g. reopening a truncated file)
+    from rasterio.errors import RasterioError
+
     staging = out / f".changedet-staging-{os.getpid()}"
+    made_staging = placing = False
     restore = contextlib.ExitStack()
     try:
         out.mkdir(parents=True, exist_ok=True)  # removed after the early check; a failed run removes it again
         restore.enter_context(output_folder_lock(out))  # no second run writes into this folder meanwhile
         _check_outputs(out, names, overwrite, False)  # again: a run that held the folder may have finished
+        # killed runs' staging folders, ours too: one named with this pid is a dead run's (pid 1 in a container)
+        _remove_stale_staging(out)
         restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too), restored
         write_geojson = vectorize
         if vectorize:  # the GeoJSON's CRS (or none without a CRS), decided before the prediction, as detect does
@@ -279,7 +300,8 @@ def detect_series(
             model_report = {"method": method, "name": method, "calibrated_threshold": thresholds[0]}
 
         # -- stream every pair ----------------------------------------------------------------------------------
-        staging.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # new: never a dead run's, whose files would be moved into place with ours
+        made_staging = True
         pair_labels = [f"{labels[i]}/{labels[j]}" for i, j in pairs_idx]
         base_tags = {"CHANGEDET_VERSION": __version__, "CHANGEDET_MODEL": str(model_report.get("name")),
                      "CHANGEDET_SERIES_MODE": mode}
@@ -410,6 +432,7 @@ def detect_series(
         _write_json(staging / SERIES_OUTPUT_NAMES["report"], report)
 
         # -- move into place: folders and files, the project next, report.json last -----------------------------
+        placing = True
         for item in sorted(staging.iterdir()):
             if item.name == SERIES_OUTPUT_NAMES["report"] or item.name.startswith("."):
                 continue
@@ -427,10 +450,16 @@ def detect_series(
         return SeriesResult(output_dir=out, paths=paths, report=report, pairs=[_moved(p, staging, out) for p in pairs],
                             labels=labels, dates=list(stack.dates), crs=stack.crs, transform=stack.transform,
                             _polygons=polygons, _tmp=tmp_holder if xr_tmp is None else (tmp_holder, xr_tmp))
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        error = _write_failure(exc, out, staging, placing)
+        if error is exc:
+            raise
+        raise error from exc
     finally:
-        restore.close()
+        if made_staging:  # (only ours: with the lock refused, a folder of that name is another namespace's run's)
+            shutil.rmtree(staging, ignore_errors=True)
+        restore.close()  # the lock, released once the staging folder is gone
         stack.close()
-        shutil.rmtree(staging, ignore_errors=True)
         if bar is not None:
             bar.close()
         if failed:
@@ -438,6 +467,25 @@ def detect_series(
                 _remove_empty_folders(created)
             if xr_tmp is not None:
                 xr_tmp.cleanup()
+
+
+def _write_failure(exc: BaseException, out: Path, staging: Path, placing: bool) -> BaseException:
+    """The error a failed series run raises for ``exc``: ``exc`` itself where it is one of changedet's (a busy or
+    existing output, an unreadable input), else (a full disk, a permission taken away: GDAL's and the OS's errors,
+    and changedet's about a file of the staging folder, such as a Cloud-Optimised GeoTIFF a full disk cut short) the
+    :class:`~changedet.errors.OutputError` that :func:`changedet.api.detect` raises."""
+    from changedet.errors import ChangedetError, OutputError, RasterReadError, root_message
+
+    if isinstance(exc, ChangedetError) and not (isinstance(exc, (OutputError, RasterReadError))
+                                                and staging.name in str(exc)):
+        return exc
+    reason = root_message(exc.__cause__ if isinstance(exc, ChangedetError) and exc.__cause__ else exc)
+    if placing:  # os.replace does not fail on a full disk, but project.qgs is written beside the outputs moved
+        return OutputError(f"{out}: writing the outputs failed ({reason}) while they were moved into place: the "
+                           "folder holds an incomplete series without report.json. Check the free disk space and "
+                           "write permission of the output folder, then rerun with --overwrite.")
+    return OutputError(f"{out}: writing the outputs failed ({reason}); no output was written. Check the free disk "
+                       "space and write permission of the output folder.")
 
 
 def _moved(pair: SeriesPair, staging: Path, out: Path) -> SeriesPair:

@@ -96,6 +96,17 @@ def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False) -> tuple[
     return [sources[k] for k in order], [infos[k] for k in order]
 
 
+def _given_positions(given: Sequence[Any], ordered: Sequence[Any]) -> list[int]:
+    """Where each of ``ordered`` (:func:`order_by_date`'s, the very objects of ``given``) stands in ``given``."""
+    used: set[int] = set()
+    out: list[int] = []
+    for src in ordered:
+        k = next(k for k, g in enumerate(given) if g is src and k not in used)
+        used.add(k)
+        out.append(k)
+    return out
+
+
 def series_pairs(n_dates: int, mode: str = "consecutive") -> list[tuple[int, int]]:
     """The (before, after) date indexes (0-based) compared in ``mode``.
 
@@ -318,7 +329,8 @@ def open_series(
     keep_order
         Keep the order given instead of sorting by date.
     indexes
-        1-based bands used in every date, or one list of them per date (in the order of ``rasters`` once ordered).
+        1-based bands used in every date, or one list of them per raster in the order ``rasters`` are given (each
+        list follows its raster into date order; with ``ordered``, in the order of its sources).
     resampling, coregister, match_histograms
         As in :func:`~changedet.io.alignment.open_pair` (each later date against the first).
     ordered
@@ -334,6 +346,10 @@ def open_series(
     from changedet.io.raster import open_raster
 
     sources, infos = ordered if ordered is not None else order_by_date(rasters, keep_order=keep_order)
+    if ordered is None and indexes and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes):
+        given = list(rasters)
+        if len(indexes) == len(given):  # (else refused below, naming both numbers)
+            indexes = [list(indexes[k]) for k in _given_positions(given, sources)]  # type: ignore[index, arg-type]
     owned: list[Any] = []
     pairs: list[Any] = []
     try:
