@@ -43,6 +43,7 @@ from changedet.io.bands import (  # noqa: F401 - band_colours and identified_ban
     band_colours,
     identified_bands,
 )
+from changedet.io.folders import output_folder_lock, remove_stale_staging
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -390,39 +391,6 @@ def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resu
         raise OutputError(
             f"{output_dir}: cannot write there ({exc.strerror or exc}); choose a writable output folder"
         ) from exc
-
-
-def _flat(indexes: Sequence[Any]) -> list[Any]:
-    """The band numbers of ``indexes``, one list or a BEFORE/AFTER pair of lists."""
-    return [i for part in indexes for i in part] if _is_pair_form(indexes) else list(indexes)
-
-
-@contextlib.contextmanager
-def output_folder_lock(folder: Path) -> Any:
-    """Hold an exclusive lock on an output folder for a run: a second ``detect`` (or series) into the same folder
-    fails at once with an :class:`OutputError` instead of mixing its outputs with the first's (both used to end
-    with exit 0, one's report.json beside the other's change.tif).
-
-    A POSIX ``flock`` on the folder itself: nothing is written into it, and the lock goes with the process however
-    it ends (SIGKILL included). Not taken where ``fcntl`` does not exist (Windows).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputFolderBusyError(
-                f"{folder}: another changedet run is writing into this folder; wait for it to finish, or choose "
-                "another output folder"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _is_pair_form(indexes: Any) -> bool:
@@ -1123,7 +1091,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
     from rasterio.errors import RasterioError
 
     partial_dir = out / ".changedet-partial"
-    _remove_stale_staging(out)
+    remove_stale_staging(out)
     staging = out / f".changedet-staging-{os.getpid()}"
     try:
         staging.mkdir(parents=True, exist_ok=True)
@@ -1276,48 +1244,6 @@ def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
     for name in stale:
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
-
-
-def _remove_stale_staging(out: Path) -> None:
-    """Remove staging folders left in ``out`` by runs that were killed (their process no longer exists).
-
-    Called at the start of a run (pair ``detect`` and series), while it holds :func:`output_folder_lock` and before
-    it makes its own staging folder: one named with this process's pid is then a dead run's whose pid came round
-    again (pid 1 in every one-shot container, or any pid reused after a ``kill -9``), since a live run into ``out``
-    would hold the lock. It is removed rather than reused: a run that adopted it moved the dead run's files (its
-    pair folders, its ``.changedet-partial``) into place beside its own. Without ``fcntl`` (Windows), where no lock
-    is taken, this process's own folder is left alone (another thread of it may be writing there).
-    """
-    try:
-        import fcntl  # noqa: F401 - only whether output_folder_lock really locks
-    except ImportError:  # pragma: no cover - Windows
-        locked = False
-    else:
-        locked = True
-    for item in out.glob(".changedet-staging-*"):
-        try:
-            pid = int(item.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid == os.getpid():
-            if not locked:  # pragma: no cover - Windows
-                continue
-            try:
-                shutil.rmtree(item)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # reusing it would move a dead run's files into place
-                raise OutputError(
-                    f"{item}: the staging folder of a killed run (its pid is this run's) cannot be removed ({exc}); "
-                    "delete it, then rerun"
-                ) from exc
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(item, ignore_errors=True)
-        except OSError:  # alive but not ours (PermissionError), or no way to tell: leave it
-            continue
 
 
 def _root_message(exc: BaseException) -> str:

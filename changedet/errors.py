@@ -116,7 +116,7 @@ class OutputError(ChangedetError, OSError):
 
 
 class OutputFolderBusyError(OutputError):
-    """Another changedet run is writing into the output folder (``changedet.api.output_folder_lock``)."""
+    """Another changedet run is writing into the output folder (``changedet.io.folders.output_folder_lock``)."""
 
 
 class OutputExistsError(ChangedetError, FileExistsError):

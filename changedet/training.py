@@ -76,8 +76,9 @@ from changedet.ddp import (
     run_on_main,
     state_dict_digest,
 )
-from changedet.errors import ChangedetWarning, InputError, OutputExistsError
+from changedet.errors import ChangedetWarning, InputError, OutputError, OutputExistsError
 from changedet.evaluation import confusion_matrix, f1_optimal_threshold, pool
+from changedet.io.folders import output_folder_lock, remove_stale_staging
 
 log = logging.getLogger(__name__)
 
@@ -393,34 +394,27 @@ def _staging(out: Path, main: bool) -> Iterator[Path]:
     """The hidden folder ``out/.changedet-staging-<pid>`` where a run writes ``metrics.csv`` each epoch and its
     outputs at the end, before they are moved into ``out``; removed on exit whatever happens, with ``out`` itself
     when this run created it and left it empty (an interrupted or failed run leaves nothing behind). Only the main
-    process touches the disk (the staging folders of killed runs are removed by :func:`_remove_stale_staging`)."""
+    process touches the disk (the staging folders of killed runs are removed by
+    :func:`changedet.io.folders.remove_stale_staging`); the main process holds the output folder's lock
+    (:func:`changedet.io.folders.output_folder_lock`) meanwhile, so that a second run into it fails at once."""
     staging = out / f".changedet-staging-{os.getpid()}"
     created = main and not out.exists()
-    try:
-        yield staging
-    finally:
+    with contextlib.ExitStack() as locked:
         if main:
-            shutil.rmtree(staging, ignore_errors=True)
-            if created:
-                with contextlib.suppress(OSError):
-                    out.rmdir()  # only if empty
-
-
-def _remove_stale_staging(out: Path) -> None:
-    """Remove the staging folders left in ``out`` by runs that were killed (their process no longer exists)."""
-    for item in out.glob(".changedet-staging-*"):
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{out}: cannot create the output folder ({exc.strerror or exc}); choose a "
+                                  "writable one") from exc
+            locked.enter_context(output_folder_lock(out))  # two trainings into one folder replaced each other's
         try:
-            pid = int(item.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(item, ignore_errors=True)
-        except OSError:  # alive but not ours, or no way to tell: leave it
-            continue
+            yield staging
+        finally:
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+                if created:
+                    with contextlib.suppress(OSError):
+                        out.rmdir()  # only if empty
 
 
 def _curves_figure(history: list[dict[str, Any]], best_epoch: int) -> Any:
@@ -1100,7 +1094,7 @@ def train(
 
             def make_folders() -> None:
                 out.mkdir(parents=True, exist_ok=True)
-                _remove_stale_staging(out)
+                remove_stale_staging(out)
                 staging.mkdir(exist_ok=True)
 
             run_on_main(make_folders, dctx)

@@ -187,6 +187,22 @@ def test_overwrite_without_plots_removes_the_earlier_runs_plots(tmp_path) -> Non
     assert set(result.files) == {"metrics", "checkpoint"}
 
 
+def test_a_second_training_into_a_folder_in_use_fails_at_once(tmp_path) -> None:
+    """Two trainings into one new folder both ended with exit 0, the second's model replacing the first's."""
+    from changedet.errors import OutputFolderBusyError
+    from changedet.io.folders import output_folder_lock
+
+    root = folder_dataset(tmp_path / "d")
+    dataset = {"type": "folders", "root": str(root), "val_names": ["p2"]}
+    out = tmp_path / "run"
+    out.mkdir()
+    with output_folder_lock(out), pytest.raises(OutputFolderBusyError, match="another changedet run"):
+        train(out=out, dataset=dataset, **TINY)
+    assert list(out.iterdir()) == []
+    train(out=out, dataset=dataset, **TINY)  # free again
+    assert (out / "model.safetensors").is_file()
+
+
 # ------------------------------------------------------------------------------ recorded paths (problem 10)
 def test_relative_dataset_paths_are_recorded_absolute_and_calibrate_finds_them(tmp_path, monkeypatch) -> None:
     folder_dataset(tmp_path / "d")

@@ -143,15 +143,14 @@ def detect_series(
         _check_outputs,
         _checked_tta,
         _missing_folders,
-        _remove_stale_staging,
         _resolve_for_input,
         _sample_for_fit,
-        output_folder_lock,
         torch_threads,
     )
     from changedet.export.vector import geojson_crs_option
     from changedet.geodesy import area_summary
     from changedet.inference import ScorerPredictor, TorchPredictor
+    from changedet.io.folders import output_folder_lock, remove_stale_staging
 
     t0 = time.perf_counter()
     rasters = list(rasters)
@@ -242,7 +241,7 @@ def detect_series(
         restore.enter_context(output_folder_lock(out))  # no second run writes into this folder meanwhile
         _check_outputs(out, names, overwrite, False)  # again: a run that held the folder may have finished
         # killed runs' staging folders, ours too: one named with this pid is a dead run's (pid 1 in a container)
-        _remove_stale_staging(out)
+        remove_stale_staging(out)
         restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too), restored
         write_geojson = vectorize
         if vectorize:  # the GeoJSON's CRS (or none without a CRS), decided before the prediction, as detect does
