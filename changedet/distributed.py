@@ -789,7 +789,7 @@ def dashboard_link(client: Any) -> str | None:
         return None
 
 
-def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+def _check_options(options: dict[str, Any], local: bool = True) -> dict[str, Any]:
     from changedet.api import METHODS, detect
 
     bad = [k for k in options if k in _NOT_FOR_BATCH]
@@ -801,7 +801,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"unknown detect option for the batch: {exc}") from None
     if options.get("method", "model") not in METHODS:
         raise InputError(f"unknown method {options['method']!r}; choose one of {', '.join(METHODS)}")
-    _check_detect_options(options)
+    _check_detect_options(options, local)
     out = dict(options)
     for key in ("model", "checkpoint"):  # workers may have another working folder
         value = out.get(key)
@@ -810,9 +810,11 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_detect_options(options: dict[str, Any]) -> None:
+def _check_detect_options(options: dict[str, Any], local: bool = True) -> None:
     """What detect checks before it reads anything, checked once before the cluster starts: an unknown model or a
-    CUDA device that is not there fails the batch at once (exit 2) instead of failing every pair, with retries."""
+    CUDA device that is not there fails the batch at once (exit 2) instead of failing every pair, with retries.
+    Without ``local`` (the workers are another cluster's) the device and the checkpoint files are the workers' to
+    check: a CPU login node may submit ``--device cuda`` to GPU workers."""
     from changedet.api import _check_options as check_detect
     from changedet.api import _checked_tta
     from changedet.export.vector import geojson_crs_option
@@ -825,13 +827,14 @@ def _check_detect_options(options: dict[str, Any]) -> None:
     check_detect(overlap=options.get("overlap", DEFAULT_OVERLAP), blend=options.get("blend", "cosine"),
                  geojson_crs=geojson_crs_option(options.get("geojson_crs", "EPSG:4326"))
                  if options.get("vectorize", True) else None,
-                 device=options.get("device") if method == "model" else None, tile_size=options.get("tile_size"),
+                 device=options.get("device") if method == "model" and local else None,
+                 tile_size=options.get("tile_size"),
                  threshold=options.get("threshold"), indexes=options.get("indexes"))
     indexes = options.get("indexes")
     if indexes and len(indexes) == 2 and all(isinstance(i, (list, tuple)) for i in indexes) and (
             len(indexes[0]) != len(indexes[1])):
         raise InputError(f"--indexes {indexes[0]} and {indexes[1]}: select as many bands in BEFORE as in AFTER")
-    if method != "model":
+    if method != "model" or not local:
         return
     from changedet.models.checkpoint import read_meta
 
@@ -896,7 +899,8 @@ def run_batch(
         pairs = read_pairs(pairs)  # type: ignore[arg-type]
     else:
         csv_path = None
-    options = _check_options(options)
+    # a client of a cluster started here (LocalCluster) has `.cluster`; one connected to a scheduler address not
+    options = _check_options(options, local=client is None or getattr(client, "cluster", None) is not None)
     out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; give a folder for the batch outputs")

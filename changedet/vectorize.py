@@ -507,7 +507,7 @@ def vectorize(
                         stacklevel=2,
                     )
         if probability is not None:
-            psrc, p_transform, p_crs = _open_source(probability, "probability", None)
+            psrc, p_transform, p_crs = _open_source(probability, "probability", "auto")
             sources.append(psrc)
             if msrc is not None and psrc.shape != msrc.shape:
                 raise InputError(

@@ -393,3 +393,16 @@ def test_ctrl_c_in_a_batch_says_what_is_kept(tmp_path: Path, monkeypatch: pytest
     assert res.exit_code == 130
     assert "run the same command again to continue" in res.output
     assert "no partial output was left behind" not in res.output
+
+
+def test_a_remote_cluster_checks_the_device_and_checkpoint_on_its_workers() -> None:
+    """A CPU login node submits --device cuda to GPU workers: only a local cluster's device is checked here."""
+    from changedet.distributed import _check_options
+
+    _check_options({"device": "cuda", "checkpoint": "/on/the/workers/model.safetensors", "model": "fc-ef"},
+                   local=False)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            _check_options({"device": "cuda"}, local=True)

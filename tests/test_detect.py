@@ -419,8 +419,7 @@ def test_series_dates_read_the_models_bands_by_their_own_names(tmp_path: Path) -
     (["B1", "B2", "B3", "B4", "B5", "B7"], "uint16", ["B3", "B2", "B1"]),  # `changedet stack` of Landsat 4-7
     (["B2", "B3", "B4"], "uint16", ["B4", "B3", "B2"]),  # Earth Engine's Sentinel-2 / Landsat 8 numbering
     (["SR_B2", "SR_B3", "SR_B4"], "uint16", ["SR_B4", "SR_B3", "SR_B2"]),  # Landsat 8/9 surface reflectance, visible
-    (["B1", "B2", "B3"], "uint8", ["B3", "B2", "B1"]),  # Landsat 5 Level-1 visible bands (8-bit)
-    (["B1", "B2", "B3", "B4"], "uint8", ["B3", "B2", "B1"]),  # ... with near-infrared
+    (["B2", "B3", "B4"], "uint8", ["B4", "B3", "B2"]),  # Earth Engine's 8-bit visual Sentinel-2 export
 ])
 def test_landsat_and_unpadded_band_numbers_feed_red_green_blue(tmp_path: Path, names: list[str], dtype: str,
                                                                bands: list[str]) -> None:
@@ -464,6 +463,12 @@ def test_the_spacecraft_tag_settles_the_landsat_numbering() -> None:
     # Sentinel-2 and Landsat 8 number the visible bands alike; Earth Engine's S2 names have no zero
     gee = SimpleNamespace(colorinterp=(), descriptions=("B1", "B2", "B3", "B4", "B8A"), dtypes=("uint16",) * 5)
     assert band_colours(gee) == ["", "blue", "green", "red", ""]
+    # names either numbering fits give no colour without the tag: the b1, b2, b3 files of a split 8-bit orthophoto
+    # or Landsat 5's B1-B3; SR_B1-SR_B5 of Landsat 4-7 or 8
+    split = SimpleNamespace(colorinterp=(), descriptions=("B1", "B2", "B3"), dtypes=("uint8",) * 3)
+    assert band_colours(split) == ["", "", ""]
+    untagged = SimpleNamespace(colorinterp=(), descriptions=subset, dtypes=("uint16",) * 5)
+    assert band_colours(untagged) == [""] * 5
 
 
 def test_band_colours_prefer_the_colour_interpretation_to_names() -> None:

@@ -30,3 +30,22 @@ def test_pair_detect_removes_a_dead_series_staging_folder_that_has_its_pid(tmp_p
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["change.qml", "change.tif", "changes.geojson", "changes.gpkg", "changes.qml", "probability.qml",
          "probability.tif", "report.json"])
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch) -> None:
+    """NFS, CIFS or FUSE mounts may refuse flock (ENOLCK, EOPNOTSUPP): a raw OSError crashed detect and train."""
+    import errno
+    import fcntl
+
+    import pytest
+
+    from changedet.errors import ChangedetWarning
+    from changedet.io.folders import output_folder_lock
+
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with pytest.warns(ChangedetWarning, match="cannot be locked here"), output_folder_lock(tmp_path):
+        (tmp_path / "written").write_text("ok")
+    assert (tmp_path / "written").read_text() == "ok"

@@ -566,3 +566,14 @@ def test_cli_vectorize_on_a_series_rasters_gives_the_series_polygons(tmp_path):
     pair = next(p for p in out.iterdir() if p.name.startswith("pair_01"))
     r = runner.invoke(cli, ["vectorize", str(pair / "probability.tif"), str(tmp_path / "p.gpkg"), "--json"])
     assert r.exit_code == 0, r.output
+
+
+def test_a_probability_rasters_declared_nodata_is_kept(tmp_path):
+    """With a probability raster alone, its declared nodata (1.0 here) is not change (the nodata default became
+    "auto" for masks and was passed as None, no nodata, for probabilities)."""
+    prob = np.zeros((40, 40), "float32")
+    prob[5:10, 5:10] = 1.0  # nodata
+    prob[20:30, 20:30] = 0.9
+    path = make_geotiff(tmp_path / "p.tif", prob[None], dtype="float32", nodata=1.0)
+    gdf = vectorize(None, path, threshold=0.5)
+    assert len(gdf) == 1 and int(gdf["pixel_count"].sum()) == 100

@@ -44,7 +44,7 @@ def _run(pairs_csv: Path, output_dir: Path, scheduler: str | None, workers: int 
 
     options["geojson_crs"] = geojson_crs_option(options.pop("geojson_crs"))
     read_pairs(pairs_csv)  # validate the CSV before starting a cluster
-    check_batch_options({k: v for k, v in options.items() if v is not None})  # and detect's options
+    check_batch_options({k: v for k, v in options.items() if v is not None}, local=scheduler is None)  # detect's
     show = not quiet()
     ctx = click.get_current_context()
     verbose = int((ctx.find_root().obj or {}).get("verbose", 0))

@@ -88,7 +88,7 @@ def band_colours(info: Any) -> list[str]:
     dtypes = [str(d) for d in (getattr(info, "dtypes", None) or ())]
     spacecraft = str((getattr(info, "tags", None) or {}).get("SPACECRAFT_ID", "")).upper()
     is_89 = _landsat_is_89(names, dtypes, level1, spacecraft)
-    landsat = _LANDSAT_89 if is_89 else _LANDSAT_47
+    landsat: dict[str, str] = _LANDSAT_89 if is_89 else ({} if is_89 is None else _LANDSAT_47)
     if level1 and is_89 is None:  # B1 .. Bn that only the sensor could tell apart: no colour from the names
         names = ["" if re.fullmatch(r"B(?:[1-9]|1[01])", n) else n for n in names]
     elif level1 and not is_89:  # B1, B2, B3 are blue, green, red: read them as Landsat 4-7's SR_ names
@@ -129,17 +129,19 @@ def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool, sp
 
     The ``SPACECRAFT_ID`` tag decides where there is one (``LANDSAT_4`` .. ``LANDSAT_7``: no; ``LANDSAT_8``,
     ``LANDSAT_9``, ``SENTINEL_2*``: yes). Level-1 names ``B1`` .. ``B11``: Landsat 8/9 when B10 or B11 (its thermal
-    bands) is present; Landsat 4-7 when B6_VCID_* (Landsat 7's thermal) is, when the data are 8-bit (Landsat 4-7
-    Level-1 products are, Landsat 8/9's and Sentinel-2's 16-bit), or when all of B1-B5 and B7 are present without
-    B6 (``changedet stack`` leaves Landsat 4-7's thermal B6 out); Landsat 8/9 numbering without B1 (a 16-bit ``B2,
-    B3, B4`` from Earth Engine's Sentinel-2 or Landsat 8); None (undecided: the names give no colour) for other
-    16-bit or float ``B1`` .. ``Bn``, which either numbering fits (a B1-B4 or B1-B7 export of Landsat 5 or 8).
-    Surface reflectance ``SR_B*``: Landsat 8/9 when SR_B6 (SWIR 1;
-    Landsat 4-7's band 6 is ST_B6) is present, or when only its numbering finds blue, green and red (``SR_B2``,
-    ``SR_B3``, ``SR_B4`` alone).
+    bands) is present; Landsat 4-7 when B6_VCID_* (Landsat 7's thermal) is, or for a whole scene (all of B1-B5 and
+    B7) without B6 (``changedet stack`` leaves Landsat 4-7's thermal B6 out) or in 8 bits (Landsat 4-7 Level-1
+    products are, Landsat 8/9's 16-bit); Landsat 8/9 numbering without B1 (``B2, B3, B4`` from Earth Engine's
+    Sentinel-2 or Landsat 8); None (undecided: the names give no colour) for other ``B1`` .. ``Bn``, which either
+    numbering fits (a B1-B4 export of Landsat 5 or 8, the b1, b2, b3 files of a split orthophoto). Surface
+    reflectance ``SR_B*``: Landsat 8/9 when SR_B6 (SWIR 1) is present, Landsat 4-7 when SR_B7 is without SR_B6
+    (its band 6 is ST_B6), Landsat 8/9 when only its numbering finds blue, green and red (``SR_B2``, ``SR_B3``,
+    ``SR_B4`` alone), None for other subsets holding SR_B1.
 
     >>> _landsat_is_89(["B1", "B2", "B3", "B4", "B5", "B6", "B7"], ["uint8"] * 7, True)
     False
+    >>> _landsat_is_89(["B1", "B2", "B3"], ["uint8"] * 3, True) is None  # a split orthophoto, or Landsat 5?
+    True
     >>> _landsat_is_89(["B1", "B2", "B3"], ["uint16"] * 3, True, "LANDSAT_5")
     False
     >>> _landsat_is_89(["B1", "B2", "B3", "B4"], ["uint16"] * 4, True) is None  # Landsat 5 or 8? Only a tag can say
@@ -155,16 +157,21 @@ def _landsat_is_89(names: Sequence[str], dtypes: Sequence[str], level1: bool, sp
     if level1:
         if have & {"B10", "B11"}:
             return True
-        if any(n.startswith("B6_VCID") for n in have) or (dtypes and all(d == "uint8" for d in dtypes)):
+        if any(n.startswith("B6_VCID") for n in have):
             return False
-        if {"B1", "B2", "B3", "B4", "B5", "B7"} <= have and "B6" not in have:
-            return False
-        return None if "B1" in have else True
+        if {"B1", "B2", "B3", "B4", "B5", "B7"} <= have:  # a whole Landsat scene
+            if "B6" not in have or (dtypes and all(d == "uint8" for d in dtypes)):
+                return False
+            return None
+        return None if "B1" in have else True  # (an 8-bit B2, B3, B4 is Earth Engine's visual Sentinel-2 export)
     if "SR_B6" in have:
         return True
+    if "SR_B7" in have:  # Landsat 4-7's SR bands: SR_B1-SR_B5 and SR_B7 (its band 6 is ST_B6)
+        return False
     rgb = {"blue", "green", "red"}
-    return not rgb <= {_LANDSAT_47[n] for n in have if n in _LANDSAT_47} and rgb <= {
-        _LANDSAT_89[n] for n in have if n in _LANDSAT_89}
+    if rgb <= {_LANDSAT_89[n] for n in have if n in _LANDSAT_89} and "SR_B1" not in have:
+        return True
+    return None if "SR_B1" in have else False
 
 
 def _bands_by_colour(info: Any, want: Sequence[str]) -> list[int] | None:

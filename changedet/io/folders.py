@@ -6,17 +6,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from changedet.errors import OutputError, OutputFolderBusyError
+from changedet.errors import ChangedetWarning, OutputError, OutputFolderBusyError
 
 __all__ = ["output_folder_lock", "remove_stale_staging"]
 
 
 @contextlib.contextmanager
 def output_folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on an output folder for a run: a second ``detect`` (or series) into the same folder
+    """Hold an exclusive lock on an output folder for a run: a second ``detect``, series or ``train`` into it
     fails at once with an :class:`OutputError` instead of mixing its outputs with the first's (both used to end
     with exit 0, one's report.json beside the other's change.tif).
 
@@ -37,6 +38,9 @@ def output_folder_lock(folder: Path) -> Iterator[None]:
                 f"{folder}: another changedet run is writing into this folder; wait for it to finish, or choose "
                 "another output folder"
             ) from None
+        except OSError as exc:  # a file system without flock (some NFS, CIFS and FUSE mounts): run unlocked
+            warnings.warn(f"{folder}: the output folder cannot be locked here ({exc.strerror or exc}); runs into it "
+                          "at the same time are not kept apart", ChangedetWarning, stacklevel=3)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -45,8 +49,8 @@ def output_folder_lock(folder: Path) -> Iterator[None]:
 def remove_stale_staging(out: Path) -> None:
     """Remove staging folders left in ``out`` by runs that were killed (their process no longer exists).
 
-    Called at the start of a run (pair ``detect``, series and ``train``), while it holds :func:`output_folder_lock` and before
-    it makes its own staging folder: one named with this process's pid is then a dead run's whose pid came round
+    Called at the start of a run (pair ``detect``, series and ``train``), while it holds :func:`output_folder_lock`
+    and before it makes its own staging folder: one named with this process's pid is then a dead run's whose pid came round
     again (pid 1 in every one-shot container, or any pid reused after a ``kill -9``), since a live run into ``out``
     would hold the lock. It is removed rather than reused: a run that adopted it moved the dead run's files (its
     pair folders, its ``.changedet-partial``) into place beside its own. Without ``fcntl`` (Windows), where no lock

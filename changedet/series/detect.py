@@ -147,6 +147,7 @@ def detect_series(
         _sample_for_fit,
         torch_threads,
     )
+    from changedet.errors import OutputFolderBusyError
     from changedet.export.vector import geojson_crs_option
     from changedet.geodesy import area_summary
     from changedet.inference import ScorerPredictor, TorchPredictor
@@ -213,7 +214,7 @@ def detect_series(
     created = _missing_folders(out)  # the folders this run creates, deepest first
     _check_outputs(out, names, overwrite, False)  # fails early (clash, not writable)
     _remove_empty_folders(created)  # made again when the outputs are staged: a failed run leaves no folder
-    failed = True
+    failed, busy = True, False
 
     # -- model or method (the first date decides the bands, as BEFORE does in detect) ---------------------------
     source_names = [_source_name(s) for s in sources]
@@ -450,6 +451,7 @@ def detect_series(
                             labels=labels, dates=list(stack.dates), crs=stack.crs, transform=stack.transform,
                             _polygons=polygons, _tmp=tmp_holder if xr_tmp is None else (tmp_holder, xr_tmp))
     except (OSError, RasterioError, CPLE_BaseError) as exc:
+        busy = isinstance(exc, OutputFolderBusyError)  # the folder is the other run's: leave it
         error = _write_failure(exc, out, staging, placing)
         if error is exc:
             raise
@@ -461,7 +463,7 @@ def detect_series(
         stack.close()
         if bar is not None:
             bar.close()
-        if failed:
+        if failed and not busy:
             if tmp_holder is None:
                 _remove_empty_folders(created)
             if xr_tmp is not None:
@@ -476,7 +478,8 @@ def _write_failure(exc: BaseException, out: Path, staging: Path, placing: bool) 
     from changedet.errors import ChangedetError, OutputError, RasterReadError, root_message
 
     if isinstance(exc, ChangedetError) and not (isinstance(exc, (OutputError, RasterReadError))
-                                                and staging.name in str(exc)):
+                                                and staging.name in str(exc)
+                                                and "staging folder of a killed run" not in str(exc)):
         return exc
     reason = root_message(exc.__cause__ if isinstance(exc, ChangedetError) and exc.__cause__ else exc)
     if placing:  # os.replace does not fail on a full disk, but project.qgs is written beside the outputs moved
