@@ -251,7 +251,8 @@ def _band_names(da: Any, band_dim: Any, long_name: Any, count: int) -> list[str 
     ``rioxarray.open_rasterio`` numbers the bands 1..n (the band coordinate) and keeps the file's band names in
     ``attrs["long_name"]`` in file order; the attribute is not updated when bands are selected or reordered
     (``da.isel(band=[3, 2, 1])`` keeps all n names), so each band takes the name at its band number. Names are
-    only used when every band number is an integer in 1..len(long_name); otherwise the bands are unnamed.
+    only used when every band number is an integer in 1..len(long_name), or, without a band coordinate, when
+    long_name holds one name per band; otherwise the bands are unnamed.
     """
     values: list[Any] = []
     if band_dim is not None and band_dim in da.coords:
@@ -261,6 +262,8 @@ def _band_names(da: Any, band_dim: Any, long_name: Any, count: int) -> list[str 
     if len(values) == count and all(isinstance(v, str) for v in values):
         return list(values)
     names = [long_name] if isinstance(long_name, str) else long_name
+    if not values and isinstance(names, (list, tuple)) and len(names) == count:  # no band coordinate: file order
+        return [str(n) for n in names]
     if (isinstance(names, (list, tuple)) and len(values) == count
             and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= len(names)
                     for v in values)):

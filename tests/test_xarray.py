@@ -118,3 +118,15 @@ def test_a_dataarray_without_crs_beside_one_with_a_crs_gets_the_rioxarray_fix(pa
     with pytest.raises(NotGeoreferencedError, match=r"\.rio\.write_crs\("):  # detect says the same
         detect(pair[0], bare, method="cva", output_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_long_name_names_the_bands_of_a_dataarray_without_a_band_coordinate() -> None:
+    import numpy as np
+    import xarray as xr
+
+    from changedet._xarray import _band_names
+
+    bare = xr.DataArray(np.zeros((3, 4, 4)), dims=("band", "y", "x"))
+    assert _band_names(bare, "band", ("B04", "B03", "B02"), 3) == ["B04", "B03", "B02"]
+    numbered = bare.assign_coords(band=[3, 2, 1])  # rioxarray's numbers, reordered: the names follow them
+    assert _band_names(numbered, "band", ("B01", "B02", "B03"), 3) == ["B03", "B02", "B01"]

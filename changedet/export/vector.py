@@ -211,7 +211,8 @@ def plan_geojson(crs: Any, geojson_crs: Any, *, bounds: Sequence[float] | None =
     :class:`~changedet.errors.ChangedetWarning`. It is not written, with a warning, when readers would take its
     coordinates for WGS84 longitude/latitude: without a CRS (pixel coordinates), or in a CRS that a GeoJSON cannot
     name (a local/engineering CRS without an authority code); ``changes.gpkg`` holds the polygons then. An
-    explicit ``geojson_crs`` that ``crs`` cannot be transformed to is an :class:`~changedet.errors.InputError`
+    explicit ``geojson_crs`` other than WGS84 longitude/latitude (which is treated as the default) that ``crs``
+    cannot be transformed to is an :class:`~changedet.errors.InputError`
     whose advice is detect's (``--geojson-crs input``, or leaving ``--geojson-crs`` out where no GeoJSON can name
     ``crs``).
 

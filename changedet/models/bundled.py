@@ -115,7 +115,7 @@ def default_model_name(band_count: int, pixel_size: float | None = None, *,
 
     ``band_names`` (the band descriptions) and ``colors`` (the colour each band stands for, ``"red"``...: GDAL's
     colour interpretation or a band name such as ``Red`` or Landsat's ``SR_B4``, see
-    :func:`changedet.api.band_colours`) let an input of another band count use a bundled model on some of its
+    :func:`changedet.io.bands.band_colours`) let an input of another band count use a bundled model on some of its
     bands (see the table above).
 
     Raises
