@@ -809,8 +809,10 @@ def detect(
         its readers would take pixel coordinates for longitude/latitude; ``report["vectorize"]["geojson_written"]``).
     geojson_crs
         CRS of the GeoJSON (``"EPSG:4326"``, RFC 7946, by default; None or ``"input"`` keeps the raster CRS).
-        Checked before the prediction: a raster CRS that cannot be transformed to WGS84 (a local/engineering CRS)
-        keeps its own CRS in the GeoJSON, with a warning; to any other ``geojson_crs``, :class:`InputError`.
+        Checked before the prediction: a raster CRS that cannot be transformed to WGS84 keeps its own CRS in the
+        GeoJSON where a GeoJSON can name it (an authority code), else no ``changes.geojson`` is written (a local or
+        engineering CRS; ``changes.gpkg`` keeps it), with a warning either way; one that cannot be transformed to
+        another explicit ``geojson_crs`` is an :class:`InputError`.
     qgis_project
         Also write ``project.qgs`` with BEFORE, AFTER, probability, mask and polygons styled.
     quicklook
