@@ -36,6 +36,7 @@ from changedet.errors import (
     OutputError,
     OutputExistsError,
     OutputFolderBusyError,
+    root_message,
 )
 from changedet.io.bands import (  # noqa: F401 - band_colours and identified_bands are part of this module's API
     _bands_by_colour,
@@ -1228,7 +1229,7 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
         resume_hint = (" Rerun the same command with --resume (resume=True) to continue from the finished blocks."
                        if partial_dir.is_dir() else "")
         raise OutputError(
-            f"{out}: writing the outputs failed ({_root_message(exc)}); no output was written. Check the free disk "
+            f"{out}: writing the outputs failed ({root_message(exc)}); no output was written. Check the free disk "
             f"space and write permission of the output folder.{resume_hint}"
         ) from exc
     finally:
@@ -1246,13 +1247,6 @@ def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
     for name in stale:
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
-
-
-def _root_message(exc: BaseException) -> str:
-    """:func:`changedet.errors.root_message` (kept under this name for the callers here)."""
-    from changedet.errors import root_message
-
-    return root_message(exc)
 
 
 _XARRAY_TMP_PREFIX = "changedet-xarray-"  # the folder of the GeoTIFFs written from xarray inputs

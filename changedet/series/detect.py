@@ -33,7 +33,15 @@ from changedet.series.outputs import (
     pair_dir_name,
     paletted_style_qml,
 )
-from changedet.series.stack import MODES, _given_positions, _label, open_series, order_by_date, series_pairs
+from changedet.series.stack import (
+    MODES,
+    _given_positions,
+    _label,
+    open_series,
+    order_by_date,
+    per_date_lists,
+    series_pairs,
+)
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 log = logging.getLogger(__name__)
@@ -186,7 +194,7 @@ def detect_series(
         xr_tmp = tempfile.TemporaryDirectory(prefix=_XARRAY_TMP_PREFIX)
         rasters = write_dataarrays(rasters, xr_tmp.name, [f"input_{k + 1}" for k in range(len(rasters))])
     sources, infos = order_by_date(rasters, keep_order=keep_order)
-    per_date = bool(indexes) and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes or ())
+    per_date = per_date_lists(indexes)
     if per_date:  # one list per raster as given: each follows its raster into date order
         given = _given_positions(rasters, sources)
         indexes = [list(indexes[k]) for k in given]  # type: ignore[index, arg-type]

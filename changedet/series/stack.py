@@ -13,7 +13,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 from rasterio.windows import Window
@@ -307,6 +307,12 @@ def _zeroed(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> tuple[n
     return b, a, valid
 
 
+def per_date_lists(indexes: Any) -> TypeGuard[Sequence[Sequence[int]]]:
+    """Whether ``indexes`` holds one list of bands per date (``[[4, 3, 2], [3, 2, 1], ...]``) rather than one list
+    for every date."""
+    return bool(indexes) and all(isinstance(i, Sequence) and not isinstance(i, (str, bytes)) for i in indexes)
+
+
 def open_series(
     rasters: Sequence[Any],
     *,
@@ -346,7 +352,7 @@ def open_series(
     from changedet.io.raster import open_raster
 
     sources, infos = ordered if ordered is not None else order_by_date(rasters, keep_order=keep_order)
-    if ordered is None and indexes and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes):
+    if ordered is None and per_date_lists(indexes):
         given = list(rasters)
         if len(indexes) == len(given):  # (else refused below, naming both numbers)
             indexes = [list(indexes[k]) for k in _given_positions(given, sources)]  # type: ignore[index, arg-type]
@@ -356,7 +362,7 @@ def open_series(
         ref = sources[0] if isinstance(sources[0], DatasetReader) else open_raster(sources[0])
         if ref is not sources[0]:
             owned.append(ref)
-        per_date = bool(indexes) and all(isinstance(i, Sequence) and not isinstance(i, str) for i in indexes or ())
+        per_date = per_date_lists(indexes)
         if per_date and len(indexes) != len(sources):  # type: ignore[arg-type]
             raise InputError(f"indexes: {len(indexes)} lists of bands for {len(sources)} dates; give one per date")  # type: ignore[arg-type]
         for k, src in enumerate(sources[1:], start=1):
