@@ -390,23 +390,27 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 @contextlib.contextmanager
-def _staging(out: Path, main: bool) -> Iterator[Path]:
+def _staging(out: Path, dctx: Any) -> Iterator[Path]:
     """The hidden folder ``out/.changedet-staging-<pid>`` where a run writes ``metrics.csv`` each epoch and its
     outputs at the end, before they are moved into ``out``; removed on exit whatever happens, with ``out`` itself
     when this run created it and left it empty (an interrupted or failed run leaves nothing behind). Only the main
     process touches the disk (the staging folders of killed runs are removed by
     :func:`changedet.io.folders.remove_stale_staging`); the main process holds the output folder's lock
     (:func:`changedet.io.folders.output_folder_lock`) meanwhile, so that a second run into it fails at once."""
+    main = dctx is None or dctx.is_main
     staging = out / f".changedet-staging-{os.getpid()}"
     created = main and not out.exists()
     with contextlib.ExitStack() as locked:
-        if main:
+
+        def lock() -> None:
             try:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OutputError(f"{out}: cannot create the output folder ({exc.strerror or exc}); choose a "
                                   "writable one") from exc
             locked.enter_context(output_folder_lock(out))  # two trainings into one folder replaced each other's
+
+        run_on_main(lock, dctx)  # (a refusal reaches every rank of a distributed run, which would wait otherwise)
         try:
             yield staging
         finally:
@@ -908,7 +912,7 @@ def train(
 
     with (
         distributed_context(dev, enabled=distributed, backend=ddp_backend, timeout=ddp_timeout) as dctx,
-        _staging(out, dctx is None or dctx.is_main) as staging,
+        _staging(out, dctx) as staging,
     ):
         # In a distributed run (torchrun) every rank runs this function on the same data with the same seed; rank 0
         # alone checks and writes the outputs (run_on_main hands its result or its error to every rank), first into

@@ -312,3 +312,11 @@ def test_cli_nproc_launches_torchrun_and_rank0_errors_reach_every_rank(pairs_con
     assert again.returncode != 0
     assert again.stderr.count("holds the outputs of an earlier run") >= 2, again.stderr[-4000:]
     assert again.stdout == ""
+
+    # the folder locked by another run: rank 0 is refused, every rank stops with its error (no wait for a timeout)
+    from changedet.io.folders import output_folder_lock
+
+    with output_folder_lock(run):
+        busy = _run_bounded([*cmd, "--overwrite"], timeout=90)
+    assert busy.returncode != 0
+    assert busy.stderr.count("another changedet run is writing into this folder") >= 2, busy.stderr[-4000:]
