@@ -44,7 +44,12 @@ from changedet.io.bands import (  # noqa: F401 - band_colours and identified_ban
     band_colours,
     identified_bands,
 )
-from changedet.io.folders import output_folder_lock, remove_stale_staging
+from changedet.io.folders import (
+    missing_folders,
+    output_folder_lock,
+    remove_empty_folders,
+    remove_stale_staging,
+)
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -353,15 +358,6 @@ def _source_name(src: Any) -> str:
         return os.fspath(src)  # type: ignore[return-value]
     name = getattr(src, "name", None)
     return str(name if name is not None else src)
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and its parents that do not exist yet, deepest first (none when the path cannot even be looked up:
-    :func:`_check_outputs` then says why)."""
-    try:
-        return [d for d in (folder, *folder.parents) if not d.exists()]
-    except OSError:
-        return []
 
 
 def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resume: bool) -> None:
@@ -906,7 +902,7 @@ def detect(
         names.append(OUTPUT_NAMES["quicklook"])
     if qgis_project:
         names.append(OUTPUT_NAMES["project"])
-    created = _missing_folders(out)  # the folders this run creates, deepest first
+    created = missing_folders(out)  # the folders this run creates, deepest first
     _check_outputs(out, names, overwrite, resume)
     xr_tmp = None
     try:
@@ -933,11 +929,7 @@ def detect(
             xr_tmp.cleanup()
         if tmp_holder is None and not isinstance(exc, OutputFolderBusyError):  # (the folder is the other run's)
             # leave no empty output folder behind (a resume folder keeps it), nor its parents
-            for folder in created:
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            remove_empty_folders(created)
         raise
 
 

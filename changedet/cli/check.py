@@ -81,51 +81,55 @@ def _common_named_bands(before: Path, after: Path) -> tuple[tuple[list[int], lis
                    f"({', '.join(str(n) for n in common)}), as detect picks a model's bands by name")
 
 
-def _model_bands_of_other_counts(before: Path, after: Path) -> tuple[tuple[list[int], list[int]] | None, str | None]:
+def _model_bands_of_other_counts(before: Path, after: Path, default: dict[str, Any] | None,
+                                 ) -> tuple[tuple[list[int], list[int]] | None, str | None]:
     """For two rasters with different band counts that share no band names (a Landsat 5 and a Landsat 8 stack, say):
-    the bands detect's default model reads in each, found by name or colour, and a note saying so; detect compares
-    those. ``(None, None)`` when the counts match or no default model finds its bands in both."""
-    from changedet.api import default_model_for
+    the bands detect's default model (``default``, from :func:`_default_model`) reads in each, found by name or
+    colour, and a note saying so; detect compares those. ``(None, None)`` when the counts match or no default model
+    finds its bands in both."""
     from changedet.errors import ChangedetError
     from changedet.io.bands import identified_bands
     from changedet.io.raster import raster_info
     from changedet.models.bundled import list_bundled
 
+    if default is None:
+        return None, None
+    idx, bands = default["indexes"], default["bands"]
     try:
         info_a = raster_info(after)
         if raster_info(before).count == info_a.count:
             return None, None
-        found = default_model_for(before, after)
     except ChangedetError:
         return None, None
-    want = next(m.band_names for m in list_bundled() if m.name == found["name"])
+    want = next(m.band_names for m in list_bundled() if m.name == default["name"])
     if identified_bands(info_a, want or []) is None:  # AFTER's bands were not found, only assumed at BEFORE's places
         return None, None
-    idx, bands = found["indexes"], found["bands"]
     return (idx["before"], idx["after"]), (
-        f"bands: different counts; checked the bands detect's default model {found['name']} reads in each, by name "
+        f"bands: different counts; checked the bands detect's default model {default['name']} reads in each, by name "
         f"or colour: {', '.join(bands['before'])} of BEFORE and {', '.join(bands['after'])} of AFTER")
 
 
-def _default_model(before: Path, after: Path, report: Any) -> dict[str, Any] | None:
-    """The bundled model ``detect`` would run on the pair without ``--model`` (a note in the report), or None and a
-    note saying why none would, so that check's OK does not hide the error detect gives."""
+def _default_model(before: Path, after: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The bundled model ``detect`` would run on the pair without ``--model`` and the bands of each date
+    (:func:`changedet.api.default_model_for`), or None and why none would (the error detect gives)."""
     from changedet.api import default_model_for
     from changedet.errors import ChangedetError
 
     try:
-        found = default_model_for(before, after)
+        return default_model_for(before, after), None
     except ChangedetError as exc:
-        report.notes.append(f"detect needs --model (and --indexes): {exc}")
-        return None
-    bands = found["bands"]
+        return None, str(exc)
+
+
+def _default_model_note(default: dict[str, Any] | None, why: str | None) -> str:
+    """The report's note on the default model, so that check's OK does not hide the error detect gives."""
+    if default is None:
+        return f"detect needs --model (and --indexes): {why}"
+    bands = default["bands"]
     same = bands["before"] == bands["after"]
-    report.notes.append(
-        f"detect's default model: {found['name']} on bands {', '.join(bands['before'])}"
-        + ("" if same else f" of BEFORE and {', '.join(bands['after'])} of AFTER")
-        + " (choose another with --model)"
-    )
-    return found
+    return (f"detect's default model: {default['name']} on bands {', '.join(bands['before'])}"
+            + ("" if same else f" of BEFORE and {', '.join(bands['after'])} of AFTER")
+            + " (choose another with --model)")
 
 
 @click.command("check")
@@ -168,14 +172,16 @@ def command(
 
     selected = parse_indexes(indexes)
     note = None
+    default, why = _default_model(before, after) if selected is None else (None, None)
     if selected is None:
         selected, note = _common_named_bands(before, after)
     if selected is None:
-        selected, note = _model_bands_of_other_counts(before, after)
+        selected, note = _model_bands_of_other_counts(before, after, default)
     report = check_pair(before, after, indexes=selected, estimate_shift=shift, resampling=resampling)
     if note:
         report.notes.append(note)
-    default = _default_model(before, after, report) if report.ok and indexes is None else None
+    if report.ok and indexes is None:
+        report.notes.append(_default_model_note(default, why))
     if as_json:
         echo_json(report.to_dict() | ({"default_model": default} if report.ok and indexes is None else {}))
     else:

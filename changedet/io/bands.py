@@ -45,7 +45,7 @@ def _bands_by_s2_order(info: Any, want: list[str]) -> list[int] | None:
     ``changedet stack`` and most L1C exports write them), so ``s2-rgb`` reads bands 4, 3, 2. None when the input has
     another band count, names any Sentinel-2 band (then names decide) or the model has a band outside that list.
     """
-    from changedet.io.stack import SENTINEL2_BANDS as S2_BANDS
+    from changedet.io.products import SENTINEL2_BANDS as S2_BANDS
 
     names = {str(d).strip().upper() for d in (info.descriptions or ()) if d}
     wanted = [str(w).strip().upper() for w in want]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from changedet.errors import ChangedetWarning, OutputError, OutputFolderBusyError
 
-__all__ = ["output_folder_lock", "remove_stale_staging"]
+__all__ = ["missing_folders", "output_folder_lock", "remove_empty_folders", "remove_stale_staging"]
 
 
 @contextlib.contextmanager
@@ -86,3 +86,23 @@ def remove_stale_staging(out: Path) -> None:
             shutil.rmtree(item, ignore_errors=True)
         except OSError:  # alive but not ours (PermissionError), or no way to tell: leave it
             continue
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first: the folders a run will create (none when
+    the path cannot even be looked up, a name longer than the file system allows, say: the run's own check of the
+    output folder then says why)."""
+    try:
+        return [d for d in (folder, *folder.parents) if not d.exists()]
+    except OSError:
+        return []
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, :func:`missing_folders`) while they are empty: the output folders a failed
+    run created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break

@@ -25,7 +25,6 @@ from changedet.series.outputs import (
     _index_entries,
     _iso,
     _polygon_attributes,
-    _remove_empty_folders,
     _remove_outputs_not_written,
     _save_quicklook,
     _source_name,
@@ -150,7 +149,6 @@ def detect_series(
         _check_options,
         _check_outputs,
         _checked_tta,
-        _missing_folders,
         _resolve_for_input,
         _sample_for_fit,
         torch_threads,
@@ -159,7 +157,12 @@ def detect_series(
     from changedet.export.vector import geojson_crs_option
     from changedet.geodesy import area_summary
     from changedet.inference import ScorerPredictor, TorchPredictor
-    from changedet.io.folders import output_folder_lock, remove_stale_staging
+    from changedet.io.folders import (
+        missing_folders,
+        output_folder_lock,
+        remove_empty_folders,
+        remove_stale_staging,
+    )
 
     t0 = time.perf_counter()
     rasters = list(rasters)
@@ -219,9 +222,9 @@ def detect_series(
         names.append(SERIES_OUTPUT_NAMES["quicklook"])
     if qgis_project:
         names.append(SERIES_OUTPUT_NAMES["project"])
-    created = _missing_folders(out)  # the folders this run creates, deepest first
+    created = missing_folders(out)  # the folders this run creates, deepest first
     _check_outputs(out, names, overwrite, False)  # fails early (clash, not writable)
-    _remove_empty_folders(created)  # made again when the outputs are staged: a failed run leaves no folder
+    remove_empty_folders(created)  # made again when the outputs are staged: a failed run leaves no folder
     failed, busy = True, False
 
     # -- model or method (the first date decides the bands, as BEFORE does in detect) ---------------------------
@@ -460,7 +463,7 @@ def detect_series(
                             _polygons=polygons, _tmp=tmp_holder if xr_tmp is None else (tmp_holder, xr_tmp))
     except (OSError, RasterioError, CPLE_BaseError) as exc:
         busy = isinstance(exc, OutputFolderBusyError)  # the folder is the other run's: leave it
-        error = _write_failure(exc, out, staging, placing)
+        error = _write_failure(exc, out, staging if made_staging else None, placing)
         if error is exc:
             raise
         raise error from exc
@@ -473,21 +476,22 @@ def detect_series(
             bar.close()
         if failed and not busy:
             if tmp_holder is None:
-                _remove_empty_folders(created)
+                remove_empty_folders(created)
             if xr_tmp is not None:
                 xr_tmp.cleanup()
 
 
-def _write_failure(exc: BaseException, out: Path, staging: Path, placing: bool) -> BaseException:
+def _write_failure(exc: BaseException, out: Path, staging: Path | None, placing: bool) -> BaseException:
     """The error a failed series run raises for ``exc``: ``exc`` itself where it is one of changedet's (a busy or
     existing output, an unreadable input), else (a full disk, a permission taken away: GDAL's and the OS's errors,
-    and changedet's about a file of the staging folder, such as a Cloud-Optimised GeoTIFF a full disk cut short) the
-    :class:`~changedet.errors.OutputError` that :func:`changedet.api.detect` raises."""
+    and changedet's about a file of this run's staging folder, such as a Cloud-Optimised GeoTIFF a full disk cut
+    short) the :class:`~changedet.errors.OutputError` that :func:`changedet.api.detect` raises. ``staging`` is None
+    until the run has made its staging folder: an error before that (a killed run's staging folder of the same name
+    that cannot be removed) keeps its own message."""
     from changedet.errors import ChangedetError, OutputError, RasterReadError, root_message
 
     if isinstance(exc, ChangedetError) and not (isinstance(exc, (OutputError, RasterReadError))
-                                                and staging.name in str(exc)
-                                                and "staging folder of a killed run" not in str(exc)):
+                                                and staging is not None and staging.name in str(exc)):
         return exc
     reason = root_message(exc.__cause__ if isinstance(exc, ChangedetError) and exc.__cause__ else exc)
     if placing:  # os.replace does not fail on a full disk, but project.qgs is written beside the outputs moved

@@ -320,15 +320,6 @@ def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
             shutil.rmtree(item)
 
 
-def _remove_empty_folders(folders: Sequence[Path]) -> None:
-    """Remove ``folders`` (deepest first) while they are empty: the output folders a failed run created."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-
-
 def pair_dir_name(index: int, before_label: str, after_label: str) -> str:
     """Folder of pair ``index`` (1-based): ``pair_01_2019-05-01_2020-05-01``.
 
