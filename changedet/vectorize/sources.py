@@ -1,0 +1,138 @@
+"""The raster inputs of :func:`~changedet.vectorize.vectorize`: a mask or probability given as an array, a path or
+an open dataset, read window by window, with its nodata value (detect's 0/1/255 encoding recognised when the tag
+was lost) and the tags that ``changedet detect`` wrote."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from changedet.errors import InputError, RasterReadError
+
+log = logging.getLogger("changedet.vectorize")
+
+
+@dataclass
+class _Source:
+    """One single-band raster input, an in-memory array or an open dataset, read window by window."""
+
+    name: str
+    array: np.ndarray | None = None
+    dataset: Any = None
+    owned: bool = False
+    nodata: float | None = None
+    band: int = 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if self.array is not None:
+            return self.array.shape  # type: ignore[return-value]
+        return (self.dataset.height, self.dataset.width)
+
+    @property
+    def dtype(self) -> np.dtype:
+        if self.array is not None:
+            return self.array.dtype
+        return np.dtype(self.dataset.dtypes[self.band - 1])
+
+    def read(self, window: Window) -> np.ndarray:
+        if self.array is not None:
+            r, c = int(window.row_off), int(window.col_off)
+            return np.asarray(self.array[r : r + int(window.height), c : c + int(window.width)])
+        try:
+            return self.dataset.read(self.band, window=window)
+        except Exception as exc:  # rasterio raises RasterioIOError/CPLE_* for truncated or corrupt blocks
+            raise RasterReadError(
+                f"{self.name}: cannot read window {window!r} ({exc}); the file may be truncated or corrupt. "
+                "Re-create it or check it with `gdalinfo -checksum`."
+            ) from exc
+
+    def close(self) -> None:
+        if self.owned and self.dataset is not None:
+            self.dataset.close()
+
+
+#: ``nodata="auto"`` for an array: 255, the nodata of ``change.tif`` (and of :attr:`ChangeResult.mask`).
+ARRAY_NODATA = 255
+
+
+def _open_source(obj: Any, what: str, nodata: float | str | None) -> tuple[_Source, Any, Any]:
+    """Wrap an array, a path or an open dataset; return it with the dataset's (transform, crs) if any.
+
+    ``nodata``: ``"auto"`` (the dataset's declared nodata, none when it declares none; :data:`ARRAY_NODATA` for an
+    array), None (no nodata value) or a number, which wins over what a dataset declares."""
+    if isinstance(obj, np.ndarray) or (hasattr(obj, "__array__") and not hasattr(obj, "read")):
+        arr = np.asarray(obj)
+        if arr.ndim == 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 2:
+            raise InputError(
+                f"{what}: expected a 2-D array (row, col) or a single-band (1, row, col) array, found shape "
+                f"{arr.shape}; pass one band, e.g. array[0]."
+            )
+        return _Source(what, array=arr, nodata=ARRAY_NODATA if isinstance(nodata, str) else nodata), None, None
+    if isinstance(obj, (str, os.PathLike)):
+        from changedet.io.raster import open_raster
+
+        path = os.fspath(obj)
+        ds = open_raster(path)
+        owned = True
+    elif hasattr(obj, "read") and hasattr(obj, "transform"):
+        ds, owned = obj, False
+        path = getattr(obj, "name", what)
+    else:
+        raise InputError(
+            f"{what}: expected a numpy array, a path or an open rasterio dataset, found {type(obj).__name__}."
+        )
+    if ds.count != 1:
+        log.info("%s has %d bands; band 1 is used as the %s", path, ds.count, what)
+    src = _Source(path, dataset=ds, owned=owned, nodata=ds.nodata if isinstance(nodata, str) else nodata)
+    georef = ds.crs is not None
+    return src, (ds.transform if georef or not ds.transform.is_identity else None), ds.crs
+
+
+#: The values of the ``change.tif`` that detect writes: 0 no change, 1 change, 255 no data.
+DETECT_MASK_VALUES = (0, 1, ARRAY_NODATA)
+
+
+def _detect_encoded_nodata(src: _Source, size: int) -> int | None:
+    """The number of 255 pixels when ``src`` (a file or dataset that declares no nodata) holds only the values 0, 1
+    and 255 with both 1 and 255 present: detect's ``change.tif`` encoding (255 = no data) whose nodata tag was
+    lost (``gdal_translate -a_nodata none``, a re-export); None otherwise (a 0/255 or 0/1 mask, any other value).
+    Read window by window; stops at the first window holding another value."""
+    if src.dataset is None or src.dtype.kind not in "uif":
+        return None
+    height, width = src.shape
+    ones = n255 = 0
+    for _i, _j, win in _windows(height, width, size):
+        m = src.read(win)
+        is0, is1, is255 = m == 0, m == 1, m == ARRAY_NODATA
+        n1, n2 = int(np.count_nonzero(is1)), int(np.count_nonzero(is255))
+        if int(np.count_nonzero(is0)) + n1 + n2 != m.size:  # another value (NaN included): not that encoding
+            return None
+        ones += n1
+        n255 += n2
+    return n255 if ones and n255 else None
+
+
+def _source_tags(src: _Source | None) -> dict[str, str]:
+    """The dataset tags of a path/dataset source, upper-cased keys; empty for arrays."""
+    ds = getattr(src, "dataset", None)
+    if ds is None:
+        return {}
+    try:
+        return {str(k).upper(): str(v) for k, v in ds.tags().items()}
+    except Exception:  # noqa: BLE001 - tags are a nicety
+        return {}
+
+
+def _windows(height: int, width: int, size: int) -> Iterator[tuple[int, int, Window]]:
+    for i, r in enumerate(range(0, height, size)):
+        for j, c in enumerate(range(0, width, size)):
+            yield i, j, Window(c, r, min(size, width - c), min(size, height - r))
