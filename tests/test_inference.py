@@ -364,7 +364,7 @@ def test_test_time_augmentation_names_are_checked_and_survive_pickling() -> None
 _MALLOC_PROBE = r"""
 import ctypes, os, sys
 import numpy as np
-from changedet import inference
+from changedet import inference, streaming
 
 
 class MallInfo2(ctypes.Structure):
@@ -390,7 +390,7 @@ with inference.large_allocations():
     with inference.large_allocations():  # nested use is counted
         out.append(mmapped_while_alive())
     out.append(mmapped_while_alive())  # still inside the outer context
-out.append(inference._MALLOC_DEPTH)
+out.append(streaming._MALLOC_DEPTH)  # large_allocations lives in changedet.streaming
 out.append(mmapped_while_alive())  # glibc's default restored (and the heap trimmed) on exit
 os.environ["CHANGEDET_MALLOPT"] = "0"
 with inference.large_allocations():
