@@ -294,7 +294,7 @@ def model_cache(*scope: Any) -> Iterator[None]:
     pixel size, device, weights folder) plus ``scope`` (e.g. the device and precision of the task), so a cached
     model is exactly the one :func:`resolve_model` would load. Up to 4 models are kept per process, least recently
     used first out. The models are shared: callers must not modify them (``detect`` does not: it runs an
-    optimised copy). :func:`changedet.distributed.batch` wraps each pair's task in it.
+    optimised copy). :func:`changedet.distributed.run_batch` wraps each pair's task in it.
 
     >>> with model_cache("cpu", "float32"):
     ...     a, _ = resolve_model("s2-rgb", band_count=3)
