@@ -303,7 +303,7 @@ def _helper_threads() -> set:
 def test_large_windows_read_after_on_a_helper_thread_with_the_same_result(tmp_path: Path, kind: str,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows of 256 x 256 px or more read AFTER on a second thread: same arrays as one thread, thread closed."""
-    from changedet.io import alignment
+    from changedet.io import aligned_pair
 
     before, after = make_pair(tmp_path, kind, size=300, bands=4)
     windows = [Window(0, 0, 290, 290), Window(10, 20, 260, 255), Window(5, 5, 40, 40)]
@@ -314,7 +314,7 @@ def test_large_windows_read_after_on_a_helper_thread_with_the_same_result(tmp_pa
             parallel = [pair.read(w) for w in windows]
             mine = _helper_threads() - others
             assert len(mine) == 1
-            monkeypatch.setattr(alignment, "_PARALLEL_READ_PIXELS", 10**12)
+            monkeypatch.setattr(aligned_pair, "_PARALLEL_READ_PIXELS", 10**12)
             serial = [pair.read(w) for w in windows]
     assert not any(t.is_alive() for t in mine)  # close() stops it
     for got, ref in zip(parallel, serial, strict=True):
@@ -325,10 +325,10 @@ def test_large_windows_read_after_on_a_helper_thread_with_the_same_result(tmp_pa
 
 def test_a_failed_parallel_read_raises_and_leaves_the_pair_usable(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from changedet.io import alignment
+    from changedet.io import aligned_pair
 
     before, after = make_pair(tmp_path, "aligned", size=300, bands=2)
-    real = alignment._read_masked
+    real = aligned_pair._read_masked
     calls = {"n": 0}
 
     def flaky(ds, *args, **kwargs):  # the first BEFORE read fails, AFTER's (on the helper) succeeds
@@ -338,7 +338,7 @@ def test_a_failed_parallel_read_raises_and_leaves_the_pair_usable(tmp_path: Path
         return real(ds, *args, **kwargs)
 
     with open_pair(before, after) as pair:
-        monkeypatch.setattr(alignment, "_read_masked", flaky)
+        monkeypatch.setattr(aligned_pair, "_read_masked", flaky)
         with pytest.raises(RasterReadError, match="simulated"):
             pair.read(Window(0, 0, 300, 300))
         b, a, v = pair.read(Window(0, 0, 300, 300))
