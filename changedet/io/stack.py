@@ -10,8 +10,9 @@ the ``SPACECRAFT_ID`` tag (``SENTINEL_2A``, ``LANDSAT_5``, ...). Sentinel-2 laye
 Google Earth Engine export them, or beside an ``MTL`` file) keep Landsat's own band names (``B1``, ``SR_B4``) without
 the thermal, panchromatic and QA layers. Any other folder of single-band files works too: bands are then named after
 the files and ordered naturally (``band2`` before ``band10``). Recognising Sentinel-2 and Landsat products, their
-bands, dates and sensors is :mod:`changedet.io.products`' part; this module lists the folder, reads each band onto the
-reference grid and writes the stack.
+bands, dates and sensors is :mod:`changedet.io.products`' part; this module reads each band onto the reference grid
+and writes the stack. Listing the folder (which files, in what order, under what names) is in
+:mod:`changedet.io.stack_layout` and the choice of the reference grid in :mod:`changedet.io.stack_grid`.
 
 The output is a Cloud-Optimised GeoTIFF (tiled, DEFLATE, overviews) written under a temporary name and renamed when
 complete; memory use is bounded by one block row of one band.
@@ -19,27 +20,24 @@ complete; memory use is bounded by one block row of one band.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
-import math
 import os
-import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from affine import Affine
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from changedet.errors import ChangedetWarning, InputError, NotGeoreferencedWarning, ReprojectedInputWarning
-from changedet.io.products import (
+from changedet.errors import (  # noqa: F401
+    ChangedetWarning,
+    InputError,
+    NotGeoreferencedWarning,
+    ReprojectedInputWarning,
+)
+from changedet.io.products import (  # noqa: F401 - the private names the layout uses stay importable from here
     _RES_SUFFIX,
     _S2_AUX,
     _S2_OLD_FORMAT,
@@ -59,232 +57,21 @@ from changedet.io.products import (
     safe_band_files,
 )
 from changedet.io.raster import COGWriter, date_from_name, open_raster
+from changedet.io.stack_grid import _Band, _coverage_problems, _pixel_area_m2, _reference_band  # noqa: F401
+from changedet.io.stack_layout import (  # noqa: F401
+    _bundled_s2_models,
+    _dates_txt_date,
+    _folder_layout,
+    _generic_names,
+    _named_layout,
+    _warn_missing_s2_bands,
+)
 
 # the product recognition lives in changedet.io.products; its public names stay importable from here
 __all__ = ["RASTER_SUFFIXES", "SENTINEL2_BANDS", "band_name_from_file", "landsat_band_files", "list_band_files",
            "safe_band_files", "stack_bands"]
 
 log = logging.getLogger(__name__)
-
-
-def _generic_names(files: Sequence[Path]) -> list[str]:
-    """Band names from file stems: the parts they share, cut at a separator (``_ - . space``), are dropped.
-
-    >>> _generic_names([Path("scene_band1_v1.tif"), Path("scene_band10_v1.tif")])
-    ['band1', 'band10']
-    """
-    stems = [p.stem for p in files]
-    if len(stems) == 1:
-        return stems
-    seps = "_-. "
-    prefix = os.path.commonprefix(stems)  # noqa: RUF071 - character prefix of names, not paths
-    cut = max(prefix.rfind(c) for c in seps) + 1 if any(c in prefix for c in seps) else 0
-    suffix = os.path.commonprefix([s[::-1] for s in stems])[::-1]  # noqa: RUF071
-    tail = min((suffix.find(c) for c in seps if c in suffix), default=len(suffix))
-    cut_end = len(suffix) - tail
-    names = [s[cut : len(s) - cut_end] for s in stems]
-    if any(not n.strip(seps) for n in names) or len(set(names)) != len(names):
-        return stems
-    return [n.strip(seps) for n in names]
-
-
-@dataclass(frozen=True)
-class _Band:
-    path: Path
-    name: str
-    crs: CRS | None
-    transform: Affine
-    width: int
-    height: int
-    dtype: str
-    nodata: float | None
-
-
-def _dates_txt_date(folder: Path) -> _dt.date | None:
-    """The acquisition date of an OSCD-style ``imgs_1``/``imgs_2`` folder from the ``dates.txt`` beside it.
-
-    OSCD file names carry the L1C *processing* date, not the acquisition date; ``dates.txt`` (``date_1: 20150820``)
-    holds the acquisition dates of ``imgs_1`` and ``imgs_2``.
-    """
-    m = re.fullmatch(r"imgs_(\d+)", folder.name)
-    dates = folder.parent / "dates.txt"
-    if m is None or not dates.is_file():
-        return None
-    try:
-        text = dates.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    hit = re.search(rf"date_{m.group(1)}\s*[:=]\s*(\d{{8}})", text)
-    if hit is None:
-        return None
-    try:
-        return _dt.datetime.strptime(hit.group(1), "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
-def _coverage_problems(bands: Sequence[_Band], ref: _Band, folder: Any) -> list[str]:
-    """The names of the bands whose footprint covers only part of ``ref``'s grid; an :class:`InputError` for a band
-    that does not touch it at all."""
-    from rasterio.transform import array_bounds
-    from rasterio.warp import transform_bounds
-
-    ref_box = array_bounds(ref.height, ref.width, ref.transform)  # (west, south, east, north)
-    partial = []
-    for b in bands:
-        bb = array_bounds(b.height, b.width, b.transform)
-        box = transform_bounds(b.crs, ref.crs, *bb, densify_pts=21) if b.crs != ref.crs else bb
-        w, s_, e, n = max(box[0], ref_box[0]), max(box[1], ref_box[1]), min(box[2], ref_box[2]), min(box[3], ref_box[3])
-        if w >= e or s_ >= n:
-            raise InputError(
-                f"{folder}: {b.path.name} does not overlap {ref.path.name} (bounds {tuple(round(v, 3) for v in box)} "
-                f"against {tuple(round(v, 3) for v in ref_box)}); stack files of the same place"
-            )
-        tx, ty = 0.5 * abs(ref.transform.a), 0.5 * abs(ref.transform.e)  # half a pixel
-        if box[0] > ref_box[0] + tx or box[1] > ref_box[1] + ty or box[2] < ref_box[2] - tx \
-                or box[3] < ref_box[3] - ty:
-            partial.append(b.path.name)
-    return partial
-
-
-def _named_layout(source: Any, paths: list[Path]) -> _Layout:
-    """Band names and order of files named as Landsat or Sentinel-2 bands (sensor names and order), else after the
-    files (given order)."""
-    landsat = _landsat_layout(Path(os.fspath(source)), paths, select=False)
-    if landsat is not None:
-        return landsat
-    s2 = [band_name_from_file(p) for p in paths]
-    if all(s2) and len(set(s2)) < len(s2):  # Sentinel-2 band files, one band twice (a copy, two resolutions)
-        twice = sorted({b for b in s2 if s2.count(b) > 1})  # type: ignore[type-var]
-        shown = "; ".join(f"{b}: " + ", ".join(p.name for p, n in zip(paths, s2, strict=True) if n == b)
-                          for b in twice)
-        raise InputError(
-            f"{source}: several files hold the same Sentinel-2 band ({shown}); keep one file per band: move the "
-            "others out of the folder, or name the files to stack (`changedet stack FILE FILE ... -o OUT.tif`; in "
-            "Python stack_bands(..., files=[...]))"
-        )
-    if all(s2):
-        order = sorted(range(len(paths)), key=lambda i: SENTINEL2_BANDS.index(s2[i]))  # type: ignore[arg-type]
-        return _Layout([paths[i] for i in order], [str(s2[i]) for i in order], "sentinel2")
-    names = _generic_names(paths)
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise InputError(f"{source}: several files give the band name(s) {sorted(dup)}; rename them.")
-    return _Layout(list(paths), names)
-
-
-def _folder_layout(d: Path, out: Path) -> _Layout:
-    """The band files of a folder (or a Sentinel-2 ``.zip``): a SAFE product, a Landsat scene, a folder of
-    Sentinel-2 band files (its non-reflectance layers left out) or any other folder of rasters."""
-    safe = _safe_layout(d)
-    if safe is not None:
-        return safe
-    if not d.is_dir():
-        raise InputError(f"{d}: a ZIP archive without Sentinel-2 band files; extract it and stack the folder.")
-    rasters = [p for p in list_band_files(d) if p.resolve() != out]
-    mtl_number, mtl_date = _read_mtl(d)
-    landsat = _landsat_layout(d, rasters, mtl_number)
-    if landsat is not None:
-        landsat.date = mtl_date
-        return landsat
-    if not rasters:
-        raise InputError(
-            f"{d}: no raster files ({', '.join(RASTER_SUFFIXES)}) found; give the folder that holds one file per band."
-        )
-    aux = [p for p in rasters if _S2_AUX.search(p.stem)]
-    rest = [p for p in rasters if p not in aux]
-    skipped = []
-    if aux and rest and all(band_name_from_file(p) for p in rest):  # Sentinel-2 bands and L2A/TCI layers
-        rasters, skipped = rest, [p.name for p in aux]
-    layout = _named_layout(d, rasters)
-    layout.skipped = skipped
-    if layout.sensor == "sentinel2":
-        res = {m.group(1) for m in (_RES_SUFFIX.search(p.stem) for p in layout.paths) if m is not None}
-        if len(res) == 1 and all(_RES_SUFFIX.search(p.stem) for p in layout.paths):
-            _safe, granule = _enclosing_safe(d)
-            warnings.warn(
-                f"{d}: holds only the {res.pop()} m files of a Sentinel-2 L2A product ({', '.join(layout.names)} "
-                f"stacked); to stack every band, each from its finest resolution, give the product's .SAFE folder or "
-                f"its GRANULE/<name> folder{f' ({granule})' if granule is not None else ''}",
-                ChangedetWarning, stacklevel=3,
-            )
-    return layout
-
-
-def _bundled_s2_models() -> dict[str, list[str]]:
-    """The Sentinel-2 bands each bundled model reads (from the model cards' JSON beside the weights; no torch)."""
-    out = {}
-    for f in sorted((Path(__file__).resolve().parents[1] / "weights").glob("*.json")):
-        try:
-            bands = [str(b).upper() for b in json.loads(f.read_text(encoding="utf-8")).get("band_names") or []]
-        except (OSError, ValueError, AttributeError):
-            continue
-        if bands and set(bands) <= set(SENTINEL2_BANDS):
-            out[f.stem] = bands
-    return out
-
-
-def _warn_missing_s2_bands(folder: Any, names: Sequence[str]) -> None:
-    """Warn when a Sentinel-2 stack holds at least half of a bundled model's bands but not all of them (B10 aside:
-    L2A products have none), naming the missing bands."""
-    have = set(names)
-    models = _bundled_s2_models()
-    short = {}
-    for model, bands in models.items():
-        need = [b for b in bands if b != "B10" or "B10" in have]
-        missing = [b for b in need if b not in have]
-        if missing and 2 * (len(need) - len(missing)) >= len(need):
-            short[model] = missing
-    if short:
-        missing = [b for b in SENTINEL2_BANDS if any(b in m for m in short.values())]
-        warnings.warn(
-            f"{folder}: Sentinel-2 band(s) {', '.join(missing)} missing (stacked: {', '.join(names)}); the bundled "
-            + ", ".join(f"{m} model reads {', '.join(models[m])}" for m in short)
-            + ": add the missing band files to use it on this stack",
-            ChangedetWarning, stacklevel=3,
-        )
-
-
-def _pixel_area_m2(b: _Band) -> float:
-    """A band's pixel area in square metres: degrees converted at the band's centre latitude, other linear units
-    by the CRS's factor (pixel units for a band without georeferencing)."""
-    det = abs(b.transform.determinant)
-    if b.crs is None:
-        return det
-    if b.crs.is_geographic:
-        lat = max(-89.0, min(89.0, (b.transform * (b.width / 2, b.height / 2))[1]))
-        return det * 111_320.0 * math.cos(math.radians(lat)) * 110_574.0
-    try:
-        factor = float(b.crs.linear_units_factor[1])
-    except Exception:  # noqa: BLE001 - a CRS without linear units: take them as metres
-        factor = 1.0
-    return det * factor * factor
-
-
-def _reference_band(bands: Sequence[_Band], folder: Any) -> _Band:
-    """The band whose grid the stack takes: the finest pixel in metres; bands within 10 % of it tie, and the tie
-    goes to the CRS most bands share, then the finer pixel, then more pixels, then file order. Warns naming the bands
-    in other CRSs, which are reprojected."""
-    areas = [_pixel_area_m2(b) for b in bands]
-    finest = min(areas)
-    crs_count: dict[str, int] = {}
-    for b in bands:
-        key = b.crs.to_wkt()  # type: ignore[union-attr]
-        crs_count[key] = crs_count.get(key, 0) + 1
-    tied = [i for i, a in enumerate(areas) if a <= finest * 1.21]  # 1.1 ** 2: 10 % in pixel size
-    i_ref = min(tied, key=lambda i: (-crs_count[bands[i].crs.to_wkt()], areas[i],  # type: ignore[union-attr]
-                                     -bands[i].width * bands[i].height, i))
-    ref = bands[i_ref]
-    other = [b for b in bands if b.crs != ref.crs]
-    if other:
-        crss = ", ".join(dict.fromkeys(b.crs.to_string() for b in other))  # type: ignore[union-attr]
-        warnings.warn(
-            f"{folder}: the CRS of {', '.join(b.path.name for b in other)} ({crss}) differs from that of "
-            f"{ref.path.name} ({ref.crs.to_string()}), the band with the finest pixel "  # type: ignore[union-attr]
-            f"({math.sqrt(areas[i_ref]):.3g} m); reprojected onto its grid",
-            ReprojectedInputWarning, stacklevel=3,
-        )
-    return ref
 
 
 def stack_bands(

@@ -21,17 +21,14 @@ from changedet.series.outputs import (
     SERIES_OUTPUT_NAMES,
     SeriesPair,
     SeriesResult,
-    _count_entries,
-    _index_entries,
     _iso,
     _polygon_attributes,
     _remove_outputs_not_written,
-    _save_quicklook,
     _source_name,
     _write_series_project,
     pair_dir_name,
-    paletted_style_qml,
 )
+from changedet.series.palette import _count_entries, _index_entries, _save_quicklook, paletted_style_qml
 from changedet.series.stack import (
     MODES,
     _given_positions,

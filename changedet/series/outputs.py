@@ -1,9 +1,12 @@
-"""Results of a series run (:class:`SeriesResult`, :class:`SeriesPair`), QGIS styles, dated polygons, figure."""
+"""Results of a series run (:class:`SeriesResult`, :class:`SeriesPair`), dated polygons, QGIS project.
+
+The per-date colours, the QGIS paletted styles and the quick-look figure are in :mod:`changedet.series.palette`;
+their names stay importable from here.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import logging
 import os
 import re
@@ -17,6 +20,14 @@ import numpy as np
 from rasterio.windows import Window
 
 from changedet.errors import InputError
+from changedet.series.palette import (  # noqa: F401 - the palette's names stay importable from here
+    _VIRIDIS,
+    _count_entries,
+    _index_entries,
+    _save_quicklook,
+    date_colors,
+    paletted_style_qml,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
@@ -43,9 +54,6 @@ SERIES_COLUMNS: tuple[str, ...] = (
     "threshold",
 )
 
-# viridis at 0, .25, .5, .75, 1: early dates dark purple, late dates yellow
-_VIRIDIS = ((0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75, (94, 201, 98)),
-            (1.0, (253, 231, 37)))
 _IN_MEMORY_LIMIT = 64_000_000
 
 log = logging.getLogger(__name__)
@@ -330,59 +338,8 @@ def pair_dir_name(index: int, before_label: str, after_label: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# styles, polygons, figure
+# polygons, project
 # ---------------------------------------------------------------------------------------------------------------
-def date_colors(n: int) -> list[tuple[int, int, int]]:
-    """``n`` colours along viridis (early dark purple -> late yellow), one per pair.
-
-    >>> date_colors(1), len(date_colors(5))
-    ([(33, 145, 140)], 5)
-    """
-    out = []
-    for k in range(n):
-        t = 0.5 if n == 1 else k / (n - 1)
-        for (t0, c0), (t1, c1) in itertools.pairwise(_VIRIDIS):
-            if t <= t1:
-                f = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
-                out.append(tuple(round(a + f * (b - a)) for a, b in zip(c0, c1, strict=True)))
-                break
-    return out  # type: ignore[return-value]
-
-
-def paletted_style_qml(entries: Sequence[tuple[int, tuple[int, int, int], str]]) -> str:
-    """QGIS style (QML) of a class raster: a paletted renderer with one colour and legend label per value.
-
-    ``entries`` are ``(value, (r, g, b), label)``; other values (0 = never changed, nodata) are transparent.
-
-    >>> qml = paletted_style_qml([(1, (68, 1, 84), "2020-05-01"), (2, (253, 231, 37), "2021-05-01")])
-    >>> 'type="paletted"' in qml and 'label="2021-05-01"' in qml
-    True
-    """
-    from changedet.export.qgis import _el, _minmax_origin, _pipe, _qgis_root, _to_string
-
-    root = _qgis_root(hasScaleBasedVisibilityFlag="0", minScale="1e+08", maxScale="0")
-    r = _el(None, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1", nodataColor="")
-    _minmax_origin(r, "None")
-    pal = _el(r, "colorPalette")
-    for value, rgb, label in entries:
-        _el(pal, "paletteEntry", value=str(int(value)), color="#{:02x}{:02x}{:02x}".format(*rgb), alpha="255",
-            label=label)
-    _el(r, "colorramp", name="[source]", type="randomcolors")
-    _pipe(root, r)
-    _el(root, "blendMode", 0)
-    return _to_string(root)
-
-
-def _index_entries(pairs: Sequence[SeriesPair]) -> list[tuple[int, tuple[int, int, int], str]]:
-    colors = date_colors(len(pairs))
-    return [(p.index, colors[k], f"{p.after_label} (pair {p.index}: {p.label})") for k, p in enumerate(pairs)]
-
-
-def _count_entries(n_pairs: int) -> list[tuple[int, tuple[int, int, int], str]]:
-    colors = date_colors(n_pairs)
-    return [(k, colors[k - 1], f"changed {k} time{'s' if k > 1 else ''}") for k in range(1, n_pairs + 1)]
-
-
 def _polygon_attributes(gdf: gpd.GeoDataFrame, folder: Path, pairs: Sequence[SeriesPair],
                         window_size: int = 2048) -> gpd.GeoDataFrame:
     """Per-polygon mode/min/max of the first change, last change and count rasters (window by window)."""
@@ -440,49 +397,6 @@ def _polygon_attributes(gdf: gpd.GeoDataFrame, folder: Path, pairs: Sequence[Ser
     gdf["n_changes"] = mode_count.astype("int64")
     gdf["max_changes"] = maxc.astype("int64")
     return gdf[[c for c in SERIES_COLUMNS if c in gdf.columns] + ["geometry"]]
-
-
-def _save_quicklook(folder: Path, pairs: Sequence[SeriesPair], labels: Sequence[str], path: Path,
-                    max_size: int = 900) -> None:
-    """Two panels: the first-change pair (one colour per date, legend of dates) and the change count."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import rasterio
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    with rasterio.open(folder / "first_change.tif") as ds:
-        scale = min(1.0, max_size / max(ds.height, ds.width))
-        shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
-        first = ds.read(1, out_shape=shape)
-        nodata = ds.nodata
-        b = ds.bounds
-    with rasterio.open(folder / "change_count.tif") as ds:
-        count = ds.read(1, out_shape=shape)
-    n = len(pairs)
-    colors: list[tuple[float, float, float]] = [(0.93, 0.93, 0.93)] + [
-        (r / 255, g / 255, b / 255) for r, g, b in date_colors(n)]
-    cmap = ListedColormap(colors)
-    extent = (b.left, b.right, b.bottom, b.top)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), constrained_layout=True)
-    shown = np.ma.masked_equal(first.astype(np.int32), int(nodata))
-    axes[0].imshow(shown, cmap=cmap, vmin=-0.5, vmax=n + 0.5, interpolation="nearest", extent=extent)
-    axes[0].set_title("first change (date first seen changed)")
-    handles = [Patch(color=colors[0], label="no change")] + [
-        Patch(color=colors[p.index], label=f"{p.after_label} ({p.label})") for p in pairs]
-    axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    cshown = np.ma.masked_equal(count.astype(np.int32), int(nodata))
-    im = axes[1].imshow(cshown, cmap=ListedColormap(colors), vmin=-0.5, vmax=n + 0.5, interpolation="nearest",
-                        extent=extent)
-    axes[1].set_title(f"number of changes ({n} pairs)")
-    fig.colorbar(im, ax=axes[1], ticks=list(range(n + 1)), shrink=0.8)
-    fig.suptitle(f"changedet series: {labels[0]} → {labels[-1]} ({len(labels)} dates)")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _write_series_project(out: Path, stack_sources: Sequence[str], pairs: Sequence[SeriesPair]) -> None:
