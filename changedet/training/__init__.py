@@ -28,12 +28,16 @@ algorithms requested). Progress goes to a callback (``progress=True`` shows a tq
 ...                model="fc-siam-diff", epochs=30, chip_size=96, threads=2)  # doctest: +SKIP
 >>> result.checkpoint, result.threshold  # doctest: +SKIP
 
-The package's modules: :mod:`~changedet.training.loop` (:func:`train`), :mod:`~changedet.training.objective` (losses,
+The package's modules: :mod:`~changedet.training.loop` (:func:`train`, which runs the stages of
+:mod:`~changedet.training.preparation` (paths, scenes), :mod:`~changedet.training.trainer` (network, optimiser,
+loader, one epoch), :mod:`~changedet.training.selection` (best weights, early stopping) and
+:mod:`~changedet.training.finishing` (calibration, checkpoint)), :mod:`~changedet.training.objective` (losses,
 hard example mining), :mod:`~changedet.training.validation` (:func:`predict_scene`, whole-scene validation),
 :mod:`~changedet.training.outputs` (:class:`TrainResult`, ``metrics.csv``, curves, staging folder),
 :mod:`~changedet.training.checks` (settings and labels), :mod:`~changedet.training.recalibration`
 (:func:`calibrate_checkpoint`, :func:`cross_calibrate_checkpoint`) and :mod:`~changedet.training.runtime` (seeding,
-torch settings). Every name is importable from ``changedet.training``.
+torch settings). Every public name, and the private helpers that tests use, is importable from
+``changedet.training``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Checks of a training run's settings and labels before anything is trained.
 
-``_check_choice`` validates a setting against its choices; ``_check_label_classes`` checks that the training and
-validation labels hold both classes, with a message naming the label values found (``_no_change_message``).
+``_check_choice`` validates a setting against its choices (``OPTIMIZERS``, ``SCHEDULES``...); ``_check_settings``
+checks the settings of :func:`~changedet.training.train` that need nothing read, in the order they have always been
+checked; ``_check_label_classes`` checks that the training and validation labels hold both classes, with a message
+naming the label values found (``_no_change_message``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from changedet.data.generic import Scene
+from changedet.data.sampling import parse_normalization
 from changedet.errors import ChangedetWarning, InputError
 
 
@@ -23,6 +26,55 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
         raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
     return value
 
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+SCHEDULES = ("cosine", "step", "none")
+
+
+def _check_settings(
+    *,
+    loss: str,
+    optimizer: str,
+    schedule: str,
+    threshold_method: str,
+    probability_calibration: str,
+    pos_weight: float | str | None,
+    epochs: int,
+    chips_per_epoch: int,
+    batch_size: int,
+    chip_size: int,
+    val_every: int,
+    val_tile_size: int,
+    normalization: str | Mapping[str, Any],
+    patience: int | None,
+    lr: float,
+    ema: float | None,
+    name: str,
+) -> None:
+    """Raise an :class:`InputError` for the first setting that is not usable; nothing is read or created."""
+    if not isinstance(loss, str) or not loss:
+        raise InputError(f"loss must be a name such as 'bce' or 'bce+dice', got {loss!r}")
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("schedule", schedule, SCHEDULES)
+    _check_choice("threshold_method", threshold_method, ("f1", "otsu", "fixed"))
+    _check_choice("probability_calibration", probability_calibration, ("platt", "none"))
+    if isinstance(pos_weight, str) and pos_weight != "auto":
+        raise InputError(f"pos_weight must be a number, 'auto' or null, got {pos_weight!r}")
+    for key, value, low in (("epochs", epochs, 1), ("chips_per_epoch", chips_per_epoch, 1),
+                            ("batch_size", batch_size, 1), ("chip_size", chip_size, 8), ("val_every", val_every, 1),
+                            ("val_tile_size", val_tile_size, 2 * 64 + 1)):  # predict_scene's overlap is 64
+        if not isinstance(value, int) or value < low:
+            raise InputError(f"{key} must be an integer >= {low}, got {value!r}")
+    parse_normalization(normalization)  # unknown keys, a mean without a std...: before anything is read
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise InputError(f"patience must be >= 1 or null (never stop early), got {patience!r}")
+    if lr <= 0:
+        raise InputError(f"lr must be > 0, got {lr}")
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 < ema < 1.0):
+        raise InputError(f"ema must be a decay between 0 and 1 (e.g. 0.99) or null, got {ema!r}")
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise InputError(f"name must be a file name without folders (the checkpoint's stem inside out), got {name!r}")
 
 
 def _class_counts(scenes: Sequence[Scene]) -> tuple[int, int]:

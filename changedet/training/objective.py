@@ -3,7 +3,8 @@
 :func:`build_loss` turns the ``loss``, ``pos_weight`` and ``ohem`` settings of :func:`changedet.training.train` into
 a loss module (:class:`OHEMLoss` for hard example mining, else :func:`changedet.losses.create_loss`);
 ``_auto_pos_weight`` derives the change-class weight from the chips of an epoch, and ``_LossStep`` binds the network
-and its loss into one module for ``DistributedDataParallel``.
+and its loss into one module for ``DistributedDataParallel``; ``METRIC_LOSSES`` names the losses computed on the
+embeddings of metric models.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 
 from changedet.data.sampling import ChipDataset
 from changedet.errors import InputError
+
+METRIC_LOSSES = ("contrastive", "triplet")  # losses on the embeddings of metric models
 
 
 class OHEMLoss(nn.Module):
