@@ -1,36 +1,41 @@
-"""``detect_series()``: the series entry point shared by ``changedet detect d1 d2 d3 ...`` and notebooks."""
+"""``detect_series()``: the series entry point shared by ``changedet detect d1 d2 d3 ...`` and notebooks.
+
+:func:`detect_series` runs its stages in order: the option checks, the dates in order (:class:`_SeriesDates`), the
+output folder (:mod:`changedet.series.staging`), the model, the aligned stack, one predictor per pair
+(:mod:`changedet.series.predictors`), one streamed pass (:func:`~changedet.series.predict_series`), the products
+written into the staging folder (:mod:`changedet.series.products`, and the polygons here), and the outputs moved
+into place. The stages that call functions whose warnings name their caller's line stay in this module (those of
+:func:`~changedet.series.order_by_date` name the line that called :func:`detect_series`).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import logging
 import os
-import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from changedet._version import __version__
 from changedet.errors import InputError, NothingToCompareWarning
 from changedet.series.engine import predict_series
 from changedet.series.outputs import (
     SERIES_OUTPUT_NAMES,
     SeriesPair,
     SeriesResult,
-    _iso,
     _polygon_attributes,
-    _remove_outputs_not_written,
     _source_name,
-    _write_series_project,
     pair_dir_name,
 )
-from changedet.series.palette import _count_entries, _index_entries, _save_quicklook, paletted_style_qml
+from changedet.series.palette import _save_quicklook
+from changedet.series.predictors import _model_report, _pair_predictors
+from changedet.series.products import _areas_on, _pair_results, _raster_tags, _series_report, _write_styles
 from changedet.series.stack import (
     MODES,
+    SeriesStack,
     _given_positions,
     _label,
     open_series,
@@ -38,6 +43,7 @@ from changedet.series.stack import (
     per_date_lists,
     series_pairs,
 )
+from changedet.series.staging import _OutputFolder
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 log = logging.getLogger(__name__)
@@ -140,29 +146,118 @@ def detect_series(
     >>> [p.label for p in series.pairs]  # doctest: +SKIP
     ['2019-05-01/2020-05-01', '2020-05-01/2021-05-01']
     """
-    from changedet.api import (
-        METHODS,
-        _bands_per_date,
-        _check_options,
-        _check_outputs,
-        _checked_tta,
-        _resolve_for_input,
-        _sample_for_fit,
-        torch_threads,
-    )
-    from changedet.errors import OutputFolderBusyError
-    from changedet.export.vector import geojson_crs_option
-    from changedet.geodesy import area_summary
-    from changedet.inference import ScorerPredictor, TorchPredictor
-    from changedet.io.folders import (
-        missing_folders,
-        output_folder_lock,
-        remove_empty_folders,
-        remove_stale_staging,
-    )
+    from changedet.api import _write_json, torch_threads
 
     t0 = time.perf_counter()
     rasters = list(rasters)
+    tta, geojson_crs = _checked_arguments(
+        rasters, model, mode=mode, method=method, tta=tta, geojson_crs=geojson_crs, vectorize=vectorize,
+        overlap=overlap, blend=blend, tile_size=tile_size, device=device, threshold=threshold, threads=threads,
+        indexes=indexes, resume=resume, progress=progress)
+    bar, callback = _progress_bar(progress)
+    rasters, xr_tmp = _xarray_written(rasters)  # the GeoTIFFs written from xarray inputs, kept as long as the result
+    sources, infos = order_by_date(rasters, keep_order=keep_order)  # here: its warnings name the caller's line
+    series = _SeriesDates.of(rasters, sources, infos, indexes, mode)
+    folder = _OutputFolder.plan(output_dir, series.dirs, vectorize=vectorize, quicklook=quicklook,
+                                qgis_project=qgis_project, overwrite=overwrite)
+    net, meta, select = _resolve_model(method, model, checkpoint, series)
+
+    timings: dict[str, float] = {}
+    stack = open_series(sources, indexes=select, coregister=coregister, match_histograms=match_histograms,
+                        ordered=(sources, infos))
+    from rasterio._err import CPLE_BaseError  # GDAL's own errors (e.g. reopening a truncated file)
+    from rasterio.errors import RasterioError
+
+    try:
+        folder.lock(overwrite)  # no second run writes into this folder meanwhile
+        folder.restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too)
+        write_geojson = vectorize
+        if vectorize:  # the GeoJSON's CRS (or none without a CRS), decided before the prediction, as detect does
+            write_geojson, geojson_crs = _plan_geojson(stack, geojson_crs, series.source_names[0])
+            if not write_geojson:
+                folder.names.remove(SERIES_OUTPUT_NAMES["geojson"])
+        timings["open_and_check"] = time.perf_counter() - t0
+        # -- one predictor per pair ---------------------------------------------------------------------------------
+        t_fit = time.perf_counter()
+        predictors, thresholds, methods = _pair_predictors(stack, series.pairs, method=method, net=net, meta=meta,
+                                                           threshold=threshold, device=device, precision=precision,
+                                                           tta=tta)
+        timings["fit"] = time.perf_counter() - t_fit
+        model_report = _model_report(method, meta, checkpoint, thresholds, precision=precision, tta=tta,
+                                     device=device)
+        model_name = str(model_report.get("name"))
+
+        # -- stream every pair --------------------------------------------------------------------------------------
+        folder.make_staging()
+        staging = folder.staging
+        pair_tags, index_tags = _raster_tags(stack, series, thresholds, model_name, mode)
+        stats = predict_series(stack, series.pairs, predictors, out_dir=staging, pair_dirs=series.dirs,
+                               thresholds=thresholds, tile_size=tile_size, overlap=overlap, blend=blend,
+                               batch_size=batch_size, progress=callback, pair_tags=pair_tags, index_tags=index_tags)
+        timings["predict"] = stats.seconds_total
+        if stats.valid_pixels == 0:
+            warnings.warn(f"{', '.join(series.source_names)}: no pixel has valid data in any compared pair; the "
+                          "outputs are empty", NothingToCompareWarning, stacklevel=2)
+        areas = _areas_on(stack)
+        pairs = _pair_results(stack, series, stats, thresholds, methods, staging, areas)
+
+        # -- styles, polygons, figure, report -----------------------------------------------------------------------
+        _write_styles(staging, series.dirs, pairs)
+        polygons = None
+        if vectorize:
+            polygons = _write_polygons(stack, pairs, staging, thresholds, model_name, min_area=min_area,
+                                       simplify=simplify, fill_holes=fill_holes, write_geojson=write_geojson,
+                                       geojson_crs=geojson_crs, timings=timings)
+        if quicklook:
+            t2 = time.perf_counter()
+            _save_quicklook(staging, pairs, series.labels, staging / SERIES_OUTPUT_NAMES["quicklook"])
+            timings["quicklook"] = time.perf_counter() - t2
+        report = _series_report(
+            stack, series, stats, pairs, mode=mode, keep_order=keep_order, model_report=model_report,
+            thresholds=thresholds,
+            tiling={"tile_size": tile_size, "overlap": overlap, "blend": blend, "batch_size": batch_size},
+            vectorize=vectorize, min_area=min_area, simplify=simplify, fill_holes=fill_holes,
+            geojson_crs=geojson_crs, write_geojson=write_geojson, polygons=polygons, areas=areas, staging=staging,
+            timings=timings, names=folder.names)
+        timings["total"] = time.perf_counter() - t0
+        report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        _write_json(staging / SERIES_OUTPUT_NAMES["report"], report)
+
+        # -- move into place: folders and files, the project next, report.json last ---------------------------------
+        paths = folder.place(pairs, series.source_names, qgis_project=qgis_project, overwrite=overwrite)
+        folder.failed = False
+        tmp = folder.tmp_holder if xr_tmp is None else (folder.tmp_holder, xr_tmp)
+        return SeriesResult(output_dir=folder.out, paths=paths, report=report, pairs=folder.moved(pairs),
+                            labels=series.labels, dates=list(stack.dates), crs=stack.crs, transform=stack.transform,
+                            _polygons=polygons, _tmp=tmp)
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        error = folder.failure(exc)
+        if error is exc:
+            raise
+        raise error from exc
+    finally:
+        folder.release()  # the staging folder, then the lock
+        stack.close()
+        if bar is not None:
+            bar.close()
+        if folder.failed and not folder.busy:
+            folder.remove_created()
+            if xr_tmp is not None:
+                xr_tmp.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stages, in the order detect_series runs them
+# ---------------------------------------------------------------------------------------------------------------
+def _checked_arguments(rasters: Sequence[Any], model: Any, *, mode: str, method: str, tta: str,
+                       geojson_crs: str | None, vectorize: bool, overlap: int, blend: str, tile_size: int,
+                       device: str, threshold: float | None, threads: int | None, indexes: Any, resume: bool,
+                       progress: Any) -> tuple[str, str | None]:
+    """The checks made before anything is read, in this order (an :class:`InputError` naming the option); returns
+    the canonical ``tta`` and ``geojson_crs``."""
+    from changedet.api import METHODS, _check_options, _checked_tta
+    from changedet.export.vector import geojson_crs_option
+
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if method not in METHODS:
@@ -176,335 +271,115 @@ def detect_series(
         raise InputError("--resume is not supported with more than two dates; rerun the series (with --overwrite)")
     if method != "model" and model is not None:
         raise InputError(f"--model {model} is only used with --method model, not {method}")
-
     if progress is not None and not isinstance(progress, bool) and not callable(progress):
         raise InputError(f"progress must be True, False, None or a callable(tiles_done, tiles_total, pixels_done), "
                          f"not {type(progress).__name__}")
-    bar = None
-    if isinstance(progress, bool):  # True: the tqdm bar of `changedet detect` (detect(progress=True))
-        from changedet.inference import TileProgress
+    return tta, geojson_crs
 
-        bar = TileProgress(enabled=True) if progress else None
-        progress = bar
+
+def _progress_bar(
+        progress: Callable[[int, int, int], None] | bool | None) -> tuple[Any, Callable[[int, int, int], None] | None]:
+    """``(bar, callback)``: for ``progress=True`` the tqdm bar of ``changedet detect`` (``detect(progress=True)``),
+    which the run closes, as the callback; None for False; a callback (or None) as given."""
+    if not isinstance(progress, bool):
+        return None, progress
+    # True: the tqdm bar of `changedet detect` (detect(progress=True))
+    from changedet.inference import TileProgress
+
+    bar = TileProgress(enabled=True) if progress else None
+    return bar, bar
+
+
+def _xarray_written(rasters: list[Any]) -> tuple[list[Any], tempfile.TemporaryDirectory[str] | None]:
+    """``rasters`` with every ``xarray.DataArray`` written to a GeoTIFF in a temporary folder (also returned, None
+    without one), which lives as long as the result."""
     from changedet._xarray import is_xarray, write_dataarrays
-    from changedet.api import _XARRAY_TMP_PREFIX, _in_memory
+    from changedet.api import _XARRAY_TMP_PREFIX
 
     xr_tmp = None  # the GeoTIFFs written from xarray inputs, kept as long as the result
     if any(is_xarray(r) for r in rasters):
         xr_tmp = tempfile.TemporaryDirectory(prefix=_XARRAY_TMP_PREFIX)
         rasters = write_dataarrays(rasters, xr_tmp.name, [f"input_{k + 1}" for k in range(len(rasters))])
-    sources, infos = order_by_date(rasters, keep_order=keep_order)
-    per_date = per_date_lists(indexes)
-    if per_date:  # one list per raster as given: each follows its raster into date order
-        given = _given_positions(rasters, sources)
-        indexes = [list(indexes[k]) for k in given]  # type: ignore[index, arg-type]
-    dates = [_label(i, k) for k, i in enumerate(infos)]  # the date (or the file's stem): the tags' and legend's
-    labels = list(dates)  # unique: folder names and pair labels; a date given twice is numbered -1, -2 ...
-    for k, lab in enumerate(dates):
-        if dates.count(lab) > 1:
-            labels[k] = f"{lab}-{dates[: k + 1].count(lab)}"
-    pairs_idx = series_pairs(len(sources), mode)
-    dirs = [pair_dir_name(k + 1, labels[i], labels[j]) for k, (i, j) in enumerate(pairs_idx)]
+    return rasters, xr_tmp
 
-    tmp_holder = None
-    if output_dir is None:
-        tmp_holder = tempfile.TemporaryDirectory(prefix="changedet-series-")
-        out = Path(tmp_holder.name)
-    else:
-        out = Path(output_dir)
-    names = [SERIES_OUTPUT_NAMES[k] for k in ("change_count", "first_change", "last_change", "report")] + dirs
-    if vectorize:
-        names += [SERIES_OUTPUT_NAMES["gpkg"], SERIES_OUTPUT_NAMES["geojson"]]
-    if quicklook:
-        names.append(SERIES_OUTPUT_NAMES["quicklook"])
-    if qgis_project:
-        names.append(SERIES_OUTPUT_NAMES["project"])
-    created = missing_folders(out)  # the folders this run creates, deepest first
-    _check_outputs(out, names, overwrite, False)  # fails early (clash, not writable)
-    remove_empty_folders(created)  # made again when the outputs are staged: a failed run leaves no folder
-    failed, busy = True, False
 
-    # -- model or method (the first date decides the bands, as BEFORE does in detect) ---------------------------
-    source_names = [_source_name(s) for s in sources]
+@dataclass
+class _SeriesDates:
+    """The dates of a series in the order they are compared, and the names and pairs that follow from them."""
+
+    sources: list[Any]
+    infos: list[Any]
+    indexes: Any  # the bands asked for; one list per date, in date order, where ``per_date``
+    per_date: bool
+    dates: list[str]  # the date (or the file's stem): the tags' and legend's
+    labels: list[str]  # unique: folder names and pair labels; a date given twice is numbered -1, -2 ...
+    pairs: list[tuple[int, int]]  # (before, after) date indexes of each pair
+    dirs: list[str]  # each pair's folder
+    source_names: list[str]
+
+    @classmethod
+    def of(cls, rasters: Sequence[Any], sources: list[Any], infos: list[Any], indexes: Any,
+           mode: str) -> _SeriesDates:
+        """The dates of ``sources`` and ``infos`` (:func:`order_by_date` of ``rasters``) compared in ``mode``."""
+        per_date = per_date_lists(indexes)
+        if per_date:  # one list per raster as given: each follows its raster into date order
+            given = _given_positions(rasters, sources)
+            indexes = [list(indexes[k]) for k in given]
+        dates = [_label(i, k) for k, i in enumerate(infos)]  # the date (or the file's stem): the tags' and legend's
+        labels = list(dates)  # unique: folder names and pair labels; a date given twice is numbered -1, -2 ...
+        for k, lab in enumerate(dates):
+            if dates.count(lab) > 1:
+                labels[k] = f"{lab}-{dates[: k + 1].count(lab)}"
+        pairs_idx = series_pairs(len(sources), mode)
+        dirs = [pair_dir_name(k + 1, labels[i], labels[j]) for k, (i, j) in enumerate(pairs_idx)]
+        return cls(sources, infos, indexes, per_date, dates, labels, pairs_idx, dirs,
+                   [_source_name(s) for s in sources])
+
+
+def _resolve_model(method: str, model: Any, checkpoint: Any, series: _SeriesDates) -> tuple[Any, Any, Any]:
+    """``(net, meta, select)``: the network and its metadata (None for an unsupervised method) and the bands each
+    date reads (the first date decides the bands, as BEFORE does in detect)."""
     meta = net = None
+    indexes, per_date, infos = series.indexes, series.per_date, series.infos
     select: Any = list(indexes) if indexes else None
     if method == "model":
+        from changedet.api import _bands_per_date, _resolve_for_input
+
         # the first date decides the model from its own list; every date then reads its own (open_series)
         net, meta, first = _resolve_for_input(model, checkpoint, infos[0], select[0] if per_date else select,
-                                              source_names[0])
+                                              series.source_names[0])
         select = [first, *select[1:]] if per_date else first
         if not indexes:  # a later date whose band names or colours stand in another order reads its own
             select = _bands_per_date(infos, meta, select)
-
-    timings: dict[str, float] = {}
-    stack = open_series(sources, indexes=select, coregister=coregister, match_histograms=match_histograms,
-                        ordered=(sources, infos))
-    from rasterio._err import CPLE_BaseError  # GDAL's own errors (e.g. reopening a truncated file)
-    from rasterio.errors import RasterioError
-
-    staging = out / f".changedet-staging-{os.getpid()}"
-    made_staging = placing = False
-    restore = contextlib.ExitStack()
-    try:
-        out.mkdir(parents=True, exist_ok=True)  # removed after the early check; a failed run removes it again
-        restore.enter_context(output_folder_lock(out))  # no second run writes into this folder meanwhile
-        _check_outputs(out, names, overwrite, False)  # again: a run that held the folder may have finished
-        # killed runs' staging folders, ours too: one named with this pid is a dead run's (pid 1 in a container)
-        remove_stale_staging(out)
-        restore.enter_context(torch_threads(threads))  # torch's threads for this run (DSFA's fits too), restored
-        write_geojson = vectorize
-        if vectorize:  # the GeoJSON's CRS (or none without a CRS), decided before the prediction, as detect does
-            from changedet.export.vector import plan_geojson
-            from changedet.geodesy import grid_bounds
-
-            write_geojson, geojson_crs = plan_geojson(
-                stack.crs, geojson_crs, bounds=grid_bounds(stack.transform, stack.width, stack.height),
-                source=source_names[0])
-            if not write_geojson:
-                names.remove(SERIES_OUTPUT_NAMES["geojson"])
-        timings["open_and_check"] = time.perf_counter() - t0
-        # -- one predictor per pair -------------------------------------------------------------------------
-        predictors: list[Any] = []
-        thresholds: list[float] = []
-        methods: list[dict[str, Any]] = []
-        t_fit = time.perf_counter()
-        for i, j in pairs_idx:
-            view = stack.pair(i, j)
-            if method == "model":
-                from changedet.io.radiometry import band_stats
-
-                norm = meta.normalization or {"mode": "scene"}  # type: ignore[union-attr]
-                if norm.get("mode") == "fixed":
-                    mb, sb, ma, sa = norm["mean"], norm["std"], norm["mean"], norm["std"]
-                else:
-                    mb, sb = band_stats(view, which="before")
-                    ma, sa = band_stats(view, which="after")
-                predictors.append(TorchPredictor(net, mb, sb, ma, sa, device=device, precision=precision,
-                                                 name=meta.name or meta.architecture,  # type: ignore[union-attr]
-                                                 tta=tta))
-                thresholds.append(float(meta.threshold if threshold is None else threshold))  # type: ignore[union-attr]
-                methods.append({"normalization": norm.get("mode"),
-                                "before_mean": [round(float(x), 4) for x in mb],
-                                "after_mean": [round(float(x), 4) for x in ma]})
-            else:
-                from changedet.unsupervised import create_scorer
-
-                scorer = create_scorer(method)
-                b, a, v = _sample_for_fit(view)
-                scorer.fit(b, a, v)
-                predictors.append(ScorerPredictor(scorer))
-                thresholds.append(float(scorer.threshold if threshold is None else threshold))
-                methods.append({"fitted": scorer.to_dict()})
-        timings["fit"] = time.perf_counter() - t_fit
-        if method == "model":
-            model_report: dict[str, Any] = {
-                "method": "model", "name": meta.name or None, "architecture": meta.architecture,  # type: ignore[union-attr]
-                "checkpoint": str(checkpoint) if checkpoint else (meta.name or None),  # type: ignore[union-attr]
-                "band_names": meta.band_names, "calibrated_threshold": meta.threshold,  # type: ignore[union-attr]
-                "metrics": meta.metrics, "precision": precision, "tta": tta,  # type: ignore[union-attr]
-                "device": device,
-            }
-        else:
-            model_report = {"method": method, "name": method, "calibrated_threshold": thresholds[0]}
-
-        # -- stream every pair ----------------------------------------------------------------------------------
-        staging.mkdir()  # new: never a dead run's, whose files would be moved into place with ours
-        made_staging = True
-        pair_labels = [f"{labels[i]}/{labels[j]}" for i, j in pairs_idx]
-        base_tags = {"CHANGEDET_VERSION": __version__, "CHANGEDET_MODEL": str(model_report.get("name")),
-                     "CHANGEDET_SERIES_MODE": mode}
-        pair_tags = []
-        for k, (i, j) in enumerate(pairs_idx):
-            tags = dict(base_tags, CHANGEDET_THRESHOLD=f"{thresholds[k]:.6g}", CHANGEDET_PAIR=str(k + 1))
-            if stack.dates[i]:
-                tags["BEFORE_DATE"] = _iso(stack.dates[i]) or ""
-            if stack.dates[j]:
-                tags["AFTER_DATE"] = _iso(stack.dates[j]) or ""
-            pair_tags.append(tags)
-        index_tags = dict(base_tags, N_PAIRS=str(len(pairs_idx)), DATES=",".join(dates))
-        for k, (_i, j) in enumerate(pairs_idx):
-            index_tags[f"PAIR_{k + 1}"] = pair_labels[k]
-            index_tags[f"PAIR_{k + 1}_DATE"] = dates[j]
-        stats = predict_series(stack, pairs_idx, predictors, out_dir=staging, pair_dirs=dirs, thresholds=thresholds,
-                               tile_size=tile_size, overlap=overlap, blend=blend, batch_size=batch_size,
-                               progress=progress, pair_tags=pair_tags, index_tags=index_tags)
-        timings["predict"] = stats.seconds_total
-        if stats.valid_pixels == 0:
-            warnings.warn(f"{', '.join(source_names)}: no pixel has valid data in any compared pair; the outputs are "
-                          "empty", NothingToCompareWarning, stacklevel=2)
-        px_area = stack.pixel_area_m2()
-
-        def _areas(path: Path, valid: int, changed: int) -> dict[str, float | None]:
-            """valid/changed area of a change raster (:func:`changedet.geodesy.area_summary`)."""
-            v, c = area_summary(path, stack.crs, stack.transform, stack.width, stack.height, valid, changed, px_area)
-            return {"valid_area_m2": v, "changed_area_m2": c}
-
-        pairs: list[SeriesPair] = []
-        for k, (i, j) in enumerate(pairs_idx):
-            valid, changed = stats.pair_valid[k], stats.pair_changed[k]
-            pairs.append(SeriesPair(
-                index=k + 1, before=i, after=j, before_label=labels[i], after_label=labels[j],
-                before_date=stack.dates[i], after_date=stack.dates[j], before_source=source_names[i],
-                after_source=source_names[j],
-                paths={"probability": staging / dirs[k] / "probability.tif", "change": staging / dirs[k] / "change.tif"},
-                threshold=thresholds[k],
-                summary={"valid_pixels": valid, "changed_pixels": changed,
-                         "changed_percent": round(100.0 * changed / valid, 4) if valid else 0.0,
-                         **_areas(staging / dirs[k] / "change.tif", valid, changed)},
-                method=methods[k],
-            ))
-
-        # -- styles, polygons, figure -----------------------------------------------------------------------------
-        from changedet.export import change_style_qml, probability_style_qml
-
-        for k, p in enumerate(pairs):
-            _write_text(staging / dirs[k] / "probability.qml", probability_style_qml(p.threshold))
-            _write_text(staging / dirs[k] / "change.qml", change_style_qml())
-        entries = _index_entries(pairs)
-        _write_text(staging / "first_change.qml", paletted_style_qml(entries))
-        _write_text(staging / "last_change.qml", paletted_style_qml(entries))
-        _write_text(staging / "change_count.qml", paletted_style_qml(_count_entries(len(pairs))))
-
-        polygons = None
-        if vectorize:
-            from changedet.export import write_vectors
-            from changedet.vectorize import vectorize as _vectorize
-
-            t1 = time.perf_counter()
-            common_thr = thresholds[0] if len(set(thresholds)) == 1 else None
-            polygons = _vectorize(staging / SERIES_OUTPUT_NAMES["change_count"], min_area=min_area,
-                                  simplify=simplify, fill_holes=fill_holes, before_date=stack.dates[0],
-                                  after_date=stack.dates[-1], model=str(model_report.get("name")),
-                                  threshold=common_thr)
-            polygons = _polygon_attributes(polygons, staging, pairs)
-            write_vectors(polygons, staging / SERIES_OUTPUT_NAMES["gpkg"],
-                          staging / SERIES_OUTPUT_NAMES["geojson"] if write_geojson else None,
-                          geojson_crs=geojson_crs, overwrite=True)
-            timings["vectorize"] = time.perf_counter() - t1
-        if quicklook:
-            t2 = time.perf_counter()
-            _save_quicklook(staging, pairs, labels, staging / SERIES_OUTPUT_NAMES["quicklook"])
-            timings["quicklook"] = time.perf_counter() - t2
-
-        # -- report ------------------------------------------------------------------------------------------------
-        valid, changed = stats.valid_pixels, stats.changed_pixels
-        first_counts = {pairs[k].after_label: stats.first_change_pixels[k] for k in range(len(pairs))}
-        report: dict[str, Any] = {
-            "changedet_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "kind": "series",
-            "mode": mode,
-            "order": "given" if keep_order else "date",
-            "inputs": [
-                {"index": k, "label": labels[k],
-                 "source": "xarray.DataArray (in memory)" if _in_memory(source_names[k]) else source_names[k],
-                 "date": _iso(infos[k].date),
-                 "date_source": getattr(infos[k], "date_source", None),
-                 **{key: v for key, v in infos[k].to_dict().items()
-                    if key in ("driver", "crs", "width", "height", "count", "dtypes", "nodata", "res")}}
-                for k in range(len(infos))
-            ],
-            "dates": dates,
-            "grid": {"crs": stack.crs.to_string() if stack.crs else None, "transform": list(stack.transform)[:6],
-                     "width": stack.width, "height": stack.height, "bands": stack.band_names},
-            "alignment": [r.to_dict() for r in stack.pair_reports],
-            "model": model_report,
-            "threshold": thresholds[0],
-            "thresholds": thresholds,
-            "tiling": {"tile_size": tile_size, "overlap": overlap, "blend": blend, "batch_size": batch_size},
-            "vectorize": {"min_area_m2": min_area, "simplify_m": simplify, "fill_holes_m2": fill_holes,
-                          "geojson_crs": geojson_crs if write_geojson else None, "geojson_written": write_geojson,
-                          "attributes": "first_change/first_change_date/last_change_date/n_changes: majority "
-                                        "(mode) over the polygon's changed pixels (ties: the earlier pair); "
-                                        "earliest_change_date: minimum; max_changes: maximum"} if vectorize else None,
-            "pairs": [p.to_dict() for p in pairs],
-            "index_legend": {str(p.index): {"pair": p.label, "date": dates[p.after]} for p in pairs},
-            "summary": {
-                "n_dates": len(labels), "n_pairs": len(pairs), "mode": mode,
-                "valid_pixels": valid, "changed_pixels": changed,
-                "changed_percent": round(100.0 * changed / valid, 4) if valid else 0.0,
-                **_areas(staging / SERIES_OUTPUT_NAMES["change_count"], valid, changed),
-                "first_change_pixels": first_counts,
-                "n_polygons": len(polygons) if polygons is not None else None,
-                "nothing_to_compare": valid == 0,
-            },
-            "stats": stats.to_dict(),
-            "timings": timings,
-            "outputs": sorted(names),
-        }
-        report["stats"]["paths"] = sorted(report["stats"]["paths"])
-        timings["total"] = time.perf_counter() - t0
-        report["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        from changedet.api import _write_json
-
-        _write_json(staging / SERIES_OUTPUT_NAMES["report"], report)
-
-        # -- move into place: folders and files, the project next, report.json last -----------------------------
-        placing = True
-        for item in sorted(staging.iterdir()):
-            if item.name == SERIES_OUTPUT_NAMES["report"] or item.name.startswith("."):
-                continue
-            target = out / item.name
-            if item.is_dir() and target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        if qgis_project:
-            _write_series_project(out, source_names, [_moved(p, staging, out) for p in pairs])
-        if overwrite:  # polygons, a project or other pairs' folders of an earlier series would stay beside it
-            _remove_outputs_not_written(out, names)
-        os.replace(staging / SERIES_OUTPUT_NAMES["report"], out / SERIES_OUTPUT_NAMES["report"])
-        paths = {k: out / v for k, v in SERIES_OUTPUT_NAMES.items() if v in names and (out / v).exists()}
-        failed = False
-        return SeriesResult(output_dir=out, paths=paths, report=report, pairs=[_moved(p, staging, out) for p in pairs],
-                            labels=labels, dates=list(stack.dates), crs=stack.crs, transform=stack.transform,
-                            _polygons=polygons, _tmp=tmp_holder if xr_tmp is None else (tmp_holder, xr_tmp))
-    except (OSError, RasterioError, CPLE_BaseError) as exc:
-        busy = isinstance(exc, OutputFolderBusyError)  # the folder is the other run's: leave it
-        error = _write_failure(exc, out, staging if made_staging else None, placing)
-        if error is exc:
-            raise
-        raise error from exc
-    finally:
-        if made_staging:  # (only ours: with the lock refused, a folder of that name is another namespace's run's)
-            shutil.rmtree(staging, ignore_errors=True)
-        restore.close()  # the lock, released once the staging folder is gone
-        stack.close()
-        if bar is not None:
-            bar.close()
-        if failed and not busy:
-            if tmp_holder is None:
-                remove_empty_folders(created)
-            if xr_tmp is not None:
-                xr_tmp.cleanup()
+    return net, meta, select
 
 
-def _write_failure(exc: BaseException, out: Path, staging: Path | None, placing: bool) -> BaseException:
-    """The error a failed series run raises for ``exc``: ``exc`` itself where it is one of changedet's (a busy or
-    existing output, an unreadable input), else (a full disk, a permission taken away: GDAL's and the OS's errors,
-    and changedet's about a file of this run's staging folder, such as a Cloud-Optimised GeoTIFF a full disk cut
-    short) the :class:`~changedet.errors.OutputError` that :func:`changedet.api.detect` raises. ``staging`` is None
-    until the run has made its staging folder: an error before that (a killed run's staging folder of the same name
-    that cannot be removed) keeps its own message."""
-    from changedet.errors import ChangedetError, OutputError, RasterReadError, root_message
+def _plan_geojson(stack: SeriesStack, geojson_crs: str | None, source: str) -> tuple[bool, Any]:
+    """``(write, geojson_crs)`` of ``changes.geojson`` on the grid of ``stack``
+    (:func:`~changedet.export.vector.plan_geojson`)."""
+    from changedet.export.vector import plan_geojson
+    from changedet.geodesy import grid_bounds
 
-    if isinstance(exc, ChangedetError) and not (isinstance(exc, (OutputError, RasterReadError))
-                                                and staging is not None and staging.name in str(exc)):
-        return exc
-    reason = root_message(exc.__cause__ if isinstance(exc, ChangedetError) and exc.__cause__ else exc)
-    if placing:  # os.replace does not fail on a full disk, but project.qgs is written beside the outputs moved
-        return OutputError(f"{out}: writing the outputs failed ({reason}) while they were moved into place: the "
-                           "folder holds an incomplete series without report.json. Check the free disk space and "
-                           "write permission of the output folder, then rerun with --overwrite.")
-    return OutputError(f"{out}: writing the outputs failed ({reason}); no output was written. Check the free disk "
-                       "space and write permission of the output folder.")
+    return plan_geojson(stack.crs, geojson_crs, bounds=grid_bounds(stack.transform, stack.width, stack.height),
+                        source=source)
 
 
-def _moved(pair: SeriesPair, staging: Path, out: Path) -> SeriesPair:
-    pair.paths = {k: out / v.relative_to(staging) if v.is_relative_to(staging) else v for k, v in pair.paths.items()}
-    return pair
+def _write_polygons(stack: SeriesStack, pairs: list[SeriesPair], staging: Path, thresholds: Sequence[float],
+                    model_name: str, *, min_area: float, simplify: float, fill_holes: float, write_geojson: bool,
+                    geojson_crs: str | None, timings: dict[str, float]) -> Any:
+    """The polygons of the pixels that changed at least once, with the series attributes, written to
+    ``changes.gpkg`` (and ``changes.geojson``); their time goes to ``timings["vectorize"]``."""
+    from changedet.export import write_vectors
+    from changedet.vectorize import vectorize as _vectorize
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    t1 = time.perf_counter()
+    common_thr = thresholds[0] if len(set(thresholds)) == 1 else None
+    polygons = _vectorize(staging / SERIES_OUTPUT_NAMES["change_count"], min_area=min_area,
+                          simplify=simplify, fill_holes=fill_holes, before_date=stack.dates[0],
+                          after_date=stack.dates[-1], model=model_name, threshold=common_thr)
+    polygons = _polygon_attributes(polygons, staging, pairs)
+    write_vectors(polygons, staging / SERIES_OUTPUT_NAMES["gpkg"],
+                  staging / SERIES_OUTPUT_NAMES["geojson"] if write_geojson else None,
+                  geojson_crs=geojson_crs, overwrite=True)
+    timings["vectorize"] = time.perf_counter() - t1
+    return polygons
