@@ -188,6 +188,59 @@ def test_rgb_bands():
     assert rgb_bands(4, ["B02", "B03", "B04", "B08"]) == (3, 2, 1)
     assert rgb_bands(13, [f"B{i:02d}" for i in range(1, 9)] + ["B8A", "B09", "B10", "B11", "B12"]) == (4, 3, 2)
     assert rgb_bands(2) is None
+    assert rgb_bands(7, [f"SR_B{i}" for i in range(1, 8)]) == (4, 3, 2)  # Landsat 8/9 (SR_B6 is SWIR 1)
+    assert rgb_bands(7, [f"B{i}" for i in range(1, 8)], tags={"SPACECRAFT_ID": "LANDSAT_5"}) == (3, 2, 1)
+    assert rgb_bands(3, colorinterp=["blue", "green", "red"]) == (3, 2, 1)
+    assert rgb_bands(4, ["nir", "Blue", "Green", "Red"]) == (4, 3, 2)
+
+
+@pytest.mark.parametrize(("names", "tags", "interp", "rgb"), [
+    ([f"SR_B{i}" for i in range(1, 8)], {"SPACECRAFT_ID": "LANDSAT_8"}, None, ("4", "3", "2")),
+    ([f"B{i}" for i in range(1, 8)], {"SPACECRAFT_ID": "LANDSAT_5"}, None, ("3", "2", "1")),
+    (None, None, ("blue", "green", "red"), ("3", "2", "1")),
+    (["B02", "B03", "B04"], None, None, ("3", "2", "1")),
+    (None, None, None, ("1", "2", "3")),
+], ids=["landsat8_sr", "landsat5_level1", "bgr_colorinterp", "s2_names", "plain"])
+def test_project_rgb_is_what_the_model_reads(tmp_path, names, tags, interp, rgb):
+    """The BEFORE/AFTER composites show the red, green and blue bands a true-colour model reads (Landsat numbering
+    per SPACECRAFT_ID, GDAL's colour interpretation), as ``ChangeResult.plot()`` does."""
+    from rasterio.enums import ColorInterp
+
+    from changedet.io import raster_info
+    from changedet.io.bands import identified_bands
+
+    n = len(names) if names else 3
+    data = np.random.default_rng(0).integers(1, 1000, (n, 32, 32))
+    path = make_geotiff(tmp_path / "in.tif", data, dtype="uint16", crs=UTM, transform=T_UTM, descriptions=names,
+                        tags=tags)
+    if interp is not None:
+        with rasterio.open(path, "r+") as ds:
+            ds.colorinterp = [getattr(ColorInterp, c) for c in interp]
+    want = identified_bands(raster_info(path), ["B04", "B03", "B02"]) or [1, 2, 3]
+    assert tuple(str(i) for i in want) == rgb
+    with rasterio.open(path) as ds:
+        assert rgb_bands(ds.count, ds.descriptions, colorinterp=ds.colorinterp, dtypes=ds.dtypes,
+                         tags=ds.tags()) == tuple(int(i) for i in rgb)
+    out = tmp_path / "out"
+    out.mkdir()
+    project = write_qgis_project(out, before=path, after=path, threshold=0.5)
+    for layer in ("BEFORE", "AFTER"):
+        r = {m.findtext("layername"): m.find("pipe/rasterrenderer") for m in _layers(project)}[layer]
+        assert (r.get("redBand"), r.get("greenBand"), r.get("blueBand")) == rgb
+
+
+def test_writing_a_project_does_not_import_torch(tmp_path):
+    """The QGIS export picks the composite's bands with changedet.io.bands, which stays free of the ML stack."""
+    import subprocess
+    import sys
+
+    path = make_geotiff(tmp_path / "in.tif", np.ones((7, 16, 16)), dtype="uint16", crs=UTM, transform=T_UTM,
+                        descriptions=[f"SR_B{i}" for i in range(1, 8)])
+    code = ("import sys; from changedet.export import write_qgis_project; "
+            f"p = write_qgis_project({str(tmp_path)!r}, before={str(path)!r}, threshold=0.5); "
+            "print('redBand=\"4\"' in open(p).read(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
 
 
 def _layers(project: Path) -> list[ET.Element]:

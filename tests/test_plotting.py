@@ -169,6 +169,56 @@ def test_sentinel2_composite_uses_b04_b03_b02_by_name(tmp_path: Path) -> None:
     assert blue[30:, 30:].all() and not blue[:30].any()
 
 
+#: Inputs whose red, green and blue bands a true-colour model finds by Landsat numbering or colour interpretation:
+#: (band names, tags, colour interpretation, the 0-based red, green, blue bands).
+DISPLAY_CASES = {
+    "landsat8_sr": ([f"SR_B{i}" for i in range(1, 8)], {"SPACECRAFT_ID": "LANDSAT_8"}, None, (3, 2, 1)),
+    "landsat5_level1": ([f"B{i}" for i in range(1, 8)], {"SPACECRAFT_ID": "LANDSAT_5"}, None, (2, 1, 0)),
+    "bgr_colorinterp": (None, None, ("blue", "green", "red"), (2, 1, 0)),
+}
+
+
+def _coloured_raster(path: Path, case: str) -> Path:
+    """A raster whose red band is bright in the left half, green in the top half, blue in the lower right corner
+    and every other band a ramp (which a composite must not show)."""
+    from rasterio.enums import ColorInterp
+
+    names, tags, interp, (r, g, b) = DISPLAY_CASES[case]
+    n = len(names) if names else 3
+    data = np.tile(np.arange(40, dtype=float)[None, None] * 100 + 500, (n, 40, 1))
+    data[[r, g, b]] = 1000.0
+    data[r, :, :20] = 3000
+    data[g, :20, :] = 3000
+    data[b, 30:, 30:] = 3000
+    make_geotiff(path, data, dtype="uint16", descriptions=names, tags=tags)
+    if interp is not None:
+        with rasterio.open(path, "r+") as ds:
+            ds.colorinterp = [getattr(ColorInterp, c) for c in interp]
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(DISPLAY_CASES))
+def test_composite_shows_the_bands_the_model_reads(tmp_path: Path, case: str) -> None:
+    from changedet.io import raster_info
+    from changedet.io.bands import display_bands, identified_bands
+
+    path = _coloured_raster(tmp_path / f"{case}.tif", case)
+    r, g, b = DISPLAY_CASES[case][3]
+    assert identified_bands(raster_info(path), ["B04", "B03", "B02"]) == [r + 1, g + 1, b + 1]  # what s2-rgb reads
+    with rasterio.open(path) as ds:
+        assert display_bands(ds) == display_bands(raster_info(path)) == (r + 1, g + 1, b + 1)
+        assert rgb_indexes(ds.descriptions, ds.count, colorinterp=ds.colorinterp, dtypes=ds.dtypes,
+                           tags=ds.tags()) == [r + 1, g + 1, b + 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = detect(path, path, method="cva", quicklook=False, vectorize=False)
+    img = _map_axes(result.plot(max_size=4096))[1].get_images()[0].get_array()
+    red, green, blue = (img[..., i] > 0.5 for i in range(3))
+    assert red[:, :20].all() and not red[:, 20:].any()
+    assert green[:20].all() and not green[20:].any()
+    assert blue[30:, 30:].all() and not blue[:30].any()
+
+
 def test_geographic_crs_uses_degrees_a_latitude_aspect_and_a_metric_scale(tmp_path: Path) -> None:
     result = _result(tmp_path, size=80, crs="EPSG:4326", res=0.0001, origin=(2.36, 48.86), block=(20, 20, 16, 16))
     fig = result.plot()

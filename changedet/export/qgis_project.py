@@ -11,8 +11,9 @@ import re
 import uuid
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -61,34 +62,32 @@ def _srs(parent: ET.Element, crs: Any) -> ET.Element:
     return s
 
 
-def rgb_bands(count: int, descriptions: Sequence[str | None] | None = None) -> tuple[int, int, int] | None:
+def rgb_bands(
+    count: int,
+    descriptions: Sequence[str | None] | None = None,
+    *,
+    colorinterp: Sequence[Any] | None = None,
+    dtypes: Sequence[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> tuple[int, int, int] | None:
     """1-based (red, green, blue) band indexes for a true-colour composite, or None for one grey band.
 
-    Band descriptions win (``B04``/``B4``/``red``, ``B03``/``green``, ``B02``/``blue``); else 13 bands are
-    taken as Sentinel-2 L1C (B04, B03, B02 = bands 4, 3, 2) and 3 or more as RGB (1, 2, 3).
+    The bands a true-colour model reads (:func:`changedet.io.bands.display_bands`, shared with the figures of
+    :mod:`changedet.plotting`): named ``B04``/``B4``/``red``/``SR_B4``, ``B03``..., ``B02``... (Landsat 4-7 or
+    8/9 numbering as the ``SPACECRAFT_ID`` tag or the band set says), or marked red, green, blue by the colour
+    interpretation; else 13 bands are taken as Sentinel-2 L1C (B04, B03, B02 = bands 4, 3, 2) and 3 or more as
+    RGB (1, 2, 3).
 
     >>> rgb_bands(13), rgb_bands(3), rgb_bands(4, ["B02", "B03", "B04", "B08"]), rgb_bands(1)
     ((4, 3, 2), (1, 2, 3), (3, 2, 1), None)
+    >>> rgb_bands(3, colorinterp=["blue", "green", "red"])
+    (3, 2, 1)
     """
-    names = [str(d or "").strip().lower() for d in (descriptions or [])]
-    aliases = {
-        "red": ("b04", "b4", "red", "r"),
-        "green": ("b03", "b3", "green", "g"),
-        "blue": ("b02", "b2", "blue", "b"),
-    }
-    found: dict[str, int] = {}
-    for key, alias in aliases.items():
-        for i, n in enumerate(names):
-            if n in alias:
-                found[key] = i + 1
-                break
-    if len(found) == 3:
-        return (found["red"], found["green"], found["blue"])
-    if count == 13:
-        return (4, 3, 2)
-    if count >= 3:
-        return (1, 2, 3)
-    return None
+    from changedet.io.bands import display_bands
+
+    return display_bands(SimpleNamespace(
+        count=count, descriptions=tuple(descriptions or ()), colorinterp=tuple(colorinterp or ()),
+        dtypes=tuple(dtypes or ()), tags=dict(tags or {})))
 
 
 def _stretch(ds: Any, bands: Sequence[int]) -> list[tuple[float, float]]:
@@ -235,6 +234,7 @@ def write_qgis_project(
     """
     import rasterio
 
+    from changedet.io.bands import display_bands
     from changedet.io.raster import atomic_output
 
     out = Path(outdir)
@@ -274,7 +274,7 @@ def write_qgis_project(
                 renderer = _change_renderer()
             else:
                 mapping = (tuple(int(b) for b in band_mapping) if band_mapping is not None
-                           else rgb_bands(ds.count, ds.descriptions))
+                           else display_bands(ds))  # what a true-colour model reads: names, colours, Landsat
                 if mapping is not None and len(mapping) != 3:
                     raise InputError(f"band_mapping must be three 1-based bands (red, green, blue), found {mapping}.")
                 renderer = _rgb_renderer(ds, mapping)  # type: ignore[arg-type]

@@ -5,16 +5,66 @@ Sentinel-2 names its bands ``B01`` .. ``B12`` and ``B8A`` (Google Earth Engine w
 Landsat 8/9 numbers blue, green, red 2, 3, 4 like Sentinel-2, Landsat 4-7 numbers them 1, 2, 3. A raster may also
 mark its bands' colours (GDAL's colour interpretation) or name them (``Red``, ``green``). ``changedet stack`` records
 the sensor as the ``SPACECRAFT_ID`` tag (``LANDSAT_5``, ``LANDSAT_8``, ``SENTINEL_2A``, ...), which settles the
-Landsat numbering where the band names alone cannot.
+Landsat numbering where the band names alone cannot. :func:`display_bands` picks the red, green and blue bands the
+figures and the QGIS project show with the same identification.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["band_colours", "identified_bands"]
+__all__ = ["band_colours", "display_bands", "identified_bands"]
+
+#: A true-colour display's bands, in display order (red, green, blue), as a model's band names.
+_DISPLAY_RGB = ("B04", "B03", "B02")
+
+
+def display_bands(info: Any) -> tuple[int, int, int] | None:
+    """1-based (red, green, blue) bands of a true-colour display of a raster, or None for a one-band grey display.
+
+    The bands a true-colour model reads (:func:`identified_bands` for ``B04``, ``B03``, ``B02``): by Sentinel-2 name,
+    else by colour (GDAL's colour interpretation, names such as ``Red`` or ``SR_B4``, Landsat 4-7 or 8/9 numbering
+    as the ``SPACECRAFT_ID`` tag says), else bands 4, 3, 2 of an unnamed 13-band (Sentinel-2) raster; otherwise
+    bands 1, 2, 3 of a raster with 3 or more bands. Used by :mod:`changedet.plotting` (``plot()``, the quick-look,
+    ``explore()``) and :mod:`changedet.export` (the QGIS project), so that they show what the model reads.
+
+    ``info`` is a :class:`~changedet.io.metadata.RasterInfo`, an open rasterio dataset or any object with ``count``
+    and ``descriptions`` (``colorinterp``, ``dtypes`` and ``tags`` are used where present).
+
+    >>> from types import SimpleNamespace as NS
+    >>> display_bands(NS(count=7, descriptions=tuple(f"SR_B{i}" for i in range(1, 8))))
+    (4, 3, 2)
+    >>> display_bands(NS(count=3, descriptions=(None,) * 3, colorinterp=("blue", "green", "red")))
+    (3, 2, 1)
+    >>> display_bands(NS(count=4, descriptions=(None,) * 4)), display_bands(NS(count=1, descriptions=(None,)))
+    ((1, 2, 3), None)
+    """
+    info = _band_info(info)
+    found = identified_bands(info, _DISPLAY_RGB)
+    if found is not None and len(found) == 3:
+        return (found[0], found[1], found[2])
+    if info.count == 13:  # Sentinel-2 L1C in sensor order whatever its bands are called
+        return (4, 3, 2)
+    return (1, 2, 3) if info.count >= 3 else None
+
+
+def _band_info(info: Any) -> SimpleNamespace:
+    """What :func:`band_colours` reads from ``info`` (a RasterInfo, an open rasterio dataset or a stand-in): count,
+    descriptions, colour interpretation names (rasterio's ``ColorInterp`` members by name), dtypes and tags."""
+    descriptions = tuple(getattr(info, "descriptions", None) or ())
+    count = int(getattr(info, "count", None) or len(descriptions))
+    interp = tuple(str(getattr(c, "name", c)).lower() for c in (getattr(info, "colorinterp", None) or ()))
+    tags = getattr(info, "tags", None)
+    if callable(tags):  # a rasterio dataset's tags()
+        try:
+            tags = tags()
+        except Exception:  # noqa: BLE001 - no tags to read: the names and colours still decide
+            tags = {}
+    return SimpleNamespace(count=count, descriptions=descriptions, colorinterp=interp,
+                           dtypes=tuple(str(d) for d in (getattr(info, "dtypes", None) or ())), tags=dict(tags or {}))
 
 
 def identified_bands(info: Any, want: Sequence[str]) -> list[int] | None:
@@ -82,11 +132,12 @@ def band_colours(info: Any) -> list[str]:
     >>> band_colours(NS(colorinterp=(), descriptions=tuple(f"SR_B{i}" for i in range(1, 8))))
     ['', 'blue', 'green', 'red', '', '', '']
     """
-    interp = [str(c).lower() for c in (getattr(info, "colorinterp", None) or ())]
-    names = [str(d).strip().upper() if d else "" for d in (getattr(info, "descriptions", None) or ())]
+    info = _band_info(info)  # also an open rasterio dataset (ColorInterp members, tags())
+    interp = list(info.colorinterp)
+    names = [str(d).strip().upper() if d else "" for d in info.descriptions]
     level1 = _landsat_level1_names(names)
-    dtypes = [str(d) for d in (getattr(info, "dtypes", None) or ())]
-    spacecraft = str((getattr(info, "tags", None) or {}).get("SPACECRAFT_ID", "")).upper()
+    dtypes = list(info.dtypes)
+    spacecraft = str(info.tags.get("SPACECRAFT_ID", "")).upper()
     is_89 = _landsat_is_89(names, dtypes, level1, spacecraft)
     landsat: dict[str, str] = _LANDSAT_89 if is_89 else ({} if is_89 is None else _LANDSAT_47)
     if level1 and is_89 is None:  # B1 .. Bn that only the sensor could tell apart: no colour from the names

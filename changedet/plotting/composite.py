@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["CHANGE_COLOR", "OUTLINE_COLOR", "RGB_NAMES", "rgb_composite", "rgb_indexes", "stretch_limits"]
 
-#: Band names tried, in order, for a true-colour composite (Sentinel-2, then generic names).
+#: Band names of a true-colour composite (Sentinel-2, then generic names); kept for reference: :func:`rgb_indexes`
+#: identifies the bands with :func:`changedet.io.bands.display_bands`.
 RGB_NAMES = (("B04", "B03", "B02"), ("B4", "B3", "B2"), ("RED", "GREEN", "BLUE"), ("R", "G", "B"))
 #: Colour of the change in every figure and map: polygons' fill, the mask overlay.
 CHANGE_COLOR = "#ff2200"
@@ -31,19 +33,31 @@ def _out_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def rgb_indexes(descriptions: Sequence[str | None] | None, count: int) -> list[int]:
-    """1-based band indexes of a true-colour composite: named red/green/blue bands, else 1-3, else band 1.
+def rgb_indexes(
+    descriptions: Sequence[str | None] | None,
+    count: int,
+    *,
+    colorinterp: Sequence[Any] | None = None,
+    dtypes: Sequence[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> list[int]:
+    """1-based band indexes of a true-colour composite: the red, green and blue bands a true-colour model reads
+    (:func:`changedet.io.bands.display_bands`: Sentinel-2 names, colour interpretation, colour names, Landsat
+    numbering per the ``SPACECRAFT_ID`` tag, 13 unnamed bands as Sentinel-2), else 1-3, else band 1.
 
     >>> rgb_indexes(["B01", "B02", "B03", "B04", "B05"], 5)
     [4, 3, 2]
+    >>> rgb_indexes([None] * 3, 3, colorinterp=["blue", "green", "red"])
+    [3, 2, 1]
     >>> rgb_indexes([None, None, None, None], 4), rgb_indexes(["pan"], 1)
     ([1, 2, 3], [1])
     """
-    names = [str(d).strip().upper() if d else "" for d in (descriptions or ())]
-    for triple in RGB_NAMES:
-        if all(t in names for t in triple):
-            return [names.index(t) + 1 for t in triple]
-    return [1, 2, 3] if count >= 3 else [1]
+    from changedet.io.bands import display_bands
+
+    info = SimpleNamespace(count=count, descriptions=tuple(descriptions or ()), colorinterp=tuple(colorinterp or ()),
+                           dtypes=tuple(dtypes or ()), tags=dict(tags or {}))
+    found = display_bands(info)
+    return list(found) if found is not None else [1]
 
 
 def stretch_limits(
@@ -136,11 +150,14 @@ def _read_on_grid(
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
+    from changedet.io.bands import display_bands
+
     ds, close = _open(source)
     if ds is None:
         return None
     try:
-        idx = rgb_indexes(ds.descriptions, ds.count)
+        rgb = display_bands(ds)  # the bands a true-colour model reads (names, colour marks, Landsat numbering)
+        idx = list(rgb) if rgb is not None else [1]
         if ds.crs is not None and crs is not None:
             with WarpedVRT(ds, crs=crs, transform=transform, width=width, height=height,
                            resampling=Resampling.bilinear) as vrt:
