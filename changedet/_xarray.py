@@ -21,7 +21,11 @@ import numpy as np
 
 from changedet.errors import InputError
 
-__all__ = ["dataarray_to_geotiff", "is_xarray", "write_dataarrays"]
+__all__ = ["XARRAY_TMP_PREFIX", "dataarray_to_geotiff", "is_xarray", "write_dataarrays"]
+
+#: Prefix of the temporary folders that hold the GeoTIFFs written from xarray inputs (the same as
+#: ``changedet.api.outputs._XARRAY_TMP_PREFIX``, by which reports recognise in-memory inputs).
+XARRAY_TMP_PREFIX = "changedet-xarray-"
 
 _DATE_ATTRS = ("ACQUISITION_DATE", "acquisition_date", "datetime", "date", "time", "start_datetime")
 
@@ -75,7 +79,9 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
     ------
     InputError
         A Dataset instead of a DataArray, no spatial dimensions, more than one non-spatial dimension, a data type
-        that a GeoTIFF cannot hold (e.g. object or text), or rioxarray is not installed.
+        that a GeoTIFF cannot hold (e.g. object or text), rioxarray is not installed, or a CRS without a transform
+        that can be derived (one row or column, or no x/y coordinate values, and no transform written with
+        ``.rio.write_transform``).
 
     Examples
     --------
@@ -141,7 +147,7 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
     if x_dim in da.coords and da.sizes[x_dim] > 1 and float(da[x_dim][1]) < float(da[x_dim][0]):
         da = da.isel({x_dim: slice(None, None, -1)})
     crs = da.rio.crs
-    transform = da.rio.transform(recalc=True)
+    transform = _transform_of(da, x_dim, y_dim, crs, name)
     count, height, width = (int(s) for s in da.shape)
 
     descriptions = _band_names(da, band_dim, data.attrs.get("long_name"), count)
@@ -178,6 +184,100 @@ def dataarray_to_geotiff(data: Any, path: str | os.PathLike[str], *, name: str =
         if date is not None:
             dst.update_tags(ACQUISITION_DATE=date.isoformat())
     return out
+
+
+def _transform_of(da: Any, x_dim: Any, y_dim: Any, crs: Any, name: str) -> Any:
+    """The transform of a north-up, west-to-east DataArray (band, y, x) with its x/y coordinates.
+
+    rioxarray derives the pixel size from the spacing of the coordinates: along an axis of one row or one column
+    it cannot, and ``da.rio.transform(recalc=True)`` falls back to the transform the array carries
+    (``.rio.write_transform``, rioxarray's ``GeoTransform`` of a file it opened) or to the identity. Here the pixel
+    size of such an axis comes from the transform the array carries and the position from its coordinate (a
+    carried transform may be the one of a larger array a row was selected from). With a CRS and no transform to
+    use, an InputError gives the fix rather than a GeoTIFF with the CRS and the identity transform, which loses
+    the georeferencing.
+    """
+    from affine import Affine
+
+    height, width = int(da.sizes[y_dim]), int(da.sizes[x_dim])
+    if height > 1 and width > 1:
+        transform = da.rio.transform(recalc=True)
+        if crs is not None and transform.is_identity:
+            raise InputError(_no_transform_message(da, x_dim, y_dim, crs, name))
+        return transform
+    stored = _stored_transform(da)
+    if stored is not None and (not stored.is_rectilinear or stored.b or stored.d):
+        return stored  # rotated: as rioxarray does, the carried transform as it is
+
+    def axis(dim: Any, size: int, res_index: int, origin_index: int, sign: float) -> tuple[float, float] | None:
+        """(pixel size, origin) along one axis, None when unknown."""
+        coords = np.asarray(da[dim].values, dtype="float64") if dim in da.coords else None
+        if coords is not None and size > 1:
+            res = float(coords[-1] - coords[0]) / (size - 1)
+            return res, float(coords[0]) - res / 2
+        if stored is None:
+            return None
+        res = float(stored[res_index])
+        if coords is None:  # no coordinate values: the carried transform as it is
+            return res, float(stored[origin_index])
+        res = sign * abs(res)  # one row (column): north-up (west-to-east), placed at its coordinate
+        return res, float(coords[0]) - res / 2
+
+    x = axis(x_dim, width, 0, 2, 1.0)
+    y = axis(y_dim, height, 4, 5, -1.0)
+    if x is None or y is None:
+        if crs is None:
+            return Affine.identity()  # pixel coordinates, as for any array without a CRS
+        raise InputError(_no_transform_message(da, x_dim, y_dim, crs, name))
+    return Affine(x[0], 0.0, x[1], 0.0, y[0], y[1])
+
+
+def _stored_transform(da: Any) -> Any:
+    """The transform a DataArray carries (rioxarray's ``GeoTransform`` of its grid mapping, or an old-style
+    ``transform`` attribute), None when it carries none."""
+    from affine import Affine
+
+    try:
+        grid_mapping = da.rio.grid_mapping
+        text = da.coords[grid_mapping].attrs.get("GeoTransform") if grid_mapping in da.coords else None
+        if text:
+            return Affine.from_gdal(*(float(v) for v in str(text).split()[:6]))
+        attr = da.attrs.get("transform")
+        if attr is not None and len(attr) >= 6:
+            return Affine(*(float(v) for v in list(attr)[:6]))
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None
+    return None
+
+
+def _no_transform_message(da: Any, x_dim: Any, y_dim: Any, crs: Any, name: str) -> str:
+    """Why a DataArray with a CRS has no usable transform, and the ``.rio.write_transform`` that fixes it."""
+    from changedet.io.raster import crs_to_string
+
+    height, width = int(da.sizes[y_dim]), int(da.sizes[x_dim])
+    xs = np.asarray(da[x_dim].values, dtype="float64") if x_dim in da.coords else None
+    ys = np.asarray(da[y_dim].values, dtype="float64") if y_dim in da.coords else None
+    if xs is None or ys is None:
+        found = f"it has no {x_dim}/{y_dim} coordinate values"
+    elif height == 1:
+        found = f"it has 1 row: a pixel height cannot be derived from its one {y_dim} coordinate"
+    else:
+        found = f"it has 1 column: a pixel width cannot be derived from its one {x_dim} coordinate"
+    res = None
+    if xs is not None and width > 1:
+        res = float(xs[-1] - xs[0]) / (width - 1)
+    elif ys is not None and height > 1:
+        res = float(ys[0] - ys[-1]) / (height - 1)
+    if res is not None and xs is not None and ys is not None:
+        example = (f"da.rio.write_transform(Affine({res!r}, 0.0, {float(xs[0]) - res / 2!r}, 0.0, {-res!r}, "
+                   f"{float(ys[0]) + res / 2!r})) if its pixels are squares of {res:g}")
+    else:
+        example = "da.rio.write_transform(Affine(pixel_width, 0.0, left, 0.0, -pixel_height, top))"
+    return (
+        f"{name}: the xarray.DataArray has a CRS ({crs_to_string(crs)}) but its transform cannot be derived "
+        f"({found}, and it carries no transform written with .rio.write_transform), so its georeferencing would be "
+        f"lost. Give it its transform with rioxarray (from affine import Affine): {example}"
+    )
 
 
 def write_dataarrays(inputs: Sequence[Any], folder: str | os.PathLike[str], names: Sequence[str]) -> list[Any]:

@@ -391,3 +391,62 @@ def test_match_histograms_maps_after_onto_before(tmp_path: Path) -> None:
             assert a[band].mean() == pytest.approx(b[band].mean(), abs=0.01)
             assert a[band].std() == pytest.approx(b[band].std(), rel=0.05)
         assert "histogram-matched" in " ".join(pair.report.notes)
+
+
+# -- inputs detect accepts: DataArrays, and closed datasets refused clearly -------------------------------------
+def test_check_pair_and_open_pair_accept_the_dataarrays_detect_accepts(tmp_path: Path) -> None:
+    rioxarray = pytest.importorskip("rioxarray", reason="rioxarray is not installed (pip install 'changedet[notebook]')")
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    b, a = rioxarray.open_rasterio(before), rioxarray.open_rasterio(after)
+    report = check_pair(b, a)
+    assert report.ok, report.problems
+    assert (report.before, report.after) == ("before (xarray.DataArray)", "after (xarray.DataArray)")
+    assert check_pair(before, a).ok  # one of each
+    with open_pair(before, after) as ref:
+        expected = ref.read()
+    with open_pair(b, a) as pair:
+        folder = Path(pair.before_info.path).parent
+        assert folder.name.startswith("changedet-xarray-") and folder.is_dir()
+        assert pair.report.before == "before (xarray.DataArray)"
+        for got, want in zip(pair.read(), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert not folder.exists()  # the temporary GeoTIFFs go with the pair
+    bare = a.drop_vars("spatial_ref")  # no CRS beside a path with one: the rioxarray fix, from both
+    report = check_pair(before, bare)
+    assert not report.ok and report.problem_classes == [NotGeoreferencedError]
+    assert '.rio.write_crs("EPSG:32631")' in report.problems[0]
+    with pytest.raises(NotGeoreferencedError, match=r'after: .*\.rio\.write_crs\("EPSG:32631"\)'):
+        open_pair(before, bare)
+
+
+def test_check_pair_with_dataarrays_does_not_import_torch(tmp_path: Path) -> None:
+    pytest.importorskip("rioxarray")
+    import subprocess
+    import sys
+
+    before, after = make_pair(tmp_path, "aligned", size=32)
+    code = ("import sys, rioxarray, changedet.io as cio; "
+            f"r = cio.check_pair(rioxarray.open_rasterio({str(before)!r}), rioxarray.open_rasterio({str(after)!r})); "
+            "print(r.ok, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
+
+
+def test_closed_datasets_are_a_read_error_naming_the_file_and_the_fix(tmp_path: Path,
+                                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    from changedet.api import detect
+
+    before, after = make_pair(tmp_path, "aligned", size=32)
+    with rasterio.open(before) as b, rasterio.open(after) as a:
+        pass  # opened in a notebook cell's `with` block that has ended
+    capfd.readouterr()
+    fix = rf"{before}: the rasterio dataset given is closed .* Pass the path \('{before}'\) instead, or keep the"
+    report = check_pair(b, after)
+    assert not report.ok and report.problem_classes == [RasterReadError]
+    assert "is closed" in report.problems[0] and f"Pass the path ('{before}')" in report.problems[0]
+    with pytest.raises(RasterReadError, match=fix):
+        open_pair(b, a)
+    with pytest.raises(RasterReadError, match=fix):
+        detect(b, a, method="cva", output_dir=tmp_path / "out", quicklook=False)
+    assert not (tmp_path / "out").exists()
+    assert "ERROR" not in capfd.readouterr().err  # no GDAL "Pointer 'hObject' is NULL" lines

@@ -422,3 +422,24 @@ def test_a_vrt_whose_source_is_missing_names_that_source(tmp_path: Path) -> None
     with pytest.raises(RasterReadError, match=r"part\.tif: No such file") as err:
         open_raster(tmp_path / "mosaic.vrt")
     assert "See previous exception" not in str(err.value)
+
+
+def test_a_closed_dataset_is_a_read_error_saying_to_pass_the_path(tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    path = make_geotiff(tmp_path / "a.tif", np.zeros((1, 8, 8), "uint8"))
+    with rasterio.open(path) as ds:
+        pass
+    capfd.readouterr()
+    for call in (raster_info, read_window):
+        with pytest.raises(RasterReadError, match=rf"{path}: the rasterio dataset given is closed .*Pass the path"):
+            call(ds)
+    assert "ERROR" not in capfd.readouterr().err
+
+
+def test_a_dataarray_given_to_open_raster_is_told_what_to_do(tmp_path: Path) -> None:
+    rioxarray = pytest.importorskip("rioxarray")
+    from changedet.errors import InputError
+
+    da = rioxarray.open_rasterio(make_geotiff(tmp_path / "a.tif", np.zeros((1, 8, 8), "uint8")))
+    with pytest.raises(InputError, match=r"check_pair and open_pair accept an xarray\.DataArray.*da\.rio\.to_raster"):
+        open_raster(da)

@@ -130,3 +130,51 @@ def test_long_name_names_the_bands_of_a_dataarray_without_a_band_coordinate() ->
     assert _band_names(bare, "band", ("B04", "B03", "B02"), 3) == ["B04", "B03", "B02"]
     numbered = bare.assign_coords(band=[3, 2, 1])  # rioxarray's numbers, reordered: the names follow them
     assert _band_names(numbered, "band", ("B01", "B02", "B03"), 3) == ["B03", "B02", "B01"]
+
+
+def test_a_one_row_or_column_dataarray_keeps_its_georeferencing_or_gets_the_fix(pair: tuple[Path, Path],
+                                                                                 tmp_path: Path) -> None:
+    import xarray as xr
+    from affine import Affine
+
+    from changedet.errors import InputError
+
+    xs, ys = 650000.75 + 1.5 * np.arange(300), np.array([5279999.25])
+    rng = np.random.default_rng(0)
+
+    def row(values: np.ndarray) -> xr.DataArray:
+        return xr.DataArray(values, dims=("band", "y", "x"), coords={"y": ys, "x": xs}).rio.write_crs("EPSG:32634")
+
+    b = rng.uniform(0, 255, (3, 1, 300)).astype("float32")
+    a = b.copy()
+    a[:, :, 100:140] = 255 - a[:, :, 100:140]
+    fix = r"before: .*has a CRS \(EPSG:32634\) .*1 row.*Affine\(1\.5, 0\.0, 650000\.0, 0\.0, -1\.5, 5280000\.0\)"
+    with pytest.raises(InputError, match=fix):  # not a result in pixel coordinates blaming a temporary file
+        detect(row(b), row(a), method="cva", quicklook=False, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    column = row(b).transpose("band", "x", "y").rename({"x": "y", "y": "x"}).assign_coords(y=5279999.25 - xs)
+    with pytest.raises(InputError, match=r"1 column.*\.rio\.write_transform\(Affine\("):
+        dataarray_to_geotiff(column.rio.write_crs("EPSG:32634"), tmp_path / "c.tif")
+    nothing = xr.DataArray(b[:, :, :4].repeat(4, axis=1), dims=("band", "y", "x")).rio.write_crs("EPSG:32634")
+    with pytest.raises(InputError, match=r"no x/y coordinate values.*\.rio\.write_transform"):
+        dataarray_to_geotiff(nothing, tmp_path / "n.tif")
+
+    t = Affine(1.5, 0.0, 650000.0, 0.0, -1.5, 5280000.0)  # the transform it carries is used
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NotGeoreferencedWarning
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        warnings.filterwarnings("ignore", category=ResourceWarning)
+        res = detect(row(b).rio.write_transform(t), row(a).rio.write_transform(t), method="cva", quicklook=False)
+    assert str(res.crs) == "EPSG:32634" and res.transform == t
+    assert res.mask[0, 100:140].mean() > 0.8 > 0.2 > res.mask[0, :90].mean()
+
+    # one row or column selected from a file: its position from the coordinate (rioxarray's GeoTransform is still
+    # the whole file's), its pixel size from that GeoTransform
+    full = _open(pair[0])
+    with rasterio.open(pair[0]) as ds:
+        ft = ds.transform
+    for sel, (col, line) in (({"y": slice(10, 11)}, (0, 10)), ({"x": slice(5, 6)}, (5, 0)),
+                             ({"y": slice(10, 11), "x": slice(5, 6)}, (5, 10))):
+        with rasterio.open(dataarray_to_geotiff(full.isel(sel), tmp_path / "one.tif")) as ds:  # type: ignore[attr-defined]
+            assert ds.crs == "EPSG:32631"
+            assert ds.transform == ft * Affine.translation(col, line), sel

@@ -94,10 +94,12 @@ class AlignedPair:
         resampling: str = "bilinear",
         owned: Sequence[DatasetReader] = (),
         shift: ShiftEstimate | None = None,
+        tmp: Any = None,
     ) -> None:
         self._ds_b, self._ds_a = ds_before, ds_after
         self._plan = plan
         self._owned = list(owned)
+        self._tmp = tmp  # a temporary folder (the GeoTIFFs written from xarray inputs), removed by close()
         self._lock = threading.Lock()
         self._pool: futures.ThreadPoolExecutor | None = None  # reads AFTER beside BEFORE (_after_reader)
         self._pool_pid = 0
@@ -334,7 +336,8 @@ class AlignedPair:
 
     # lifetime ---------------------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the warped view and the datasets this pair opened (not datasets passed in open)."""
+        """Close the warped view and the datasets this pair opened (not datasets passed in open), and remove the
+        GeoTIFFs written from xarray inputs."""
         with self._lock:
             self._closed = True
             if self._pool is not None and self._pool_pid == os.getpid():
@@ -348,6 +351,10 @@ class AlignedPair:
                 with contextlib.suppress(Exception):
                     ds.close()
             self._owned = []
+            if self._tmp is not None:
+                with contextlib.suppress(Exception):
+                    self._tmp.cleanup()
+                self._tmp = None
 
     def __enter__(self) -> AlignedPair:
         return self

@@ -19,14 +19,16 @@ names stay importable from here.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 from rasterio.io import DatasetReader
 
 from changedet.errors import (
     CoregistrationWarning,
+    InputError,
     NoOverlapError,
     NothingToCompareWarning,
     PairWarning,
@@ -36,11 +38,16 @@ from changedet.io.aligned_pair import AlignedPair, _needs_mask, _read_masked, pi
 from changedet.io.coregister import COREGISTRATION_WARN_PX, estimate_pair_shift
 from changedet.io.pair_analysis import Indexes, _analyze
 from changedet.io.pair_report import PairReport, _pct
-from changedet.io.raster import open_raster
+from changedet.io.raster import ensure_open, open_raster
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray
 
 __all__ = ["AlignedPair", "PairReport", "align", "check_pair", "open_pair", "pixel_size_m"]
 
-PathOrDataset: TypeAlias = str | os.PathLike[str] | DatasetReader
+#: What :func:`check_pair` and :func:`open_pair` accept for BEFORE and AFTER (an ``xarray.DataArray`` with a CRS,
+#: from rioxarray, is written to a temporary GeoTIFF first, as :func:`changedet.detect` does).
+PathOrDataset: TypeAlias = "str | os.PathLike[str] | DatasetReader | xarray.DataArray"
 
 _MIN_VALID_WARN = 0.5
 
@@ -67,7 +74,9 @@ def check_pair(
     Parameters
     ----------
     before, after
-        Paths or open rasterio datasets.
+        Paths, open rasterio datasets, or ``xarray.DataArray`` objects of (band, y, x) with a CRS (rioxarray),
+        written to temporary GeoTIFFs (``before.tif``, ``after.tif``, the names in the messages) that are removed
+        before this returns.
     indexes
         1-based band indexes used in both dates, or a pair ``([...], [...])`` of lists for BEFORE and AFTER.
     estimate_shift
@@ -89,12 +98,23 @@ def check_pair(
     >>> report.ok, "4 band(s)" in report.problems[0]
     (False, True)
     """
-    report = PairReport(before=_name(before), after=_name(after))
+    report = PairReport(before=_name(before, "before"), after=_name(after, "after"))
+    try:
+        before, after, xr_tmp = _written_dataarrays(before, after)
+    except InputError as exc:  # a DataArray that cannot be written (no spatial dims, no CRS beside one, ...)
+        report.problem(str(exc), type(exc))
+        return report
     opened: list[DatasetReader] = []
     try:
-        datasets = []
+        datasets: list[DatasetReader | None] = []
         for src in (before, after):
             if isinstance(src, DatasetReader):
+                try:
+                    ensure_open(src)
+                except RasterReadError as exc:
+                    report.problem(str(exc), RasterReadError)
+                    datasets.append(None)
+                    continue
                 datasets.append(src)
                 continue
             try:
@@ -111,6 +131,8 @@ def check_pair(
             return report
         ds_b, ds_a = datasets
         full, plan = _analyze(ds_b, ds_a, indexes, resampling)
+        if xr_tmp is not None:  # not the temporary files, removed on return
+            full.before, full.after = report.before, report.after
         if plan is None or not full.ok:
             return full
         with warnings.catch_warnings():
@@ -126,10 +148,43 @@ def check_pair(
     finally:
         for ds in opened:
             ds.close()
+        if xr_tmp is not None:
+            xr_tmp.cleanup()
 
 
-def _name(src: PathOrDataset) -> str:
-    return src.name if isinstance(src, DatasetReader) else os.fspath(src)
+def _name(src: Any, which: str) -> str:
+    """What an input is called in a report: its path, an open dataset's name, ``before (xarray.DataArray)``."""
+    from changedet._xarray import is_xarray
+
+    if isinstance(src, DatasetReader):
+        return str(src.name)
+    if isinstance(src, (str, os.PathLike)):
+        return str(os.fspath(src))
+    if is_xarray(src):
+        return f"{which} (xarray.DataArray)"
+    return str(getattr(src, "name", None) or f"{which} ({type(src).__name__})")
+
+
+def _written_dataarrays(before: Any, after: Any) -> tuple[Any, Any, tempfile.TemporaryDirectory[str] | None]:
+    """BEFORE and AFTER with each ``xarray.DataArray`` written to a GeoTIFF in a new temporary folder (returned,
+    None without DataArrays; the caller removes it), as :func:`changedet.detect` does.
+
+    Raises
+    ------
+    InputError
+        A DataArray cannot be written (see :func:`changedet._xarray.write_dataarrays`); nothing is left behind.
+    """
+    from changedet._xarray import XARRAY_TMP_PREFIX, is_xarray, write_dataarrays
+
+    if not (is_xarray(before) or is_xarray(after)):
+        return before, after, None
+    tmp = tempfile.TemporaryDirectory(prefix=XARRAY_TMP_PREFIX)
+    try:
+        written = write_dataarrays([before, after], tmp.name, ["before", "after"])
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return written[0], written[1], tmp
 
 
 #: Share of the compared pixels that may be 0 in every band of a date whose nodata is not 0 before a warning says
@@ -230,7 +285,9 @@ def open_pair(
     Parameters
     ----------
     before, after
-        Paths or open rasterio datasets (datasets passed in are not closed by the pair).
+        Paths or open rasterio datasets (datasets passed in are not closed by the pair), or ``xarray.DataArray``
+        objects of (band, y, x) with a CRS (rioxarray), written to temporary GeoTIFFs (``before.tif``,
+        ``after.tif``) that the pair reads and removes when it is closed.
     indexes
         1-based band indexes for both dates, or ``([...], [...])`` for BEFORE and AFTER separately.
     resampling
@@ -254,7 +311,10 @@ def open_pair(
     Raises
     ------
     RasterReadError, NotGeoreferencedError, PairMismatchError, NoOverlapError
-        When the pair cannot be compared; the message lists every problem (see :func:`check_pair`).
+        When the pair cannot be compared; the message lists every problem (see :func:`check_pair`). A closed
+        rasterio dataset is a RasterReadError.
+    InputError
+        An input that is not a path, a dataset or a usable DataArray.
 
     Warns
     -----
@@ -277,6 +337,11 @@ def open_pair(
     >>> any(w.category.__name__ == "ReprojectedInputWarning" for w in caught)
     True
     """
+    names = (_name(before, "before"), _name(after, "after"))
+    for src in (before, after):
+        if isinstance(src, DatasetReader):
+            ensure_open(src)
+    before, after, xr_tmp = _written_dataarrays(before, after)
     owned: list[DatasetReader] = []
     try:
         ds_b = before if isinstance(before, DatasetReader) else open_raster(before)
@@ -286,12 +351,16 @@ def open_pair(
         if ds_a is not after:
             owned.append(ds_a)
         report, plan = _analyze(ds_b, ds_a, indexes, resampling)
+        if xr_tmp is not None:
+            report.before, report.after = names
         report.raise_for_problems()
         assert plan is not None
-        pair = AlignedPair(ds_b, ds_a, plan, report, resampling=resampling, owned=owned)
+        pair = AlignedPair(ds_b, ds_a, plan, report, resampling=resampling, owned=owned, tmp=xr_tmp)
     except BaseException:
         for ds in owned:
             ds.close()
+        if xr_tmp is not None:
+            xr_tmp.cleanup()
         raise
     try:
         _assess_validity(pair, report, allow_empty=allow_empty)

@@ -22,6 +22,8 @@ from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReader, DatasetWriter
 
+from changedet.errors import RasterReadError
+
 __all__ = ["RasterInfo", "crs_to_string", "date_from_name", "date_from_tags", "is_georeferenced"]
 
 # a path as text or os.PathLike (the path type of the raster modules)
@@ -193,7 +195,24 @@ def crs_to_string(crs: CRS | None) -> str | None:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
+def ensure_open(ds: Any) -> None:
+    """Raise :class:`~changedet.errors.RasterReadError` when an open-dataset input (a rasterio dataset) is closed.
+
+    A dataset from a ``with rasterio.open(...) as ds:`` block that has ended still has its name, CRS and transform,
+    but reading its metadata or pixels makes GDAL print ``ERROR 10: Pointer 'hObject' is NULL`` and rasterio raise
+    ``RasterioIOError: Dataset is closed``: this check comes first and says what to pass instead.
+    """
+    if getattr(ds, "closed", False):
+        name = getattr(ds, "name", "the dataset")
+        raise RasterReadError(
+            f"{name}: the rasterio dataset given is closed (its `with rasterio.open(...)` block has ended or "
+            f".close() was called), so it cannot be read. Pass the path ({name!r}) instead, or keep the dataset "
+            "open (call changedet inside the `with` block)."
+        )
+
+
 def _info_from_dataset(ds: DatasetReader | DatasetWriter) -> RasterInfo:
+    ensure_open(ds)
     name = ds.name
     try:
         tags = dict(ds.tags())

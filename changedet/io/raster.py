@@ -39,6 +39,7 @@ from changedet.io.metadata import (  # noqa: F401
     crs_to_string,
     date_from_name,
     date_from_tags,
+    ensure_open,
     is_georeferenced,
 )
 from changedet.io.output import atomic_output
@@ -115,6 +116,11 @@ def unsupported_input_message(obj: Any) -> str:
                 f"BEFORE's grid itself (reprojecting and resampling it): pass the file the VRT was made from "
                 f"({src}), or save the VRT with rasterio.shutil.copy(vrt, 'after.vrt', driver='VRT') and pass "
                 "that path")
+    if type(obj).__module__.split(".")[0] == "xarray":
+        return (f"an xarray {kind} was given where a raster file or an open rasterio dataset is expected; "
+                "changedet.detect, detect_series, check_pair and open_pair accept an xarray.DataArray with a CRS "
+                "(rioxarray), but this function reads a path or a dataset opened with rasterio.open(): write the "
+                "array to a GeoTIFF first (da.rio.to_raster('before.tif')) and pass that path")
     article = "an" if kind[:1].lower() in "aeiou" else "a"
     return f"{article} {kind} was given where a raster is expected; {accepted}"
 
@@ -351,8 +357,10 @@ def read_window(
     Raises
     ------
     RasterReadError
-        The indexes are out of range or the pixels cannot be read (truncated file, I/O error).
+        The dataset is closed, the indexes are out of range or the pixels cannot be read (truncated file, I/O
+        error).
     """
+    ensure_open(ds)
     if indexes is None:
         idx = list(range(1, ds.count + 1))
     elif isinstance(indexes, int | np.integer):
