@@ -34,9 +34,11 @@ import numpy as np
 
 from changedet.errors import InputError
 from changedet.metrics import (
+    DETECT_MASK_NODATA,
     ConfusionMatrix,
     PRCurve,
     confusion_matrix,
+    detect_mask_nodata_count,
     f1_optimal_threshold,
     otsu_threshold,
     pool,
@@ -241,7 +243,9 @@ def evaluate_paths(
     ----------
     pred : path
         A ``change.tif`` (0/1, nodata 255), any 0/non-zero mask, or a probability raster with ``threshold``;
-        or a folder of them.
+        or a folder of them. A raster that declares no nodata value and holds only 0, 1 and 255 (with some 1 and
+        some 255) is a ``change.tif`` whose nodata tag was lost: its 255s are no data, with a warning
+        (:func:`~changedet.metrics.detect_mask_nodata_count`, the rule ``vectorize`` follows).
     truth : path
         The reference raster(s): non-zero is change unless ``truth_change_values`` says which values are; a truth
         holding only 1 and 2 is read as OSCD's labels (1 no change, 2 change), with a warning, and so is a truth of
@@ -251,7 +255,8 @@ def evaluate_paths(
     threshold : float, optional
         Predict change where the prediction value is >= threshold (for probability rasters).
     ignore_value : float, optional
-        Truth value to leave out of the scores (e.g. an "unknown" class).
+        Truth value to leave out of the scores (e.g. an "unknown" class). It is left out first, as nodata is, so
+        a truth of 0 (unknown), 1 and 2 with ``ignore_value=0`` is read as OSCD's 1/2 labels.
     truth_change_values, truth_no_change_values : sequence of float, optional
         Which truth values are change and which are no change (others are ignored), e.g. ``[2]`` and ``[1]`` for the
         OSCD label files.
@@ -266,11 +271,33 @@ def evaluate_paths(
     oscd_labels: list[str] = []
     ones_only: list[int] = []  # rows whose truth holds only 1s: OSCD's "no change" when the others are OSCD
     nodata_warned: set[Path] = set()  # truths whose nodata value is a class, warned about once
+    encoded_warned: set[Path] = set()  # predictions read as detect's 0/1/255 mask without its nodata tag
 
     def score(pred_path: Path, truth_path: Path, oscd: bool | None) -> tuple[dict[str, Any], ConfusionMatrix, bool]:
-        p, p_valid, p_crs, p_transform, _ = _read_band(pred_path)
+        p, p_valid, p_crs, p_transform, p_nodata = _read_band(pred_path)
         t, t_valid, t_crs, t_transform, t_nodata = _read_band(truth_path)
-        if t_nodata is not None and not t_valid.all():
+        if p_nodata is None:  # detect's change.tif (0/1, 255 no data) whose nodata tag was lost
+            n_nodata = detect_mask_nodata_count([p])
+            if n_nodata is not None:
+                p_valid = p_valid & (p != DETECT_MASK_NODATA)
+                if pred_path not in encoded_warned:
+                    import warnings
+
+                    from changedet.errors import ChangedetWarning
+
+                    encoded_warned.add(pred_path)
+                    warnings.warn(
+                        f"{pred_path}: declares no nodata value but holds only the values 0, 1 and 255, as the "
+                        "change.tif of changedet detect does (0 no change, 1 change, 255 no data): its "
+                        f"{n_nodata} pixels of 255 are read as no data and left out of the scores, not scored as "
+                        f"change; tag them (gdal_edit.py -a_nodata 255 {pred_path.name}) to say so, or recode "
+                        "them to 1 to score them as change",
+                        ChangedetWarning,
+                        stacklevel=3,
+                    )
+        if ignore_value is not None:  # before the truth's value conventions are read from what remains
+            t_valid = t_valid & (t != ignore_value)
+        if t_nodata is not None and not t_valid.all() and (ignore_value is None or t_nodata != ignore_value):
             cls = label_nodata_class(t_nodata, np.unique(t[t_valid]), change_values=truth_change_values,
                                      no_change_values=truth_no_change_values)
             if cls is not None:  # a 0/255 truth tagged nodata=0: its "no change" pixels are not unknown
@@ -299,8 +326,6 @@ def evaluate_paths(
         ones = bool(t_valid.any()) and bool((t[t_valid] == 1).all())
         change, known = binarize_truth(t, change_values=change_values, no_change_values=no_change_values)
         valid = p_valid & t_valid & known
-        if ignore_value is not None:
-            valid &= t != ignore_value
         if threshold is not None:
             pred_mask = p >= threshold
         else:

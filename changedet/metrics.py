@@ -24,9 +24,12 @@ import numpy as np
 from changedet.errors import InputError
 
 __all__ = [
+    "DETECT_MASK_NODATA",
+    "DETECT_MASK_VALUES",
     "ConfusionMatrix",
     "PRCurve",
     "confusion_matrix",
+    "detect_mask_nodata_count",
     "f1_optimal_threshold",
     "otsu_threshold",
     "pool",
@@ -330,3 +333,36 @@ def otsu_threshold(
     if values.min() == values.max():
         return float(values.min())
     return float(threshold_otsu(values, nbins=bins))
+
+
+#: The nodata value of the ``change.tif`` that ``changedet detect`` writes.
+DETECT_MASK_NODATA = 255
+#: The values of that ``change.tif``: 0 no change, 1 change, 255 no data.
+DETECT_MASK_VALUES = (0, 1, DETECT_MASK_NODATA)
+
+
+def detect_mask_nodata_count(blocks: Iterable[np.ndarray]) -> int | None:
+    """The number of 255 pixels when ``blocks`` (the windows of a raster that declares no nodata value, or the whole
+    array as one block) hold only the values 0, 1 and 255 (:data:`DETECT_MASK_VALUES`) with both 1 and 255 present:
+    detect's ``change.tif`` encoding (255 = no data) whose nodata tag was lost (``gdal_translate -a_nodata none``, a
+    re-export). None otherwise (a 0/255 or 0/1 mask, any other value, NaN). Stops at the first block holding another
+    value. ``changedet vectorize`` and ``changedet evaluate`` read such a raster's 255s as no data, with a warning.
+
+    >>> detect_mask_nodata_count([np.array([[0, 1], [255, 255]], dtype="uint8")])
+    2
+    >>> detect_mask_nodata_count([np.array([[0, 255]], dtype="uint8")]) is None  # a 0/255 mask: 255 is change
+    True
+    """
+    ones = n255 = 0
+    for block in blocks:
+        m = np.asarray(block)
+        if m.dtype.kind not in "uifb":
+            return None
+        n0 = int(np.count_nonzero(m == 0))
+        n1 = int(np.count_nonzero(m == 1))
+        n2 = int(np.count_nonzero(m == DETECT_MASK_NODATA))
+        if n0 + n1 + n2 != m.size:  # another value (NaN included): not that encoding
+            return None
+        ones += n1
+        n255 += n2
+    return n255 if ones and n255 else None

@@ -162,6 +162,53 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path: Path, opti
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option", [{"tile_size": 0}, {"tile_size": 1}, {"tile_size": 15}, {"tile_size": 8193},
+                                    {"tile_size": 17.5}, {"tile_size": True}, {"batch_size": 0},
+                                    {"batch_size": -3}, {"batch_size": 257}, {"batch_size": 2.5}])
+def test_tile_and_batch_sizes_the_cli_refuses_are_refused_in_python_too(tmp_path: Path, option: dict) -> None:
+    """detect(), detect_series() and the batch's option check take the CLI's --tile-size and --batch-size ranges
+    (one definition for both), not values that the CLI refuses (exit 2); tile_size=0 names --tile-size, not
+    --overlap."""
+    import click
+
+    from changedet.api.options import BATCH_SIZE_RANGE, TILE_SIZE_RANGE
+    from changedet.cli.detect import command as detect_command
+    from changedet.distributed import _check_options as check_batch_options
+    from changedet.errors import InputError
+    from changedet.series import detect_series
+
+    (name, value), = option.items()
+    flag = "--" + name.replace("_", "-")
+    match = rf"^{flag} must be a whole number from \d+ to \d+ .*got {value!r}$"
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    with pytest.raises(InputError, match=match):
+        detect(before, after, method="cva", output_dir=tmp_path / "out", quicklook=False, overlap=0, **option)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match=match):
+        detect_series([before, after, after], method="cva", output_dir=tmp_path / "series", overlap=0, **option)
+    with pytest.raises(InputError, match=match):
+        check_batch_options({"method": "cva", "overlap": 0, **option})
+    # the CLI's limits are the same numbers; it refuses the whole numbers outside them with exit 2
+    ranges = {p.name: p.type for p in detect_command.params if p.name in ("tile_size", "batch_size")}
+    assert isinstance(ranges["tile_size"], click.IntRange) and isinstance(ranges["batch_size"], click.IntRange)
+    assert (ranges["tile_size"].min, ranges["tile_size"].max) == TILE_SIZE_RANGE
+    assert (ranges["batch_size"].min, ranges["batch_size"].max) == BATCH_SIZE_RANGE
+    if isinstance(value, int) and not isinstance(value, bool):
+        res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "cli"), "--method",
+                                       "cva", "--overlap", "0", flag, str(value)])
+        assert res.exit_code == 2 and flag in res.output
+
+
+def test_tile_and_batch_sizes_at_the_limits_are_taken(tmp_path: Path) -> None:
+    from changedet.api.options import BATCH_SIZE_RANGE, TILE_SIZE_RANGE
+
+    before, after = make_pair(tmp_path, "aligned", size=64)
+    for k, (tile, batch) in enumerate(zip(TILE_SIZE_RANGE, BATCH_SIZE_RANGE, strict=True)):
+        result = detect(before, after, method="cva", output_dir=tmp_path / f"out{k}", quicklook=False,
+                        vectorize=False, overlap=0, tile_size=tile, batch_size=np.int64(batch))
+        assert (result.report["tiling"]["tile_size"], result.report["tiling"]["batch_size"]) == (tile, batch)
+
+
 def test_a_failed_run_leaves_no_folder_it_created(tmp_path: Path) -> None:
     from changedet.errors import InputError
 

@@ -163,6 +163,60 @@ def test_evaluate_paths_ignore_value_and_grid_check(tmp_path) -> None:
         evaluate_paths(tmp_path / "shifted.tif", tmp_path / "t.tif")
 
 
+def test_ignore_value_is_left_out_before_oscd_labels_are_recognised(tmp_path) -> None:
+    """0 unknown, 1 no change, 2 change: with ignore_value=0 the rest is OSCD's 1/2, not "non-zero is change"."""
+    truth = np.ones((10, 10), np.uint8)
+    truth[2:4, 2:4] = 2  # 4 changed pixels
+    truth[0, :] = 0  # 10 unknown pixels
+    pred = np.zeros((10, 10), np.uint8)
+    pred[2:4, 2:5] = 1  # 4 TP, 2 FP
+    pred[0, :3] = 1  # on unknown pixels: not scored
+    make_geotiff(tmp_path / "p.tif", pred, dtype="uint8")
+    make_geotiff(tmp_path / "t.tif", truth, dtype="uint8")
+    with pytest.warns(UserWarning, match="OSCD labels"):
+        r = evaluate_paths(tmp_path / "p.tif", tmp_path / "t.tif", ignore_value=0)
+    assert (r["pooled"]["tp"], r["pooled"]["fp"], r["pooled"]["fn"], r["pooled"]["tn"]) == (4, 2, 0, 84)
+    explicit = evaluate_paths(tmp_path / "p.tif", tmp_path / "t.tif", truth_change_values=[2], truth_no_change_values=[1])
+    assert explicit["pooled"] == r["pooled"]
+
+
+def test_a_prediction_whose_nodata_tag_was_lost_keeps_255_as_nodata(tmp_path) -> None:
+    """detect's change.tif (0/1, 255 no data) without its nodata tag: 255 is no data, as vectorize reads it."""
+    truth = np.zeros((10, 10), np.uint8)
+    truth[2:4, 2:4] = 1
+    pred = (truth == 1).astype(np.uint8)
+    pred[0, 0] = 1  # 1 FP
+    pred[6:, :] = 255  # 40 pixels without data
+    make_geotiff(tmp_path / "t.tif", truth, dtype="uint8")
+    make_geotiff(tmp_path / "tagged.tif", pred, dtype="uint8", nodata=255)
+    make_geotiff(tmp_path / "untagged.tif", pred, dtype="uint8")
+    tagged = evaluate_paths(tmp_path / "tagged.tif", tmp_path / "t.tif")
+    with pytest.warns(UserWarning, match=r"untagged.tif: declares no nodata value .* its 40 pixels of 255 are read as no data"):
+        untagged = evaluate_paths(tmp_path / "untagged.tif", tmp_path / "t.tif")
+    assert untagged["pooled"] == tagged["pooled"]
+    assert (untagged["pooled"]["tp"], untagged["pooled"]["fp"], untagged["pooled"]["tn"]) == (4, 1, 55)
+    # a 0/255 mask (no 1s) keeps "non-zero is change", without a warning
+    make_geotiff(tmp_path / "m255.tif", np.where(pred == 1, 255, pred).astype(np.uint8), dtype="uint8")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = evaluate_paths(tmp_path / "m255.tif", tmp_path / "t.tif")
+    assert (r["pooled"]["tp"], r["pooled"]["fp"], r["pooled"]["tn"]) == (4, 41, 55)
+
+
+def test_vectorize_and_evaluate_share_the_lost_nodata_rule() -> None:
+    from changedet import metrics
+    from changedet.vectorize import sources
+
+    assert sources.DETECT_MASK_VALUES == metrics.DETECT_MASK_VALUES == (0, 1, 255)
+    assert sources.detect_mask_nodata_count is metrics.detect_mask_nodata_count
+    block = np.array([[0, 1], [255, 255]], np.uint8)
+    assert metrics.detect_mask_nodata_count([block, block]) == 4
+    assert metrics.detect_mask_nodata_count([block, np.array([[2]], np.uint8)]) is None
+    assert metrics.detect_mask_nodata_count([np.array([[0, 1]], np.uint8)]) is None
+
+
 def test_detect_folders_score_the_mask_or_with_a_threshold_the_probability(tmp_path) -> None:
     truth = np.zeros((20, 20), np.uint8)
     truth[5:10, 5:10] = 1

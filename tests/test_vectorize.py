@@ -331,6 +331,61 @@ def test_bad_input_errors(tmp_path):
         vectorize(bad)
 
 
+def test_a_float_raster_given_as_the_mask_is_a_probability_as_in_the_cli(tmp_path):
+    """vectorize(probability, threshold=t) thresholds the probability as `changedet vectorize probability.tif
+    --threshold t` does, instead of making every non-zero pixel change (one polygon of the whole scene)."""
+    prob = np.full((60, 60), 0.1, dtype="float32")
+    prob[5:25, 10:30] = 0.9  # 20 x 20 px: 40 000 m2
+    expected = vectorize(None, prob, threshold=0.5, transform=T_UTM, crs=UTM)
+    assert len(expected) == 1 and expected["area_m2"].tolist() == [40000.0]
+    gdf = vectorize(prob, threshold=0.5, transform=T_UTM, crs=UTM)
+    assert gdf["area_m2"].tolist() == [40000.0] and gdf["threshold"].tolist() == [0.5]
+    assert gdf["mean_prob"].tolist() == pytest.approx([0.9])  # read as the probability
+    # a file too; its THRESHOLD tag (as detect writes it) stands in for a threshold not given
+    path = make_geotiff(tmp_path / "probability.tif", prob, crs=UTM, transform=T_UTM, nodata=-1,
+                        tags={"THRESHOLD": "0.5"})
+    for g in (vectorize(path, threshold=0.5), vectorize(path), vectorize(None, path)):
+        assert g["area_m2"].tolist() == [40000.0] and g["threshold"].tolist() == [0.5]
+    # without a threshold or a tag, or with a probability as well: ambiguous, an InputError that names the fix
+    with pytest.raises(InputError, match=r"float raster.*threshold=.*astype\('uint8'\)"):
+        vectorize(prob, transform=T_UTM, crs=UTM)
+    with pytest.raises(InputError, match=r"untagged\.tif.*threshold="):
+        vectorize(make_geotiff(tmp_path / "untagged.tif", prob, crs=UTM, transform=T_UTM))
+    with pytest.raises(InputError, match=r"probability was given too"):
+        vectorize(prob, prob, threshold=0.5, transform=T_UTM, crs=UTM)
+    # integer and boolean masks are still masks: every non-zero pixel is change
+    mask = (prob > 0.5).astype("uint8")
+    for m in (mask, mask.astype(bool)):
+        assert vectorize(m, transform=T_UTM, crs=UTM)["area_m2"].tolist() == [40000.0]
+    # the command line makes the same decision (it calls vectorize with RASTER as the mask)
+    from click.testing import CliRunner
+
+    from changedet.cli.main import cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["vectorize", str(path), str(tmp_path / "p.gpkg"), "--threshold", "0.5", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["area_m2"] == 40000.0, r.output
+    r = runner.invoke(cli, ["vectorize", str(path), str(tmp_path / "q.gpkg"), "--probability", str(path)])
+    assert r.exit_code == 2 and "--probability" in r.output and not (tmp_path / "q.gpkg").exists()
+
+
+def test_a_crs_without_a_transform_is_an_input_error(tmp_path):
+    """crs= alone would label pixel coordinates (column, row) with the CRS: areas of square degrees or pixels read as
+    square metres. The error names the fix."""
+    mask = np.zeros((40, 40), dtype="uint8")
+    mask[5:15, 5:15] = 1
+    with pytest.raises(InputError, match=r"mask: crs=EPSG:4326 was given without transform=.*Pass transform="):
+        vectorize(mask, crs="EPSG:4326")
+    bare = make_geotiff(tmp_path / "bare.tif", mask, crs=None)  # no georeferencing at all
+    with warnings.catch_warnings(), pytest.raises(InputError, match=r"bare\.tif: crs=EPSG:32631 .*without transform="):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said when the file is opened
+        vectorize(bare, crs=UTM)
+    # with the transform, or from a georeferenced file whose transform it keeps, it works
+    assert vectorize(mask, crs=UTM, transform=T_UTM)["area_m2"].tolist() == [10000.0]
+    tif = make_geotiff(tmp_path / "m.tif", mask, crs=UTM, transform=T_UTM)
+    assert vectorize(tif, crs=UTM)["area_m2"].tolist() == [10000.0]
+
+
 def test_vectorize_and_export_do_not_import_torch(tmp_path):
     code = (
         "import sys, numpy as np\n"

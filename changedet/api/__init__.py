@@ -475,7 +475,7 @@ def detect(
     geojson_crs = geojson_crs_option(geojson_crs)
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
                    device=device if method == "model" else None, threshold=threshold, threads=threads,
-                   indexes=indexes)
+                   indexes=indexes, batch_size=batch_size)
     tmp_holder = None
     if output_dir is None:
         tmp_holder = tempfile.TemporaryDirectory(prefix="changedet-")

@@ -17,6 +17,12 @@ from changedet.errors import ChangedetWarning, InputError
 
 METHODS = ("model", "cva", "irmad", "dsfa")
 
+#: The allowed ``tile_size`` (pixels per side) and ``batch_size`` (tiles per forward pass), both ends included: the
+#: ranges of ``--tile-size`` and ``--batch-size`` on the command line and of the keyword arguments in Python
+#: (:func:`_check_options`), so that the two cannot drift apart.
+TILE_SIZE_RANGE = (16, 8192)
+BATCH_SIZE_RANGE = (1, 256)
+
 
 def _env_count(name: str, default: int, what: str) -> int:
     """A whole number >= 1 from the environment variable ``name`` (``default`` when unset or empty); an
@@ -108,9 +114,10 @@ def _ignored_options(*, method: str, vectorize: bool, precision: str, device: st
 
 def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device: str | None,
                    tile_size: int | None = None, threshold: float | None = None, threads: int | None = None,
-                   indexes: Any = None, n_dates: int = 2) -> None:
+                   indexes: Any = None, n_dates: int = 2, batch_size: int | None = None) -> None:
     """Options that can be checked before anything is read or written (an :class:`InputError` naming the option);
-    the tile size is checked against the scene and the model once both are known. ``indexes`` is one list of bands
+    ``tile_size`` and ``batch_size`` must be whole numbers in :data:`TILE_SIZE_RANGE` and :data:`BATCH_SIZE_RANGE`
+    (None: not checked), and the tile size is checked against the scene and the model once both are known. ``indexes`` is one list of bands
     for every date or one list per date: ``n_dates`` lists (BEFORE, AFTER for a pair; one per raster of a series)."""
     import math
     import numbers
@@ -138,6 +145,11 @@ def _check_options(*, overlap: int, blend: str, geojson_crs: str | None, device:
                 f"--indexes gives {len(indexes)} lists of bands for {n_dates} rasters: give one list for every date, "
                 f"or one list per raster, in the order the rasters are given ({n_dates} lists; on the command line "
                 f"separated by ':', such as {':'.join(['1,2,3', '3,2,1', *['1,2,3'] * (n_dates - 2)])})")
+    for name, value, (low, high), unit in (("tile-size", tile_size, TILE_SIZE_RANGE, "pixels per tile side"),
+                                           ("batch-size", batch_size, BATCH_SIZE_RANGE, "tiles per forward pass")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                  or not low <= value <= high):
+            raise InputError(f"--{name} must be a whole number from {low} to {high} ({unit}), got {value!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0:
         raise InputError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
     if isinstance(tile_size, numbers.Integral) and not isinstance(tile_size, bool) and overlap >= tile_size:

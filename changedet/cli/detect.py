@@ -7,6 +7,7 @@ from typing import Any, get_args
 
 import click
 
+from changedet.api.options import BATCH_SIZE_RANGE, TILE_SIZE_RANGE
 from changedet.cli._common import RASTER, echo_json, quiet
 from changedet.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from changedet.types import TTA
@@ -36,10 +37,10 @@ def _indexes(
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint (.safetensors + .json) for an architecture named with --model.")
 @click.option("--method", type=click.Choice(["model", "cva", "irmad", "dsfa"]), default="model", show_default=True, help="Supervised network, or an unsupervised baseline.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Probability threshold (default: the calibrated one).")
-@click.option("--tile-size", type=click.IntRange(16, 8192), default=DEFAULT_TILE_SIZE, show_default=True)
+@click.option("--tile-size", type=click.IntRange(*TILE_SIZE_RANGE), default=DEFAULT_TILE_SIZE, show_default=True)
 @click.option("--overlap", type=click.IntRange(0, 4096), default=DEFAULT_OVERLAP, show_default=True)
 @click.option("--blend", type=click.Choice(["cosine", "mean", "center-crop"]), default="cosine", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(*BATCH_SIZE_RANGE), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 512), default=None, help="torch threads (default: torch's choice).")
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True)
 @click.option("--tta", type=click.Choice(get_args(TTA)), default="none", show_default=True, help="Test-time augmentation: mean probability over flipped/rotated (d4: 8 views) and/or date-swapped views of each tile; one forward pass per view.")

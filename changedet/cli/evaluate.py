@@ -30,7 +30,7 @@ def _fmt(v: Any) -> str:
 @click.argument("truth", type=click.Path(path_type=Path))
 @click.option("--threshold", type=float, default=None,
               help="PRED is a probability raster: change where value >= THRESHOLD.")
-@click.option("--ignore-value", type=float, default=None, help="Truth value to leave out (e.g. an unknown class).")
+@click.option("--ignore-value", type=float, default=None, help="Truth value to leave out (e.g. an unknown class), before the value conventions are read.")
 @click.option("--truth-values", default=None, metavar="NOCHANGE,CHANGE",
               help="Truth values of no change and change, e.g. 1,2 for OSCD labels (other values are ignored).")
 @click.option("--truth-change-value", type=float, default=None,
@@ -50,7 +50,8 @@ def command(
     PRED and TRUTH are two rasters, or two folders whose rasters are matched by name (a detect output folder
     <name>/change.tif matches <name>.tif; with --threshold its probability.tif is scored instead; truth files
     without a prediction are named in a warning). PRED is a change.tif (0/1, nodata 255) or, with --threshold, a
-    probability.tif. TRUTH: non-zero is change, except that a truth of 1s and 2s only is read as OSCD's labels (1
+    probability.tif; a 0/1/255 mask that declares no nodata value is read as a change.tif whose nodata tag was lost
+    (255 no data, with a warning). TRUTH: non-zero is change, except that a truth of 1s and 2s only is read as OSCD's labels (1
     no change, 2 change; a warning says so). Nodata pixels of either raster are ignored. Scores are reported per file and pooled over all
     pixels (the convention of the published OSCD and AirChange results).
     """

@@ -112,9 +112,6 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
     probability >= --threshold (default: the raster's 'threshold' tag). Attributes: id, area_m2, perimeter_m,
     pixel_count, mean_prob, max_prob, before_date, after_date, model, threshold.
     """
-    import numpy as np
-
-    from changedet.errors import InputError
     from changedet.export import write_vectors
     from changedet.export.vector import geojson_crs_option, resolve_geojson_crs
     from changedet.io.raster import open_raster
@@ -131,8 +128,7 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
     with warnings.catch_warnings():  # vectorize() says it (once) when it opens the raster
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with open_raster(raster) as ds:
-            is_float = np.dtype(ds.dtypes[0]).kind == "f"
-            tags = ds.tags()
+            tagged = {str(k).upper() for k in ds.tags()} & {"THRESHOLD", "CHANGEDET_THRESHOLD"}
             raster_crs, bounds = ds.crs, tuple(ds.bounds)
     crs = geojson_crs_option(geojson_crs)
     if kind == "geojson":  # before the work: a CRS the GeoJSON cannot be written in is refused here
@@ -141,28 +137,12 @@ def command(raster: Path, out: Path, threshold: float | None, probability: Path 
     for key in ("model", "before_date", "after_date"):
         if options[key] is None:
             options[key] = defaults[key]
-    mask: Any = raster
-    prob: Any = probability
-    if is_float:
-        if probability is not None:
-            raise InputError(
-                f"{raster}: is a float (probability) raster and --probability was given too; pass the "
-                "change mask as RASTER, or only the probability with --threshold."
-            )
-        if threshold is None:
-            tag = (tags.get("threshold") or tags.get("THRESHOLD") or tags.get("CHANGEDET_THRESHOLD")
-                   or defaults["threshold"])
-            if tag is None:
-                raise InputError(
-                    f"{raster}: is a float raster (a probability), so a --threshold is needed "
-                    "(change = probability >= threshold), e.g. --threshold 0.5; none was given, the raster "
-                    "has no 'threshold' tag and no report.json next to it gives one."
-                )
-            threshold = float(tag)
-        mask, prob = None, raster
-    elif threshold is None and not (tags.get("THRESHOLD") or tags.get("CHANGEDET_THRESHOLD")):
-        threshold = defaults["threshold"]  # the threshold column of a mask without its own tag (a series' count)
-    gdf = vectorize(mask, prob, threshold=threshold, **options)
+    if threshold is None and not tagged:
+        # the threshold of report.json beside the raster: a float (probability) RASTER is thresholded at it, a
+        # mask without its own tag (a series' count) gets it in its threshold column
+        threshold = defaults["threshold"]
+    # vectorize() reads a float RASTER as a probability (change = probability >= threshold), as in Python
+    gdf = vectorize(raster, probability, threshold=threshold, **options)
     paths = write_vectors(
         gdf,
         gpkg_path=out if kind == "gpkg" else None,

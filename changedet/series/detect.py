@@ -153,7 +153,7 @@ def detect_series(
     tta, geojson_crs = _checked_arguments(
         rasters, model, mode=mode, method=method, tta=tta, geojson_crs=geojson_crs, vectorize=vectorize,
         overlap=overlap, blend=blend, tile_size=tile_size, device=device, threshold=threshold, threads=threads,
-        indexes=indexes, resume=resume, progress=progress)
+        indexes=indexes, resume=resume, progress=progress, batch_size=batch_size)
     bar, callback = _progress_bar(progress)
     rasters, xr_tmp = _xarray_written(rasters)  # the GeoTIFFs written from xarray inputs, kept as long as the result
     sources, infos = order_by_date(rasters, keep_order=keep_order)  # here: its warnings name the caller's line
@@ -252,7 +252,7 @@ def detect_series(
 def _checked_arguments(rasters: Sequence[Any], model: Any, *, mode: str, method: str, tta: str,
                        geojson_crs: str | None, vectorize: bool, overlap: int, blend: str, tile_size: int,
                        device: str, threshold: float | None, threads: int | None, indexes: Any, resume: bool,
-                       progress: Any) -> tuple[str, str | None]:
+                       progress: Any, batch_size: int | None = None) -> tuple[str, str | None]:
     """The checks made before anything is read, in this order (an :class:`InputError` naming the option); returns
     the canonical ``tta`` and ``geojson_crs``."""
     from changedet.api import METHODS, _check_options, _checked_tta
@@ -266,7 +266,7 @@ def _checked_arguments(rasters: Sequence[Any], model: Any, *, mode: str, method:
     geojson_crs = geojson_crs_option(geojson_crs)
     _check_options(overlap=overlap, blend=blend, geojson_crs=geojson_crs if vectorize else None, tile_size=tile_size,
                    device=device if method == "model" else None, threshold=threshold, threads=threads,
-                   indexes=indexes, n_dates=len(rasters))
+                   indexes=indexes, n_dates=len(rasters), batch_size=batch_size)
     if resume:
         raise InputError("--resume is not supported with more than two dates; rerun the series (with --overwrite)")
     if method != "model" and model is not None:

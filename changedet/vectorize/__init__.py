@@ -51,9 +51,11 @@ from changedet.vectorize.pieces import _collect_pieces, _merge_pieces
 from changedet.vectorize.sources import (
     ARRAY_NODATA,
     _detect_encoded_nodata,
+    _is_probability,
     _open_source,
     _Source,
     _source_tags,
+    _tagged_threshold,
 )
 from changedet.vectorize.sources import DETECT_MASK_VALUES as DETECT_MASK_VALUES
 
@@ -120,16 +122,22 @@ def vectorize(
     ----------
     mask : numpy.ndarray, path, rasterio dataset or None
         Change mask (row, col) or (1, row, col): non-zero means change, ``nodata`` means no data (not change).
-        ``None`` to derive it from ``probability >= threshold``.
+        ``None`` to derive it from ``probability >= threshold``. A float mask (such as ``probability.tif`` or
+        :attr:`changedet.ChangeResult.probability`) is read as a change probability, as ``changedet vectorize``
+        reads it: change is ``probability >= threshold``, the threshold given or the raster's tag (an
+        :class:`~changedet.errors.InputError` without either, or with a ``probability`` too); give a mask as
+        integers or booleans (``mask.astype("uint8")``) to vectorise its non-zero pixels.
     probability : numpy.ndarray, path, rasterio dataset, optional
         Change probability (0..1) on the same grid; gives ``mean_prob`` and ``max_prob`` (NaN without it).
         Non-finite values, values outside 0..1 and the dataset's nodata (``-1`` in ``probability.tif``) are
         ignored.
     transform, crs : optional
         Georeferencing of array inputs (rasterio ``Affine`` and anything ``pyproj.CRS`` accepts). Taken from the
-        dataset when a path or dataset is given and these are None.
+        dataset when a path or dataset is given and these are None. A ``crs`` without a ``transform`` for an input
+        that has none is an :class:`~changedet.errors.InputError` (pixel coordinates labelled with a CRS).
     threshold : float, optional
-        Decision threshold: required when ``mask`` is None, otherwise only stored in the ``threshold`` column (a
+        Decision threshold: required when ``mask`` is None or a float raster, unless the probability raster carries
+        detect's ``THRESHOLD`` tag; otherwise only stored in the ``threshold`` column (a
         mask file tagged by ``detect`` stores its own ``THRESHOLD``; another value given here is a warning, since
         the polygons are the mask's: give the probability alone to threshold again).
     min_area : float
@@ -180,7 +188,8 @@ def vectorize(
     Raises
     ------
     InputError
-        Shapes differ, the threshold is missing, an option is negative, or an input is not a raster.
+        Shapes differ, the threshold is missing, an option is negative, an input is not a raster, or a ``crs`` is
+        given without the ``transform`` the input lacks.
     RasterReadError
         A file cannot be opened or read.
 
@@ -219,11 +228,6 @@ def vectorize(
             nodata = float(nodata)
         except (TypeError, ValueError):
             raise InputError(f"nodata must be a number, 'auto' or None, found {nodata!r}.") from None
-    if mask is None and threshold is None:
-        raise InputError(
-            "vectorize: a probability without a mask needs a threshold (probability >= threshold is change); "
-            "pass threshold=, e.g. 0.5 or the model's calibrated threshold from report.json."
-        )
     if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
         raise InputError(f"threshold must be between 0 and 1, found {threshold!r}.")
 
@@ -231,9 +235,23 @@ def vectorize(
     try:
         msrc = psrc = None
         ds_transform = ds_crs = None
+        read_as_probability = False  # a float raster given as the mask: a change probability
         if mask is not None:
             msrc, ds_transform, ds_crs = _open_source(mask, "mask", nodata)
             sources.append(msrc)
+            if _is_probability(msrc):
+                if probability is not None:
+                    raise InputError(
+                        f"{msrc.name}: the mask is a float raster ({msrc.dtype}), which is read as a change "
+                        "probability, and a probability was given too (--probability); give the change mask as "
+                        "integers or booleans (a change.tif, or mask.astype('uint8')) with the probability, or the "
+                        "probability alone with a threshold."
+                    )
+                # as `changedet vectorize` reads it: change is probability >= threshold, not every non-zero pixel
+                sources.remove(msrc)
+                msrc.close()
+                mask, probability, msrc, read_as_probability = None, mask, None, True
+        if msrc is not None:
             if nodata == "auto" and msrc.nodata is None:  # detect's 0/1/255 mask whose nodata tag was lost
                 n_nodata = _detect_encoded_nodata(msrc, window_size)
                 if n_nodata is not None:
@@ -278,7 +296,20 @@ def vectorize(
         if after_date is None:
             after_date = tags.get("AFTER_DATE") or (series_dates[-1] if len(series_dates) > 1 else None)
         threshold_tag = tags.get("THRESHOLD") or tags.get("CHANGEDET_THRESHOLD")
-        if msrc is not None and threshold_tag:
+        if msrc is None and threshold is None:
+            threshold = _tagged_threshold(threshold_tag)
+            if threshold is None:
+                raise InputError(
+                    f"{psrc.name}: "  # type: ignore[union-attr]
+                    + ("is a float raster, so it is read as a change probability (as changedet vectorize reads it), "
+                       "and " if read_as_probability else "a probability without a mask ")
+                    + "needs a threshold (change = probability >= threshold); none was given and the raster has no "
+                    "'threshold' tag: pass threshold= (--threshold), e.g. 0.5 or the model's calibrated threshold "
+                    "from report.json"
+                    + (", or give a mask of integers or booleans (mask.astype('uint8')) to vectorise its non-zero "
+                       "pixels." if read_as_probability else ".")
+                )
+        elif msrc is not None and threshold_tag:
             with contextlib.suppress(ValueError):
                 made_at = float(threshold_tag)  # the column only: the mask is already thresholded
                 if threshold is not None and math.isclose(threshold, made_at, rel_tol=1e-5, abs_tol=1e-6):
@@ -290,6 +321,15 @@ def vectorize(
                         "the probability raster alone (changedet vectorize probability.tif OUT --threshold ...)",
                         ChangedetWarning, stacklevel=2)
                 threshold = made_at
+        if crs is not None and transform is None:
+            crs_text = crs.to_string() if hasattr(crs, "to_string") else str(crs)
+            raise InputError(
+                f"{(msrc or psrc).name}: crs={crs_text} was given without transform=, and the "  # type: ignore[union-attr]
+                "input has no georeferencing of its own (an array, or a raster without a transform): its polygons "
+                "would be in pixel coordinates (column, row) labelled with that CRS, their areas meaningless. Pass "
+                "transform= too (ChangeResult.transform, the dataset's .transform, or "
+                "rasterio.transform.from_origin(west, north, xres, yres)), or leave out crs= to get pixel coordinates."
+            )
         crs_obj = _CRS.from_user_input(crs) if crs is not None else None
         georeferenced = crs_obj is not None
         if not georeferenced:

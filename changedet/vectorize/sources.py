@@ -14,6 +14,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from changedet.errors import InputError, RasterReadError
+from changedet.metrics import DETECT_MASK_NODATA, detect_mask_nodata_count
+from changedet.metrics import DETECT_MASK_VALUES as DETECT_MASK_VALUES  # re-exported: detect's 0/1/255 values
 
 log = logging.getLogger("changedet.vectorize")
 
@@ -59,7 +61,7 @@ class _Source:
 
 
 #: ``nodata="auto"`` for an array: 255, the nodata of ``change.tif`` (and of :attr:`ChangeResult.mask`).
-ARRAY_NODATA = 255
+ARRAY_NODATA = DETECT_MASK_NODATA
 
 
 def _open_source(obj: Any, what: str, nodata: float | str | None) -> tuple[_Source, Any, Any]:
@@ -97,28 +99,33 @@ def _open_source(obj: Any, what: str, nodata: float | str | None) -> tuple[_Sour
     return src, (ds.transform if georef or not ds.transform.is_identity else None), ds.crs
 
 
-#: The values of the ``change.tif`` that detect writes: 0 no change, 1 change, 255 no data.
-DETECT_MASK_VALUES = (0, 1, ARRAY_NODATA)
-
-
 def _detect_encoded_nodata(src: _Source, size: int) -> int | None:
     """The number of 255 pixels when ``src`` (a file or dataset that declares no nodata) holds only the values 0, 1
     and 255 with both 1 and 255 present: detect's ``change.tif`` encoding (255 = no data) whose nodata tag was
     lost (``gdal_translate -a_nodata none``, a re-export); None otherwise (a 0/255 or 0/1 mask, any other value).
-    Read window by window; stops at the first window holding another value."""
+    Read window by window; stops at the first window holding another value. The rule is
+    :func:`changedet.metrics.detect_mask_nodata_count`, which ``changedet evaluate`` applies too."""
     if src.dataset is None or src.dtype.kind not in "uif":
         return None
     height, width = src.shape
-    ones = n255 = 0
-    for _i, _j, win in _windows(height, width, size):
-        m = src.read(win)
-        is0, is1, is255 = m == 0, m == 1, m == ARRAY_NODATA
-        n1, n2 = int(np.count_nonzero(is1)), int(np.count_nonzero(is255))
-        if int(np.count_nonzero(is0)) + n1 + n2 != m.size:  # another value (NaN included): not that encoding
-            return None
-        ones += n1
-        n255 += n2
-    return n255 if ones and n255 else None
+    return detect_mask_nodata_count(src.read(win) for _i, _j, win in _windows(height, width, size))
+
+
+def _is_probability(src: _Source) -> bool:
+    """Whether ``src`` holds floating-point values: a change probability (0..1) such as detect's
+    ``probability.tif``, not a mask. ``changedet vectorize`` and :func:`~changedet.vectorize.vectorize` read such a
+    raster given as the mask as a probability: change is ``probability >= threshold``, not every non-zero pixel."""
+    return src.dtype.kind == "f"
+
+
+def _tagged_threshold(tag: str | None) -> float | None:
+    """The threshold a ``THRESHOLD``/``CHANGEDET_THRESHOLD`` tag gives (detect tags its rasters so), None when the
+    tag is missing, not a number or outside 0..1."""
+    try:
+        value = float(tag) if tag else None
+    except ValueError:
+        return None
+    return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
 def _source_tags(src: _Source | None) -> dict[str, str]:
