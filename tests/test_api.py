@@ -202,6 +202,19 @@ def test_temporary_outputs_live_as_long_as_the_result(pair: tuple[Path, Path]) -
     assert not folder.exists()
 
 
+def test_a_failed_run_without_output_dir_removes_its_temporary_folder(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    missing = tmp_path / "missing.tif"
+    with pytest.raises(InputError, match=r"missing\.tif") as excinfo:
+        detect(missing, missing, method="cva", quicklook=False)
+    # removed by detect itself, not left to the garbage collector (the traceback still holds detect's frame, as
+    # a notebook's last exception does; the collector would warn "Implicitly cleaning up")
+    assert excinfo.traceback and not [p for p in tmp_path.iterdir() if p.name.startswith("changedet-")]
+
+
 def test_open_datasets_give_the_same_result_as_paths(pair: tuple[Path, Path], result: ChangeResult) -> None:
     with rasterio.open(pair[0]) as b, rasterio.open(pair[1]) as a:
         res = detect(b, a, method="cva", min_area=300, quicklook=False)

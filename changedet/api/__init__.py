@@ -514,6 +514,8 @@ def detect(
     except BaseException as exc:
         if xr_tmp is not None:
             xr_tmp.cleanup()
+        if tmp_holder is not None:  # the in-memory result's folder: nothing will hold it now
+            tmp_holder.cleanup()
         if tmp_holder is None and not isinstance(exc, OutputFolderBusyError):  # (the folder is the other run's)
             # leave no empty output folder behind (a resume folder keeps it), nor its parents
             remove_empty_folders(created)
