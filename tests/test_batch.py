@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,6 +106,26 @@ def test_derived_names_never_collide_with_given_ones(tmp_path: Path) -> None:
     names = [p.name for p in read_pairs(tmp_path / "p.csv")]
     assert names[0] == "a__b" and names[2] == "X_A__B"
     assert names[1].lower() not in {"a__b", "x_a__b"} and names[1].startswith("x_a__b")
+
+
+def test_a_rerun_keeps_the_recorded_names_when_rows_are_added(tmp_path: Path) -> None:
+    """Appending a row used to rename a finished pair (``2019__2020`` -> ``siteA_2019__2020``), recomputing it into
+    a new folder: the names recorded by the earlier run are kept, and new rows avoid them."""
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("before,after\nsiteA/2019.tif,siteA/2020.tif\n")
+    first = read_pairs(csv_path)
+    assert [p.name for p in first] == ["2019__2020"]
+    csv_path.write_text(csv_path.read_text() + "siteB/2019.tif,siteB/2020.tif\nsiteC/2019.tif,siteC/2020.tif\n")
+    assert [p.name for p in read_pairs(csv_path)] == ["siteA_2019__2020", "siteB_2019__2020", "siteC_2019__2020"]
+    again = read_pairs(csv_path, keep_names=first)
+    assert [p.name for p in again] == ["2019__2020", "siteB_2019__2020", "siteC_2019__2020"]
+    assert read_pairs(csv_path, keep_names=again) == again  # and from then on
+    # a recorded name whose inputs left the CSV is not reused by another row (its folder holds the other outputs)
+    csv_path.write_text("before,after\nsiteD/2019.tif,siteD/2020.tif\n")
+    assert [p.name for p in read_pairs(csv_path, keep_names=first)] == ["siteD_2019__2020"]
+    # a name given in the CSV wins over a recorded one
+    csv_path.write_text("name,before,after\n2019__2020,siteD/2019.tif,siteD/2020.tif\n,siteA/2019.tif,siteA/2020.tif\n")
+    assert [p.name for p in read_pairs(csv_path, keep_names=first)] == ["2019__2020", "siteA_2019__2020"]
 
 
 @pytest.mark.parametrize(
@@ -327,6 +348,45 @@ def test_cli_starts_its_own_local_cluster_and_prints_the_dashboard(tmp_path: Pat
     assert report["dashboard"].startswith("http://")
 
 
+@pytest.mark.distributed
+def test_a_rerun_with_an_added_row_keeps_the_done_pairs_name_and_skips_it(tmp_path: Path, client) -> None:
+    for site in ("siteA", "siteB"):
+        make_pair(tmp_path / site, "aligned", size=48, names=("2019.tif", "2020.tif"))
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("before,after\nsiteA/2019.tif,siteA/2020.tif\n")
+    out = tmp_path / "out"
+    assert run_batch(csv_path, out, client=client, retries=0, method="cva", **TILING).exit_code == 0
+    stamp = (out / "2019__2020" / "change.tif").stat().st_mtime_ns
+    csv_path.write_text(csv_path.read_text() + "siteB/2019.tif,siteB/2020.tif\n")
+    report = run_batch(csv_path, out, client=client, retries=0, method="cva", **TILING)
+    assert {p["name"]: p["status"] for p in report.pairs} == {"2019__2020": "skipped", "siteB_2019__2020": "done"}
+    assert (out / "2019__2020" / "change.tif").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in out.iterdir()) == ["2019__2020", BATCH_REPORT, "siteB_2019__2020"]
+
+
+@pytest.mark.distributed
+@pytest.mark.filterwarnings("ignore::changedet.errors.ChangedetWarning")  # those pytest.warns below does not match
+def test_quiet_batch_prints_worker_warnings_like_detect_and_no_dask_line(tmp_path: Path, client) -> None:
+    from changedet.errors import NotGeoreferencedWarning
+
+    make_pair(tmp_path / "p", "no-crs-both", size=48)
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("before,after\np/before.tif,p/after.tif\n")
+    # the installed command in a subprocess: its stderr as a user sees it (the workers' own stderr is not in it)
+    res = subprocess.run([str(Path(sys.executable).with_name("changedet")), "-q", "batch", str(csv_path), "-o",
+                          str(tmp_path / "out"), "--scheduler", client.scheduler.address, "--method", "cva",
+                          *CLI_TILING], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert lines and all(line.startswith("warning: ") for line in lines), res.stderr  # no "dask: ..." line
+    assert any("no georeferencing" in line for line in lines)
+    report = json.loads((tmp_path / "out" / BATCH_REPORT).read_text())
+    assert any("NotGeoreferencedWarning: " in w for w in report["pairs"][0]["warnings"])
+    # from Python: the workers' warnings are raised again in the client process, with their class
+    with pytest.warns(NotGeoreferencedWarning, match="no georeferencing"):
+        run_batch(csv_path, tmp_path / "out2", client=client, retries=0, method="cva", **TILING)
+
+
 def test_detect_options_are_checked_before_any_cluster_is_used(tmp_path: Path) -> None:
     """An unknown model, a CUDA device that is not there or a threshold out of range used to start the cluster and
     fail every pair (with retries): now an error before the client is touched (client=None here)."""
@@ -344,6 +404,8 @@ def test_detect_options_are_checked_before_any_cluster_is_used(tmp_path: Path) -
 
     with pytest.raises(CheckpointError, match="nonexist"):  # it failed in every pair
         run_batch(pairs, tmp_path / "out", client=None, model="fc-ef", checkpoint=str(tmp_path / "nonexist"))
+    with pytest.raises(CheckpointError, match="'fc-ef' is an architecture without trained weights"):  # detect's
+        run_batch(pairs, tmp_path / "out", client=None, model="fc-ef")
     assert not (tmp_path / "out").exists()
 
 
@@ -353,6 +415,11 @@ def test_the_batch_command_refuses_bad_options_before_starting_a_cluster(tmp_pat
     res = CliRunner().invoke(cli, ["batch", str(csv), "-o", str(tmp_path / "out"), "-m", "nosuchmodel"])
     assert res.exit_code == 2 and "nosuchmodel" in res.output
     assert "dask:" not in res.output  # no cluster was started
+    # an architecture without --checkpoint: detect's message and exit code, not a CheckpointError in every pair
+    res = CliRunner().invoke(cli, ["batch", str(csv), "-o", str(tmp_path / "out"), "-m", "fc-ef"])
+    assert res.exit_code == 2, res.output
+    assert "error: 'fc-ef' is an architecture without trained weights" in res.output
+    assert "dask:" not in res.output
 
 
 def test_a_batch_report_that_cannot_be_written_is_an_output_error_or_a_warning(tmp_path: Path) -> None:

@@ -53,10 +53,11 @@ def _run(pairs_csv: Path, output_dir: Path, scheduler: str | None, workers: int 
         logging.getLogger("distributed").setLevel(logging.WARNING)
     with open_client(scheduler, n_workers=workers, threads_per_worker=1, dashboard_address=dashboard_address,
                      silence_logs=logging.INFO if verbose else logging.CRITICAL) as client:
-        n_workers = len(client.scheduler_info().get("workers", {}))
-        link = dashboard_link(client)
-        click.echo(f"dask: {n_workers} workers at {client.scheduler.address}; dashboard: "  # type: ignore[union-attr]
-                   f"{link or 'not served (install bokeh>=3.1)'}", err=True)
+        if show:  # -q: only the warnings, errors and the summary
+            n_workers = len(client.scheduler_info().get("workers", {}))
+            link = dashboard_link(client)
+            click.echo(f"dask: {n_workers} workers at {client.scheduler.address}; "  # type: ignore[union-attr]
+                       f"dashboard: {link or 'not served (install bokeh>=3.1)'}", err=True)
         finished = 0
 
         def _update(rec: dict[str, Any], report: Any) -> None:

@@ -3,12 +3,16 @@ resumed, reported), the options checked once before the cluster is used, and the
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import os
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Default scene size (pixels) above which ``run_batch`` splits a scene into row blocks.
 DEFAULT_BLOCK_PIXELS = 100_000_000
 _NOT_FOR_BATCH = ("output_dir", "overwrite", "resume", "progress")
+_WARNINGS_KEY = "_warnings"
 
 
 def model_cache_info() -> dict[str, Any]:
@@ -58,6 +63,38 @@ class PairFailedError(ChangedetError):
         return f"{self.error_type}: {self.message}"
 
 
+_CAUGHT: ContextVar[list[tuple[str, str, str]] | None] = ContextVar("changedet_batch_warnings", default=None)
+_PREVIOUS_SHOW: list[Callable[..., Any]] = [warnings.showwarning]
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    sink = _CAUGHT.get()
+    if sink is None:
+        _PREVIOUS_SHOW[0](message, category, filename, lineno, file, line)
+    else:
+        sink.append((category.__module__, category.__qualname__, str(message)))
+
+
+@contextlib.contextmanager
+def _caught_warnings() -> Iterator[list[tuple[str, str, str]]]:
+    """Collect the warnings shown by this task (thread) as (module, class name, message), to ship to the client.
+
+    A process-wide ``warnings.showwarning`` hook, installed once, sends them to the running task's list (a context
+    variable, so tasks on threads of one worker do not mix); ``warnings.catch_warnings`` would swap process-wide
+    state that concurrent tasks restore out of order.
+    """
+    if warnings.showwarning is not _show_warning:
+        _PREVIOUS_SHOW[0] = warnings.showwarning
+        warnings.showwarning = _show_warning
+    caught: list[tuple[str, str, str]] = []
+    token = _CAUGHT.set(caught)
+    try:
+        yield caught
+    finally:
+        _CAUGHT.reset(token)
+
+
 def _detect_pair(before: str, after: str, output_dir: str, options: dict[str, Any], block_pixels: int,
                  block_rows: int) -> dict[str, Any]:
     """Task: detect one pair into ``output_dir`` (block-split when larger than ``block_pixels``)."""
@@ -68,7 +105,8 @@ def _detect_pair(before: str, after: str, output_dir: str, options: dict[str, An
     t0 = time.perf_counter()
     failure = None
     try:
-        with model_cache(options.get("device", "cpu"), options.get("precision", "float32")):
+        with _caught_warnings() as caught, model_cache(options.get("device", "cpu"),
+                                                        options.get("precision", "float32")):
             info = raster_info(before)
             big = bool(block_pixels) and info.width * info.height > block_pixels
             if big:
@@ -88,7 +126,26 @@ def _detect_pair(before: str, after: str, output_dir: str, options: dict[str, An
         "blocks": len(report.get("stats", {}).get("blocks") or []) or None,
         "summary": report.get("summary"),
         "worker": _worker_address(),
+        # shipped to the client, which shows them (the worker's stderr is not the user's) and records them
+        _WARNINGS_KEY: caught,
     }
+
+
+def _reraise_warnings(rec: dict[str, Any]) -> None:
+    """Show the warnings a pair's task caught on its worker in this process (the CLI prints ``warning: ...``) and
+    record them in the pair's record as ``"warnings": ["Category: message", ...]``."""
+    shipped = rec.pop(_WARNINGS_KEY, None) or []
+    for module, qualname, message in shipped:
+        category: Any = None
+        with contextlib.suppress(Exception):  # a class the client cannot import is shown as a UserWarning
+            category = importlib.import_module(module)
+            for part in qualname.split("."):
+                category = getattr(category, part)
+        if not (isinstance(category, type) and issubclass(category, Warning)):
+            category = UserWarning
+        warnings.warn(message, category, stacklevel=2)
+    if shipped:
+        rec["warnings"] = [f"{qualname}: {message}" for _m, qualname, message in shipped]
 
 
 def _check_options(options: dict[str, Any], local: bool = True) -> dict[str, Any]:
@@ -120,7 +177,7 @@ def _check_detect_options(options: dict[str, Any], local: bool = True) -> None:
     from changedet.api import _check_options as check_detect
     from changedet.api import _checked_tta
     from changedet.export.vector import geojson_crs_option
-    from changedet.models.bundled import _looks_like_path, list_bundled
+    from changedet.models.bundled import _looks_like_path, list_bundled, resolve_model
     from changedet.models.registry import list_models
     from changedet.tiling import DEFAULT_OVERLAP
 
@@ -130,7 +187,7 @@ def _check_detect_options(options: dict[str, Any], local: bool = True) -> None:
                  geojson_crs=geojson_crs_option(options.get("geojson_crs", "EPSG:4326"))
                  if options.get("vectorize", True) else None,
                  device=options.get("device") if method == "model" and local else None,
-                 tile_size=options.get("tile_size"),
+                 tile_size=options.get("tile_size"), batch_size=options.get("batch_size"),
                  threshold=options.get("threshold"), indexes=options.get("indexes"))
     indexes = options.get("indexes")
     if indexes and len(indexes) == 2 and all(isinstance(i, (list, tuple)) for i in indexes) and (
@@ -145,12 +202,38 @@ def _check_detect_options(options: dict[str, Any], local: bool = True) -> None:
         read_meta(checkpoint)  # a CheckpointError naming the file when it is missing or unreadable
     if model is None or checkpoint is not None or _is_remote(str(model)):
         return
-    known = [m.name for m in list_bundled()] + list(list_models())
-    if str(model) in known:
+    bundled = [m.name for m in list_bundled()]
+    if str(model) in bundled:
         return
+    if str(model) in list_models():
+        # an architecture needs its trained weights: detect's own check (resolve_model raises its CheckpointError
+        # before it loads anything), so the batch fails at once with detect's message and exit code 2
+        resolve_model(str(model), band_count=1)
+        return
+    known = bundled + list(list_models())
     if not _looks_like_path(str(model)):
         raise UnknownModelError(str(model), known, what="model")
     read_meta(model)
+
+
+def _recorded_pairs(output_dir: str | os.PathLike[str]) -> list[BatchPair]:
+    """The pairs (name, before, after) recorded in ``output_dir/batch-report.json`` by an earlier run; [] if none.
+
+    :func:`run_batch` passes them to :func:`read_pairs` as ``keep_names``, so a re-run keeps their folder names.
+    """
+    report = _read_json(Path(output_dir) / BATCH_REPORT)
+    records = report.get("pairs") if isinstance(report, dict) else None
+    out: list[BatchPair] = []
+    for rec in records if isinstance(records, list) else []:
+        if not isinstance(rec, dict):
+            continue
+        name, before, after = (rec.get(k) for k in ("name", "before", "after"))
+        if not all(isinstance(v, str) and v for v in (name, before, after)):
+            continue
+        name = str(name)
+        if name not in (".", "..") and "/" not in name and "\\" not in name:  # a plain folder name, as read_pairs
+            out.append(BatchPair(name, str(before), str(after)))
+    return out
 
 
 def run_batch(
@@ -170,7 +253,8 @@ def run_batch(
     Parameters
     ----------
     pairs
-        :class:`BatchPair` objects, or the path of a pairs CSV (:func:`read_pairs`).
+        :class:`BatchPair` objects, or the path of a pairs CSV (:func:`read_pairs`; a row without a name whose
+        inputs are those of a pair recorded in ``output_dir``'s ``batch-report.json`` keeps that pair's name).
     output_dir
         Batch folder: pair ``name`` writes into ``output_dir/name``; ``batch-report.json`` goes here.
     client
@@ -196,14 +280,15 @@ def run_batch(
         Also written to ``output_dir/batch-report.json``; ``report.exit_code`` is 1 if any pair failed.
     """
     distributed = _require_distributed()
+    out = Path(output_dir).expanduser().resolve()
     if not isinstance(pairs, (list, tuple)):
         csv_path: str | None = str(Path(pairs).resolve())  # type: ignore[arg-type]
-        pairs = read_pairs(pairs)  # type: ignore[arg-type]
+        # a re-run keeps the names of the pairs this folder already holds (a row added since may not rename them)
+        pairs = read_pairs(pairs, keep_names=_recorded_pairs(out))  # type: ignore[arg-type]
     else:
         csv_path = None
     # a client of a cluster started here (LocalCluster) has `.cluster`; one connected to a scheduler address not
     options = _check_options(options, local=client is None or getattr(client, "cluster", None) is not None)
-    out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; give a folder for the batch outputs")
     try:
@@ -266,6 +351,7 @@ def run_batch(
             rec = futures[fut]
             try:
                 rec.update(fut.result(), status="done")
+                _reraise_warnings(rec)
             except PairFailedError as exc:
                 rec.update(status="failed", error={"type": exc.error_type, "message": exc.message,
                                                    "traceback": exc.traceback_text})

@@ -7,6 +7,7 @@ import collections
 import csv
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -50,18 +51,27 @@ def _sanitise(name: str) -> str:
     return _SAFE_NAME.sub("_", name).strip("._") or "pair"
 
 
-def read_pairs(csv_path: str | os.PathLike[str]) -> list[BatchPair]:
+def read_pairs(csv_path: str | os.PathLike[str], keep_names: Iterable[BatchPair] = ()) -> list[BatchPair]:
     """Read a pairs CSV: a header with ``before`` and ``after`` columns and an optional ``name`` column.
 
     Relative paths are resolved against the CSV's folder; URLs and GDAL paths (``/vsis3/...``, ``https://...``)
     are kept as they are. A missing ``name`` is derived from the file names (``<before>__<after>``, with the
-    parent folder name when that is ambiguous, then ``-2``, ``-3`` ...), so names are unique (case-insensitively)
-    and stable from one run to the next. Other columns are ignored.
+    parent folder name when that is ambiguous, then ``-2``, ``-3`` ...), so names are unique (case-insensitively).
+    Other columns are ignored.
+
+    A derived name depends on the other rows (a row added later can make it ambiguous), so a re-run into the same
+    output folder passes the pairs of that folder's ``batch-report.json`` as ``keep_names`` (:func:`run_batch`
+    does): a row without a name whose ``before`` and ``after`` are those of a recorded pair keeps the recorded
+    name, and the other derived names avoid every recorded one. Names are thus stable from one run to the next:
+    appending rows to the CSV never renames (and recomputes) a pair that is already done.
 
     Parameters
     ----------
     csv_path
         The CSV file (UTF-8, a BOM is accepted).
+    keep_names
+        Pairs of an earlier run (resolved paths, as :attr:`BatchPair.before` / ``after``) whose names rows with the
+        same inputs keep; empty (default) derives every name from this CSV alone.
 
     Returns
     -------
@@ -133,16 +143,31 @@ def read_pairs(csv_path: str | os.PathLike[str]) -> list[BatchPair]:
         return _sanitise(sb if sb == sa else f"{sb}__{sa}")
 
     counts = collections.Counter(short(line).lower() for line, n, _b, _a in rows if not n)
-    taken = set(explicit)
+    recorded: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    for prev in keep_names:
+        recorded[(prev.before, prev.after)].append(prev.name)
+    reserved = {n.lower() for names in recorded.values() for n in names}
+    kept: dict[int, str] = {}  # line -> the recorded name it keeps
+    for line, name, before, after in rows:
+        if name:
+            continue
+        free = [n for n in recorded.get((before, after), ()) if n.lower() not in explicit]
+        if free:
+            kept[line] = free[0]
+            recorded[(before, after)].remove(free[0])
+    taken = set(explicit) | {n.lower() for n in kept.values()}
+    avoid = set(explicit) | reserved
     pairs: list[BatchPair] = []
     for line, name, before, after in rows:
-        if not name:
+        if not name and line in kept:
+            name = kept[line]
+        elif not name:
             name = short(line)
             parent = _sanitise(stems[line][0][1]) if stems[line][0][1] else ""
-            if (counts[name.lower()] > 1 or name.lower() in explicit) and parent:
+            if (counts[name.lower()] > 1 or name.lower() in avoid) and parent:
                 name = f"{parent}_{name}"
             candidate, k = name, 2
-            while candidate.lower() in taken:
+            while candidate.lower() in taken or candidate.lower() in reserved:
                 candidate, k = f"{name}-{k}", k + 1
             name = candidate
         taken.add(name.lower())
