@@ -400,17 +400,15 @@ def create_loss(name: str, *, weights: Sequence[float] | None = None, **kwargs: 
     if unknown:
         raise InputError(f"unknown loss {unknown[0]!r}; known losses: {', '.join(sorted(LOSSES))} "
                          "(combine them with '+', e.g. 'bce+dice')")
-    modules: list[nn.Module] = []
-    used: set[str] = set()
-    for part in parts:
-        cls = LOSSES[part]
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        own = {k: v for k, v in kwargs.items() if k in accepted}
-        used |= set(own)
-        modules.append(cls(**own))
-    extra = sorted(set(kwargs) - used)
+    accepted_by = {part: set(inspect.signature(LOSSES[part].__init__).parameters) - {"self"} for part in parts}
+    taken = set().union(*accepted_by.values())
+    extra = sorted(set(kwargs) - taken)
     if extra:
-        raise InputError(f"loss {name!r} does not take {extra}")
+        names = sorted(taken | ({"weights"} if len(parts) > 1 else set()))
+        raise InputError(f"loss {name!r} does not take {extra}; it takes {', '.join(names)}")
+    modules: list[nn.Module] = []
+    for part in parts:
+        modules.append(LOSSES[part](**{k: v for k, v in kwargs.items() if k in accepted_by[part]}))
     if len(modules) == 1 and weights is None:
         return modules[0]
     return CombinedLoss(modules, weights)

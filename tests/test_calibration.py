@@ -139,3 +139,22 @@ def test_cross_calibration_scores_each_scene_at_the_other_scenes_threshold() -> 
     assert calibrate_threshold([a], [truth[0]]).metrics["f1"] == 1.0
     with pytest.raises(InputError, match="at least two scenes"):
         cross_calibrate([a], [truth[0]])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"threads": -1}, r"threads must be a whole number from 1 to 512 .*got -1"),  # was torch's RuntimeError
+    ({"threads": 0}, r"threads must be a whole number from 1 to 512 .*got 0"),
+    ({"device": "cuda"}, r"device 'cuda' requested but CUDA is not available; use device='cpu'"),
+    ({"device": "gpu"}, r"unknown device 'gpu'; use 'cpu', 'cuda' or 'cuda:N'"),
+])
+def test_calibrate_checkpoint_checks_threads_and_device_as_train_does(tmp_path, monkeypatch, kwargs, message) -> None:
+    from changedet.errors import exit_code_for
+    from changedet.training import calibrate_checkpoint, cross_calibrate_checkpoint
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    missing = tmp_path / "model.safetensors"  # checked before the checkpoint is read
+    with pytest.raises(InputError, match=message) as info:
+        calibrate_checkpoint(missing, tmp_path / "out.safetensors", **kwargs)
+    assert exit_code_for(info.value) == 2 and not (tmp_path / "out.safetensors").exists()
+    with pytest.raises(InputError, match=message):
+        cross_calibrate_checkpoint(missing, **kwargs)

@@ -94,12 +94,52 @@ def test_train_rejects_unknown_keys_and_missing_config(list_dataset) -> None:
     (["--dataset.bands", "3"], "dataset bands must be a list of band names"),
     (["--dataset.change-values", "abc"], "dataset change_values must be a number or a list of numbers"),
     (["--dataset.pixel-size", "abc"], "dataset pixel_size must be a positive number"),
+    (["--num-workers", "-1"], "num_workers must be a whole number >= 0"),
+    (["--augment.gain", "x"], "augment.gain must be a number, got 'x'"),
+    (["--model-kwargs.dropout", "x"], "model_kwargs.dropout must be a number (model 'fc-siam-diff' option dropout)"),
+    (["--loss", "focal", "--loss-kwargs.gamma", "x"], "loss_kwargs.gamma must be a number (loss 'focal' option gamma)"),
+    (["--loss", "focal", "--loss-kwargs.focal-gamma", "2"],
+     "loss 'focal' does not take ['focal_gamma']; it takes alpha, gamma, ignore_index"),
+    (["--threads", "-1"], "'--threads': -1 is not in the range 1<=x<=512"),  # was torch's RuntimeError
+    (["--threads", "0"], "'--threads': 0 is not in the range 1<=x<=512"),  # was silently ignored
 ])
 def test_train_config_values_of_the_wrong_type_are_clear_errors(list_dataset, override, message) -> None:
     res = CliRunner().invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), *override])
     assert res.exit_code == 2 and message in res.output, res.output
     assert "Traceback" not in res.output
     assert not (list_dataset / "run").exists() and not (list_dataset.parent / "x.json").exists()
+
+
+def test_a_bad_value_names_where_it_came_from(list_dataset) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), "--epochs", "x"])
+    assert res.exit_code == 2 and "command line (--epochs): epochs must be an integer, got 'x'" in res.output, res.output
+    assert "run.yaml" not in res.output  # it was blamed on the config file
+    config = yaml.safe_load((list_dataset / "run.yaml").read_text())
+    (list_dataset / "bad.yaml").write_text(yaml.safe_dump({**config, "epochs": "x", "threads": 0}))
+    res = runner.invoke(cli, ["train", "-c", str(list_dataset / "bad.yaml")])
+    assert res.exit_code == 2 and f"{list_dataset / 'bad.yaml'}: epochs must be an integer, got 'x'" in res.output
+    res = runner.invoke(cli, ["train", "-c", str(list_dataset / "bad.yaml"), "--epochs", "1"])
+    assert res.exit_code == 2 and "threads must be a whole number from 1 to 512" in res.output, res.output
+    assert "Traceback" not in res.output and not (list_dataset / "run").exists()
+
+
+def test_calibrate_bad_threads_and_an_unavailable_device_are_exit_2(list_dataset, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "-c", str(list_dataset / "run.yaml"), "--epochs", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    ckpt, out = str(list_dataset / "run" / "model.safetensors"), str(list_dataset / "cal.safetensors")
+    res = runner.invoke(cli, ["calibrate", ckpt, "-o", out, "--threads", "-1"])
+    assert res.exit_code == 2 and "'--threads': -1 is not in the range 1<=x<=512" in res.output, res.output
+    for command in (["calibrate", ckpt, "-o", out], ["train", "-c", str(list_dataset / "run.yaml"), "-o",
+                                                     str(list_dataset / "o2")]):
+        res = runner.invoke(cli, [*command, "--device", "cuda"])  # calibrate's was a RuntimeError traceback
+        assert res.exit_code == 2, res.output
+        assert "device 'cuda' requested but CUDA is not available; use device='cpu'" in res.output
+    assert not Path(out).exists()
 
 
 def test_numbers_that_yaml_reads_as_text_are_numbers(list_dataset) -> None:
@@ -165,6 +205,27 @@ def test_evaluate_bad_input_exit_code(tmp_path) -> None:
     assert res.exit_code == 2 and "no such file or folder" in res.output
     res = runner.invoke(cli, ["evaluate", str(pred), str(truth), "--truth-values", "1"])
     assert res.exit_code == 2 and "two numbers" in res.output
+
+
+def test_evaluate_ignore_value_and_a_lost_nodata_tag(tmp_path) -> None:
+    truth = np.ones((10, 10), np.uint8)
+    truth[2:4, 2:4] = 2
+    truth[0, :] = 0  # unknown
+    pred = np.zeros((10, 10), np.uint8)
+    pred[2:4, 2:5] = 1
+    pred[8:, :] = 255  # detect's no data, its nodata tag lost
+    make_geotiff(tmp_path / "p.tif", pred, dtype="uint8")
+    make_geotiff(tmp_path / "t.tif", truth, dtype="uint8")
+    from changedet.errors import ChangedetWarning
+
+    with pytest.warns(ChangedetWarning) as caught:
+        res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "t.tif"),
+                                       "--ignore-value", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    pooled = json.loads(res.stdout)["pooled"]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"], pooled["tn"]) == (4, 2, 0, 64)  # the 1s: no change
+    said = " ".join(str(w.message) for w in caught)
+    assert "OSCD labels" in said and "its 20 pixels of 255 are read as no data" in said
 
 
 def test_calibrate_adds_platt_scaling_to_an_uncalibrated_checkpoint(list_dataset) -> None:

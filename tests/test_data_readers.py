@@ -206,6 +206,51 @@ def test_list_errors_name_the_problem(tmp_path) -> None:
         load_dataset({"type": "oscd", "root": "x", "city": ["a"]})
 
 
+def test_names_that_yaml_read_as_numbers_get_a_hint_to_quote_them(tmp_path) -> None:
+    import yaml
+
+    for name in ("4_4", "5_3", "0_2"):  # DSIFN's sample names
+        _write_triplet(tmp_path, name)
+    (tmp_path / "scenes.csv").write_text("name,before,after,label\n" + "".join(
+        f"{n},{n}_before.tif,{n}_after.tif,{n}_cm.tif\n" for n in ("4_4", "5_3", "0_2")))
+    spec = yaml.safe_load("{type: list, path: scenes.csv, val_names: [4_4, 5_3]}")
+    assert spec["val_names"] == [44, 53]  # what YAML makes of them
+    with pytest.raises(InputError, match=r"scenes\.csv: no rows named 44, 53.*44, 53 were read by YAML as numbers: "
+                                         r"YAML reads unquoted digits joined by underscores as one integer "
+                                         r"\(4_4 becomes 44\); quote the scene names, e\.g\. val_names: \['4_4'\]"):
+        load_dataset(spec, base=tmp_path)
+    folders = tmp_path / "f"
+    for sub in ("A", "B", "label"):
+        (folders / sub).mkdir(parents=True)
+    _write_triplet(folders, "x")
+    for sub, kind in (("A", "before"), ("B", "after"), ("label", "cm")):
+        (folders / f"x_{kind}.tif").rename(folders / sub / "4_4.tif")
+    with pytest.raises(InputError, match=r"no pair named 44\. 44 was read by YAML as a number"):
+        load_dataset({"type": "folders", "root": str(folders), "val_names": [44]})
+    quoted = load_dataset(yaml.safe_load("{type: list, path: scenes.csv, val_names: ['4_4', '5_3']}"), base=tmp_path)
+    assert [s.name for s in quoted.val] == ["4_4", "5_3"]
+    with pytest.raises(InputError, match=r"no rows named nope for validation$"):  # no hint for names that were text
+        load_dataset({"type": "list", "path": "scenes.csv", "val_names": ["nope"]}, base=tmp_path)
+
+
+def test_a_missing_raster_of_a_list_names_the_list_the_row_and_where_paths_start(tmp_path, monkeypatch) -> None:
+    from changedet.errors import RasterReadError
+
+    _write_triplet(tmp_path, "a")  # beside the current folder, not the list's
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "mine.csv").write_text(
+        "name,before,after,label\nb,../a_before.tif,../a_after.tif,../a_cm.tif\nc,../a_before.tif,../a_after.tif,a_cm.tif\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RasterReadError, match=r"lists/mine\.csv, row 2 \(c\): label a_cm\.tif: no such file \(looked for "
+                                              r"lists/a_cm\.tif\); relative paths in a list start at the list's "
+                                              r"folder \(.*lists\), not the current one: a_cm\.tif exists relative to "
+                                              r"the current folder, so write \.\./a_cm\.tif or an absolute path"):
+        read_list("lists/mine.csv")
+    assert [s.name for s in read_list("lists/mine.csv", names=["b"], change_values=[255])] == ["b"]  # row 2 not read
+    with pytest.raises(RasterReadError, match=r"row 2 \(c\): label a_cm\.tif: no such file"):
+        read_list("lists/mine.csv", names=["b"])  # the OSCD label scan reads every row's label
+
+
 def _touch(path):
     path.write_text("")
     return path

@@ -249,6 +249,61 @@ def test_fixed_statistics_of_another_band_count_name_the_bands() -> None:
         prepare_scenes([synthetic_scene(1, size=32)], normalization={"mode": "fixed", "mean": [1, 2], "std": [1, 1]})
 
 
+@pytest.mark.parametrize("settings,message", [
+    ({"threads": -1}, r"threads must be a whole number from 1 to 512 .*got -1"),
+    ({"threads": 0}, r"threads must be a whole number from 1 to 512 .*got 0"),  # was silently ignored
+    ({"threads": 513}, r"threads must be a whole number from 1 to 512"),
+    ({"threads": "x"}, r"threads must be a whole number from 1 to 512 .*got 'x'"),
+    ({"num_workers": -1}, r"num_workers must be a whole number >= 0 .*got -1"),
+    ({"augment": {"gain": "x"}}, r"augment\.gain must be a number, got 'x'"),
+    ({"augment": {"flips": "yes"}}, r"augment\.flips must be true/false, got 'yes'"),
+    ({"augment": {"gain": 1.5}}, r"augment gain must be in \[0, 1\), got 1\.5"),
+    ({"model_kwargs": {"dropout": "x"}}, r"model_kwargs\.dropout must be a number \(model 'fc-ef' option dropout\), got 'x'"),
+    ({"model_kwargs": ["dropout"]}, r"model_kwargs must be a mapping"),
+    ({"loss": "focal", "loss_kwargs": {"gamma": "x"}}, r"loss_kwargs\.gamma must be a number .*got 'x'"),
+    ({"loss": "focal", "loss_kwargs": {"alpha": "x"}}, r"loss_kwargs\.alpha must be a number .*got 'x'"),
+    ({"loss": "focal", "ohem": 0.5, "loss_kwargs": {"gamma": "x"}}, r"loss_kwargs\.gamma must be a number"),
+    ({"loss": "bce+dice", "loss_kwargs": {"weights": "x"}}, r"loss_kwargs\.weights must be a list of numbers"),
+])
+def test_bad_run_settings_are_input_errors_before_anything_is_read(tmp_path, settings, message) -> None:
+    # were tracebacks (RuntimeError from torch.set_num_threads, ValueError, TypeError) after the data was read
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=message) as info:
+        train(out=out, dataset={"type": "folders", "root": str(tmp_path / "missing")}, **{**TINY, **settings})
+    assert exit_code_for(info.value) == 2 and not out.exists()
+
+
+def test_a_value_error_of_the_model_constructor_is_a_model_argument_error(tmp_path, monkeypatch) -> None:
+    from changedet import models
+
+    def refuse(name, **kwargs):  # a constructor's own float()/int() of a value the checks let through
+        raise ValueError("could not convert string to float: 'x'")
+
+    monkeypatch.setattr(models, "create_model", refuse)
+    with pytest.raises(ModelArgumentError, match=r"cannot create model 'fc-ef' with model_kwargs \{'dropout': 0\.1\}"
+                                                 r": could not convert .*check the values of model_kwargs") as info:
+        train(out=tmp_path / "run", train_scenes=[synthetic_scene(1, size=48)],
+              **{**TINY, "model_kwargs": {"dropout": 0.1}})
+    assert exit_code_for(info.value) == 2
+
+
+def test_the_documented_loss_options_are_accepted_and_unknown_ones_list_the_accepted_names() -> None:
+    from changedet.losses import create_loss
+
+    doc = train.__doc__ or ""
+    documented = doc[doc.index("loss_kwargs :"):doc.index("ohem :")]
+    for wrong in ("focal_gamma", "focal_alpha", "dice_weight"):  # were documented, and rejected
+        assert wrong not in documented
+    assert all(f"``{k}``" in documented for k in ("gamma", "alpha", "smooth", "weights"))
+    create_loss("focal", gamma=2.0, alpha=0.5)
+    create_loss("bce+dice", smooth=0.5, weights=[1.0, 0.5])
+    with pytest.raises(InputError, match=r"loss 'focal' does not take \['focal_gamma'\]; it takes alpha, gamma, "
+                                         r"ignore_index$"):
+        create_loss("focal", focal_gamma=2.0)
+    with pytest.raises(InputError, match=r"does not take \['dice_weight'\]; it takes .*smooth, weights"):
+        create_loss("bce+dice", dice_weight=0.5)
+
+
 def test_a_misspelt_model_kwarg_is_bad_input_exit_2() -> None:
     from changedet.models import create_model
 

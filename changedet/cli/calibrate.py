@@ -20,7 +20,7 @@ from changedet.cli._common import echo_json
                    "of a 0/255 mask): the `list` dataset of `changedet train`.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (OUT may be CHECKPOINT itself).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--threads", type=int, default=None, help="Torch threads (default: torch's).")
+@click.option("--threads", type=click.IntRange(1, 512), default=None, help="Torch threads, 1 to 512 (default: torch's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(checkpoint: Path, out: Path, scenes: Path | None, overwrite: bool, device: str, threads: int | None,
             as_json: bool) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,11 @@ def _split_union(annotation: str) -> list[str]:
     return [p.strip().split("[")[0] for p in parts]
 
 
-def check_types(config: dict[str, Any], params: Any, where: str) -> None:
+def check_types(config: dict[str, Any], params: Any, where: str, command_line: Collection[str] = ()) -> None:
     """An :class:`InputError` naming the key for a config value whose type train()'s signature rules out (a
     number where a name belongs, a word where a number belongs...), before anything is read or written. Keys
-    annotated with a type a YAML value cannot be (a class of changedet's) are left to train()."""
+    annotated with a type a YAML value cannot be (a class of changedet's) are left to train(). The message names
+    ``where`` (the config file), or the option for the keys in ``command_line`` (given as ``--key value``)."""
     from changedet.errors import InputError
 
     for key, value in config.items():
@@ -123,6 +125,8 @@ def check_types(config: dict[str, Any], params: Any, where: str) -> None:
             wanted = " or ".join({"int": "an integer", "float": "a number", "str": "a name", "bool": "true/false",
                                   "None": "null", "Path": "a path", "Mapping": "a mapping",
                                   "Sequence": "a list"}[m] for m in members)
+            if key in command_line:
+                raise InputError(f"command line (--{key.replace('_', '-')}): {key} must be {wanted}, got {value!r}")
             raise InputError(f"{where}: {key} must be {wanted}, got {value!r}")
 
 
@@ -191,7 +195,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str,
         raise InputError(
             f"{path or 'options'}: unknown key(s) {unknown}; known keys: {', '.join(sorted(allowed))}"
         )
-    check_types(config, params, str(path or "options"))
+    check_types(config, params, str(path or "options"), command_line=set(overrides))
     return config, base
 
 
@@ -203,7 +207,8 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> tuple[dict[str,
               help="YAML file whose keys are train() keyword arguments.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Output folder (overrides 'out').")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1... (overrides 'device').")
-@click.option("--threads", type=int, default=None, help="torch CPU threads (overrides 'threads').")
+@click.option("--threads", type=click.IntRange(1, 512), default=None,
+              help="torch CPU threads, 1 to 512 (overrides 'threads').")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace the outputs of an earlier run in OUT.")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Train with N processes on this machine (DistributedDataParallel: gloo on the CPU, one GPU per "

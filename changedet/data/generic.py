@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,6 +204,43 @@ def _list_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _resolve_row_path(base: Path, value: Any) -> Path:
+    """A path of a list's row: absolute, or relative to the list's folder ``base``."""
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _check_row_files(path: Path, rows: Sequence[dict[str, Any]], row_names: Sequence[str], wanted: set[str] | None,
+                     *, all_labels: bool) -> None:
+    """A :class:`~changedet.errors.RasterReadError` naming the list, the row and its column for a raster of the
+    rows to read that is not there (``all_labels``: every row's label, which the OSCD label scan reads), saying
+    that relative paths start at the list's folder."""
+    from changedet.errors import RasterReadError
+
+    base = path.parent
+    for i, (row, name) in enumerate(zip(rows, row_names, strict=True)):
+        read = wanted is None or name in wanted
+        for key in ("before", "after", "label"):
+            value = row.get(key)
+            virtual = "://" in str(value) or str(value).startswith("/vsi")  # URLs, GDAL's virtual file systems
+            if not value or virtual or not (read or (key == "label" and all_labels)):
+                continue
+            resolved = _resolve_row_path(base, value)
+            if resolved.exists():
+                continue
+            given = Path(str(value)).expanduser()
+            hint = ""
+            if not given.is_absolute():
+                hint = f"; relative paths in a list start at the list's folder ({base.absolute()}), not the current one"
+                if given.exists():
+                    relative = Path(os.path.relpath(given.absolute(), base.absolute()))
+                    hint += (f": {value} exists relative to the current folder, so write {relative.as_posix()} or "
+                             "an absolute path in the list")
+            raise RasterReadError(
+                f"{path}, row {i + 1} ({name}): {key} {value}: no such file (looked for {resolved}){hint}"
+            )
+
+
 def read_list(
     path: str | Path,
     *,
@@ -217,7 +255,9 @@ def read_list(
     Parameters
     ----------
     path : path
-        The list; relative raster paths are resolved against its folder. ``name`` defaults to the BEFORE stem.
+        The list; relative raster paths are resolved against its folder (a missing raster is a
+        :class:`~changedet.errors.RasterReadError` naming the list, the row and the column). ``name`` defaults to
+        the BEFORE stem.
     names : sequence of str, optional
         Only these rows (by name).
     bands, change_values, no_change_values, pixel_size
@@ -234,14 +274,15 @@ def read_list(
     repeated = sorted({n for n in row_names if row_names.count(n) > 1})
     if repeated:  # scenes are told apart by name (validation, test and calibration lists name them)
         raise InputError(f"{path}: several rows are named {', '.join(repeated)}; give each row its own name")
+    _check_row_files(path, rows, row_names, wanted,
+                     all_labels=change_values is None and no_change_values is None)
     no_change: set[Path] | None = None  # oscd_no_change_labels, once
     for row, name in zip(rows, row_names, strict=True):
         if wanted is not None and name not in wanted:
             continue
 
         def resolve(value: Any) -> Path:
-            p = Path(str(value)).expanduser()
-            return p if p.is_absolute() else base / p
+            return _resolve_row_path(base, value)
 
         label = row.get("label")
         if label and change_values is None and no_change_values is None and no_change is None:

@@ -87,6 +87,41 @@ def _names(value: Any, key: str) -> list[str] | None:
     raise InputError(f"dataset {key} must be a list of names, got {value!r}")
 
 
+#: Keys of a dataset mapping that list scene names.
+NAME_KEYS = ("cities", "val_cities", "test_cities", "pairs", "val_pairs", "test_pairs", "names", "val_names",
+             "test_names")
+
+
+def _numeric_names(spec: Mapping[str, Any]) -> list[str]:
+    """The scene names that YAML read as numbers (``4_4`` is the integer 44 to YAML), as :func:`_names` writes
+    them."""
+    found: list[str] = []
+    for key in NAME_KEYS:
+        value = spec.get(key)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                found.append(str(v))
+    return found
+
+
+def _yaml_number_hint(exc: InputError, numeric: list[str]) -> InputError | None:
+    """The error about names that are not there, with a hint when some of those names were numbers in YAML:
+    YAML reads unquoted digits joined by underscores (DSIFN's ``4_4``) as one integer (44), and the original text
+    cannot be recovered, so the user is told to quote the names."""
+    import re
+
+    message = str(exc)
+    shown = [n for n in dict.fromkeys(numeric) if re.search(rf"(?<![\w.]){re.escape(n)}(?![\w.])", message)]
+    if not shown or type(exc) is not InputError:
+        return None
+    return InputError(
+        f"{message}. {', '.join(shown)} {'was' if len(shown) == 1 else 'were'} read by YAML as "
+        f"{'a number' if len(shown) == 1 else 'numbers'}: YAML reads unquoted digits joined by underscores as one "
+        "integer (4_4 becomes 44); quote the scene names, e.g. val_names: ['4_4'] (on the command line: "
+        "--dataset.val-names \"['4_4']\")"
+    )
+
+
 def _check_value_types(spec: Mapping[str, Any]) -> None:
     """An :class:`InputError` naming the key for a dataset value of the wrong type (before any file is read)."""
 
@@ -140,6 +175,18 @@ def load_dataset(spec: Mapping[str, Any], *, base: str | Path | None = None) -> 
             f"unknown key(s) {sorted(unknown)} for a {kind} dataset; known keys: {', '.join(sorted(_KEYS[kind]))}"
         )
     _check_value_types(spec)
+    numeric = _numeric_names(spec)
+    try:
+        return _load(spec, kind, base)
+    except InputError as exc:
+        hinted = _yaml_number_hint(exc, numeric) if numeric else None
+        if hinted is None:
+            raise
+        raise hinted from exc
+
+
+def _load(spec: Mapping[str, Any], kind: str, base: str | Path | None) -> DatasetSplit:
+    """:func:`load_dataset` once the spec's keys and value types are checked."""
     base_path = None if base is None else Path(base)
     info: dict[str, Any] = {"type": kind}
     if kind == "oscd":

@@ -9,6 +9,8 @@ naming the label values found (``_no_change_message``).
 from __future__ import annotations
 
 import contextlib
+import inspect
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +33,111 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 SCHEDULES = ("cosine", "step", "none")
 
+#: The most torch threads a run takes (``changedet detect --threads`` has the same limits, 1..512).
+MAX_THREADS = 512
+
+
+def _check_threads(threads: Any) -> None:
+    """An :class:`InputError` unless ``threads`` is None (torch's choice) or a whole number from 1 to 512."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                or not 1 <= int(threads) <= MAX_THREADS):
+        raise InputError(f"threads must be a whole number from 1 to {MAX_THREADS} (or null: torch's choice), "
+                         f"got {threads!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _expected_kind(param: inspect.Parameter) -> str | None:
+    """What a constructor parameter takes, from its annotation (or its default): "int", "number", "bool" or None
+    (anything else, left to the constructor)."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        default = param.default
+        annotation = type(default).__name__ if isinstance(default, (bool, int, float)) else ""
+    elif not isinstance(annotation, str):
+        annotation = getattr(annotation, "__name__", "")
+    members = {m.strip() for m in str(annotation).split("|")} - {"None"}
+    if members == {"bool"}:
+        return "bool"
+    if members == {"int"}:
+        return "int"
+    if members and members <= {"int", "float"}:
+        return "number"
+    return None
+
+
+def _check_kwargs_values(key: str, owner: str, params: Mapping[str, inspect.Parameter],
+                         kwargs: Mapping[str, Any]) -> None:
+    """An :class:`InputError` naming ``key.<name>`` for a value whose type the constructor's signature rules out
+    (a word where a number belongs...); keys the constructor does not take are left to it."""
+    wanted = {"int": "an integer", "number": "a number", "bool": "true/false"}
+    for name, value in kwargs.items():
+        param = params.get(name)
+        kind = None if param is None else _expected_kind(param)
+        if kind is None or (value is None and param is not None and "None" in str(param.annotation)):
+            continue
+        ok = (isinstance(value, bool) if kind == "bool"
+              else isinstance(value, numbers.Integral) and not isinstance(value, bool) if kind == "int"
+              else _is_number(value))
+        if not ok:
+            raise InputError(f"{key}.{name} must be {wanted[kind]} ({owner} option {name}), got {value!r}")
+
+
+def _init_params(cls: type) -> dict[str, inspect.Parameter]:
+    return {k: v for k, v in inspect.signature(cls.__init__).parameters.items()  # type: ignore[misc]
+            if k != "self" and v.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def _check_model_kwargs(model: str, model_kwargs: Mapping[str, Any] | None) -> None:
+    if model_kwargs is None:
+        return
+    if not isinstance(model_kwargs, Mapping):
+        raise InputError(f"model_kwargs must be a mapping of {model}'s options (e.g. {{dropout: 0.1}}), "
+                         f"got {model_kwargs!r}")
+    from changedet.errors import UnknownModelError
+    from changedet.models.registry import model_class
+
+    try:
+        cls = model_class(model)
+    except UnknownModelError:
+        return  # create_model names the known architectures
+    _check_kwargs_values("model_kwargs", f"model {model!r}", _init_params(cls), model_kwargs)
+
+
+def _check_loss_kwargs(loss: str, loss_kwargs: Mapping[str, Any] | None, ohem: float | None) -> None:
+    if loss_kwargs is None:
+        return
+    if not isinstance(loss_kwargs, Mapping):
+        raise InputError(f"loss_kwargs must be a mapping of the loss's options (e.g. {{gamma: 2}}), got {loss_kwargs!r}")
+    from changedet.losses import LOSSES
+    from changedet.training.objective import OHEMLoss
+
+    parts = [p.strip().lower() for p in loss.split("+")]
+    params: dict[str, inspect.Parameter] = {}
+    for cls in [OHEMLoss] if ohem else [LOSSES[p] for p in parts if p in LOSSES]:
+        params = {**_init_params(cls), **params}
+    _check_kwargs_values("loss_kwargs", f"loss {loss!r}", params, loss_kwargs)
+    weights = loss_kwargs.get("weights")
+    if weights is not None and not ohem and not (isinstance(weights, (list, tuple)) and all(_is_number(w) for w in weights)):
+        raise InputError(f"loss_kwargs.weights must be a list of numbers, one per loss of {loss!r} "
+                         f"(e.g. {[1.0] * len(parts)}), got {weights!r}")
+
+
+def _check_augment(augment: Any) -> None:
+    """Types and ranges of an ``augment`` mapping (or true/false), before anything is read."""
+    from changedet.data.augment import Augment
+
+    if isinstance(augment, Mapping):
+        for key, value in augment.items():
+            if key in ("flips", "rotations") and not isinstance(value, bool):
+                raise InputError(f"augment.{key} must be true/false, got {value!r}")
+            if key in ("date_swap", "gain", "offset") and not _is_number(value):
+                raise InputError(f"augment.{key} must be a number, got {value!r}")
+        augment = dict(augment)
+    Augment.from_config(augment)
+
 
 def _check_settings(
     *,
@@ -51,6 +158,13 @@ def _check_settings(
     lr: float,
     ema: float | None,
     name: str,
+    threads: int | None = None,
+    num_workers: int = 0,
+    augment: Any = True,
+    model: str = "",
+    model_kwargs: Mapping[str, Any] | None = None,
+    loss_kwargs: Mapping[str, Any] | None = None,
+    ohem: float | None = None,
 ) -> None:
     """Raise an :class:`InputError` for the first setting that is not usable; nothing is read or created."""
     if not isinstance(loss, str) or not loss:
@@ -75,6 +189,13 @@ def _check_settings(
         raise InputError(f"ema must be a decay between 0 and 1 (e.g. 0.99) or null, got {ema!r}")
     if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
         raise InputError(f"name must be a file name without folders (the checkpoint's stem inside out), got {name!r}")
+    _check_threads(threads)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+        raise InputError(f"num_workers must be a whole number >= 0 (0: chips are cut in the main process), "
+                         f"got {num_workers!r}")
+    _check_augment(augment)
+    _check_model_kwargs(model, model_kwargs)
+    _check_loss_kwargs(loss, loss_kwargs, ohem)
 
 
 def _class_counts(scenes: Sequence[Scene]) -> tuple[int, int]:

@@ -120,7 +120,10 @@ def train(
         BCE weight of the change class; ``"auto"`` = unchanged/changed pixel ratio of the first epoch's chips,
         capped at ``pos_weight_cap``.
     loss_kwargs : mapping, optional
-        ``focal_gamma``, ``focal_alpha``, ``dice_weight``; ``margin``, ``mining``... for the metric losses.
+        Options of the loss's components (:func:`changedet.losses.create_loss`): ``gamma``, ``alpha`` (focal),
+        ``smooth`` (Dice), ``weights`` (of a combination, e.g. ``[1.0, 0.5]`` for ``bce+dice``); ``margin``,
+        ``mining``, ``distance`` for the metric losses. An option no component takes is an :class:`InputError`
+        listing the ones they take.
     ohem : float, optional
         Keep only this fraction of the hardest valid pixels per batch (online hard example mining).
     optimizer, lr, weight_decay, momentum : optimiser (``adam``, ``adamw``, ``sgd``) and its settings.
@@ -162,13 +165,14 @@ def train(
     device : str
         ``cpu``, ``cuda``, ``cuda:1``...
     threads : int, optional
-        ``torch.set_num_threads`` during the run (restored afterwards).
+        ``torch.set_num_threads`` during the run (restored afterwards): 1 to 512, or None for torch's choice.
     deterministic : bool
         Request deterministic algorithms (identical weights for identical seeds on the CPU).
     channels_last : bool
         NHWC memory format (faster convolutions on recent CPUs and GPUs).
     num_workers : int
-        DataLoader worker processes (0: chips are cut in the main process, usually fastest for in-memory scenes).
+        DataLoader worker processes, >= 0 (0: chips are cut in the main process, usually fastest for in-memory
+        scenes).
     name : str
         Checkpoint stem inside ``out`` (``model`` gives ``model.safetensors``/``model.json``).
     description, checkpoint_name : str
@@ -224,6 +228,8 @@ def train(
         probability_calibration=probability_calibration, pos_weight=pos_weight, epochs=epochs,
         chips_per_epoch=chips_per_epoch, batch_size=batch_size, chip_size=chip_size, val_every=val_every,
         val_tile_size=val_tile_size, normalization=normalization, patience=patience, lr=lr, ema=ema, name=name,
+        threads=threads, num_workers=num_workers, augment=augment, model=model, model_kwargs=model_kwargs,
+        loss_kwargs=loss_kwargs, ohem=ohem,
     )
     destination, dataset, dev = _resolve_paths(config, out=out, name=name, dataset=dataset, config_base=config_base,
                                                device=device, ddp_backend=ddp_backend)

@@ -126,13 +126,26 @@ def build_loss(
         unknown = set(loss_kwargs) - allowed
         if unknown:
             raise InputError(f"unknown option(s) {sorted(unknown)} for {loss} with ohem; known: gamma, alpha")
-        return OHEMLoss(loss, keep=float(ohem), min_kept=ohem_min_kept, pos_weight=pos_weight, **loss_kwargs)
+        try:
+            return OHEMLoss(loss, keep=float(ohem), min_kept=ohem_min_kept, pos_weight=pos_weight, **loss_kwargs)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"cannot create the {loss} loss with ohem {ohem} and loss_kwargs {dict(loss_kwargs)}: "
+                             f"{exc}; check their values") from exc
     from changedet.losses import create_loss
 
     kwargs = dict(loss_kwargs)
     if pos_weight is not None and "bce" in [p.strip() for p in loss.lower().split("+")]:
         kwargs["pos_weight"] = float(pos_weight)
-    return create_loss(loss, **kwargs)
+    try:
+        return create_loss(loss, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        # a value a loss cannot use (e.g. a word for a number) that train()'s checks did not catch
+        raise InputError(f"cannot create loss {loss!r} with loss_kwargs {dict(loss_kwargs)}: {exc}; check the "
+                         "values of loss_kwargs") from exc
 
 
 class _LossStep(nn.Module):

@@ -24,6 +24,7 @@ from changedet.ddp import DistContext, assign_by_size, run_on_main
 from changedet.errors import InputError, OutputExistsError
 from changedet.training.checks import _check_choice
 from changedet.training.outputs import ProgressCallback, tqdm_progress
+from changedet.training.runtime import _check_device
 
 log = logging.getLogger("changedet.training")  # the package's logger, as before the split
 
@@ -69,9 +70,7 @@ def _resolve_paths(
 
         dataset = config["dataset"] = resolve_paths(dataset, config_base)
     weights_path, json_path = checkpoint_paths(out / name)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    dev = _check_device(device)
     if ddp_backend is not None:
         _check_choice("ddp_backend", ddp_backend, ("gloo", "nccl"))
     return _Destination(out, weights_path, json_path), dataset, dev

@@ -28,8 +28,9 @@ from changedet.calibration import (
 from changedet.data.generic import Scene
 from changedet.data.sampling import PreparedScene, prepare_scenes
 from changedet.errors import InputError, OutputExistsError
+from changedet.training.checks import _check_threads
 from changedet.training.outputs import _json_safe
-from changedet.training.runtime import _torch_settings
+from changedet.training.runtime import _check_device, _torch_settings
 from changedet.training.validation import _validate
 
 log = logging.getLogger("changedet.training")  # the package's logger, as before the split
@@ -75,6 +76,10 @@ def calibrate_checkpoint(
         Where to write the calibrated checkpoint (may equal ``checkpoint`` with ``overwrite=True``).
     val_scenes : sequence of Scene, optional
         Labelled scenes to calibrate on, instead of the checkpoint's validation split.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:1``... (an :class:`InputError` where CUDA is not available, as in :func:`train`).
+    threads : int, optional
+        torch threads while the network runs: 1 to 512, or None for torch's choice.
 
     Returns
     -------
@@ -90,13 +95,15 @@ def calibrate_checkpoint(
     InputError
         A metric model (its distances are calibrated during training), no validation scenes, scenes without a
         label or with another band count than the checkpoint's, or a fit that is impossible (one class only, or
-        scores that do not rank change first).
+        scores that do not rank change first); an unknown or unavailable device, or threads outside 1..512.
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
     """
     from changedet.models import fold_logit_affine
     from changedet.models.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 
+    _check_threads(threads)
+    dev = _check_device(device)
     if Path(out).is_dir():
         raise InputError(f"{out}: a folder; give the new checkpoint's file name, e.g. {Path(out) / 'model.safetensors'}")
     weights_out, json_out = checkpoint_paths(out)
@@ -106,7 +113,6 @@ def calibrate_checkpoint(
     net, meta = load_checkpoint(checkpoint)
     if getattr(net, "is_metric", False):
         raise InputError(f"{checkpoint}: a metric model; its distances are calibrated (center/scale) in training")
-    dev = torch.device(device)
     prepared, probs = _checkpoint_probabilities(checkpoint, net, meta, val_scenes, dev, threads)
     labels = [s.label for s in prepared]
     valids = [s.valid for s in prepared]
@@ -201,10 +207,12 @@ def cross_calibrate_checkpoint(
     """
     from changedet.models.checkpoint import load_checkpoint
 
+    _check_threads(threads)
+    dev = _check_device(device)
     net, meta = load_checkpoint(checkpoint)
     if getattr(net, "is_metric", False):
         raise InputError(f"{checkpoint}: a metric model; its cross-calibration is recorded in training")
-    prepared, probs = _checkpoint_probabilities(checkpoint, net, meta, val_scenes, torch.device(device), threads)
+    prepared, probs = _checkpoint_probabilities(checkpoint, net, meta, val_scenes, dev, threads)
     method = str((meta.training.get("config") or {}).get("threshold_method") or "f1")
     return cross_calibrate(probs, [s.label for s in prepared], [s.valid for s in prepared], method=method,
                            names=[s.name for s in prepared])

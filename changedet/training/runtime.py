@@ -9,6 +9,21 @@ from collections.abc import Iterator
 import torch
 
 
+def _check_device(device: str | torch.device) -> torch.device:
+    """The torch device named by ``device``; an :class:`~changedet.errors.InputError` for a name torch does not know
+    or a CUDA device on a machine without CUDA (what :func:`~changedet.training.train` and
+    :func:`~changedet.training.calibrate_checkpoint` check before they start)."""
+    from changedet.errors import InputError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    return dev
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) for a reproducible run; numpy generators are seeded where they are created."""
     torch.manual_seed(int(seed))

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from changedet.data.sampling import ChipDataset
 from changedet.ddp import DistContext, ShardedBatchSampler, all_reduce_sum, broadcast_buffers
-from changedet.errors import InputError
+from changedet.errors import ChangedetError, InputError, ModelArgumentError
 from changedet.training.objective import METRIC_LOSSES, _auto_pos_weight, _LossStep, build_loss
 from changedet.training.outputs import ProgressCallback
 from changedet.training.preparation import _TrainData
@@ -148,7 +148,16 @@ def _create_network(
 
     kwargs = dict(model_kwargs or {})
     kwargs["in_channels"] = in_channels
-    net = create_model(model, **kwargs)
+    try:
+        net = create_model(model, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ChangedetError):
+            raise
+        # a value the constructor cannot use (e.g. a word for a number) that the checks did not catch
+        raise ModelArgumentError(
+            f"cannot create model {model!r} with model_kwargs {dict(model_kwargs or {})}: {exc}; check the "
+            "values of model_kwargs"
+        ) from exc
     is_metric = bool(getattr(net, "is_metric", False))
     if metric_loss and not is_metric:
         raise InputError(
