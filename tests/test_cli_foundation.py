@@ -152,6 +152,26 @@ def test_check_says_which_model_detect_would_run_or_why_none(runner: CliRunner, 
     assert "detect needs --model (and --indexes): no bundled model takes 4 bands" in res.output
 
 
+def test_check_reports_an_after_without_the_models_bands_with_the_per_date_fix(runner: CliRunner,
+                                                                              tmp_path: Path) -> None:
+    from changedet.io.stack import SENTINEL2_BANDS
+
+    data = (np.random.default_rng(0).random((13, 64, 64)) * 3000).astype("uint16")
+    before = make_geotiff(tmp_path / "l1c.tif", data, descriptions=list(SENTINEL2_BANDS))
+    after = make_geotiff(tmp_path / "after3.tif", data[1:4])  # B02, B03, B04, unnamed (None, None, None)
+    res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output  # a report, no traceback
+    assert "NOT OK" in res.output
+    assert "reads B04, B03, B02" in res.output and "3 unnamed bands" in res.output
+    assert "--indexes 4,3,2:3,2,1" in res.output
+    res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift", "--json"])
+    assert res.exit_code == 1
+    assert any("--indexes 4,3,2:3,2,1" in p for p in json.loads(res.output)["problems"])
+    # the fix it gives: OK
+    res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift", "--indexes", "4,3,2:3,2,1"])
+    assert res.exit_code == 0 and "OK: the pair can be compared" in res.output
+
+
 def test_undeclared_zero_fill_is_warned_with_the_fix(runner: CliRunner, tmp_path: Path) -> None:
     before, after = make_pair(tmp_path, "aligned", size=64)
     with rasterio.open(after, "r+") as ds:

@@ -439,6 +439,36 @@ def test_each_date_reads_the_models_bands_by_its_own_names(tmp_path: Path) -> No
     assert same_positions.report["alignment"]["indexes"] == {"before": [3, 2, 1], "after": [3, 2, 1]}
 
 
+def test_an_unnamed_after_without_befores_band_positions_says_why_and_gives_the_per_date_fix(tmp_path: Path) -> None:
+    from changedet.api import default_model_for
+    from changedet.errors import PairMismatchError
+    from changedet.models.bundled import S2_BANDS
+
+    data = (np.random.default_rng(0).random((13, 64, 64)) * 3000).astype("uint16")
+    before = make_geotiff(tmp_path / "before.tif", data, descriptions=list(S2_BANDS))
+    after = make_geotiff(tmp_path / "after3.tif", data[1:4])  # B02, B03, B04 with no names: (None, None, None)
+    with rasterio.open(after) as ds:
+        assert ds.descriptions == (None, None, None)
+    # s2-rgb reads B04, B03, B02 at bands 4, 3, 2 of BEFORE; AFTER names none of them and has no band 4: detect says
+    # so (not "band index [4] out of range" for bands the user never gave) and gives the per-date --indexes
+    with pytest.raises(PairMismatchError) as raised:
+        detect(before, after, output_dir=tmp_path / "out", quicklook=False, vectorize=False)
+    message = str(raised.value)
+    assert message.startswith(f"{after}: the model s2-rgb reads B04, B03, B02, which {before} holds at bands 4,3,2")
+    assert "has 3 unnamed bands" in message and "no band 4" in message and "out of range" not in message
+    assert "--indexes 4,3,2:3,2,1 if its bands are B02, B03, B04" in message
+    # changedet check asks the same question (default_model_for): the same error, not an IndexError
+    with pytest.raises(PairMismatchError) as checked:
+        default_model_for(before, after)
+    assert str(checked.value) == message
+    # the fix it gives works
+    fixed = detect(before, after, indexes=([4, 3, 2], [3, 2, 1]), output_dir=tmp_path / "fixed", quicklook=False,
+                   vectorize=False)
+    assert fixed.report["alignment"]["indexes"] == {"before": [4, 3, 2], "after": [3, 2, 1]}
+    res = CliRunner().invoke(cli, ["detect", str(before), str(after), "-o", str(tmp_path / "cli")])
+    assert res.exit_code == 2 and "--indexes 4,3,2:3,2,1" in res.output and "Traceback" not in res.output
+
+
 def test_series_dates_read_the_models_bands_by_their_own_names(tmp_path: Path) -> None:
     import shutil
 

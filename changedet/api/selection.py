@@ -75,11 +75,53 @@ def _bands_per_date(infos: Sequence[Any], meta: Any, select: Any) -> Any:
     (a 3-band B02, B03, B04 file beside a 13-band stack), else the first date's positions.
 
     Returns ``select`` unchanged when every date reads the same bands, else one list of 1-based indexes per date.
+    Raises :class:`~changedet.errors.PairMismatchError` when a later date's names and colours do not identify the
+    model's bands and it lacks the first date's positions (B04, B03, B02 at bands 4, 3, 2 of a 13-band stack beside
+    3 unnamed bands): the message says so and gives the per-date ``--indexes`` that would work.
     """
+    from changedet.errors import PairMismatchError
+
     want = list(meta.band_names or [])
     first = list(select) if select else list(range(1, infos[0].count + 1))
-    per_date = [first] + [identified_bands(info, want) or first for info in infos[1:]]
+    per_date = [first]
+    for info in infos[1:]:
+        own = identified_bands(info, want)
+        if own is None and any(int(i) > info.count for i in first):
+            raise PairMismatchError(_missing_bands_message(infos[0], info, meta, first))
+        per_date.append(own or first)
     return select if all(p == first for p in per_date) else per_date
+
+
+def _missing_bands_message(first_info: Any, info: Any, meta: Any, first: list[int]) -> str:
+    """Why a later date cannot feed the model the first date's bands, and the ``--indexes BEFORE:AFTER`` fix."""
+    from changedet.models.bundled import S2_BANDS
+
+    want = [str(w) for w in (meta.band_names or [])]
+    model = meta.name or meta.architecture
+    src, ref = _source_name(getattr(info, "path", None) or "AFTER"), _source_name(
+        getattr(first_info, "path", None) or "BEFORE")
+    bands = ", ".join(want) or f"{len(first)} bands"
+    at = ",".join(map(str, first))
+    names = [str(d) for d in (info.descriptions or ()) if d]
+    plural = "band" if info.count == 1 else "bands"
+    what = (f"{info.count} unnamed {plural}" if not names
+            else f"{info.count} {plural} ({', '.join(str(d or '-') for d in info.descriptions)})")
+    missing = sorted({int(i) for i in first if int(i) > info.count})
+    head = (f"{src}: the model {model} reads {bands}, which {ref} holds at bands {at}; {src} has {what}, whose names "
+            f"and colours do not identify {bands}, and no band {', '.join(map(str, missing))}")
+    if info.count < len(first):
+        return (f"{head}: it has fewer bands than the model reads; choose a model for {info.count} band(s) with "
+                "--model (`changedet models` lists them)")
+    if info.count == len(want) and want and all(w.upper() in S2_BANDS for w in want):
+        ascending = sorted(want, key=lambda w: S2_BANDS.index(w.upper()))  # the sensor order of an export
+        guess = ",".join(str(ascending.index(w) + 1) for w in want)
+        rest = ",".join(str(want.index(w) + 1) for w in want)
+        example = (f"--indexes {at}:{guess} if its bands are {', '.join(ascending)} in that order "
+                   f"(--indexes {at}:{rest} if they are {', '.join(want)})")
+    else:
+        example = f"--indexes {at}:LIST with the {len(first)} bands of {src} that hold {bands}, in that order"
+    return (f"{head}. Give each date's bands with {example}, or name its bands (band descriptions) "
+            f"{', '.join(want) or 'as the model does'}.")
 
 
 def _warn_named_mismatch(info: Any, want: list[str], chosen: list[int], source: str) -> None:
@@ -159,8 +201,14 @@ def default_model_for(before: Any, after: Any) -> dict[str, Any]:
         per_date = [list(select) if select else list(range(1, info.count + 1))] * 2
     picked = {"before": list(per_date[0]), "after": list(per_date[1])}
     return {"name": name, "indexes": picked,
-            "bands": {k: [str(infos[j].descriptions[i - 1] or f"B{i}") if infos[j].descriptions else f"B{i}"
-                          for i in picked[k]] for j, k in enumerate(("before", "after"))}}
+            "bands": {k: [_band_name(infos[j], i) for i in picked[k]] for j, k in enumerate(("before", "after"))}}
+
+
+def _band_name(info: Any, index: int) -> str:
+    """The description of 1-based band ``index`` of ``info``, else ``B<index>``."""
+    descriptions = tuple(info.descriptions or ())
+    name = descriptions[index - 1] if 0 < index <= len(descriptions) else None
+    return str(name) if name else f"B{index}"
 
 
 def _peek_meta(model: Any, checkpoint: Any, band_count: int, pixel: float | None, info: Any = None) -> Any:

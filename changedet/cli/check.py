@@ -109,19 +109,21 @@ def _model_bands_of_other_counts(before: Path, after: Path, default: dict[str, A
         f"or colour: {', '.join(bands['before'])} of BEFORE and {', '.join(bands['after'])} of AFTER")
 
 
-def _default_model(before: Path, after: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _default_model(before: Path, after: Path) -> tuple[dict[str, Any] | None, Exception | None]:
     """The bundled model ``detect`` would run on the pair without ``--model`` and the bands of each date
-    (:func:`changedet.api.default_model_for`), or None and why none would (the error detect gives)."""
+    (:func:`changedet.api.default_model_for`), or None and why none would (the error detect gives: a
+    :class:`~changedet.errors.PairMismatchError` when AFTER lacks the model's bands, which check reports as a
+    problem)."""
     from changedet.api import default_model_for
     from changedet.errors import ChangedetError
 
     try:
         return default_model_for(before, after), None
     except ChangedetError as exc:
-        return None, str(exc)
+        return None, exc
 
 
-def _default_model_note(default: dict[str, Any] | None, why: str | None) -> str:
+def _default_model_note(default: dict[str, Any] | None, why: Exception | None) -> str:
     """The report's note on the default model, so that check's OK does not hide the error detect gives."""
     if default is None:
         return f"detect needs --model (and --indexes): {why}"
@@ -168,6 +170,7 @@ def command(
 
     Exit status: 0 the pair can be compared (possibly with warnings), 1 it cannot (every reason is printed).
     """
+    from changedet.errors import PairMismatchError
     from changedet.io.alignment import check_pair
 
     selected = parse_indexes(indexes)
@@ -180,6 +183,8 @@ def command(
     report = check_pair(before, after, indexes=selected, estimate_shift=shift, resampling=resampling)
     if note:
         report.notes.append(note)
+    if isinstance(why, PairMismatchError):  # AFTER lacks the model's bands: detect refuses the pair, and says why
+        report.problem(str(why))
     if report.ok and indexes is None:
         report.notes.append(_default_model_note(default, why))
     if as_json:
