@@ -356,3 +356,26 @@ def test_cli_export_qgis_checks_before_writing_and_takes_q(tmp_path):
     r = CliRunner().invoke(cli, ["export", "qgis", str(out), "-q"])  # -q/-v after the leaf command, as elsewhere
     assert r.exit_code == 0, r.output
     assert (out / "project.qgs").is_file()
+
+
+def test_export_qgis_after_moving_the_folder_with_its_inputs(tmp_path, caplog):
+    # a whole site folder (inputs + result) moved: report.json's absolute input paths are gone, but the paths
+    # relative to the result folder that the existing project records still resolve
+    out, *_ = _result_folder(tmp_path / "site")
+    export_qgis(out)
+    (tmp_path / "site").rename(tmp_path / "site_moved")
+    out = tmp_path / "site_moved" / "result"
+    r = CliRunner().invoke(cli, ["export", "qgis", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "left out of the project" not in r.output
+    sources = {m.findtext("layername"): m.findtext("datasource") for m in _layers(out / "project.qgs")}
+    assert sources["BEFORE"] == "../inputs/before.tif" and sources["AFTER"] == "../inputs/after.tif", sources
+    assert (out / sources["BEFORE"]).is_file() and (out / sources["AFTER"]).is_file()
+    # the result moved alone: the inputs are not found anywhere, they are left out with a warning
+    alone = tmp_path / "alone"
+    out.rename(alone)
+    with caplog.at_level("WARNING", logger="changedet.export.qgis"):
+        export_qgis(alone)
+    assert "BEFORE raster" in caplog.text and "left out of the project" in caplog.text
+    assert [m.findtext("layername") for m in _layers(alone / "project.qgs")] == [
+        "change polygons", "change mask", "change probability"]

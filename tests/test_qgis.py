@@ -187,14 +187,16 @@ def test_qgis_process_runs_the_detect_algorithm(tmp_path, qgis_env):
 
     before, after = make_pair(tmp_path / "pair", "aligned", size=96, bands=3)
     paint_change(after, (20, 30, 16, 24))
-    env = dict(qgis_env, QGIS_PLUGINPATH=str(REPO / "qgis_plugin"), CHANGEDET_EXECUTABLE=exe,
-               OMP_NUM_THREADS="2")
+    # the executable given by the parameter (README), not $CHANGEDET_EXECUTABLE: a path without an extension
+    # (venv/bin/changedet) must be accepted (QGIS 3.22's default file filter "*.*" refuses it)
+    env = {k: v for k, v in qgis_env.items() if k != "CHANGEDET_EXECUTABLE"}
+    env.update(QGIS_PLUGINPATH=str(REPO / "qgis_plugin"), OMP_NUM_THREADS="2")
     r = subprocess.run([QGIS_PROCESS, "plugins", "enable", "changedet_processing"], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "out"
     r = subprocess.run([QGIS_PROCESS, "--json", "run", "changedet:detect", f"--BEFORE={before}",
-                        f"--AFTER={after}", "--METHOD=1", f"--OUTPUT={out}"],
+                        f"--AFTER={after}", "--METHOD=1", f"--OUTPUT={out}", f"--EXECUTABLE={exe}"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads(r.stdout[r.stdout.index("{"):])["results"]
@@ -218,7 +220,51 @@ def test_qgis_process_runs_the_detect_algorithm(tmp_path, qgis_env):
                         f"--EXECUTABLE={tmp_path / 'no-such-changedet'}"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0
-    assert "no-such-changedet" in r.stdout + r.stderr
+    # refused by the algorithm (qgis_process echoes every input, so the name alone proves nothing), not by the
+    # parameter's file filter ("Incorrect parameter value for EXECUTABLE")
+    assert "no-such-changedet (from the 'changedet executable' parameter) is not an executable file" in (
+        r.stdout + r.stderr), r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Incorrect parameter value" not in r.stdout + r.stderr
+
+
+_PARAMETER_SCRIPT = """
+import json, sys
+from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProject
+sys.path.insert(0, sys.argv[1])
+app = QgsApplication([], False)
+app.initQgis()
+from changedet_processing.algorithm import DetectAlgorithm
+alg = DetectAlgorithm()
+alg.initAlgorithm()
+param = alg.parameterDefinition("EXECUTABLE")
+context = QgsProcessingContext()
+context.setProject(QgsProject.instance())
+report = {"filter": param.fileFilter(), "acceptable": {}, "check": {}}
+for path in sys.argv[2:]:
+    report["acceptable"][path] = param.checkValueIsAcceptable(path)
+    ok, message = alg.checkParameterValues({"BEFORE": sys.argv[2], "AFTER": sys.argv[2], "EXECUTABLE": path,
+                                            "OUTPUT": "TEMPORARY_OUTPUT"}, context)
+    report["check"][path] = [ok, message]
+print(json.dumps(report))
+"""
+
+
+def test_executable_parameter_accepts_a_path_without_extension(tmp_path, qgis_env):
+    # QGIS 3.22's QgsProcessingParameterFile defaults to the filter "All files (*.*)", which refuses
+    # /path/to/venv/bin/changedet: the documented way to point the algorithm at changedet
+    (raster,) = make_pair(tmp_path / "pair", "aligned", size=16, bands=3)[:1]
+    exe = tmp_path / "venv" / "bin" / "changedet"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    script = tmp_path / "param.py"
+    script.write_text(_PARAMETER_SCRIPT)
+    r = subprocess.run([QGIS_PYTHON, str(script), str(REPO / "qgis_plugin"), str(raster), str(exe),
+                        str(tmp_path / "changedet.exe")], capture_output=True, text=True, env=qgis_env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads([line for line in r.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["acceptable"] == {str(raster): True, str(exe): True, str(tmp_path / "changedet.exe"): True}, report
+    assert report["check"][str(exe)][0] is True, report
 
 
 def test_cancelling_the_detect_algorithm_leaves_no_partial_folder(tmp_path, qgis_env):
@@ -240,3 +286,57 @@ def test_cancelling_the_detect_algorithm_leaves_no_partial_folder(tmp_path, qgis
         assert result["left"] == [], result
     else:
         assert "report.json" in result["left"], result
+
+
+_LOAD_SCRIPT = """
+import gc, json, sys
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.PyQt.QtGui import QColor
+plugin_dir, before, after, outdir = sys.argv[1:5]
+sys.path.insert(0, plugin_dir)
+sys.path.insert(0, "/usr/share/qgis/python/plugins")
+app = QgsApplication([], False)
+app.initQgis()
+import processing
+from processing.core.Processing import Processing
+Processing.initialize()
+from changedet_processing.provider import ChangedetProvider
+provider = ChangedetProvider()
+QgsApplication.processingRegistry().addProvider(provider)
+# what the desktop's Processing toolbox does: run, then load the results into the project (handleAlgorithmResults)
+processing.runAndLoadResults("changedet:detect", {"BEFORE": before, "AFTER": after, "METHOD": 1, "OUTPUT": outdir})
+gc.collect()
+layers = {}
+for layer in QgsProject.instance().mapLayers().values():
+    r = layer.renderer()
+    entry = {"renderer": r.type()}
+    if isinstance(layer, QgsVectorLayer) and r.type() == "singleSymbol":
+        entry["fill_color"] = r.symbol().color().name(QColor.HexArgb)
+    if isinstance(layer, QgsRasterLayer) and r.type() == "singlebandpseudocolor":
+        entry["ramp_min"] = r.classificationMin()
+    layers[layer.name()] = entry
+print(json.dumps(layers))
+"""
+
+
+def test_layers_loaded_by_the_algorithm_are_styled(tmp_path, qgis_env):
+    # QGIS 3.22's Processing loads result layers without their default style (grey rasters, random-colour
+    # polygons): the algorithm's post-processor applies the GeoPackage's embedded style and the .qml sidecars
+    exe = _changedet_executable()
+    if exe is None:
+        pytest.skip("no changedet executable found (set CHANGEDET_EXECUTABLE)")
+    from changedet.testing import paint_change
+
+    before, after = make_pair(tmp_path / "pair", "aligned", size=96, bands=3)
+    paint_change(after, (20, 30, 16, 24))
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_SCRIPT)
+    r = subprocess.run([QGIS_PYTHON, str(script), str(REPO / "qgis_plugin"), str(before), str(after),
+                        str(tmp_path / "out")], capture_output=True, text=True,
+                       env=dict(qgis_env, CHANGEDET_EXECUTABLE=exe, OMP_NUM_THREADS="2"), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    layers = json.loads([line for line in r.stdout.splitlines() if line.startswith("{")][-1])
+    assert set(layers) == {"change polygons", "change mask", "change probability"}, layers
+    assert layers["change probability"]["renderer"] == "singlebandpseudocolor", layers
+    assert layers["change mask"]["renderer"] == "paletted", layers
+    assert layers["change polygons"] == {"renderer": "singleSymbol", "fill_color": "#28e31a1c"}, layers

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from changedet.errors import InputError
-from changedet.export.qgis_project import rgb_bands, write_qgis_project
+from changedet.export.qgis_project import _project_inputs, rgb_bands, write_qgis_project
 from changedet.export.qgis_styles import (
     CHANGE_COLOR,
     POLYGON_COLOR,
@@ -107,7 +107,9 @@ def export_qgis(
     """Write every QGIS deliverable of a result folder: style sidecars, the GeoPackage style and the project.
 
     Missing options are read from ``outdir/report.json`` when present (``threshold``, ``before``/``after``
-    input paths, dates for the title). Styles and project are rewritten (they derive from the folder).
+    input paths, dates for the title). Styles and project are rewritten (they derive from the folder). When
+    report.json's absolute input path no longer exists (the folder was moved with its inputs), the path relative
+    to the folder that the existing project records is used if it resolves; else the input is left out.
 
     Returns
     -------
@@ -129,12 +131,24 @@ def export_qgis(
     before = before if before is not None else _find(report, "inputs.before", "before")
     after = after if after is not None else _find(report, "inputs.after", "after")
     dates = [_find(report, f"inputs.{k}.date", f"dates.{k}", f"{k}_date") for k in ("before", "after")]
-    if before is not None and not (out / before).exists() and not Path(before).exists():
-        log.warning("BEFORE raster %s (from report.json) not found: left out of the project", before)
-        before = None
-    if after is not None and not (out / after).exists() and not Path(after).exists():
-        log.warning("AFTER raster %s (from report.json) not found: left out of the project", after)
-        after = None
+    inputs: dict[str, Any] = {"before": before, "after": after}
+    previous: dict[str, Path] | None = None
+    for which, value in inputs.items():
+        if value is None or (out / value).exists() or Path(value).exists():
+            continue
+        # report.json's absolute path is gone: the folder was moved (with its inputs, e.g. a whole site folder);
+        # the existing project stores the input's path relative to the folder, which may still resolve
+        if previous is None:
+            previous = _project_inputs(Path(project) if Path(project).is_absolute() else out / project)
+        if which in previous:
+            log.info("%s raster %s (from report.json) not found: using %s (its path relative to %s in the "
+                     "existing project)", which.upper(), value, previous[which], out)
+            inputs[which] = previous[which]
+        else:
+            log.warning("%s raster %s (from report.json) not found: left out of the project (give it with "
+                        "--%s)", which.upper(), value, which)
+            inputs[which] = None
+    before, after = inputs["before"], inputs["after"]
     written: dict[str, Path] = {}
     prob_p = out / probability
     if threshold is None and prob_p.exists():

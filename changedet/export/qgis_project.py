@@ -178,6 +178,33 @@ def _resolve(outdir: Path, value: Any) -> Path | None:
     return p if p.is_absolute() else (outdir / p if (outdir / p).exists() or not p.exists() else p)
 
 
+def _project_inputs(path: str | os.PathLike[str]) -> dict[str, Path]:
+    """The BEFORE and AFTER rasters of an existing project written by :func:`write_qgis_project` that exist.
+
+    Their paths are stored relative to the project, so they still resolve after the folder was moved together
+    with its inputs (e.g. a whole site folder), when the absolute paths in ``report.json`` no longer do.
+    Returns ``{"before": path, "after": path}`` for those found; an absent or unreadable project gives ``{}``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    try:
+        root = ET.parse(p).getroot()
+    except (OSError, ET.ParseError) as exc:
+        log.info("%s: not a readable QGIS project (%s); its BEFORE/AFTER paths are not used", p, exc)
+        return {}
+    found: dict[str, Path] = {}
+    for layer in root.iter("maplayer"):
+        name = (layer.findtext("layername") or "").strip()
+        source = (layer.findtext("datasource") or "").split("|")[0].strip()
+        if name not in ("BEFORE", "AFTER") or not source:
+            continue
+        f = Path(source) if Path(source).is_absolute() else p.parent / source
+        if f.is_file():
+            found[name.lower()] = f.resolve()
+    return found
+
+
 def write_qgis_project(
     outdir: str | os.PathLike[str],
     *,

@@ -4,8 +4,9 @@ QGIS's Python is not the environment changedet (torch, rasterio...) is installed
 ``changedet`` executable in a subprocess: ``changedet detect BEFORE AFTER -o OUTPUT --overwrite [options]``.
 The executable is the "changedet executable" parameter, else the ``CHANGEDET_EXECUTABLE`` environment variable,
 else ``changedet`` found on PATH. The probability, the change mask and the polygons are added to the project
-when the algorithm finishes; QGIS applies their styles (the ``.qml`` sidecars and the style embedded in the
-GeoPackage).
+when the algorithm finishes, each with its style (:class:`StylePostProcessor`: the style embedded in the
+GeoPackage, else the layer's ``.qml`` sidecar; QGIS 3.22's Processing loads result layers without their default
+style).
 """
 
 import os
@@ -20,6 +21,7 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFile,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
@@ -35,6 +37,7 @@ from qgis.core import (
 METHODS = ["model", "cva", "irmad", "dsfa"]
 ENV_EXECUTABLE = "CHANGEDET_EXECUTABLE"
 _PERCENT = re.compile(r"(\d{1,3})%\|")  # tqdm's progress bar on changedet's stderr
+_PENDING_STYLES = set()  # StylePostProcessor objects not yet called: Python must keep them alive until then
 
 
 def find_executable(explicit=None):
@@ -69,6 +72,37 @@ def _file_source(layer, name):
             "save it as a GeoTIFF first (Export > Save As...)."
         )
     return source
+
+
+class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Applies a result layer's own style when Processing adds it to the project.
+
+    QGIS 3.22 loads result layers without their default style (rasters come out grey, polygons in a random
+    colour), so this loads it: ``layer.loadDefaultStyle()`` (the GeoPackage's ``layer_styles`` default, a raster's
+    ``.qml`` sidecar), else the ``.qml`` sidecar next to the file by name.
+
+    The context takes ownership of the C++ object, but the Python object implementing ``postProcessLayer`` must
+    outlive the run: every instance is kept in ``_PENDING_STYLES`` until it has styled its layer (an instance
+    that Python collected earlier is never called, and the layer stays unstyled).
+    """
+
+    def __init__(self, qml):
+        super().__init__()
+        self.qml = qml
+        _PENDING_STYLES.add(self)
+
+    def postProcessLayer(self, layer, context, feedback):
+        try:
+            message, loaded = layer.loadDefaultStyle()
+            if not loaded and os.path.exists(self.qml):
+                message, loaded = layer.loadNamedStyle(self.qml)
+            if loaded:
+                layer.triggerRepaint()
+            elif feedback is not None:
+                feedback.reportError(f"{layer.name()}: its style could not be loaded ({message}); "
+                                     f"load {self.qml} from the layer's properties (Style > Load Style).")
+        finally:
+            _PENDING_STYLES.discard(self)
 
 
 class DetectAlgorithm(QgsProcessingAlgorithm):
@@ -130,7 +164,9 @@ class DetectAlgorithm(QgsProcessingAlgorithm):
             minValue=0.0, defaultValue=0.0))
         exe = QgsProcessingParameterFile(
             self.EXECUTABLE, "changedet executable (empty: $CHANGEDET_EXECUTABLE, else `changedet` on PATH)",
-            behavior=QgsProcessingParameterFile.File, optional=True)
+            behavior=QgsProcessingParameterFile.File, optional=True,
+            # QGIS 3.22's default filter "All files (*.*)" refuses a path without an extension (bin/changedet)
+            fileFilter="All files (*)")
         exe.setFlags(exe.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(exe)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
@@ -188,6 +224,8 @@ class DetectAlgorithm(QgsProcessingAlgorithm):
             if os.path.exists(outputs[key]):
                 context.addLayerToLoadOnCompletion(
                     outputs[key], QgsProcessingContext.LayerDetails(name, context.project(), key))
+                context.layerToLoadOnCompletionDetails(outputs[key]).setPostProcessor(
+                    StylePostProcessor(os.path.splitext(outputs[key])[0] + ".qml"))
         if not os.path.exists(outputs[self.POLYGONS]):
             outputs[self.POLYGONS] = None
         if not os.path.exists(outputs[self.PROJECT]):
