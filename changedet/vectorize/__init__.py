@@ -51,6 +51,7 @@ from changedet.vectorize.pieces import _collect_pieces, _merge_pieces
 from changedet.vectorize.sources import (
     ARRAY_NODATA,
     _detect_encoded_nodata,
+    _float_values,
     _is_probability,
     _open_source,
     _Source,
@@ -126,7 +127,9 @@ def vectorize(
         :attr:`changedet.ChangeResult.probability`) is read as a change probability, as ``changedet vectorize``
         reads it: change is ``probability >= threshold``, the threshold given or the raster's tag (an
         :class:`~changedet.errors.InputError` without either, or with a ``probability`` too); give a mask as
-        integers or booleans (``mask.astype("uint8")``) to vectorise its non-zero pixels.
+        integers or booleans (``mask.astype("uint8")``) to vectorise its non-zero pixels. A float mask holding only
+        0 and 1 (and NaN or nodata) without a threshold, or with a ``probability``, is read as a mask; one holding
+        values outside 0..1 is an :class:`~changedet.errors.InputError` (neither a probability nor a mask).
     probability : numpy.ndarray, path, rasterio dataset, optional
         Change probability (0..1) on the same grid; gives ``mean_prob`` and ``max_prob`` (NaN without it).
         Non-finite values, values outside 0..1 and the dataset's nodata (``-1`` in ``probability.tif``) are
@@ -236,10 +239,21 @@ def vectorize(
         msrc = psrc = None
         ds_transform = ds_crs = None
         read_as_probability = False  # a float raster given as the mask: a change probability
+        probability_nodata: float | str | None = "auto"
         if mask is not None:
             msrc, ds_transform, ds_crs = _open_source(mask, "mask", nodata)
             sources.append(msrc)
-            if _is_probability(msrc):
+            binary, lo, hi = _float_values(msrc, window_size) if _is_probability(msrc) else (False, 0.0, 1.0)
+            if lo < 0.0 or hi > 1.0:
+                raise InputError(
+                    f"{msrc.name}: the mask is a float raster ({msrc.dtype}) holding values from {lo:g} to {hi:g}: "
+                    "neither a change probability (0 to 1) nor a 0/1 mask. Give the change mask as integers or "
+                    "booleans (e.g. (mask > 0).astype('uint8') for every non-zero pixel), or a probability from 0 to "
+                    "1 with a threshold."
+                )
+            if _is_probability(msrc) and binary and (threshold is None or probability is not None):
+                pass  # only 0s and 1s (a mask stored as floats): its non-zero pixels, as an integer mask's
+            elif _is_probability(msrc):
                 if probability is not None:
                     raise InputError(
                         f"{msrc.name}: the mask is a float raster ({msrc.dtype}), which is read as a change "
@@ -251,6 +265,7 @@ def vectorize(
                 sources.remove(msrc)
                 msrc.close()
                 mask, probability, msrc, read_as_probability = None, mask, None, True
+                probability_nodata = nodata  # the nodata given for the mask is the probability's
         if msrc is not None:
             if nodata == "auto" and msrc.nodata is None:  # detect's 0/1/255 mask whose nodata tag was lost
                 n_nodata = _detect_encoded_nodata(msrc, window_size)
@@ -265,7 +280,8 @@ def vectorize(
                         stacklevel=2,
                     )
         if probability is not None:
-            psrc, p_transform, p_crs = _open_source(probability, "probability", "auto")
+            psrc, p_transform, p_crs = _open_source(probability, "mask" if read_as_probability else "probability",
+                                                    probability_nodata)
             sources.append(psrc)
             if msrc is not None and psrc.shape != msrc.shape:
                 raise InputError(

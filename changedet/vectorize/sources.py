@@ -5,6 +5,7 @@ was lost) and the tags that ``changedet detect`` wrote."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,6 +117,23 @@ def _is_probability(src: _Source) -> bool:
     ``probability.tif``, not a mask. ``changedet vectorize`` and :func:`~changedet.vectorize.vectorize` read such a
     raster given as the mask as a probability: change is ``probability >= threshold``, not every non-zero pixel."""
     return src.dtype.kind == "f"
+
+
+def _float_values(src: _Source, size: int) -> tuple[bool, float, float]:
+    """Of a float ``src``'s valid values (finite, not its nodata): whether they are all 0 or 1 (a mask stored as
+    floats), and their minimum and maximum (0, 0 when there are none). Read window by window."""
+    binary, lo, hi = True, math.inf, -math.inf
+    height, width = src.shape
+    for _i, _j, win in _windows(height, width, size):
+        v = src.read(win)
+        ok = np.isfinite(v)
+        if src.nodata is not None and not math.isnan(src.nodata):
+            ok &= v != src.nodata
+        v = v[ok]
+        if v.size:
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+            binary = binary and bool(np.all((v == 0) | (v == 1)))
+    return (binary, lo, hi) if hi >= lo else (binary, 0.0, 0.0)
 
 
 def _tagged_threshold(tag: str | None) -> float | None:
