@@ -257,6 +257,7 @@ def test_fixed_statistics_of_another_band_count_name_the_bands() -> None:
     ({"num_workers": -1}, r"num_workers must be a whole number >= 0 .*got -1"),
     ({"augment": {"gain": "x"}}, r"augment\.gain must be a number, got 'x'"),
     ({"augment": {"flips": "yes"}}, r"augment\.flips must be true/false, got 'yes'"),
+    ({"augment": {"date_swap": "x"}}, r"augment\.date_swap must be a probability from 0 to 1"),
     ({"augment": {"gain": 1.5}}, r"augment gain must be in \[0, 1\), got 1\.5"),
     ({"model_kwargs": {"dropout": "x"}}, r"model_kwargs\.dropout must be a number \(model 'fc-ef' option dropout\), got 'x'"),
     ({"model_kwargs": ["dropout"]}, r"model_kwargs must be a mapping"),
@@ -362,3 +363,13 @@ def test_a_scene_without_valid_pixels_warns_and_training_names_it(tmp_path) -> N
                                 name="empty")
     with pytest.raises(InputError, match=r"scene empty \(.*label\.tif\): no valid pixel"):
         prepare_scenes([scene])
+
+
+def test_augment_values_that_were_always_taken_still_are() -> None:
+    """date_swap: true (always swap) and flips: 0/1 were accepted before the settings were checked up front."""
+    from changedet.data.augment import Augment
+    from changedet.training.checks import _check_augment
+
+    for augment in ({"date_swap": True}, {"date_swap": 0.5}, {"flips": 1, "rotations": 0}, True, None):
+        _check_augment(augment)
+    assert Augment.from_config({"date_swap": True}).date_swap is True

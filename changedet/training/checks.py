@@ -131,9 +131,13 @@ def _check_augment(augment: Any) -> None:
 
     if isinstance(augment, Mapping):
         for key, value in augment.items():
-            if key in ("flips", "rotations") and not isinstance(value, bool):
+            if key in ("flips", "rotations") and not (isinstance(value, bool) or (_is_number(value)
+                                                                                and value in (0, 1))):
                 raise InputError(f"augment.{key} must be true/false, got {value!r}")
-            if key in ("date_swap", "gain", "offset") and not _is_number(value):
+            # date_swap: true/false were always taken (always / never swap), as the probabilities 1 and 0
+            if key == "date_swap" and not (isinstance(value, bool) or _is_number(value)):
+                raise InputError(f"augment.date_swap must be a probability from 0 to 1 (or true/false), got {value!r}")
+            if key in ("gain", "offset") and not _is_number(value):
                 raise InputError(f"augment.{key} must be a number, got {value!r}")
         augment = dict(augment)
     Augment.from_config(augment)
