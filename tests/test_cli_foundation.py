@@ -164,6 +164,7 @@ def test_check_reports_an_after_without_the_models_bands_with_the_per_date_fix(r
     assert "NOT OK" in res.output
     assert "reads B04, B03, B02" in res.output and "3 unnamed bands" in res.output
     assert "--indexes 4,3,2:3,2,1" in res.output
+    assert "NOT OK: 1 problem" in res.output and "--indexes 1,2,3" not in res.output  # not the generic hint too
     res = runner.invoke(cli, ["check", str(before), str(after), "--no-shift", "--json"])
     assert res.exit_code == 1
     assert any("--indexes 4,3,2:3,2,1" in p for p in json.loads(res.output)["problems"])

@@ -184,6 +184,9 @@ def command(
     if note:
         report.notes.append(note)
     if isinstance(why, PairMismatchError):  # AFTER lacks the model's bands: detect refuses the pair, and says why
+        # its per-date fix replaces check_pair's generic band-count hint (--indexes 1,2,3), which is wrong here
+        for i in reversed([i for i, p in enumerate(report.problems) if " band(s) but " in p]):
+            del report.problems[i], report.problem_classes[i]
         report.problem(str(why))
     if report.ok and indexes is None:
         report.notes.append(_default_model_note(default, why))
