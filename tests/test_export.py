@@ -327,7 +327,7 @@ def test_cli_vectorize_mask_probability_and_formats(tmp_path):
     assert r.exit_code == 0 and pyogrio.read_info(tmp_path / "k.geojson")["crs"] == UTM
     r = runner.invoke(cli, ["vectorize", str(out / "change.tif"), str(tmp_path / "v.shp")])
     assert r.exit_code == 2 and ".gpkg or .geojson" in r.output
-    lone = make_geotiff(tmp_path / "lone" / "prob.tif", np.zeros((8, 8), "float32"))
+    lone = make_geotiff(tmp_path / "lone" / "prob.tif", np.full((8, 8), 0.3, "float32"))  # (only 0/1: a mask)
     r = runner.invoke(cli, ["vectorize", str(lone), str(tmp_path / "l.gpkg")])
     assert r.exit_code == 2 and "--threshold" in r.output
     assert not (tmp_path / "l.gpkg").exists()

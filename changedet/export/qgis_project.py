@@ -13,7 +13,6 @@ import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -83,11 +82,9 @@ def rgb_bands(
     >>> rgb_bands(3, colorinterp=["blue", "green", "red"])
     (3, 2, 1)
     """
-    from changedet.io.bands import display_bands
+    from changedet.io.bands import display_bands_of
 
-    return display_bands(SimpleNamespace(
-        count=count, descriptions=tuple(descriptions or ()), colorinterp=tuple(colorinterp or ()),
-        dtypes=tuple(dtypes or ()), tags=dict(tags or {})))
+    return display_bands_of(count, descriptions, colorinterp=colorinterp, dtypes=dtypes, tags=tags)
 
 
 def _stretch(ds: Any, bands: Sequence[int]) -> list[tuple[float, float]]:

@@ -12,7 +12,7 @@ figures and the QGIS project show with the same identification.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,8 +27,9 @@ def display_bands(info: Any) -> tuple[int, int, int] | None:
 
     The bands a true-colour model reads (:func:`identified_bands` for ``B04``, ``B03``, ``B02``): by Sentinel-2 name,
     else by colour (GDAL's colour interpretation, names such as ``Red`` or ``SR_B4``, Landsat 4-7 or 8/9 numbering
-    as the ``SPACECRAFT_ID`` tag says), else bands 4, 3, 2 of an unnamed 13-band (Sentinel-2) raster; otherwise
-    bands 1, 2, 3 of a raster with 3 or more bands. Used by :mod:`changedet.plotting` (``plot()``, the quick-look,
+    as the ``SPACECRAFT_ID`` tag says), else bands 4, 3, 2 of an unnamed 13-band (Sentinel-2) raster, else the
+    bands named ``B4``, ``B3``, ``B2`` (Landsat numbering without a sensor: true colour for Landsat 8/9, the usual
+    false-colour composite for Landsat 4-7); otherwise bands 1, 2, 3 of a raster with 3 or more bands. Used by :mod:`changedet.plotting` (``plot()``, the quick-look,
     ``explore()``) and :mod:`changedet.export` (the QGIS project), so that they show what the model reads.
 
     ``info`` is a :class:`~changedet.io.metadata.RasterInfo`, an open rasterio dataset or any object with ``count``
@@ -39,6 +40,8 @@ def display_bands(info: Any) -> tuple[int, int, int] | None:
     (4, 3, 2)
     >>> display_bands(NS(count=3, descriptions=(None,) * 3, colorinterp=("blue", "green", "red")))
     (3, 2, 1)
+    >>> display_bands(NS(count=7, descriptions=tuple(f"B{i}" for i in range(1, 8))))  # Landsat 5 or 8: not told
+    (4, 3, 2)
     >>> display_bands(NS(count=4, descriptions=(None,) * 4)), display_bands(NS(count=1, descriptions=(None,)))
     ((1, 2, 3), None)
     """
@@ -48,7 +51,22 @@ def display_bands(info: Any) -> tuple[int, int, int] | None:
         return (found[0], found[1], found[2])
     if info.count == 13:  # Sentinel-2 L1C in sensor order whatever its bands are called
         return (4, 3, 2)
+    # Landsat numbering the model will not guess (B1..B7 without a SPACECRAFT_ID tag: 5 or 8?): bands named B4, B3,
+    # B2, true colour for Landsat 8/9 and the usual false-colour composite for Landsat 4-7, as before these names
+    # were identified; never 1, 2, 3 (coastal/blue/green, or blue/green/red reversed)
+    names = [str(d or "").strip().upper() for d in info.descriptions]
+    if all(n in names for n in ("B4", "B3", "B2")):
+        return (names.index("B4") + 1, names.index("B3") + 1, names.index("B2") + 1)
     return (1, 2, 3) if info.count >= 3 else None
+
+
+def display_bands_of(count: int, descriptions: Sequence[str | None] | None = None, *,
+                     colorinterp: Sequence[Any] | None = None, dtypes: Sequence[str] | None = None,
+                     tags: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """:func:`display_bands` of a raster given by its band count, names, colour interpretation, dtypes and tags."""
+    return display_bands(SimpleNamespace(count=count, descriptions=tuple(descriptions or ()),
+                                         colorinterp=tuple(colorinterp or ()), dtypes=tuple(dtypes or ()),
+                                         tags=dict(tags or {})))
 
 
 def _band_info(info: Any) -> SimpleNamespace:

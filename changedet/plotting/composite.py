@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,11 +51,9 @@ def rgb_indexes(
     >>> rgb_indexes([None, None, None, None], 4), rgb_indexes(["pan"], 1)
     ([1, 2, 3], [1])
     """
-    from changedet.io.bands import display_bands
+    from changedet.io.bands import display_bands_of
 
-    info = SimpleNamespace(count=count, descriptions=tuple(descriptions or ()), colorinterp=tuple(colorinterp or ()),
-                           dtypes=tuple(dtypes or ()), tags=dict(tags or {}))
-    found = display_bands(info)
+    found = display_bands_of(count, descriptions, colorinterp=colorinterp, dtypes=dtypes, tags=tags)
     return list(found) if found is not None else [1]
 
 
