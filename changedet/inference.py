@@ -39,7 +39,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from changedet.errors import ChangedetError, InputError, OutputError
-from changedet.partials import StripWriter, _input_fingerprint, _Journal
+from changedet.partials import StripWriter, _input_fingerprint, _Journal, _predictor_fingerprint
 from changedet.predictors import (
     TTA_MODES,
     ScorerPredictor,
@@ -277,8 +277,11 @@ def predict_pair(
 
     signature = {
         "height": H, "width": W, "tile_size": tile_size, "overlap": overlap, "blend": blend,
-        "threshold": float(threshold), "predictor": predictor.name, "tta": getattr(predictor, "tta", "none"),
-        "inputs": _input_fingerprint(pair),  # a resume must not continue another pair's rows
+        "threshold": float(threshold),
+        # a resume must not continue rows predicted by another model, precision, test-time augmentation or
+        # normalisation, nor rows of another pair or of other corrections (co-registration, histogram matching)
+        "predictor": _predictor_fingerprint(predictor),
+        "inputs": _input_fingerprint(pair),
     }
     if rows is not None:
         signature["rows"] = [r_lo, r_hi]

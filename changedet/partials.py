@@ -9,6 +9,7 @@ run can resume with the same result. Re-exported by :mod:`changedet.inference`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -170,7 +171,8 @@ class StripWriter:
 
 def _input_fingerprint(pair: Any) -> list[Any]:
     """What identifies a pair's inputs for a resume: each file's path, size and modification time (when it is a
-    local file), the grid and the bands read."""
+    local file), the grid, the bands read, how AFTER is resampled, and the corrections applied to it (the
+    co-registration shift of ``--coregister`` and the fitted ``--match-histograms`` mapping)."""
     parts: list[Any] = [str(getattr(pair, "crs", None)), list(getattr(pair, "transform", ()) or ())[:6],
                         list(getattr(pair, "band_names", None) or [])]
     for which in ("before_info", "after_info"):
@@ -181,7 +183,69 @@ def _input_fingerprint(pair: Any) -> list[Any]:
             parts.append([os.path.abspath(name), st.st_size, st.st_mtime_ns])
         except OSError:
             parts.append([name])
+    indexes = getattr(pair, "indexes", None)
+    shift = getattr(pair, "shift", None)
+    matcher = getattr(pair, "_matcher", None)
+    resampling = getattr(pair, "_resampling", None)
+    parts.append({
+        "indexes": [[int(i) for i in idx] for idx in indexes] if indexes else None,
+        "resampling": None if resampling is None else str(getattr(resampling, "name", resampling)),
+        "shift": None if shift is None else [float(shift.dy), float(shift.dx)],
+        "match_histograms": None if matcher is None else _digest(
+            getattr(matcher, "source_quantiles", None), getattr(matcher, "target_quantiles", None)),
+    })
     return parts
+
+
+def _digest(*values: Any) -> str:
+    """A SHA-256 of arrays, tensors, nested lists of them and JSON-able values (for the resume signature)."""
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, (list, tuple)):
+            h.update(b"[%d" % len(v))
+            for x in v:
+                feed(x)
+            h.update(b"]")
+        elif isinstance(v, np.ndarray):
+            a = np.ascontiguousarray(v)
+            h.update(f"a{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        elif hasattr(v, "detach") and hasattr(v, "cpu"):  # a torch tensor (any dtype, bfloat16 included)
+            import torch
+
+            t = v.detach().cpu().reshape(-1).contiguous()
+            h.update(f"t{t.dtype}{tuple(v.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(json.dumps(v, sort_keys=True, default=str).encode())
+
+    feed(list(values))
+    return h.hexdigest()
+
+
+def _predictor_fingerprint(predictor: Any) -> dict[str, Any]:
+    """What identifies a predictor for a resume: everything that changes the probabilities it gives.
+
+    Its name, test-time augmentation, and for a network (:class:`~changedet.predictors.TorchPredictor`) the
+    precision, the device type, a digest of the weights (two checkpoints of one architecture share a name) and of
+    the normalisation statistics; for a fitted scorer (:class:`~changedet.predictors.ScorerPredictor`) a digest of
+    its parameters and fitted statistics.
+    """
+    fp: dict[str, Any] = {"name": str(getattr(predictor, "name", type(predictor).__name__)),
+                          "tta": str(getattr(predictor, "tta", "none"))}
+    model = getattr(predictor, "model", None)
+    if model is not None and hasattr(model, "state_dict"):
+        fp["dtype"] = str(getattr(predictor, "dtype", None))
+        device = getattr(predictor, "device", None)
+        fp["device"] = str(getattr(device, "type", device))
+        fp["weights"] = _digest(*(item for kv in sorted(model.state_dict().items()) for item in kv))
+        fp["normalization"] = _digest(*(getattr(predictor, k, None) for k in ("_mb", "_sb", "_ma", "_sa")))
+    scorer = getattr(predictor, "scorer", None)
+    if scorer is not None:
+        to_dict = getattr(scorer, "to_dict", None)
+        fp["scorer"] = _digest(type(scorer).__qualname__, to_dict() if callable(to_dict) else repr(scorer))
+    return fp
 
 
 class _Journal:
@@ -189,7 +253,7 @@ class _Journal:
 
     def __init__(self, path: Path, signature: dict[str, Any]) -> None:
         self.path = path
-        self.signature = signature
+        self.signature = json.loads(json.dumps(signature))  # as load() reads it back (tuples become lists)
         self.rows_done = 0
         self.valid = 0
         self.changed = 0

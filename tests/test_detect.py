@@ -149,6 +149,28 @@ def test_existing_outputs_need_overwrite(tmp_path: Path) -> None:
     assert sorted(result.paths) == ["change", "probability", "report"]
 
 
+def test_overwrite_over_a_series_removes_the_series_outputs_but_no_other_file(tmp_path: Path) -> None:
+    """A two-date run with --overwrite in a series' folder: the series rasters, styles and pair folders would sit
+    beside the new report.json; files changedet does not write stay."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(1000, 50, (3, 64, 64))
+    dates = [make_geotiff(tmp_path / f"d{k}.tif", (base + 300 * k * (rng.random(base.shape) > 0.9)).astype("uint16"),
+                          tags={"ACQUISITION_DATE": f"20{18 + k}-05-01"}) for k in range(3)]
+    out = tmp_path / "out"
+    args = ["-q", "detect", "-o", str(out), "--method", "cva", "--no-quicklook"]
+    res = CliRunner().invoke(cli, [*args, *map(str, dates)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (out / "change_count.tif").exists() and any(p.name.startswith("pair_01_") for p in out.iterdir())
+    (out / "notes.txt").write_text("mine")
+    (out / "pair_01_mine").mkdir()  # a pair folder's name, but not a pair's outputs: left alone
+    res = CliRunner().invoke(cli, [*args, str(dates[0]), str(dates[1]), "--overwrite"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "change.qml", "change.tif", "changes.geojson", "changes.gpkg", "changes.qml", "notes.txt", "pair_01_mine",
+        "probability.qml", "probability.tif", "report.json"]
+    assert "kind" not in json.loads((out / "report.json").read_text())  # a two-date report
+
+
 @pytest.mark.parametrize("option,match", [({"overlap": -1}, "--overlap"), ({"blend": "x"}, "--blend"),
                                           ({"geojson_crs": "foo"}, "--geojson-crs 'foo' is not a coordinate"),
                                           ({"device": "tpu9", "model": "aerial-rgb"}, "--device 'tpu9'")])

@@ -169,6 +169,91 @@ def test_resume_with_another_pair_starts_over(scene: tuple[Path, Path], checkpoi
     _assert_same_rasters(tmp_path / "whole", out)
 
 
+@pytest.fixture(scope="module")
+def shifted_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """1300 rows x 256 columns; AFTER is BEFORE displaced by 2 columns, brighter, with changed blocks."""
+    tmp = tmp_path_factory.mktemp("shifted")
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    texture = ndimage.gaussian_filter(rng.standard_normal((3, 1300, 256)), (0, 2.5, 2.5))  # smooth: correlates
+    before = 1500 + 300 * texture / texture.std()
+    after = np.roll(before, 2, axis=2) ** 1.05 + rng.normal(0, 20, before.shape)
+    for r in range(100, 1240, 400):
+        after[:, r:r + 60, 96:160] += 600
+    return (make_geotiff(tmp / "before.tif", before.astype("uint16"), nodata=0),
+            make_geotiff(tmp / "after.tif", after.clip(1, 60000).astype("uint16"), nodata=0))
+
+
+@pytest.mark.parametrize("setting", ["match_histograms", "coregister"])
+def test_resume_with_other_corrections_starts_over(shifted_scene: tuple[Path, Path], checkpoint: Path,
+                                                   tmp_path: Path, setting: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Interrupted without --match-histograms (--coregister), resumed with it: the finished rows hold another
+    prediction, so the resume starts over (and says so) instead of mixing the two."""
+    before, after = shifted_scene
+    opts = _options("cva", checkpoint)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, progress=Interrupt(after=0.55), **opts)
+    assert json.loads((out / ".changedet-partial" / "journal.json").read_text())["rows_done"] > 0
+    with caplog.at_level("WARNING", logger="changedet.inference"):
+        result = detect(before, after, output_dir=out, resume=True, **{setting: True}, **opts)
+    assert result.report["stats"]["tiles_resumed"] == 0
+    assert "other settings; starting over" in caplog.text
+    detect(before, after, output_dir=tmp_path / "whole", **{setting: True}, **opts)
+    _assert_same_rasters(tmp_path / "whole", out)
+    detect(before, after, output_dir=tmp_path / "plain", **opts)  # the setting does change the probabilities
+    assert not np.array_equal(_read(tmp_path / "plain")["probability.tif"], _read(out)["probability.tif"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", [{"precision": "bf16"}, {"tta": "flip"}])
+def test_resume_with_another_precision_or_tta_starts_over(narrow_scene: tuple[Path, Path], checkpoint: Path,
+                                                          tmp_path: Path, setting: dict[str, str]) -> None:
+    before, after = narrow_scene
+    opts = _options("model", checkpoint)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, output_dir=out, progress=Interrupt(after=0.55), **opts)
+    result = detect(before, after, output_dir=out, resume=True, **setting, **opts)
+    assert result.report["stats"]["tiles_resumed"] == 0
+    detect(before, after, output_dir=tmp_path / "whole", **setting, **opts)
+    _assert_same_rasters(tmp_path / "whole", out)
+
+
+def test_resume_signature_covers_what_changes_the_probabilities(shifted_scene: tuple[Path, Path]) -> None:
+    """The journal's signature: equal for equal settings (a resume continues), different for another checkpoint
+    of the same architecture and name, precision, test-time augmentation, normalisation, bands, co-registration
+    shift or histogram matching."""
+    import torch
+
+    from changedet.io.alignment import open_pair
+    from changedet.models import create_model
+    from changedet.partials import _input_fingerprint, _predictor_fingerprint
+    from changedet.predictors import TorchPredictor
+
+    def predictor(seed: int = 0, mean: float = 0.0, **kw: Any) -> dict[str, Any]:
+        torch.manual_seed(seed)
+        net = create_model("fc-siam-diff", in_channels=3)
+        return _predictor_fingerprint(TorchPredictor(net, [mean] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3,
+                                                     name="tiny", **kw))
+
+    base = predictor()
+    assert predictor() == base
+    others = [predictor(seed=1), predictor(mean=1.0), predictor(precision="bf16"), predictor(tta="flip")]
+    assert all(o != base for o in others)
+
+    before, after = shifted_scene
+    with open_pair(before, after) as plain, open_pair(before, after, match_histograms=True) as matched, \
+            open_pair(before, after, coregister=True) as shifted, open_pair(before, after, indexes=[3, 2, 1]) as bgr:
+        assert shifted.shift is not None  # the scene's displacement was found and corrected
+        fp = _input_fingerprint(plain)
+        with open_pair(before, after) as again:
+            assert _input_fingerprint(again) == fp
+        assert all(_input_fingerprint(p) != fp for p in (matched, shifted, bgr))
+
+
 def test_resume_without_a_journal_does_not_replace_finished_outputs(scene: tuple[Path, Path], checkpoint: Path,
                                                                       tmp_path: Path) -> None:
     from changedet.errors import OutputExistsError

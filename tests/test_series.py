@@ -223,6 +223,33 @@ def test_keep_order_is_honoured(series_files: list[Path], tmp_path: Path) -> Non
     assert _block_values(series.first_change, "Q") == {3}
 
 
+@pytest.mark.parametrize("mode", ["consecutive", "reference"])
+def test_keep_order_warns_about_the_dates_of_each_compared_pair(series_files: list[Path], tmp_path: Path,
+                                                                 mode: str) -> None:
+    """2022, 2019, 2021 in the order given: consecutive compares 2022->2019 and 2019->2021, reference 2022->2019
+    and 2022->2021; the warnings are about those pairs, never a date against the first one it is not compared
+    with."""
+    by_date = {}
+    for f in series_files:
+        with rasterio.open(f) as ds:
+            by_date[ds.tags()["ACQUISITION_DATE"]] = f
+    d, a, c = by_date["2022-05-01"], by_date["2019-05-01"], by_date["2021-05-01"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        series = detect_series([d, a, c], output_dir=tmp_path / "o", method="cva", threshold=THR, keep_order=True,
+                               mode=mode, vectorize=False, quicklook=False)
+    got = sorted(str(w.message) for w in caught if issubclass(w.category, PairWarning))
+    late = [(a, "2019-05-01")] if mode == "consecutive" else [(a, "2019-05-01"), (c, "2021-05-01")]
+    assert got == sorted(f"{f.name} ({day}) does not come after {d.name} (2022-05-01), the BEFORE it is compared "
+                         "with, but keep_order (--keep-order) keeps the order given; drop it to sort the dates"
+                         for f, day in late)
+    assert all(w.filename == __file__ for w in caught if issubclass(w.category, PairWarning))  # the caller's line
+    assert [p.before_label for p in series.pairs] == (["2022-05-01", "2019-05-01"] if mode == "consecutive"
+                                                       else ["2022-05-01", "2022-05-01"])
+    for alignment in series.report["alignment"]:  # the alignment onto the first date says nothing of the order
+        assert not any("AFTER should be the later" in m for m in alignment.get("warnings", [])), alignment
+
+
 def test_unknown_dates_raise_a_clear_error_naming_the_files_and_write_nothing(tmp_path: Path) -> None:
     paths = _write_series(tmp_path / "in", names=["a.tif", "b.tif", "c.tif", "d.tif"], tags=False)
     out = tmp_path / "out"
@@ -530,6 +557,24 @@ def test_detect_series_overwrite_removes_the_outputs_of_an_earlier_longer_series
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [*two.report["outputs"], "change_count.qml", "first_change.qml", "last_change.qml"])
     assert [p.name for p in out.iterdir() if p.name.startswith("pair_")] == [two.pairs[0].paths["change"].parent.name]
+
+
+def test_detect_series_overwrite_removes_the_outputs_of_an_earlier_two_date_run(
+    series_files: list[Path], tmp_path: Path
+) -> None:
+    """A series with overwrite=True in a two-date run's folder: its probability.tif and change.tif (and their
+    styles) would stay beside the series' report.json; a file changedet does not write stays."""
+    from changedet.api import detect
+
+    out = tmp_path / "o"
+    kw = {"method": "cva", "threshold": THR, "quicklook": False}
+    detect(series_files[0], series_files[1], output_dir=out, qgis_project=True, **kw)
+    (out / "notes.txt").write_text("mine")
+    series = detect_series(series_files, output_dir=out, overwrite=True, vectorize=False, **kw)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*series.report["outputs"], "change_count.qml", "first_change.qml", "last_change.qml", "notes.txt"])
+    assert not any((out / n).exists() for n in ("probability.tif", "change.tif", "probability.qml", "change.qml",
+                                                "changes.gpkg", "project.qgs"))
 
 
 def test_qgis_styles_colour_each_date_and_the_project_shows_first_change(

@@ -8,6 +8,8 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,27 @@ OUTPUT_NAMES = {
     "project": "project.qgs",
 }
 _SIDE_CARS = ("probability.qml", "change.qml", "changes.qml")
+
+#: Files a series run writes at the top of its output folder (plus one ``pair_NN_<before>_<after>`` folder per pair);
+#: :data:`changedet.series.SERIES_OUTPUT_NAMES`.
+SERIES_OUTPUT_NAMES = {
+    "change_count": "change_count.tif",
+    "first_change": "first_change.tif",
+    "last_change": "last_change.tif",
+    "gpkg": "changes.gpkg",
+    "geojson": "changes.geojson",
+    "report": "report.json",
+    "quicklook": "quicklook.png",
+    "project": "project.qgs",
+}
+#: QGIS styles written beside the series rasters and polygons (``changes.qml`` with the polygons only).
+SERIES_SIDE_CARS = ("change_count.qml", "first_change.qml", "last_change.qml", "changes.qml")
+#: A series' pair folder (``pair_01_2019-05-01_2020-05-01``, :func:`changedet.series.pair_dir_name`).
+_PAIR_DIR = re.compile(r"pair_\d{2,}_.+")
+#: Every file a detect run of either kind (two dates or a series) writes at the top of its output folder: the only
+#: names, with the pair folders, that ``--overwrite`` removes when the new run does not write them.
+_KNOWN_OUTPUTS = tuple(dict.fromkeys((*OUTPUT_NAMES.values(), *_SIDE_CARS, *SERIES_OUTPUT_NAMES.values(),
+                                      *SERIES_SIDE_CARS)))
 
 
 def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resume: bool) -> None:
@@ -58,15 +81,28 @@ def _check_outputs(output_dir: Path, names: Sequence[str], overwrite: bool, resu
 
 
 def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
-    """Remove the outputs of an earlier run in ``out`` that this run (``--overwrite``/``--resume``) did not write:
-    polygons left from a run that vectorised, beside a new ``change.tif`` made without ``--vectorize``, would
-    describe another scene (and :meth:`ChangeResult.load` would read them)."""
-    stale = [n for n in OUTPUT_NAMES.values() if n not in names]
-    if OUTPUT_NAMES["gpkg"] not in names:
-        stale.append("changes.qml")  # the polygon layer's style, written with the polygons
-    for name in stale:
-        with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
+    """Remove the outputs of an earlier run in ``out`` that this run (``--overwrite``/``--resume``) did not write,
+    two-date or series outputs alike: polygons left from a run that vectorised, beside a new ``change.tif`` made
+    without ``--vectorize``, would describe another scene (and :meth:`ChangeResult.load` would read them); a series'
+    ``change_count.tif`` and pair folders beside a new two-date ``report.json`` (or a pair's ``change.tif`` beside a
+    series) would describe another run.
+
+    Only the names a detect run writes are touched (:data:`_KNOWN_OUTPUTS`, a style only when its layer is not
+    written, and ``pair_NN_*`` folders holding a ``change.tif`` or ``probability.tif``): never another file.
+    """
+    keep = set(names)
+    for name in _KNOWN_OUTPUTS:
+        stem, ext = os.path.splitext(name)
+        if name in keep or (ext == ".qml" and {f"{stem}.tif", f"{stem}.gpkg"} & keep):
+            continue  # written by this run, or the style of a layer it writes
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    for item in list(out.iterdir()) if out.is_dir() else []:
+        if (item.name not in keep and _PAIR_DIR.fullmatch(item.name) and item.is_dir() and not item.is_symlink()
+                and any((item / f).exists() for f in (OUTPUT_NAMES["change"], OUTPUT_NAMES["probability"]))):
+            shutil.rmtree(item)
 
 
 _XARRAY_TMP_PREFIX = "changedet-xarray-"  # the folder of the GeoTIFFs written from xarray inputs

@@ -156,7 +156,8 @@ def detect_series(
         indexes=indexes, resume=resume, progress=progress, batch_size=batch_size)
     bar, callback = _progress_bar(progress)
     rasters, xr_tmp = _xarray_written(rasters)  # the GeoTIFFs written from xarray inputs, kept as long as the result
-    sources, infos = order_by_date(rasters, keep_order=keep_order)  # here: its warnings name the caller's line
+    # here: its warnings name the caller's line
+    sources, infos = order_by_date(rasters, keep_order=keep_order, mode=mode)
     series = _SeriesDates.of(rasters, sources, infos, indexes, mode)
     folder = _OutputFolder.plan(output_dir, series.dirs, vectorize=vectorize, quicklook=quicklook,
                                 qgis_project=qgis_project, overwrite=overwrite)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rasterio.windows import Window
 
+from changedet.api.outputs import SERIES_OUTPUT_NAMES, SERIES_SIDE_CARS
+from changedet.api.outputs import _remove_outputs_not_written as _remove_stale
 from changedet.errors import InputError
 from changedet.series.palette import (  # noqa: F401 - the palette's names stay importable from here
     _VIRIDIS,
@@ -32,20 +33,8 @@ from changedet.series.palette import (  # noqa: F401 - the palette's names stay 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas as gpd
 
-#: Files a series run writes at the top of its output folder (plus one ``pair_NN_<before>_<after>`` folder per pair).
-SERIES_OUTPUT_NAMES = {
-    "change_count": "change_count.tif",
-    "first_change": "first_change.tif",
-    "last_change": "last_change.tif",
-    "gpkg": "changes.gpkg",
-    "geojson": "changes.geojson",
-    "report": "report.json",
-    "quicklook": "quicklook.png",
-    "project": "project.qgs",
-}
-#: QGIS styles written beside the series rasters and polygons (``changes.qml`` with the polygons only).
-SERIES_SIDE_CARS = ("change_count.qml", "first_change.qml", "last_change.qml", "changes.qml")
-_PAIR_DIR = re.compile(r"pair_\d{2,}_.+")
+# the names of the files a series run writes (SERIES_OUTPUT_NAMES, SERIES_SIDE_CARS) are kept with the two-date
+# run's in one list (changedet.api.outputs): --overwrite removes the other kind's outputs too
 
 #: Attribute columns of the series polygons (plus ``geometry``), see the module docstring.
 SERIES_COLUMNS: tuple[str, ...] = (
@@ -307,25 +296,16 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
-    """Remove the series outputs of an earlier run in ``out`` that are not in ``names`` (this run's outputs).
+    """Remove the outputs of an earlier run in ``out`` that are not in ``names`` (this run's outputs).
 
-    Polygons, a quick-look or a project left from a run that wrote them, or the folder of a pair that this series
-    does not have, would describe another series beside the new ``report.json``. Only the names a series run
-    writes are touched (:data:`SERIES_OUTPUT_NAMES`, :data:`SERIES_SIDE_CARS` and ``pair_NN_*`` folders holding a
+    Polygons, a quick-look or a project left from a run that wrote them, the folder of a pair that this series
+    does not have, or a two-date run's ``probability.tif`` and ``change.tif``, would describe another run beside the
+    new ``report.json``. Only the names a detect run writes are touched
+    (:func:`changedet.api.outputs._remove_outputs_not_written`: :data:`SERIES_OUTPUT_NAMES`,
+    :data:`SERIES_SIDE_CARS`, :data:`changedet.api.OUTPUT_NAMES` and ``pair_NN_*`` folders holding a
     ``change.tif`` or ``probability.tif``).
     """
-    keep = set(names)
-    stale = [n for n in SERIES_OUTPUT_NAMES.values() if n not in keep]
-    if SERIES_OUTPUT_NAMES["gpkg"] not in keep:
-        stale.append("changes.qml")  # the polygon layer's style, written with the polygons
-    for name in stale:
-        path = out / name
-        if path.is_file() or path.is_symlink():
-            path.unlink()
-    for item in out.iterdir() if out.is_dir() else ():
-        if (item.name not in keep and _PAIR_DIR.fullmatch(item.name) and item.is_dir() and not item.is_symlink()
-                and any((item / f).exists() for f in ("change.tif", "probability.tif"))):
-            shutil.rmtree(item)
+    _remove_stale(out, names)
 
 
 def pair_dir_name(index: int, before_label: str, after_label: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import itertools
 import logging
 import math
 import os
@@ -40,7 +39,8 @@ def _label(info: Any, index: int) -> str:
     return stem or f"date{index + 1}"
 
 
-def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False) -> tuple[list[Any], list[Any]]:
+def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False,
+                  mode: str = "consecutive") -> tuple[list[Any], list[Any]]:
     """Order rasters by acquisition date; return ``(sources, infos)`` in that order.
 
     Parameters
@@ -48,8 +48,11 @@ def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False) -> tuple[
     rasters
         Paths or open rasterio datasets.
     keep_order
-        Keep the order given (dates may then be unknown; a :class:`~changedet.errors.PairWarning` is issued when
-        known dates are not increasing).
+        Keep the order given (dates may then be unknown; a :class:`~changedet.errors.PairWarning` is issued for
+        each compared pair whose AFTER, by known dates, does not come after its BEFORE).
+    mode
+        The pairs that will be compared (:func:`series_pairs`): the warnings about the order of the dates are for
+        those pairs, e.g. each date against the first with ``"reference"``.
 
     Raises
     ------
@@ -70,14 +73,7 @@ def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False) -> tuple[
         raise InputError(f"{', '.join(dupes)}: given more than once; give each date once")
     infos = [raster_info(s) for s in sources]
     if keep_order:
-        dates = [i.date for i in infos]
-        for k in range(1, len(infos)):
-            if dates[k] is not None and dates[k - 1] is not None and dates[k] <= dates[k - 1]:  # type: ignore[operator]
-                warnings.warn(
-                    f"{infos[k].name} ({dates[k]}) does not come after {infos[k - 1].name} ({dates[k - 1]}) but "
-                    "keep_order (--keep-order) keeps the order given; drop it to sort the dates",
-                    PairWarning, stacklevel=3,
-                )
+        _warn_about_pair_dates(infos, mode, stacklevel=4)
         return sources, infos
     unknown = [i.path for i in infos if i.date is None]
     if unknown:
@@ -89,11 +85,45 @@ def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False) -> tuple[
         )
     known: list[_dt.date] = [i.date for i in infos if i.date is not None]  # all known here
     order = sorted(range(len(infos)), key=lambda k: known[k])  # stable: ties keep the order given
-    for a, b in itertools.pairwise(order):
-        if infos[a].date == infos[b].date:
-            warnings.warn(f"{infos[a].name} and {infos[b].name} have the same date ({infos[a].date}); they are "
-                          "compared in the order given", PairWarning, stacklevel=3)
-    return [sources[k] for k in order], [infos[k] for k in order]
+    infos = [infos[k] for k in order]
+    _warn_about_pair_dates(infos, mode, stacklevel=4)  # sorted: only dates that tie
+    return [sources[k] for k in order], infos
+
+
+def _warn_about_pair_dates(infos: Sequence[Any], mode: str, *, stacklevel: int) -> None:
+    """A :class:`PairWarning` for each pair compared in ``mode`` whose AFTER (by known dates) does not come after
+    its BEFORE: the dates the pair really compares, not each date against the first."""
+    pairs = series_pairs(len(infos), mode) if mode in MODES else series_pairs(len(infos))
+    for b, a in pairs:
+        date_b, date_a = infos[b].date, infos[a].date
+        if date_b is None or date_a is None:
+            continue
+        if date_a == date_b:
+            warnings.warn(f"{infos[b].name} and {infos[a].name} have the same date ({date_a}); they are compared "
+                          "in the order given", PairWarning, stacklevel=stacklevel)
+        elif date_a < date_b:
+            warnings.warn(
+                f"{infos[a].name} ({date_a}) does not come after {infos[b].name} ({date_b}), the BEFORE it is "
+                "compared with, but keep_order (--keep-order) keeps the order given; drop it to sort the dates",
+                PairWarning, stacklevel=stacklevel,
+            )
+
+
+#: open_pair's warnings about the order of BEFORE and AFTER (io.pair_analysis), meaningless for the alignment of a
+#: date onto the first date's grid: a series warns per compared pair instead (:func:`_warn_about_pair_dates`).
+_DATE_ORDER_WARNING = re.compile(r".*: acquired (\S+ before .*AFTER should be the later date|on the same date as )",
+                                 re.DOTALL)
+
+
+def _drop_date_order_warnings(report: Any) -> None:
+    """Remove the warnings about the order of the two dates from an alignment report (see above)."""
+    warned = list(getattr(report, "warnings", None) or [])
+    classes = list(getattr(report, "warning_classes", None) or [])
+    if not warned or len(classes) != len(warned):
+        return
+    keep = [(m, c) for m, c in zip(warned, classes, strict=True) if not _DATE_ORDER_WARNING.match(m)]
+    report.warnings = [m for m, _ in keep]
+    report.warning_classes = [c for _, c in keep]
 
 
 def _given_positions(given: Sequence[Any], ordered: Sequence[Any]) -> list[int]:
@@ -367,8 +397,14 @@ def open_series(
             raise InputError(f"indexes: {len(indexes)} lists of bands for {len(sources)} dates; give one per date")  # type: ignore[arg-type]
         for k, src in enumerate(sources[1:], start=1):
             idx: Any = (list(indexes[0]), list(indexes[k])) if per_date else (list(indexes) if indexes else None)  # type: ignore[index, arg-type]
-            pairs.append(open_pair(ref, src, indexes=idx, resampling=resampling, coregister=coregister,
-                                   match_histograms=match_histograms))
+            with warnings.catch_warnings():
+                # date k is aligned onto the first date's grid, but compared with the BEFORE of its pair: the
+                # order of the dates is warned about per compared pair (order_by_date), not against the first
+                warnings.filterwarnings("ignore", message=_DATE_ORDER_WARNING.pattern, category=PairWarning)
+                pair = open_pair(ref, src, indexes=idx, resampling=resampling, coregister=coregister,
+                                 match_histograms=match_histograms)
+            pairs.append(pair)
+            _drop_date_order_warnings(pair.report)
         return SeriesStack(list(sources), list(infos), ref, pairs, owned)
     except BaseException:
         for p in pairs:
