@@ -152,6 +152,15 @@ def test_before_and_after_share_one_stretch(tmp_path: Path) -> None:
     assert abs(own[1].mean() - own[0].mean()) < 0.02
 
 
+
+def _assert_painted_blocks(result) -> None:
+    """The BEFORE panel shows red on the left 20 columns, green on the top 20 rows, blue in the lower right corner."""
+    img = _map_axes(result.plot(max_size=4096))[1].get_images()[0].get_array()
+    red, green, blue = (img[..., i] > 0.5 for i in range(3))
+    assert red[:, :20].all() and not red[:, 20:].any()
+    assert green[:20].all() and not green[20:].any()
+    assert blue[30:, 30:].all() and not blue[:30].any()
+
 def test_sentinel2_composite_uses_b04_b03_b02_by_name(tmp_path: Path) -> None:
     names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
     data = np.full((13, 40, 40), 1000.0)
@@ -162,11 +171,7 @@ def test_sentinel2_composite_uses_b04_b03_b02_by_name(tmp_path: Path) -> None:
     path = make_geotiff(tmp_path / "s2.tif", data, dtype="uint16", descriptions=names)
     assert rgb_indexes(names, 13) == [4, 3, 2]
     result = detect(path, path, method="cva", quicklook=False, vectorize=False)
-    img = _map_axes(result.plot(max_size=4096))[1].get_images()[0].get_array()
-    red, green, blue = (img[..., i] > 0.5 for i in range(3))
-    assert red[:, :20].all() and not red[:, 20:].any()
-    assert green[:20].all() and not green[20:].any()
-    assert blue[30:, 30:].all() and not blue[:30].any()
+    _assert_painted_blocks(result)
 
 
 #: Inputs whose red, green and blue bands a true-colour model finds by Landsat numbering or colour interpretation:
@@ -212,11 +217,7 @@ def test_composite_shows_the_bands_the_model_reads(tmp_path: Path, case: str) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = detect(path, path, method="cva", quicklook=False, vectorize=False)
-    img = _map_axes(result.plot(max_size=4096))[1].get_images()[0].get_array()
-    red, green, blue = (img[..., i] > 0.5 for i in range(3))
-    assert red[:, :20].all() and not red[:, 20:].any()
-    assert green[:20].all() and not green[20:].any()
-    assert blue[30:, 30:].all() and not blue[:30].any()
+    _assert_painted_blocks(result)
 
 
 def test_geographic_crs_uses_degrees_a_latitude_aspect_and_a_metric_scale(tmp_path: Path) -> None:
