@@ -35,7 +35,8 @@ def _bands(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Start of the probability colour ramp (default: report.json, else the raster's tag, else 0.5).")
 @click.option("--band-mapping", callback=_bands, default=None,
-              help="1-based red,green,blue bands of BEFORE/AFTER (default: B04,B03,B02 for Sentinel-2, else 1,2,3).")
+              help="Three 1-based band numbers, red,green,blue, of BEFORE/AFTER, e.g. 4,3,2 (default: the bands a "
+                   "true-colour model reads, found by name or colour, e.g. those named B04,B03,B02; else 1,2,3).")
 @click.option("--project", default="project.qgs", show_default=True, help="Project file name inside OUTDIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written files as JSON on stdout.")
 def qgis(outdir: Path, before: Path | None, after: Path | None, threshold: float | None,
