@@ -87,6 +87,20 @@ def test_check_ok_with_warnings_exits_0(runner: CliRunner, tmp_path: Path) -> No
     assert "residual shift:" in res.output and "OK: the pair can be compared" in res.output
 
 
+def test_check_says_each_warning_about_a_file_once(runner: CliRunner, tmp_path: Path) -> None:
+    """check's helpers open both files before check_pair does: each file's warning was printed twice."""
+    import subprocess
+    import sys
+
+    before, after = make_pair(tmp_path, "no-crs-both")
+    code = "from changedet.cli.main import main; main()"  # the installed command, warnings printed as a user sees them
+    res = subprocess.run([sys.executable, "-c", code, "check", str(before), str(after)], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    for name in ("before.tif", "after.tif"):
+        assert res.stderr.count(f"{name}: no georeferencing") == 1, res.stderr
+
+
 @pytest.mark.parametrize(
     "kind,text",
     [

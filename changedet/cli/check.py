@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -175,11 +176,15 @@ def command(
 
     selected = parse_indexes(indexes)
     note = None
-    default, why = _default_model(before, after) if selected is None else (None, None)
-    if selected is None:
-        selected, note = _common_named_bands(before, after)
-    if selected is None:
-        selected, note = _model_bands_of_other_counts(before, after, default)
+    with warnings.catch_warnings(record=True) as seen:  # each helper opens both files: say each warning once
+        warnings.simplefilter("always")
+        default, why = _default_model(before, after) if selected is None else (None, None)
+        if selected is None:
+            selected, note = _common_named_bands(before, after)
+        if selected is None:
+            selected, note = _model_bands_of_other_counts(before, after, default)
+    for text, category in dict.fromkeys((str(w.message), w.category) for w in seen):
+        warnings.warn(text, category, stacklevel=1)
     report = check_pair(before, after, indexes=selected, estimate_shift=shift, resampling=resampling)
     if note:
         report.notes.append(note)
