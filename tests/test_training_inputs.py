@@ -258,6 +258,9 @@ def test_fixed_statistics_of_another_band_count_name_the_bands() -> None:
     ({"augment": {"gain": "x"}}, r"augment\.gain must be a number, got 'x'"),
     ({"augment": {"flips": "yes"}}, r"augment\.flips must be true/false, got 'yes'"),
     ({"augment": {"date_swap": "x"}}, r"augment\.date_swap must be a probability from 0 to 1"),
+    ({"pos_weight": -1}, r"pos_weight must be a number > 0 .*got -1"),  # was accepted silently
+    ({"min_valid": 2}, r"min_valid must be a fraction from 0 to 1, got 2"),
+    ({"positive_fraction": -0.1}, r"positive_fraction must be a fraction from 0 to 1"),
     ({"augment": {"gain": 1.5}}, r"augment gain must be in \[0, 1\), got 1\.5"),
     ({"model_kwargs": {"dropout": "x"}}, r"model_kwargs\.dropout must be a number \(model 'fc-ef' option dropout\), got 'x'"),
     ({"model_kwargs": ["dropout"]}, r"model_kwargs must be a mapping"),

@@ -169,6 +169,8 @@ def _check_settings(
     model_kwargs: Mapping[str, Any] | None = None,
     loss_kwargs: Mapping[str, Any] | None = None,
     ohem: float | None = None,
+    min_valid: float = 0.5,
+    positive_fraction: float = 0.5,
 ) -> None:
     """Raise an :class:`InputError` for the first setting that is not usable; nothing is read or created."""
     if not isinstance(loss, str) or not loss:
@@ -179,6 +181,12 @@ def _check_settings(
     _check_choice("probability_calibration", probability_calibration, ("platt", "none"))
     if isinstance(pos_weight, str) and pos_weight != "auto":
         raise InputError(f"pos_weight must be a number, 'auto' or null, got {pos_weight!r}")
+    if pos_weight is not None and not isinstance(pos_weight, str) and not (_is_number(pos_weight) and pos_weight > 0):
+        raise InputError(f"pos_weight must be a number > 0 (the weight of a change pixel in the BCE loss), 'auto' or "
+                         f"null, got {pos_weight!r}")
+    for key, value in (("min_valid", min_valid), ("positive_fraction", positive_fraction)):
+        if not (_is_number(value) and 0.0 <= value <= 1.0):
+            raise InputError(f"{key} must be a fraction from 0 to 1, got {value!r}")
     for key, value, low in (("epochs", epochs, 1), ("chips_per_epoch", chips_per_epoch, 1),
                             ("batch_size", batch_size, 1), ("chip_size", chip_size, 8), ("val_every", val_every, 1),
                             ("val_tile_size", val_tile_size, 2 * 64 + 1)):  # predict_scene's overlap is 64

@@ -229,7 +229,7 @@ def train(
         chips_per_epoch=chips_per_epoch, batch_size=batch_size, chip_size=chip_size, val_every=val_every,
         val_tile_size=val_tile_size, normalization=normalization, patience=patience, lr=lr, ema=ema, name=name,
         threads=threads, num_workers=num_workers, augment=augment, model=model, model_kwargs=model_kwargs,
-        loss_kwargs=loss_kwargs, ohem=ohem,
+        loss_kwargs=loss_kwargs, ohem=ohem, min_valid=min_valid, positive_fraction=positive_fraction,
     )
     destination, dataset, dev = _resolve_paths(config, out=out, name=name, dataset=dataset, config_base=config_base,
                                                device=device, ddp_backend=ddp_backend)
