@@ -640,3 +640,23 @@ def test_a_probability_rasters_declared_nodata_is_kept(tmp_path):
     path = make_geotiff(tmp_path / "p.tif", prob[None], dtype="float32", nodata=1.0)
     gdf = vectorize(None, path, threshold=0.5)
     assert len(gdf) == 1 and int(gdf["pixel_count"].sum()) == 100
+
+
+def test_cli_dates_must_be_iso_dates(tmp_path):
+    """--before-date/--after-date were stored as given ('yesterday' in the attributes); now a usage error."""
+    import geopandas as gpd
+    from click.testing import CliRunner
+
+    from changedet.cli.main import cli
+
+    mask = np.zeros((20, 20), dtype="uint8")
+    mask[5:10, 5:10] = 1
+    path = make_geotiff(tmp_path / "m.tif", mask, crs=UTM, transform=T_UTM)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["vectorize", str(path), str(tmp_path / "a.gpkg"), "--before-date", "yesterday"])
+    assert r.exit_code == 2 and "YYYY-MM-DD" in r.output and not (tmp_path / "a.gpkg").exists()
+    r = runner.invoke(cli, ["vectorize", str(path), str(tmp_path / "b.gpkg"), "--before-date", "2019-05-01",
+                            "--after-date", "2020-05-01"])
+    assert r.exit_code == 0, r.output
+    gdf = gpd.read_file(tmp_path / "b.gpkg")
+    assert str(gdf["before_date"][0])[:10] == "2019-05-01" and str(gdf["after_date"][0])[:10] == "2020-05-01"

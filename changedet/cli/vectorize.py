@@ -68,6 +68,18 @@ def _report_defaults(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _iso_date(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A --before-date/--after-date value: an ISO date (YYYY-MM-DD), or a usage error (it was stored as given)."""
+    if value is None:
+        return None
+    import datetime as _dt
+
+    try:
+        return _dt.date.fromisoformat(value.strip()).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date written YYYY-MM-DD (e.g. 2020-05-01)") from None
+
+
 @click.command("vectorize")
 @click.argument("raster", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
@@ -95,8 +107,10 @@ def _report_defaults(report: dict[str, Any]) -> dict[str, Any]:
 @click.option("--window-size", type=click.IntRange(2), default=4096, show_default=True,
               help="Pixels per side of the windows read at a time (bounds the memory).")
 @click.option("--model", default=None, help="Model name recorded in the 'model' attribute.")
-@click.option("--before-date", default=None, help="BEFORE date recorded in the attributes (YYYY-MM-DD).")
-@click.option("--after-date", default=None, help="AFTER date recorded in the attributes (YYYY-MM-DD).")
+@click.option("--before-date", default=None, callback=_iso_date,
+              help="BEFORE date recorded in the attributes (YYYY-MM-DD).")
+@click.option("--after-date", default=None, callback=_iso_date,
+              help="AFTER date recorded in the attributes (YYYY-MM-DD).")
 @click.option("--no-style", "style", flag_value=False, default=True,
               help="Do not embed the QGIS style in a GeoPackage nor write its .qml sidecar.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
