@@ -379,3 +379,19 @@ def test_export_qgis_after_moving_the_folder_with_its_inputs(tmp_path, caplog):
     assert "BEFORE raster" in caplog.text and "left out of the project" in caplog.text
     assert [m.findtext("layername") for m in _layers(alone / "project.qgs")] == [
         "change polygons", "change mask", "change probability"]
+
+
+def test_export_qgis_after_moving_a_detect_folder_without_a_project(tmp_path):
+    """No project was written, so there is none to take the inputs from: report.json's path_from_output is used."""
+    from changedet.api import detect
+
+    before, after = make_pair(tmp_path / "site" / "inputs", "aligned", size=64, bands=3)
+    res = detect(before, after, method="cva", output_dir=tmp_path / "site" / "result", quicklook=False)
+    assert res.report["inputs"]["before"]["path_from_output"] == "../inputs/before.tif"
+    del res
+    (tmp_path / "site").rename(tmp_path / "moved")
+    out = tmp_path / "moved" / "result"
+    r = CliRunner().invoke(cli, ["export", "qgis", str(out)])
+    assert r.exit_code == 0 and "left out of the project" not in r.output, r.output
+    sources = {m.findtext("layername"): m.findtext("datasource") for m in _layers(out / "project.qgs")}
+    assert sources["BEFORE"] == "../inputs/before.tif" and sources["AFTER"] == "../inputs/after.tif", sources

@@ -121,6 +121,18 @@ def _abspath(name: str) -> str | None:
     return str(p.resolve()) if p.exists() else name
 
 
+def _relpath(name: str, out: Path) -> str | None:
+    """An input file's path relative to the output folder ``out`` (what survives moving both together, e.g. a
+    whole site folder: ``changedet export qgis`` falls back to it); None for an in-memory input or another drive."""
+    path = _abspath(name)
+    if path is None or not Path(path).is_absolute():
+        return None
+    try:
+        return os.path.relpath(path, Path(out).resolve())
+    except ValueError:  # another drive (Windows)
+        return None
+
+
 def _info_dict(pair: Any, which: str) -> dict[str, Any]:
     info = getattr(pair, f"{which}_info", None)
     if info is None:

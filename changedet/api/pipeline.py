@@ -25,6 +25,7 @@ from changedet.api.outputs import (
     _info_dict,
     _iso,
     _pair_report,
+    _relpath,
     _remove_outputs_not_written,
     _summary,
     _write_json,
@@ -253,7 +254,8 @@ def _run(pair: Any, net: Any, meta: Any, method: str, out: Path, tmp_holder: Any
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "inputs": {
                 which: {**_info_dict(pair, which), "path": _abspath(name),
-                        "source": "xarray.DataArray (in memory)" if _in_memory(name) else name}
+                        "source": "xarray.DataArray (in memory)" if _in_memory(name) else name,
+                        "path_from_output": _relpath(name, out)}
                 for which, name in zip(("before", "after"), source_names, strict=True)
             },
             "grid": {

@@ -140,10 +140,15 @@ def export_qgis(
         # the existing project stores the input's path relative to the folder, which may still resolve
         if previous is None:
             previous = _project_inputs(Path(project) if Path(project).is_absolute() else out / project)
+        relative = _find(report, f"inputs.{which}.path_from_output")
         if which in previous:
             log.info("%s raster %s (from report.json) not found: using %s (its path relative to %s in the "
                      "existing project)", which.upper(), value, previous[which], out)
             inputs[which] = previous[which]
+        elif isinstance(relative, str) and (out / relative).exists():
+            log.info("%s raster %s (from report.json) not found: using %s (its path relative to %s when detect "
+                     "ran)", which.upper(), value, out / relative, out)
+            inputs[which] = str(out / relative)
         else:
             log.warning("%s raster %s (from report.json) not found: left out of the project (give it with "
                         "--%s)", which.upper(), value, which)
