@@ -169,6 +169,16 @@ def test_overwrite_over_a_series_removes_the_series_outputs_but_no_other_file(tm
         "change.qml", "change.tif", "changes.geojson", "changes.gpkg", "changes.qml", "notes.txt", "pair_01_mine",
         "probability.qml", "probability.tif", "report.json"]
     assert "kind" not in json.loads((out / "report.json").read_text())  # a two-date report
+    # files of a series' names in a folder without a finished run's report.json are someone else's: a first run
+    # there (no --overwrite needed, none of its own names exist) leaves them
+    other = tmp_path / "other"
+    (other / "pair_01_mine").mkdir(parents=True)
+    (other / "pair_01_mine" / "change.tif").write_bytes(b"mine")
+    (other / "first_change.tif").write_bytes(b"mine")
+    res = CliRunner().invoke(cli, ["-q", "detect", "-o", str(other), "--method", "cva", "--no-quicklook",
+                                   str(dates[0]), str(dates[1])], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (other / "first_change.tif").read_bytes() == b"mine" and (other / "pair_01_mine" / "change.tif").exists()
 
 
 @pytest.mark.parametrize("option,match", [({"overlap": -1}, "--overlap"), ({"blend": "x"}, "--blend"),

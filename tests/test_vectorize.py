@@ -362,7 +362,11 @@ def test_a_float_raster_given_as_the_mask_is_a_probability_as_in_the_cli(tmp_pat
     fmask[0, :] = np.nan
     assert vectorize(fmask, transform=T_UTM, crs=UTM)["area_m2"].tolist() == [40000.0]
     assert vectorize(fmask, prob, transform=T_UTM, crs=UTM)["mean_prob"].tolist() == pytest.approx([0.9])
-    # float values outside 0..1 (a count, a class raster) are neither: an error, not 0 polygons at threshold 0.5
+    # ChangeResult.probability holds -1 where a date has no data: still a probability (-1 is no data)
+    holed = prob.copy()
+    holed[50:, :] = -1
+    assert vectorize(holed, threshold=0.5, transform=T_UTM, crs=UTM)["area_m2"].tolist() == [40000.0]
+    # float values above 1 (a count, a class raster) are neither: an error, not 0 polygons at threshold 0.5
     with pytest.raises(InputError, match=r"values from 0 to 3: neither a change probability"):
         vectorize(mask.astype("float32") * 3, threshold=0.5, transform=T_UTM, crs=UTM)
     # the command line makes the same decision (it calls vectorize with RASTER as the mask)

@@ -88,10 +88,16 @@ def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
     series) would describe another run.
 
     Only the names a detect run writes are touched (:data:`_KNOWN_OUTPUTS`, a style only when its layer is not
-    written, and ``pair_NN_*`` folders holding a ``change.tif`` or ``probability.tif``): never another file.
+    written, and ``pair_NN_*`` folders holding a ``change.tif`` or ``probability.tif``): never another file. The
+    other kind's outputs go only when an earlier run's ``report.json`` is still in ``out`` (the new one is moved in
+    after this call): a finished run, which this one may replace only under ``--overwrite``/``--resume``; files
+    of those names without it are someone else's.
     """
     keep = set(names)
-    for name in _KNOWN_OUTPUTS:
+    series = bool(keep & (set(SERIES_OUTPUT_NAMES.values()) - set(OUTPUT_NAMES.values())))
+    own = (*SERIES_OUTPUT_NAMES.values(), *SERIES_SIDE_CARS) if series else (*OUTPUT_NAMES.values(), *_SIDE_CARS)
+    earlier_run = (out / OUTPUT_NAMES["report"]).is_file()
+    for name in _KNOWN_OUTPUTS if earlier_run else own:
         stem, ext = os.path.splitext(name)
         if name in keep or (ext == ".qml" and {f"{stem}.tif", f"{stem}.gpkg"} & keep):
             continue  # written by this run, or the style of a layer it writes
@@ -99,7 +105,7 @@ def _remove_outputs_not_written(out: Path, names: Sequence[str]) -> None:
         if path.is_file() or path.is_symlink():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-    for item in list(out.iterdir()) if out.is_dir() else []:
+    for item in list(out.iterdir()) if out.is_dir() and (series or earlier_run) else []:
         if (item.name not in keep and _PAIR_DIR.fullmatch(item.name) and item.is_dir() and not item.is_symlink()
                 and any((item / f).exists() for f in (OUTPUT_NAMES["change"], OUTPUT_NAMES["probability"]))):
             shutil.rmtree(item)

@@ -129,7 +129,7 @@ def vectorize(
         :class:`~changedet.errors.InputError` without either, or with a ``probability`` too); give a mask as
         integers or booleans (``mask.astype("uint8")``) to vectorise its non-zero pixels. A float mask holding only
         0 and 1 (and NaN or nodata) without a threshold, or with a ``probability``, is read as a mask; one holding
-        values outside 0..1 is an :class:`~changedet.errors.InputError` (neither a probability nor a mask).
+        values above 1 is an :class:`~changedet.errors.InputError` (neither a probability nor a mask).
     probability : numpy.ndarray, path, rasterio dataset, optional
         Change probability (0..1) on the same grid; gives ``mean_prob`` and ``max_prob`` (NaN without it).
         Non-finite values, values outside 0..1 and the dataset's nodata (``-1`` in ``probability.tif``) are
@@ -244,7 +244,10 @@ def vectorize(
             msrc, ds_transform, ds_crs = _open_source(mask, "mask", nodata)
             sources.append(msrc)
             binary, lo, hi = _float_values(msrc, window_size) if _is_probability(msrc) else (False, 0.0, 1.0)
-            if lo < 0.0 or hi > 1.0:
+            # above 1 cannot be a probability (a count, a 0/3 class raster: at threshold 0.5 it would give no
+            # polygon); below 0 can (-1 is probability.tif's nodata, which an array or a file whose tag was lost
+            # still holds): ignored, as the probability reader ignores it
+            if hi > 1.0:
                 raise InputError(
                     f"{msrc.name}: the mask is a float raster ({msrc.dtype}) holding values from {lo:g} to {hi:g}: "
                     "neither a change probability (0 to 1) nor a 0/1 mask. Give the change mask as integers or "
