@@ -248,6 +248,7 @@ def test_keep_order_warns_about_the_dates_of_each_compared_pair(series_files: li
                                                        else ["2022-05-01", "2022-05-01"])
     for alignment in series.report["alignment"]:  # the alignment onto the first date says nothing of the order
         assert not any("AFTER should be the later" in m for m in alignment.get("warnings", [])), alignment
+    assert sorted(series.report["date_warnings"]) == got  # recorded, not only printed
 
 
 def test_unknown_dates_raise_a_clear_error_naming_the_files_and_write_nothing(tmp_path: Path) -> None:

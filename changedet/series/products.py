@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from changedet._version import __version__
 from changedet.series.outputs import SERIES_OUTPUT_NAMES, SeriesPair, _iso
 from changedet.series.palette import _count_entries, _index_entries, paletted_style_qml
+from changedet.series.stack import pair_date_warnings
 
 if TYPE_CHECKING:  # pragma: no cover
     from changedet.series.detect import _SeriesDates
@@ -123,6 +124,7 @@ def _series_report(
         "grid": {"crs": stack.crs.to_string() if stack.crs else None, "transform": list(stack.transform)[:6],
                  "width": stack.width, "height": stack.height, "bands": stack.band_names},
         "alignment": [r.to_dict() for r in stack.pair_reports],
+        "date_warnings": pair_date_warnings(infos, mode),  # per compared pair (the alignment compares with the first)
         "model": model_report,
         "threshold": thresholds[0],
         "thresholds": thresholds,

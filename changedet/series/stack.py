@@ -90,23 +90,30 @@ def order_by_date(rasters: Sequence[Any], *, keep_order: bool = False,
     return [sources[k] for k in order], infos
 
 
-def _warn_about_pair_dates(infos: Sequence[Any], mode: str, *, stacklevel: int) -> None:
-    """A :class:`PairWarning` for each pair compared in ``mode`` whose AFTER (by known dates) does not come after
-    its BEFORE: the dates the pair really compares, not each date against the first."""
+def pair_date_warnings(infos: Sequence[Any], mode: str) -> list[str]:
+    """What is wrong with the dates of each pair compared in ``mode`` (infos in the order compared): its AFTER (by
+    known dates) does not come after its BEFORE. The dates the pair really compares, not each date against the
+    first; recorded in a series' ``report.json`` (``date_warnings``)."""
+    found: list[str] = []
     pairs = series_pairs(len(infos), mode) if mode in MODES else series_pairs(len(infos))
     for b, a in pairs:
         date_b, date_a = infos[b].date, infos[a].date
         if date_b is None or date_a is None:
             continue
         if date_a == date_b:
-            warnings.warn(f"{infos[b].name} and {infos[a].name} have the same date ({date_a}); they are compared "
-                          "in the order given", PairWarning, stacklevel=stacklevel)
+            found.append(f"{infos[b].name} and {infos[a].name} have the same date ({date_a}); they are compared "
+                         "in the order given")
         elif date_a < date_b:
-            warnings.warn(
-                f"{infos[a].name} ({date_a}) does not come after {infos[b].name} ({date_b}), the BEFORE it is "
-                "compared with, but keep_order (--keep-order) keeps the order given; drop it to sort the dates",
-                PairWarning, stacklevel=stacklevel,
-            )
+            found.append(f"{infos[a].name} ({date_a}) does not come after {infos[b].name} ({date_b}), the BEFORE it "
+                         "is compared with, but keep_order (--keep-order) keeps the order given; drop it to sort "
+                         "the dates")
+    return found
+
+
+def _warn_about_pair_dates(infos: Sequence[Any], mode: str, *, stacklevel: int) -> None:
+    """A :class:`PairWarning` for each of :func:`pair_date_warnings`."""
+    for message in pair_date_warnings(infos, mode):
+        warnings.warn(message, PairWarning, stacklevel=stacklevel)
 
 
 #: open_pair's warnings about the order of BEFORE and AFTER (io.pair_analysis), meaningless for the alignment of a
