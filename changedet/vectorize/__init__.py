@@ -87,6 +87,18 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
+def _not_a_probability(src: _Source, size: int) -> str:
+    """Why a float mask holding values above 1 is refused (its whole range read again: an error path only). Above 1
+    cannot be a probability (a count, a 0/3 class raster: at threshold 0.5 it would give no polygon); below 0 can
+    (-1 is probability.tif's nodata, which an array or a file whose tag was lost still holds), and is ignored as the
+    probability reader ignores it."""
+    _binary, lo, hi = _float_values(src, size, stop_above_one=False)
+    return (f"{src.name}: the mask is a float raster ({src.dtype}) holding values from {lo:g} to {hi:g}: "
+            "neither a change probability (0 to 1) nor a 0/1 mask. Give the change mask as integers or "
+            "booleans (e.g. (mask > 0).astype('uint8') for every non-zero pixel), or a probability from 0 to "
+            "1 with a threshold.")
+
+
 def _iso(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -243,18 +255,14 @@ def vectorize(
         if mask is not None:
             msrc, ds_transform, ds_crs = _open_source(mask, "mask", nodata)
             sources.append(msrc)
-            binary, lo, hi = _float_values(msrc, window_size) if _is_probability(msrc) else (False, 0.0, 1.0)
-            # above 1 cannot be a probability (a count, a 0/3 class raster: at threshold 0.5 it would give no
-            # polygon); below 0 can (-1 is probability.tif's nodata, which an array or a file whose tag was lost
-            # still holds): ignored, as the probability reader ignores it
-            if hi > 1.0:
-                raise InputError(
-                    f"{msrc.name}: the mask is a float raster ({msrc.dtype}) holding values from {lo:g} to {hi:g}: "
-                    "neither a change probability (0 to 1) nor a 0/1 mask. Give the change mask as integers or "
-                    "booleans (e.g. (mask > 0).astype('uint8') for every non-zero pixel), or a probability from 0 to "
-                    "1 with a threshold."
-                )
-            if _is_probability(msrc) and binary and (threshold is None or probability is not None):
+            # only 0s and 1s make a float mask a mask, which matters only without a threshold or beside a
+            # probability: read ahead then; otherwise values above 1 are caught while vectorising (one pass)
+            binary = False
+            if _is_probability(msrc) and (threshold is None or probability is not None):
+                binary, _lo, hi = _float_values(msrc, window_size)
+                if hi > 1.0:
+                    raise InputError(_not_a_probability(msrc, window_size))
+            if binary:
                 pass  # only 0s and 1s (a mask stored as floats): its non-zero pixels, as an integer mask's
             elif _is_probability(msrc):
                 if probability is not None:
@@ -362,6 +370,8 @@ def vectorize(
             )
         affine = transform if transform is not None else Affine.identity()
         pieces = _collect_pieces(msrc, psrc, threshold, window_size, with_invalid=fill_holes > 0)
+        if read_as_probability and pieces.above_one > 1.0:
+            raise InputError(_not_a_probability(psrc, window_size))  # type: ignore[arg-type]
     finally:
         for s in sources:
             s.close()

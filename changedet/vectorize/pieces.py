@@ -54,6 +54,7 @@ class _Pieces:
     n: int = 0
     links: _DisjointSet = field(default_factory=_DisjointSet)
     invalid: list[Any] = field(default_factory=list)  # nodata areas (pixel coordinates), when asked for
+    above_one: float = 0.0  # the largest finite probability value above 1 read (not its nodata); 0 when none
 
 
 def _edge_links(a: np.ndarray, b: np.ndarray, offset_a: int, offset_b: int, ds: _DisjointSet) -> None:
@@ -87,6 +88,11 @@ def _collect_pieces(msrc: _Source | None, psrc: _Source | None, threshold: float
                 pvalid = np.isfinite(prob) & (prob >= 0.0) & (prob <= 1.0)
             if pnodata is not None and not (isinstance(pnodata, float) and math.isnan(pnodata)):
                 pvalid &= prob != pnodata
+                over = (prob > 1.0) & (prob != pnodata)
+            else:
+                over = prob > 1.0
+            if over.any():  # not a probability: the caller decides (a float mask read as one is refused)
+                pieces.above_one = max(pieces.above_one, float(prob[over & np.isfinite(prob)].max(initial=0.0)))
         if msrc is not None:
             m = msrc.read(win)
             change = m != 0

@@ -119,9 +119,10 @@ def _is_probability(src: _Source) -> bool:
     return src.dtype.kind == "f"
 
 
-def _float_values(src: _Source, size: int) -> tuple[bool, float, float]:
+def _float_values(src: _Source, size: int, *, stop_above_one: bool = True) -> tuple[bool, float, float]:
     """Of a float ``src``'s valid values (finite, not its nodata): whether they are all 0 or 1 (a mask stored as
-    floats), and their minimum and maximum (0, 0 when there are none). Read window by window."""
+    floats), and their minimum and maximum (0, 0 when there are none). Read window by window; with
+    ``stop_above_one`` it stops at the first window holding a value above 1 (the range is then partial)."""
     binary, lo, hi = True, math.inf, -math.inf
     height, width = src.shape
     for _i, _j, win in _windows(height, width, size):
@@ -133,6 +134,8 @@ def _float_values(src: _Source, size: int) -> tuple[bool, float, float]:
         if v.size:
             lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
             binary = binary and bool(np.all((v == 0) | (v == 1)))
+            if stop_above_one and hi > 1.0:
+                break
     return (binary, lo, hi) if hi >= lo else (binary, 0.0, 0.0)
 
 
